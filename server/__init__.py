@@ -1,0 +1,1 @@
+"""Montybase server: the tree engine, queries, storage and the network endpoint."""

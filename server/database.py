@@ -1,0 +1,326 @@
+"""The database: one write path (check → journal → apply) and the reads, over a Tree and a Storage."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from functools import partial
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import (
+    AlreadyExistsError,
+    ConflictError,
+    InvalidArgumentError,
+    LimitExceededError,
+    MethodNotFoundError,
+    NotFoundError,
+    UnavailableError,
+)
+from .paths import check_path, field_path, generate_id
+from .query import aggregate, parse_query
+from .storage import Storage
+from .tree import Change, Tree
+from .values import DELETE, clone, json_equal, prepare
+
+__all__ = ["Database"]
+
+log = logging.getLogger("montybase.database")
+Path = tuple[str, ...]
+WRITE_OPS = ("add", "set", "update", "delete")
+AGGREGATES = ("count", "exists", "sum", "avg")
+
+
+class _Batch:
+    """The documents a commit has written so far, seen over the tree (later writes see earlier ones)."""
+
+    def __init__(self, tree: Tree):
+        self.tree = tree
+        self.docs: dict[Path, Any] = {}
+        self.removed: list[Path] = []  # deleted documents and collections (everything below goes too)
+
+    def document(self, path: Path) -> Any:
+        if path in self.docs:
+            return self.docs[path]
+        if any(path[: len(gone)] == gone for gone in self.removed):
+            return None
+        return self.tree.document(path)
+
+    def collection(self, path: Path) -> dict[str, Any]:
+        docs = {doc_id: doc for doc_id in self.tree.collections.get(path, {}) if (doc := self.document(path + (doc_id,))) is not None}
+        for doc_path, doc in self.docs.items():
+            if doc_path[:-1] == path and doc is not None:
+                docs[doc_path[-1]] = doc
+        return docs
+
+    def remove(self, path: Path) -> None:
+        self.docs = {p: d for p, d in self.docs.items() if p[: len(path)] != path}
+        self.removed.append(path)
+
+
+def _document_value(value: Any, where: str) -> dict:
+    if type(value) is not dict:
+        raise InvalidArgumentError(f"{where} must be an object (a document), got {type(value).__name__}", {"path": where})
+    return value
+
+
+def _updated(old: dict, fields: Any, now_ms: int, where: str) -> dict:
+    """`old` with `fields` ([field path, value] pairs) merged in, copying only what changes."""
+    if not isinstance(fields, (list, tuple)):
+        raise InvalidArgumentError(f"{where} must be a list of [field, value] pairs", {"path": where})
+    new = dict(old)
+    for i, pair in enumerate(fields):
+        at = f"{where}[{i}]"
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise InvalidArgumentError(f"{at} must be a [field, value] pair", {"path": at})
+        field = field_path(pair[0], f"{at}.field")
+        parent = new
+        for key in field[:-1]:
+            child = parent.get(key)
+            parent[key] = child = dict(child) if type(child) is dict else {}
+            parent = child
+        leaf = field[-1]
+        value = prepare(pair[1], parent.get(leaf), "value." + ".".join(field), now_ms, "update")
+        if value is DELETE:
+            parent.pop(leaf, None)
+        else:
+            parent[leaf] = value
+    return new
+
+
+class Database:
+    """The whole tree in memory, journaled to `storage`.
+
+    Every write from every client goes through `commit`: it checks, journals, then applies.
+    `hot=True` also waits, after the lock is released, for an fsync shared with the writes
+    that came together (group commit). Snapshots follow the original Montybase policy: once
+    `snapshot_changes` changes have been made, one is taken `snapshot_seconds` later.
+    """
+
+    def __init__(
+        self,
+        storage: Storage | None = None,
+        *,
+        hot: bool = False,
+        snapshot_changes: int = 1,
+        snapshot_seconds: float = 300.0,
+        sync_interval: float = 1.0,
+        max_batch: int = 500,
+    ):
+        self.storage = storage if storage is not None else Storage()
+        self.hot = hot
+        self.snapshot_changes = max(1, snapshot_changes)
+        self.snapshot_seconds = snapshot_seconds
+        self.max_batch = max_batch
+        self._lock = threading.RLock()
+        self._snapshot_lock = threading.Lock()
+        self._closed = threading.Event()
+        self.snapshot_seq, collections, records = self.storage.load()
+        self.tree = Tree(collections)
+        for _, operations in records:
+            self._apply(operations)
+        self.seq = records[-1][0] if records else self.snapshot_seq
+        self._changes = len(records)
+        self._snapshot_due: float | None = None
+        self._ticker: threading.Thread | None = None
+        if self.storage.durable:
+            self._ticker = threading.Thread(
+                target=self._tick, args=(sync_interval,), name="montybase-storage", daemon=True
+            )
+            self._ticker.start()
+        self.methods: dict[str, Callable[[dict], dict]] = {
+            "get": self._get,
+            "query": self._query,
+            "aggregate": self._aggregate,
+            "commit": self._commit,
+            **{op: partial(self._write, op) for op in WRITE_OPS},
+        }
+
+    # The method table shared by the embedded client and the network server
+
+    def call(self, method: str, params: dict) -> dict:
+        """Run one method with its params (the same dicts that cross the wire)."""
+        handler = self.methods.get(method)
+        if handler is None:
+            raise MethodNotFoundError(f"unknown method {method!r}")
+        return handler(params)
+
+    def _write(self, op: str, params: dict) -> dict:
+        return self.commit([{**params, "op": op}])[0]
+
+    def _get(self, params: dict) -> dict:
+        path = check_path(params.get("path"))
+        with self._lock:
+            return {"value": clone(self.tree.read(path))}
+
+    def _query(self, params: dict) -> dict:
+        query = parse_query(params.get("query"))
+        with self._lock:
+            return {"docs": [{"id": doc_id, "value": clone(doc)} for doc_id, doc in self.tree.select(query)]}
+
+    def _aggregate(self, params: dict) -> dict:
+        op = params.get("op")
+        if op not in AGGREGATES:
+            raise InvalidArgumentError(f"aggregate op must be one of {', '.join(AGGREGATES)}, got {op!r}", {"path": "op"})
+        query = parse_query(params.get("query"))
+        field = field_path(params.get("field"), "field") if op in ("sum", "avg") else None
+        with self._lock:
+            if op == "exists":
+                return {"value": bool(self.tree.select(replace(query, limit=1, limit_to_last=None)))}
+            if op == "count" and query.plain and len(query.path) % 2:
+                return {"value": len(self.tree.collections.get(query.path, ()))}
+            return {"value": aggregate(op, field, self.tree.select(query))}
+
+    def _commit(self, params: dict) -> dict:
+        return {"results": self.commit(params.get("writes"), params.get("reads"))}
+
+    # The one write path
+
+    def commit(self, writes: Sequence[dict] | Any, reads: Sequence[dict] | None = None) -> list[dict]:
+        """Apply writes all or nothing, as one journal record; `reads` ([{path, value}]) are
+        the values a transaction saw: if any changed since, nothing is written (CONFLICT)."""
+        if not isinstance(writes, (list, tuple)) or not writes:
+            raise InvalidArgumentError("writes must be a non-empty list", {"path": "writes"})
+        if len(writes) > self.max_batch:
+            raise LimitExceededError(
+                f"a batch holds at most {self.max_batch} writes, got {len(writes)}",
+                {"limit": self.max_batch, "actual": len(writes)},
+            )
+        with self._lock:
+            if self._closed.is_set():
+                raise UnavailableError("the database is closed")
+            self._check_reads(reads)
+            operations, results = self._resolve(writes)
+            if not operations:
+                return results
+            seq = self.seq + 1
+            self.storage.append(seq, operations)  # raises before anything is applied
+            self.seq = seq
+            self._apply(operations)
+            self._changes += 1
+            if self._snapshot_due is None and self._changes >= self.snapshot_changes:
+                self._snapshot_due = time.monotonic() + self.snapshot_seconds
+        if self.hot:
+            self.storage.sync(seq)
+        return results
+
+    def _check_reads(self, reads: Sequence[dict] | None) -> None:
+        if reads is None:
+            return
+        if not isinstance(reads, (list, tuple)):
+            raise InvalidArgumentError("reads must be a list of {path, value}", {"path": "reads"})
+        for i, read in enumerate(reads):
+            if not isinstance(read, dict):
+                raise InvalidArgumentError(f"reads[{i}] must be an object {{path, value}}", {"path": f"reads[{i}]"})
+            path = check_path(read.get("path"), f"reads[{i}].path")
+            if not json_equal(self.tree.read(path), read.get("value")):
+                raise ConflictError(
+                    f"{'/'.join(path)} changed after the transaction read it", {"path": list(path)}
+                )
+
+    def _resolve(self, writes: Sequence[dict]) -> tuple[list[list], list[dict]]:
+        """The journal operations (["set", path, document] or ["delete", path]) and the results."""
+        batch = _Batch(self.tree)
+        now_ms = int(time.time() * 1000)
+        operations: list[list] = []
+        results: list[dict] = []
+        for i, write in enumerate(writes):
+            where = f"writes[{i}]" if len(writes) > 1 else "params"
+            if not isinstance(write, dict) or write.get("op") not in WRITE_OPS:
+                raise InvalidArgumentError(f"{where}.op must be one of {', '.join(WRITE_OPS)}", {"path": f"{where}.op"})
+            op = write["op"]
+            path = check_path(write.get("path"), f"{where}.path")
+            if not path:
+                raise InvalidArgumentError(f"{where}.path is empty: {op} needs a collection or document", {"path": f"{where}.path"})
+            is_collection = len(path) % 2 == 1
+            if op == "delete":
+                if is_collection:
+                    old = batch.collection(path)
+                else:
+                    old = batch.document(path)
+                if (old if is_collection else old is not None) or self.tree.subcollections(path):
+                    operations.append(["delete", list(path)])
+                    batch.remove(path)
+                results.append({"value": clone(old) if old is not None else None})
+                continue
+            if op == "update":
+                if is_collection:
+                    raise InvalidArgumentError(
+                        f"{where}: update needs a document; on a collection pass key=", {"path": f"{where}.path"}
+                    )
+                old = batch.document(path)
+                if old is None:
+                    raise NotFoundError(f"no document at {'/'.join(path)} to update", {"path": list(path)})
+                document = _updated(old, write.get("fields"), now_ms, f"{where}.fields")
+            else:
+                value = _document_value(write.get("value"), f"{where}.value")
+                if is_collection:
+                    path = path + (generate_id(),)
+                    old = None
+                else:
+                    old = batch.document(path)
+                    if op == "add" and old is not None:
+                        raise AlreadyExistsError(f"a document already exists at {'/'.join(path)}", {"path": list(path)})
+                document = prepare(value, old, "value", now_ms, "set")
+            operations.append(["set", list(path), document])
+            batch.docs[path] = document
+            results.append({"id": path[-1]})
+        return operations, results
+
+    def _apply(self, operations: list[list]) -> list[Change]:
+        changes: list[Change] = []
+        for operation in operations:
+            if operation[0] == "set":
+                changes.append(self.tree.put(tuple(operation[1]), operation[2]))
+            else:
+                changes.extend(self.tree.remove(tuple(operation[1])))
+        return changes
+
+    # Snapshots and the once-a-second fsync
+
+    def _tick(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            try:
+                self.storage.flush()
+                due = self._snapshot_due
+                if (due is not None and time.monotonic() >= due) or self.storage.journal_full:
+                    self.snapshot()
+            except Exception:  # the next tick tries again; writes report storage failures themselves
+                log.exception("storage maintenance failed")
+
+    def snapshot(self) -> None:
+        """Write the current state as the snapshot and drop the journals it covers."""
+        if not self.storage.durable:
+            return
+        with self._snapshot_lock:
+            with self._lock:
+                seq = self.seq
+                if seq == self.snapshot_seq:
+                    return
+                self.storage.rotate(seq)
+                # Documents are replaced, never changed in place: shallow copies stay consistent.
+                collections = {path: dict(docs) for path, docs in self.tree.collections.items()}
+                changes, self._changes, self._snapshot_due = self._changes, 0, None
+            if self.storage.save_snapshot(seq, collections):
+                self.snapshot_seq = seq
+            else:
+                with self._lock:
+                    self._changes += changes
+                    self._snapshot_due = time.monotonic() + self.snapshot_seconds
+
+    def close(self) -> None:
+        """Take a last snapshot, flush and release the storage. Idempotent."""
+        if self._closed.is_set():
+            return
+        with self._lock:
+            self._closed.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        try:
+            if self.storage.durable and self.seq != self.snapshot_seq:
+                self.snapshot()
+        finally:
+            self.storage.close()
+

@@ -1,0 +1,122 @@
+"""Segment and key rules, field paths, and time-sortable generated ids."""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "ID_ALPHABET",
+    "MAX_KEY_BYTES",
+    "check_key",
+    "check_path",
+    "field_path",
+    "generate_id",
+    "is_document_path",
+]
+
+MAX_KEY_BYTES = 128
+MAX_PATH_SEGMENTS = 64
+
+# Control characters (C0, DEL, C1), the path separator, and lone surrogates,
+# which Python accepts in str but cannot encode as UTF-8.
+_FORBIDDEN_CHARS = re.compile("[\x00-\x1f\x7f-\x9f/\ud800-\udfff]")
+
+
+def check_key(key: object, where: str = "key") -> str:
+    """Return `key` if it is a valid segment or object key, else raise InvalidArgumentError.
+
+    A key is a non-empty string of at most 128 UTF-8 bytes, without `/` or control
+    characters, not `.` or `..`, not `__…__` (covers `__proto__`), not starting with `$`.
+    """
+    if type(key) is not str:
+        raise InvalidArgumentError(
+            f"{where} must be a string, got {type(key).__name__} {key!r}", {"path": where}
+        )
+    problem = None
+    if not key:
+        problem = "is empty"
+    elif key in (".", ".."):
+        problem = "may not be '.' or '..'"
+    elif key[0] == "$":
+        problem = "may not start with '$'"
+    elif len(key) >= 4 and key.startswith("__") and key.endswith("__"):
+        problem = "may not have the form __name__"
+    elif _FORBIDDEN_CHARS.search(key):
+        problem = "may not contain '/', control characters or lone surrogates"
+    elif len(key) > MAX_KEY_BYTES // 4 and len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        problem = f"is longer than {MAX_KEY_BYTES} UTF-8 bytes"
+    if problem:
+        raise InvalidArgumentError(f"{where} {key!r} {problem}", {"path": where})
+    return key
+
+
+def check_path(path: object, where: str = "path") -> tuple[str, ...]:
+    """Validate a path (a list of segments) and return it as a tuple."""
+    if not isinstance(path, (list, tuple)):
+        raise InvalidArgumentError(f"{where} must be a list of segments, got {type(path).__name__}", {"path": where})
+    if len(path) > MAX_PATH_SEGMENTS:
+        raise InvalidArgumentError(f"{where} has more than {MAX_PATH_SEGMENTS} segments", {"path": where})
+    for index, segment in enumerate(path):
+        check_key(segment, f"{where}[{index}]")
+    return tuple(path)
+
+
+def is_document_path(path: Sequence[str]) -> bool:
+    """Collections sit at odd depths (1, 3, …), documents at even depths (2, 4, …)."""
+    return len(path) > 0 and len(path) % 2 == 0
+
+
+def field_path(field: object, where: str = "field") -> tuple[str, ...]:
+    """A field path: `"a.b"` (split on dots) or a list/tuple of keys (taken literally)."""
+    if isinstance(field, str):
+        parts: Sequence[object] = field.split(".")
+    elif isinstance(field, (list, tuple)) and field:
+        parts = field
+    else:
+        raise InvalidArgumentError(
+            f"{where} must be a dotted string or a non-empty list of keys, got {field!r}", {"path": where}
+        )
+    return tuple(check_key(part, where) for part in parts)
+
+
+ID_ALPHABET = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+_RANDOM_BITS = 72  # 12 characters of 6 bits
+_id_lock = threading.Lock()
+_last_ms = -1
+_last_random = 0
+
+
+# base64 digits map value v to B64[v]; translating them to ID_ALPHABET[v] keeps the
+# value but makes the characters sort in numeric order.
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TO_ID = bytes.maketrans(_B64, ID_ALPHABET.encode())
+
+
+def _encode(number: int, nbytes: int) -> str:
+    return base64.urlsafe_b64encode(number.to_bytes(nbytes, "big")).translate(_TO_ID).decode()
+
+
+def generate_id() -> str:
+    """A 20-character id: 8 characters of milliseconds, then 12 random ones.
+
+    Ids from one process sort in creation order: within one millisecond the random
+    part is incremented, as Realtime Database push ids do.
+    """
+    global _last_ms, _last_random
+    with _id_lock:
+        now = time.time_ns() // 1_000_000
+        if now <= _last_ms:
+            now, random_part = _last_ms, _last_random + 1
+            if random_part >> _RANDOM_BITS:  # 2^72 ids in one millisecond: borrow the next one
+                now, random_part = now + 1, secrets.randbits(_RANDOM_BITS)
+        else:
+            random_part = secrets.randbits(_RANDOM_BITS)
+        _last_ms, _last_random = now, random_part
+    return _encode(now, 6) + _encode(random_part, 9)

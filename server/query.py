@@ -1,0 +1,314 @@
+"""Queries as plain data: parsing the wire form, matching, ordering, cursors and windows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from .errors import InvalidArgumentError
+from .paths import check_path, field_path
+from .values import json_equal, prepare
+
+__all__ = ["OPERATORS", "OrderIndex", "Query", "aggregate", "field_value", "matches", "parse_query", "run"]
+
+OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not-in", "array-contains", "array-contains-any")
+_LIST_OPERATORS = ("in", "not-in", "array-contains-any")
+_MISSING = object()
+_NUMBERS = (int, float)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed query. `order_by` holds (field, descending) pairs; cursors are key tuples."""
+
+    path: tuple[str, ...]
+    where: tuple[tuple[tuple[str, ...], str, Any], ...] = ()
+    order_by: tuple[tuple[tuple[str, ...], bool], ...] = ()
+    limit: int | None = None
+    limit_to_last: int | None = None
+    offset: int = 0
+    start: tuple[tuple[Any, ...], bool] | None = None  # (key, inclusive)
+    end: tuple[tuple[Any, ...], bool] | None = None
+
+    @property
+    def plain(self) -> bool:
+        """No filter, cursor or window: every document of the collection, in id order."""
+        return not (self.where or self.order_by or self.start or self.end or self.offset) and (
+            self.limit is None and self.limit_to_last is None
+        )
+
+
+def _integer(data: Mapping[str, Any], name: str, minimum: int) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if type(value) is not int or value < minimum:
+        raise InvalidArgumentError(f"query.{name} must be an integer ≥ {minimum}, got {value!r}", {"path": f"query.{name}"})
+    return value
+
+
+def parse_query(data: Any) -> Query:
+    """Turn the wire form of a query into a Query, or raise InvalidArgumentError naming the fault.
+
+    Wire form: {"path": [...], "where": [[field, op, value], ...], "orderBy": [[field, "asc"|"desc"], ...],
+    "limit": n, "limitToLast": n, "offset": n, "startAt" | "startAfter": [values], "endAt" | "endBefore": [values]}.
+    A field is a dotted string or a list of keys.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidArgumentError("query must be an object", {"path": "query"})
+    unknown = set(data) - {"path", "where", "orderBy", "limit", "limitToLast", "offset", "startAt", "startAfter", "endAt", "endBefore"}
+    if unknown:
+        raise InvalidArgumentError(f"query has unknown members {sorted(unknown)}", {"path": "query"})
+    path = check_path(data.get("path"), "query.path")
+    where = []
+    for i, clause in enumerate(data.get("where") or ()):
+        where_at = f"query.where[{i}]"
+        if not isinstance(clause, (list, tuple)) or len(clause) != 3:
+            raise InvalidArgumentError(f"{where_at} must be [field, op, value]", {"path": where_at})
+        field, op, value = clause
+        if op not in OPERATORS:
+            raise InvalidArgumentError(f"{where_at}: unknown operator {op!r}; use one of {', '.join(OPERATORS)}", {"path": where_at})
+        value = prepare(value, None, f"{where_at}.value", 0, None)
+        if op in _LIST_OPERATORS and type(value) is not list:
+            raise InvalidArgumentError(f"{where_at}: {op!r} needs a list of values", {"path": where_at})
+        where.append((field_path(field, f"{where_at}.field"), op, value))
+    order_by = []
+    for i, clause in enumerate(data.get("orderBy") or ()):
+        order_at = f"query.orderBy[{i}]"
+        if not isinstance(clause, (list, tuple)) or len(clause) != 2 or clause[1] not in ("asc", "desc"):
+            raise InvalidArgumentError(f"{order_at} must be [field, 'asc' | 'desc']", {"path": order_at})
+        order_by.append((field_path(clause[0], f"{order_at}.field"), clause[1] == "desc"))
+    limit, limit_to_last = _integer(data, "limit", 0), _integer(data, "limitToLast", 0)
+    if limit is not None and limit_to_last is not None:
+        raise InvalidArgumentError("query has both limit and limitToLast", {"path": "query.limitToLast"})
+    query = Query(path, tuple(where), tuple(order_by), limit, limit_to_last, _integer(data, "offset", 0) or 0)
+    cursors = {}
+    for side, names in (("start", ("startAt", "startAfter")), ("end", ("endAt", "endBefore"))):
+        given = [name for name in names if data.get(name) is not None]
+        if len(given) > 1:
+            raise InvalidArgumentError(f"query has both {given[0]} and {given[1]}", {"path": f"query.{given[1]}"})
+        if given:
+            name = given[0]
+            cursors[side] = (_cursor_key(data[name], query.order_by, f"query.{name}"), name.endswith("At"))
+    return Query(**{**{f: getattr(query, f) for f in Query.__slots__}, **cursors})
+
+
+def _cursor_key(values: Any, order_by: tuple, where: str) -> tuple[Any, ...]:
+    """Cursor values follow the order fields; one more value may name the id (ties)."""
+    if not isinstance(values, (list, tuple)) or not values or len(values) > len(order_by) + 1:
+        raise InvalidArgumentError(
+            f"{where} takes 1 to {len(order_by) + 1} values (one per order_by field, then an id)", {"path": where}
+        )
+    key = []
+    for i, value in enumerate(values):
+        value = prepare(value, None, f"{where}[{i}]", 0, None)
+        if i < len(order_by):
+            key.append(sort_key(value, order_by[i][1]))
+        elif type(value) is not str:
+            raise InvalidArgumentError(f"{where}[{i}]: the value after the order fields is an id, a string", {"path": where})
+        else:
+            key.append(value)
+    return tuple(key)
+
+
+class _Reverse:
+    """Inverts the order of what it wraps (descending strings, arrays, objects)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __lt__(self, other: _Reverse) -> bool:
+        return other.value < self.value
+
+    def __gt__(self, other: _Reverse) -> bool:
+        return other.value > self.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reverse) and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+class _Top:
+    """Sorts after every key element; closes a cursor prefix for "after" bounds."""
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
+        return other is not self
+
+
+_TOP = _Top()
+
+
+def sort_key(value: Any, descending: bool = False) -> tuple[int, Any]:
+    """Total order over JSON values: null < booleans < numbers < strings < arrays < objects."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return (-2, -value) if descending else (2, value)
+    if kind is str:
+        return (-3, _Reverse(value)) if descending else (3, value)
+    if kind is bool:
+        return (-1, -value) if descending else (1, int(value))
+    if value is None:
+        return (0, 0)
+    if kind is list:
+        inner: Any = tuple(sort_key(item) for item in value)
+        rank = 4
+    else:
+        inner = tuple((k, sort_key(v)) for k, v in sorted(value.items()))
+        rank = 5
+    return (-rank, _Reverse(inner)) if descending else (rank, inner)
+
+
+def field_value(document: Any, field: tuple[str, ...]) -> Any:
+    """The value at a field path of a document, or _MISSING."""
+    for key in field:
+        if type(document) is not dict:
+            return _MISSING
+        document = document.get(key, _MISSING)
+        if document is _MISSING:
+            return _MISSING
+    return document
+
+
+def _range(op: str, value: Any, bound: Any) -> bool:
+    """Range operators compare numbers with numbers and strings with strings; else False."""
+    kind, bound_kind = type(value), type(bound)
+    if not ((kind in _NUMBERS and bound_kind in _NUMBERS) or (kind is str and bound_kind is str)):
+        return False
+    if op == "<":
+        return value < bound
+    if op == "<=":
+        return value <= bound
+    if op == ">":
+        return value > bound
+    return value >= bound
+
+
+def matches(document: Any, where: Iterable[tuple[tuple[str, ...], str, Any]]) -> bool:
+    """Whether a document satisfies every clause (a missing field never matches)."""
+    for field, op, bound in where:
+        value = field_value(document, field)
+        if value is _MISSING:
+            return False
+        if op == "==":
+            ok = json_equal(value, bound)
+        elif op == "!=":
+            ok = not json_equal(value, bound)
+        elif op == "in":
+            ok = any(json_equal(value, item) for item in bound)
+        elif op == "not-in":
+            ok = not any(json_equal(value, item) for item in bound)
+        elif op == "array-contains":
+            ok = type(value) is list and any(json_equal(item, bound) for item in value)
+        elif op == "array-contains-any":
+            ok = type(value) is list and any(json_equal(item, b) for item in value for b in bound)
+        else:
+            ok = _range(op, value, bound)
+        if not ok:
+            return False
+    return True
+
+
+class OrderIndex:
+    """Documents of one collection kept sorted by an order spec, then by id.
+
+    Built on first use, then maintained on every write, so `order_by` + `limit`
+    reads the first entries instead of sorting the collection.
+    """
+
+    __slots__ = ("spec", "entries")
+
+    def __init__(self, spec: tuple[tuple[tuple[str, ...], bool], ...], documents: Mapping[str, Any]):
+        self.spec = spec
+        self.entries = SortedList(
+            key for key in (self.key(doc_id, doc) for doc_id, doc in documents.items()) if key is not None
+        )
+
+    def key(self, doc_id: str, document: Any) -> tuple[Any, ...] | None:
+        """The entry of a document, or None if it lacks an order field."""
+        if not self.spec:
+            return (doc_id,)
+        parts = []
+        for field, descending in self.spec:
+            value = field_value(document, field)
+            if value is _MISSING:
+                return None
+            parts.append(sort_key(value, descending))
+        parts.append(doc_id)
+        return tuple(parts)
+
+    def update(self, doc_id: str, old: Any, new: Any) -> None:
+        """Move a document's entry after a write (old or new is None when absent)."""
+        if old is not None and (key := self.key(doc_id, old)) is not None:
+            self.entries.remove(key)
+        if new is not None and (key := self.key(doc_id, new)) is not None:
+            self.entries.add(key)
+
+
+def _window(query: Query, index: OrderIndex, backwards: bool) -> Iterator[tuple[Any, ...]]:
+    """Index entries between the cursors, in result order or backwards."""
+    entries = index.entries
+    start, stop = 0, len(entries)
+    if query.start:
+        key, inclusive = query.start
+        start = entries.bisect_left(key if inclusive else key + (_TOP,))
+    if query.end:
+        key, inclusive = query.end
+        stop = entries.bisect_left(key + (_TOP,) if inclusive else key)
+    return entries.islice(start, stop, reverse=backwards)
+
+
+def run(query: Query, documents: Mapping[str, Any], index: OrderIndex | None) -> list[tuple[str, Any]]:
+    """The (id, document) pairs a query selects, in order.
+
+    `documents` is the collection; `index` its OrderIndex for `query.order_by` (None when the
+    query addresses a single document, whose id is the only key in `documents`).
+    """
+    if index is None:
+        index = OrderIndex(query.order_by, documents)
+    # limit_to_last walks the window backwards, unless an offset (counted from the front) forces a full pass.
+    backwards = query.limit_to_last is not None and not query.offset
+    limit = query.limit_to_last if backwards else query.limit
+    skip = query.offset
+    out: list[tuple[str, Any]] = []
+    if limit == 0:
+        return out
+    for entry in _window(query, index, backwards):
+        doc_id = entry[-1]
+        document = documents[doc_id]
+        if query.where and not matches(document, query.where):
+            continue
+        if skip:
+            skip -= 1
+            continue
+        out.append((doc_id, document))
+        if limit is not None and len(out) >= limit:
+            break
+    if backwards:
+        out.reverse()
+    elif query.limit_to_last is not None:
+        out = out[len(out) - query.limit_to_last:] if query.limit_to_last else []
+    return out
+
+
+def aggregate(op: str, field: tuple[str, ...] | None, selected: list[tuple[str, Any]]) -> Any:
+    """count, sum or avg over selected documents; sum and avg read numbers only."""
+    if op == "count":
+        return len(selected)
+    numbers = [
+        value
+        for _, document in selected
+        if type(value := field_value(document, field or ())) in _NUMBERS
+    ]
+    if op == "sum":
+        return sum(numbers)
+    return sum(numbers) / len(numbers) if numbers else None

@@ -1,0 +1,397 @@
+"""Persistence: a JSON snapshot plus append-only journals, recovery, and the storage lock.
+
+Files beside the snapshot `db.json`: journals `db.json.<first_seq>.journal` and the lock
+`db.json.lock`. A journal record is `u32 length | u32 crc32(seq ‖ payload) | u64 seq | payload`,
+big-endian, the payload being the compact JSON of one committed write (a list of operations).
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import threading
+import zlib
+from pathlib import Path
+from typing import Any
+
+from .errors import UnavailableError
+
+__all__ = ["FileStorage", "LocalFiles", "MemoryStorage", "Storage", "decode_snapshot", "encode_snapshot"]
+
+log = logging.getLogger("montybase.storage")
+
+Collections = dict[tuple[str, ...], dict[str, Any]]
+_HEADER = struct.Struct(">IIQ")
+MAX_RECORD_BYTES = 256 * 1024 * 1024
+SNAPSHOT_FORMAT = 1
+_FORMAT_KEY = "__montybase__"  # a key no document or collection may use
+
+
+def encode_record(seq: int, payload: bytes) -> bytes:
+    """One journal record."""
+    seq_bytes = seq.to_bytes(8, "big")
+    return _HEADER.pack(len(payload), zlib.crc32(payload, zlib.crc32(seq_bytes)), seq) + payload
+
+
+def encode_snapshot(seq: int, collections: Collections) -> bytes:
+    """The snapshot file: plain JSON, collections keyed by their '/'-joined path."""
+    body = {"/".join(path): docs for path, docs in collections.items()}
+    return json.dumps(
+        {_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "collections": body},
+        ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_snapshot(data: bytes) -> tuple[int, Collections]:
+    """Parse a snapshot, or an original Montybase `db.json` (a bare tree of collections)."""
+    try:
+        tree = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"it is not valid JSON ({exc})") from None
+    if not isinstance(tree, dict):
+        raise ValueError("its top level is not a JSON object")
+    if _FORMAT_KEY in tree:
+        if tree[_FORMAT_KEY] != SNAPSHOT_FORMAT or type(tree.get("seq")) is not int or not isinstance(tree.get("collections"), dict):
+            raise ValueError(f"its header is not a Montybase snapshot of format {SNAPSHOT_FORMAT}")
+        seq, body = tree["seq"], tree["collections"]
+        collections = {tuple(key.split("/")): docs for key, docs in body.items()}
+    else:  # an original Montybase tree: {collection: {id: document}}
+        seq, collections = 0, {(key,): docs for key, docs in tree.items()}
+    for path, docs in collections.items():
+        if not isinstance(docs, dict) or not all(isinstance(doc, dict) for doc in docs.values()):
+            raise ValueError(f"collection {'/'.join(path)!r} is not an object of documents (objects)")
+    return seq, {path: docs for path, docs in collections.items() if docs}
+
+
+class LocalFiles:
+    """The file operations storage uses, one method each, so tests can simulate a power loss."""
+
+    def open_append(self, path: Path) -> int:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def read(self, path: Path) -> bytes:
+        return path.read_bytes()
+
+    def write_file(self, path: Path, data: bytes) -> None:
+        """Create or truncate `path`, write `data`, fsync it."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def truncate(self, path: Path, size: int) -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def replace(self, source: Path, target: Path) -> None:
+        os.replace(source, target)
+
+    def fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def unlink(self, path: Path) -> None:
+        os.unlink(path)
+
+    def listdir(self, path: Path) -> list[str]:
+        return os.listdir(path)
+
+    def exists(self, path: Path) -> bool:
+        return path.exists()
+
+
+class Storage:
+    """What the database needs from persistence. This base keeps nothing: `":memory:"`."""
+
+    durable = False
+
+    def load(self) -> tuple[int, Collections, list[tuple[int, list]]]:
+        """Recover: (snapshot seq, snapshot collections, journal records after it as (seq, operations))."""
+        return 0, {}, []
+
+    def append(self, seq: int, operations: list) -> None:
+        """Journal one committed write (called under the database lock, before it applies)."""
+
+    def sync(self, seq: int) -> None:
+        """Return once the record `seq` is on stable storage."""
+
+    def flush(self) -> None:
+        """Make everything written so far durable (the once-a-second fsync)."""
+
+    def rotate(self, seq: int) -> None:
+        """Start a new journal after record `seq` (under the database lock, before a snapshot)."""
+
+    def save_snapshot(self, seq: int, collections: Collections) -> bool:
+        """Write the state at `seq` atomically, then drop the journals it covers; False if it failed."""
+        return True
+
+    @property
+    def journal_full(self) -> bool:
+        """The journals have grown past max(64 MiB, 2× the snapshot): time for a snapshot."""
+        return False
+
+    def close(self) -> None:
+        """Flush and release the storage."""
+
+
+MemoryStorage = Storage
+
+
+class FileStorage(Storage):
+    """Snapshot + journals on disk; see the module docstring for the format."""
+
+    durable = True
+
+    def __init__(self, path: str | os.PathLike[str], *, files: LocalFiles | None = None):
+        self.path = Path(path).absolute()
+        self.dir = self.path.parent
+        self.files = files or LocalFiles()
+        self._journal_re = re.compile(re.escape(self.path.name) + r"\.(\d+)\.journal")
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+        self._journal: Path | None = None
+        self._offset = 0  # bytes of the current journal known good
+        self._written = 0  # last seq handed to the OS
+        self._synced = 0  # last seq known durable
+        self._journal_bytes = 0
+        self._snapshot_bytes = 0
+        self._failure: str | None = None
+        self._sync_lock = threading.Lock()
+
+    # Start-up
+
+    def _lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise UnavailableError(
+                f"storage {self.path} is in use by {holder} (lock {lock_path}); "
+                "stop that process or give this one another storageBucket",
+                {"file": str(lock_path)},
+            ) from None
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _journals(self) -> list[tuple[int, Path]]:
+        found = []
+        for name in self.files.listdir(self.dir):
+            match = self._journal_re.fullmatch(name)
+            if match:
+                found.append((int(match.group(1)), self.dir / name))
+        return sorted(found)
+
+    def _damaged(self, what: str, how: str) -> UnavailableError:
+        return UnavailableError(
+            f"Montybase will not start: {what}. Nothing was changed. {how}", {"file": str(self.path)}
+        )
+
+    def load(self) -> tuple[int, Collections, list[tuple[int, list]]]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            return self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def _recover(self) -> tuple[int, Collections, list[tuple[int, list]]]:
+        seq, collections = 0, {}
+        if self.files.exists(self.path):
+            data = self.files.read(self.path)
+            self._snapshot_bytes = len(data)
+            try:
+                seq, collections = decode_snapshot(data)
+            except ValueError as exc:
+                raise self._damaged(
+                    f"the snapshot {self.path} is damaged: {exc}",
+                    "Restore it from a backup, or fix it by hand; to start from the journals alone, "
+                    "move it away (only if the oldest journal starts at record 1).",
+                ) from None
+        records: list[tuple[int, list]] = []
+        last = seq
+        journals = self._journals()
+        for number, (_, journal) in enumerate(journals):
+            data = self.files.read(journal)
+            offset = 0
+            while offset < len(data):
+                problem, record_seq, payload, size = self._parse(data, offset)
+                if problem is not None:
+                    if number == len(journals) - 1:
+                        log.warning(
+                            "journal %s: %s at byte %d; cutting off the torn end (%d bytes) of an "
+                            "interrupted write", journal, problem, offset, len(data) - offset,
+                        )
+                        self.files.truncate(journal, offset)
+                        break
+                    raise self._damaged(
+                        f"journal {journal} is damaged at byte {offset}: {problem}",
+                        "Restore the storage folder from a backup; or, accepting the loss of every write "
+                        f"from there on, truncate that file at byte {offset} and move later journals away.",
+                    )
+                if record_seq > last + 1:
+                    raise self._damaged(
+                        f"journal {journal} holds record {record_seq} at byte {offset}, but the records "
+                        f"before it end at {last}",
+                        "A journal or the snapshot is missing: restore the storage folder from a backup.",
+                    )
+                if record_seq == last + 1:
+                    records.append((record_seq, json.loads(payload)))
+                    last = record_seq
+                offset += size
+            self._journal_bytes += offset
+        self._written = self._synced = last
+        self._open_journal(last + 1)
+        return seq, collections, records
+
+    @staticmethod
+    def _parse(data: bytes, offset: int) -> tuple[str | None, int, bytes, int]:
+        """(problem or None, seq, payload, record size) of the record at `offset`."""
+        if len(data) - offset < _HEADER.size:
+            return "the record header is cut short", 0, b"", 0
+        length, crc, seq = _HEADER.unpack_from(data, offset)
+        if length > MAX_RECORD_BYTES:
+            return f"a record claims {length} bytes", seq, b"", 0
+        end = offset + _HEADER.size + length
+        if end > len(data):
+            return "the record is cut short", seq, b"", 0
+        payload = data[offset + _HEADER.size:end]
+        if zlib.crc32(payload, zlib.crc32(seq.to_bytes(8, "big"))) != crc:
+            return "the record checksum does not match", seq, b"", 0
+        return None, seq, payload, end - offset
+
+    def _open_journal(self, first_seq: int) -> None:
+        journal = self.dir / f"{self.path.name}.{first_seq}.journal"
+        self._fd = self.files.open_append(journal)
+        self._journal = journal
+        self._offset = len(self.files.read(journal))
+        self.files.fsync_dir(self.dir)
+
+    # Writing
+
+    def _fail(self, exc: OSError, what: str) -> UnavailableError:
+        # After a failed write or fsync nothing more is acknowledged: a retried fsync can
+        # report success for data the kernel already dropped ("fsyncgate").
+        self._failure = f"{what} failed: {exc}"
+        log.error("storage %s: %s; refusing further writes", self.path, self._failure)
+        return UnavailableError(f"storage failed, writes are refused: {self._failure}", {"file": str(self.path)})
+
+    def _check(self) -> None:
+        if self._failure:
+            raise UnavailableError(f"storage failed, writes are refused: {self._failure}", {"file": str(self.path)})
+        if self._fd is None:
+            raise UnavailableError("storage is closed")
+
+    def append(self, seq: int, operations: list) -> None:
+        self._check()
+        payload = json.dumps(operations, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        record = encode_record(seq, payload)
+        try:
+            self.files.write(self._fd, record)
+        except OSError as exc:
+            try:  # cut a partial record off, so the journal stays readable
+                self.files.truncate(self._journal, self._offset)
+            except OSError:
+                pass
+            raise self._fail(exc, "journal write") from exc
+        self._offset += len(record)
+        self._journal_bytes += len(record)
+        self._written = seq
+
+    def sync(self, seq: int) -> None:
+        # Group commit: whoever holds the lock fsyncs everything written so far, so the
+        # writers that queued behind it find their record already durable.
+        with self._sync_lock:
+            if self._synced >= seq:
+                return
+            self._check()
+            target = self._written
+            try:
+                self.files.fsync(self._fd)
+            except OSError as exc:
+                raise self._fail(exc, "journal fsync") from exc
+            self._synced = target
+
+    def flush(self) -> None:
+        if self._written > self._synced and not self._failure and self._fd is not None:
+            self.sync(self._written)
+
+    def rotate(self, seq: int) -> None:
+        self._check()
+        self.sync(seq)
+        with self._sync_lock:
+            self.files.close(self._fd)
+            self._fd = None
+            try:
+                self._open_journal(seq + 1)
+            except OSError as exc:
+                raise self._fail(exc, "opening a new journal") from exc
+
+    def save_snapshot(self, seq: int, collections: Collections) -> bool:
+        data = encode_snapshot(seq, collections)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.files.write_file(temporary, data)
+            self.files.replace(temporary, self.path)
+            self.files.fsync_dir(self.dir)
+            for first_seq, journal in self._journals():
+                if first_seq <= seq and journal != self._journal:
+                    self.files.unlink(journal)
+        except OSError as exc:
+            # The journals still hold everything: a failed snapshot loses nothing.
+            log.error("storage %s: snapshot at record %d failed: %s", self.path, seq, exc)
+            return False
+        self._journal_bytes = self._offset
+        self._snapshot_bytes = len(data)
+        return True
+
+    @property
+    def journal_full(self) -> bool:
+        return self._journal_bytes > max(64 << 20, 2 * self._snapshot_bytes)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                self.flush()
+            finally:
+                self.files.close(self._fd)
+                self._fd = None
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None

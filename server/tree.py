@@ -1,0 +1,132 @@
+"""The JSON tree in memory: collections of documents; a mutation returns the changes it made."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .query import OrderIndex, Query, run
+
+__all__ = ["Change", "Tree"]
+
+Path = tuple[str, ...]
+MAX_INDEXES_PER_COLLECTION = 16
+
+
+class Change(NamedTuple):
+    """One document written: `old` or `new` is None where it did not / does not exist."""
+
+    collection: Path
+    id: str
+    old: Any
+    new: Any
+
+
+class Tree:
+    """Collections keyed by their path (`("users",)`, `("users", "u1", "posts")`), each a dict
+    of id → document. Stored documents are never changed in place: a write replaces them, so
+    a shallow copy of the collections is a consistent snapshot.
+    """
+
+    def __init__(self, collections: dict[Path, dict[str, Any]] | None = None):
+        self.collections: dict[Path, dict[str, Any]] = collections or {}
+        self._indexes: dict[Path, dict[tuple, OrderIndex]] = {}
+
+    # Reads (they return stored objects: callers copy before handing them out)
+
+    def document(self, path: Path) -> Any:
+        """The document at a document path, or None."""
+        docs = self.collections.get(path[:-1])
+        return None if docs is None else docs.get(path[-1])
+
+    def read(self, path: Path) -> Any:
+        """A collection as {id: document} in id order, a document, or a field inside one.
+
+        A path that is neither an existing collection nor document reads the field it names
+        in the nearest existing document above it: ("users", uid, "stats") is that user's
+        `stats` field. What does not exist reads as None ({} for a collection path).
+        """
+        if not path:
+            return {p[0]: self.read(p) for p in sorted(self.collections) if len(p) == 1}
+        if len(path) % 2:
+            docs = self.collections.get(path)
+            if docs:
+                return {doc_id: docs[doc_id] for (doc_id,) in self.index(path, ()).entries}
+        else:
+            docs = self.collections.get(path[:-1])
+            if docs is not None and path[-1] in docs:
+                return docs[path[-1]]
+        for depth in range(len(path) - 1 - (len(path) % 2 == 0), 1, -2):
+            document = self.document(path[:depth])
+            if document is not None:
+                for key in path[depth:]:
+                    if type(document) is not dict or key not in document:
+                        break
+                    document = document[key]
+                else:
+                    return document
+                break
+        return {} if len(path) % 2 else None
+
+    def index(self, collection: Path, spec: tuple) -> OrderIndex:
+        """The order index of a collection for an order spec, built on first use."""
+        indexes = self._indexes.setdefault(collection, {})
+        found = indexes.get(spec)
+        if found is None:
+            if len(indexes) >= MAX_INDEXES_PER_COLLECTION:
+                del indexes[next(iter(indexes))]
+            found = indexes[spec] = OrderIndex(spec, self.collections.get(collection, {}))
+        return found
+
+    def select(self, query: Query) -> list[tuple[str, Any]]:
+        """Run a query over its collection, or over the one document its path names."""
+        path = query.path
+        if len(path) % 2:
+            docs = self.collections.get(path)
+            return run(query, docs, self.index(path, query.order_by)) if docs else []
+        document = self.document(path) if path else None
+        return [] if document is None else run(query, {path[-1]: document}, None)
+
+    def subcollections(self, path: Path) -> list[Path]:
+        """Collections nested anywhere below a document or collection path."""
+        depth = len(path)
+        return [p for p in self.collections if len(p) > depth and p[:depth] == path]
+
+    # Writes (the database calls these after journaling)
+
+    def put(self, path: Path, document: Any) -> Change:
+        """Create or replace the document at `path`; the tree takes ownership of `document`."""
+        collection, doc_id = path[:-1], path[-1]
+        docs = self.collections.get(collection)
+        if docs is None:
+            docs = self.collections[collection] = {}
+        old = docs.get(doc_id)
+        docs[doc_id] = document
+        for index in self._indexes.get(collection, {}).values():
+            index.update(doc_id, old, document)
+        return Change(collection, doc_id, old, document)
+
+    def remove(self, path: Path) -> list[Change]:
+        """Delete a document (with its subcollections) or a whole collection (with everything in it)."""
+        if len(path) % 2 == 0:
+            changes = []
+            docs = self.collections.get(path[:-1])
+            if docs is not None and path[-1] in docs:
+                changes.append(self._take(path[:-1], path[-1]))
+            targets = self.subcollections(path)
+        else:
+            changes, targets = [], [path, *self.subcollections(path)]
+        for collection in targets:
+            for doc_id in list(self.collections.get(collection, ())):
+                changes.append(self._take(collection, doc_id))
+        return changes
+
+    def _take(self, collection: Path, doc_id: str) -> Change:
+        docs = self.collections[collection]
+        old = docs.pop(doc_id)
+        if docs:
+            for index in self._indexes.get(collection, {}).values():
+                index.update(doc_id, old, None)
+        else:
+            del self.collections[collection]
+            self._indexes.pop(collection, None)
+        return Change(collection, doc_id, old, None)

@@ -1,0 +1,177 @@
+"""Document values: JSON validation, JSON equality, copies, and field transforms."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .errors import InvalidArgumentError
+from .paths import check_key
+
+__all__ = [
+    "DELETE",
+    "MAX_DEPTH",
+    "MAX_SAFE_INTEGER",
+    "TRANSFORMS",
+    "clone",
+    "json_equal",
+    "prepare",
+]
+
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_DEPTH = 32
+
+# A transform is a one-key object whose key starts with "$" (user keys never do).
+TRANSFORMS = frozenset(
+    {"$increment", "$maximum", "$minimum", "$arrayUnion", "$arrayRemove", "$serverTimestamp", "$delete"}
+)
+
+
+class _Delete:
+    """Marks a field that a `$delete` transform removes."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: a string never equals a number, `true` never equals 1, 1 equals 1.0."""
+    ta, tb = type(a), type(b)
+    if ta is bool or tb is bool:
+        return ta is tb and a == b
+    if ta in (int, float) and tb in (int, float):
+        return a == b
+    if ta is not tb:
+        return False
+    if ta is list:
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+    if ta is dict:
+        return a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
+    return a == b
+
+
+def clone(value: Any) -> Any:
+    """A deep copy of a JSON value (stored values are never handed out)."""
+    if type(value) is dict:
+        return {k: v if type(v) in _SCALARS else clone(v) for k, v in value.items()}
+    if type(value) is list:
+        return [v if type(v) in _SCALARS else clone(v) for v in value]
+    return value
+
+
+def _number(value: Any, where: str) -> int | float:
+    if type(value) is int:
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return value
+        raise InvalidArgumentError(
+            f"{where}: integer {value} is outside ±(2^53-1), which JavaScript cannot hold exactly",
+            {"path": where},
+        )
+    if type(value) is float:
+        if math.isfinite(value):
+            return value
+        raise InvalidArgumentError(f"{where}: {value} is not a finite number", {"path": where})
+    raise InvalidArgumentError(f"{where}: expected a number, got {type(value).__name__}", {"path": where})
+
+
+_known_keys: set[str] = set()
+
+
+def _key(key: Any, where: str) -> None:
+    """Check an object key; keys seen valid before are remembered (they repeat a lot)."""
+    check_key(key, f"key in {where}")
+    if len(_known_keys) < 10_000:
+        _known_keys.add(key)
+
+
+def _string(value: str, where: str) -> str:
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgumentError(f"{where}: string holds a lone surrogate", {"path": where}) from None
+    return value
+
+
+def _transform(name: str, operand: Any, old: Any, where: str, now_ms: int, allow_delete: bool) -> Any:
+    if name == "$increment":
+        step = _number(operand, where)
+        if type(old) in (int, float) and type(old) is not bool:
+            return _number(old + step, where)
+        return step
+    if name == "$maximum" or name == "$minimum":
+        bound = _number(operand, where)
+        if type(old) in (int, float) and type(old) is not bool:
+            return max(old, bound) if name == "$maximum" else min(old, bound)
+        return bound
+    if name == "$arrayUnion" or name == "$arrayRemove":
+        if type(operand) is not list:
+            raise InvalidArgumentError(f"{where}: {name} takes a list of items", {"path": where})
+        items = prepare(operand, None, where, now_ms, None, 2)
+        current = [clone(v) for v in old] if type(old) is list else []
+        if name == "$arrayRemove":
+            return [v for v in current if not any(json_equal(v, item) for item in items)]
+        for item in items:
+            if not any(json_equal(v, item) for v in current):
+                current.append(item)
+        return current
+    if name == "$serverTimestamp":
+        return now_ms
+    if name == "$delete":
+        if not allow_delete:
+            raise InvalidArgumentError(f"{where}: delete_field() is only allowed in update", {"path": where})
+        return DELETE
+    raise InvalidArgumentError(f"{where}: unknown transform {name!r}", {"path": where})
+
+
+def prepare(
+    value: Any, old: Any, where: str, now_ms: int, transforms: str | None = "set", depth: int = 1
+) -> Any:
+    """Validate a JSON value and return a fresh copy of it.
+
+    With `transforms` ("set" or "update"), one-key objects like `{"$increment": 1}` are
+    resolved against `old`, the value they replace; "update" also allows `$delete`, which
+    resolves to DELETE. Inside arrays no transforms apply.
+    """
+    kind = type(value)
+    if kind is str:
+        return _string(value, where)
+    if kind is int or kind is float:
+        return _number(value, where)
+    if kind is bool or value is None:
+        return value
+    if depth > MAX_DEPTH:
+        raise InvalidArgumentError(f"{where}: nested deeper than {MAX_DEPTH} levels", {"path": where})
+    if kind is dict:
+        if transforms and len(value) == 1:
+            (key,) = value
+            if type(key) is str and key in TRANSFORMS:
+                return _transform(key, value[key], old, where, now_ms, transforms == "update")
+        base = old if type(old) is dict else None
+        out = {}
+        for key, item in value.items():
+            if key not in _known_keys:
+                _key(key, where)
+            kind = type(item)
+            if kind is str:
+                if not item.isascii():
+                    _string(item, f"{where}.{key}")
+            elif kind is int:
+                if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                    _number(item, f"{where}.{key}")
+            elif kind is not bool and item is not None:
+                item = prepare(item, base.get(key) if base else None, f"{where}.{key}", now_ms, transforms, depth + 1)
+                if item is DELETE:
+                    continue
+            out[key] = item
+        return out
+    if kind is list or kind is tuple:
+        return [prepare(item, None, f"{where}[{i}]", now_ms, None, depth + 1) for i, item in enumerate(value)]
+    raise InvalidArgumentError(
+        f"{where}: {kind.__name__} is not a JSON value (use null, bool, number, string, list or dict)",
+        {"path": where},
+    )
