@@ -1,0 +1,29 @@
+"""Montybase for Python programs: `Montybase`, `doc`, references, queries and transforms."""
+
+from __future__ import annotations
+
+from . import errors
+from .client import Montybase, doc
+from .errors import *  # noqa: F403
+from .refs import CollectionReference, DocumentReference, Query, Reference, Transaction, WriteBatch
+from .transforms import array_remove, array_union, delete_field, increment, maximum, minimum, server_timestamp
+
+__all__ = [
+    "CollectionReference",
+    "DocumentReference",
+    "Montybase",
+    "Query",
+    "Reference",
+    "Transaction",
+    "WriteBatch",
+    "array_remove",
+    "array_union",
+    "delete_field",
+    "doc",
+    "errors",
+    "increment",
+    "maximum",
+    "minimum",
+    "server_timestamp",
+    *errors.__all__,
+]
