@@ -23,7 +23,7 @@ from .paths import check_path, field_path, generate_id
 from .query import aggregate, parse_query
 from .storage import Storage
 from .tree import Change, Tree
-from .values import DELETE, clone, json_equal, prepare
+from .values import DELETE, TRANSFORMS, clone, json_equal, prepare
 
 __all__ = ["Database"]
 
@@ -61,8 +61,9 @@ class _Batch:
 
 
 def _document_value(value: Any, where: str) -> dict:
-    if type(value) is not dict:
-        raise InvalidArgumentError(f"{where} must be an object (a document), got {type(value).__name__}", {"path": where})
+    if type(value) is not dict or (len(value) == 1 and next(iter(value)) in TRANSFORMS):
+        kind = "a transform" if type(value) is dict else type(value).__name__
+        raise InvalidArgumentError(f"{where} must be an object (a document), got {kind}", {"path": where})
     return value
 
 

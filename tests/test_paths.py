@@ -1,0 +1,59 @@
+"""Segment rules and generated ids (server/paths.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from server.errors import InvalidArgumentError
+from server.paths import ID_ALPHABET, check_key, check_path, field_path, generate_id, is_document_path
+
+
+@pytest.mark.parametrize("key", ["users", "amor.budiyanto@gmail.com", "a b", "ünïcødé", "x" * 128, "_x_", "__x", "constructor"])
+def test_valid_keys_pass(key):
+    assert check_key(key) == key
+
+
+@pytest.mark.parametrize(
+    "key,problem",
+    [("", "empty"), (".", "'.'"), ("..", "'.'"), ("$x", "'$'"), ("__proto__", "__name__"), ("a/b", "'/'"),
+     ("a\x7fb", "control"), ("a\x85b", "control"), ("é" * 65, "128 UTF-8 bytes"), (5, "must be a string")],
+)
+def test_invalid_keys_say_what_is_wrong(key, problem):
+    with pytest.raises(InvalidArgumentError) as caught:
+        check_key(key, "where")
+    assert problem in str(caught.value) and caught.value.data == {"path": "where"}
+
+
+def test_check_path_names_the_bad_segment():
+    with pytest.raises(InvalidArgumentError) as caught:
+        check_path(["users", "ok", "$bad"])
+    assert "path[2]" in str(caught.value)
+    assert check_path(["a", "b"]) == ("a", "b") and is_document_path(("a", "b")) and not is_document_path(("a",))
+
+
+def test_field_path_splits_dots_but_takes_lists_literally():
+    assert field_path("a.b") == ("a", "b")
+    assert field_path(["a.b"]) == ("a.b",)
+    with pytest.raises(InvalidArgumentError):
+        field_path("a..b")
+
+
+def test_generated_ids_have_20_url_safe_characters_and_sort_by_creation():
+    ids = [generate_id() for _ in range(20000)]
+    assert all(len(i) == 20 and set(i) <= set(ID_ALPHABET) for i in ids)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_generated_id_starts_with_the_time_in_milliseconds():
+    before = int(time.time() * 1000)
+    head = generate_id()[:8]
+    value = 0
+    for char in head:
+        value = value * 64 + ID_ALPHABET.index(char)
+    assert before <= value <= int(time.time() * 1000) + 1
+
+
+def test_alphabet_is_in_ascii_order():
+    assert list(ID_ALPHABET) == sorted(ID_ALPHABET) and len(ID_ALPHABET) == 64
