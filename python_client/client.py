@@ -2,54 +2,113 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.config import DEFAULTS, load_config, storage_path
-from server.database import Database
-from server.storage import FileStorage, Storage
+from server.config import DEFAULTS, load_config, open_database, storage_path
+from server.errors import InvalidArgumentError
 
 from .embedded import EmbeddedBackend
 from .refs import Backend, Reference, Transaction, WriteBatch, _segments, make_reference, run_transaction
+from .remote import RemoteBackend
 
 __all__ = ["Montybase", "doc"]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"cannot read the client config {path}: {exc}", {"file": str(path)}) from None
+
+
+def _serving_address(dev: bool | str, endpoint: bool) -> tuple[str, int] | None:
+    if endpoint:
+        return "0.0.0.0", 8765
+    if dev is True:
+        return "127.0.0.1", 8765
+    if isinstance(dev, str) and dev:
+        host, _, port = dev.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidArgumentError(f"dev must be True or 'host:port', got {dev!r}", {"path": "dev"})
+        return host, int(port)
+    return None
 
 
 class Montybase:
     """A database handle.
 
-    `Montybase()` opens the database embedded in this process, configured by `montybase.json`
-    in the current folder (created with fresh keys on first use, with `client-config.json`).
-    `storageBucket=":memory:"` keeps nothing on disk; `hot=True` fsyncs every write before it
-    returns; `updateTime` and `storeMin` set the snapshot policy (seconds, changes).
+    - `Montybase()`: the database embedded in this process, configured by `montybase.json` in
+      the current folder (created with fresh keys on first use, with `client-config.json`).
+      `storageBucket=":memory:"` keeps nothing on disk; `hot=True` fsyncs every write before
+      it returns; `updateTime` and `storeMin` set the snapshot policy (seconds, changes).
+    - `Montybase(dev=True).run()` serves it on 127.0.0.1:8765 (`dev="host:port"` elsewhere,
+      `endpoint=True` on 0.0.0.0:8765).
+    - `Montybase(api="ws://host:8765", config="client-config.json")`: a server's database.
+      With a config that holds the adminKey (a server's own `montybase.json`), full access.
     """
 
     def __init__(
         self,
+        api: str | None = None,
         *,
         config: str | Path | None = None,
         storageBucket: str | None = None,
         hot: bool | None = None,
         updateTime: float | None = None,
         storeMin: int | None = None,
+        dev: bool | str = False,
+        endpoint: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ):
-        if storageBucket == ":memory:":
-            settings: dict[str, Any] = dict(DEFAULTS)
-            storage: Storage = Storage()
+        self._serve_at = _serving_address(dev, endpoint)
+        self._backend: Backend
+        if api is not None:
+            self._config_path = Path(config if config is not None else "client-config.json")
+            self.config = _read_json(self._config_path)
+            self._backend = self._remote(api, self.config, ssl_context)
+            return
+        if storageBucket == ":memory:" and self._serve_at is None:
+            self._config_path = Path("montybase.json")
+            self.config = dict(DEFAULTS)
+            bucket = storageBucket
         else:
-            config_path = Path(config if config is not None else "montybase.json")
-            settings, _ = load_config(config_path)
-            bucket = storageBucket if storageBucket is not None else storage_path(settings, config_path)
-            storage = Storage() if bucket == ":memory:" else FileStorage(bucket)
-        self.config = settings
-        database = Database(
-            storage,
-            hot=settings["hot"] if hot is None else hot,
-            snapshot_changes=settings["storageMinCount"] if storeMin is None else storeMin,
-            snapshot_seconds=settings["storageUpdate"] if updateTime is None else updateTime,
-        )
-        self._backend: Backend = EmbeddedBackend(database)
+            self._config_path = Path(config if config is not None else "montybase.json")
+            self.config, _ = load_config(self._config_path)
+            bucket = storageBucket if storageBucket is not None else storage_path(self.config, self._config_path)
+        self._database = open_database(self.config, bucket, hot=hot, store_min=storeMin, update_time=updateTime)
+        self._backend = EmbeddedBackend(self._database)
+
+    @staticmethod
+    def _remote(api: str, config: dict[str, Any], ssl_context: ssl.SSLContext | None) -> RemoteBackend:
+        from server.config import _public_key
+
+        if config.get("adminKey"):  # a server's own settings: the admin key, the key pair's public half
+            kid, key = "admin", config["adminKey"]
+            server_key = _public_key(config["serverKey"]) if config.get("serverKey") else None
+        elif config.get("apiKey"):
+            kid, key, server_key = "client", config["apiKey"], config.get("serverKey")
+        else:
+            raise InvalidArgumentError("the client config holds no apiKey", {"path": "apiKey"})
+        return RemoteBackend(api, kid=kid, key=key, server_key=server_key, ssl_context=ssl_context)
+
+    def run(self) -> None:
+        """Serve this database over WebSocket until SIGINT or SIGTERM (then snapshot and return)."""
+        if self._serve_at is None:
+            raise InvalidArgumentError(
+                "run() serves the database: open it with dev=True, dev='host:port' or endpoint=True", {"path": "run"}
+            )
+        from server.cli import serve
+
+        host, port = self._serve_at
+        print(f"client config: {self._config_path.absolute().with_name('client-config.json')}", flush=True)
+        asyncio.run(serve(self._database, self.config, self._config_path.absolute(), host, port,
+                          ready=lambda url: print(f"endpoint: {url}", flush=True)))
 
     def batch(self) -> WriteBatch:
         """Collect writes; `commit()` applies them all or none."""
@@ -60,7 +119,7 @@ class Montybase:
         return run_transaction(self._backend, fn, max_attempts)
 
     def close(self) -> None:
-        """Flush, snapshot and release the storage."""
+        """Flush, snapshot and release the storage (embedded), or disconnect (remote)."""
         self._backend.close()
 
     def __enter__(self) -> Montybase:

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 from .errors import InvalidArgumentError
 from .schemas import load_schema
 
-__all__ = ["DEFAULTS", "client_config", "create_config", "load_config", "storage_path"]
+__all__ = ["DEFAULTS", "client_config", "create_config", "load_config", "open_database", "storage_path"]
 
 DEFAULTS: dict[str, Any] = {
     "projectName": "montybase",
@@ -108,3 +108,20 @@ def storage_path(config: dict[str, Any], config_path: str | Path) -> str:
     if bucket == ":memory:":
         return bucket
     return str(Path(config_path).parent / bucket)
+
+
+def open_database(
+    config: dict[str, Any], bucket: str, *, hot: bool | None = None, store_min: int | None = None,
+    update_time: float | None = None,
+) -> Any:
+    """The Database the settings describe (arguments given here win over the file)."""
+    from .database import Database
+    from .storage import FileStorage, Storage
+
+    return Database(
+        Storage() if bucket == ":memory:" else FileStorage(bucket),
+        hot=config["hot"] if hot is None else hot,
+        snapshot_changes=config["storageMinCount"] if store_min is None else store_min,
+        snapshot_seconds=config["storageUpdate"] if update_time is None else update_time,
+        max_batch=(config.get("limits") or {}).get("maxWrites", 500),
+    )

@@ -131,7 +131,7 @@ class Database:
                 target=self._tick, args=(sync_interval,), name="montybase-storage", daemon=True
             )
             self._ticker.start()
-        self.methods: dict[str, Callable[[dict], dict]] = {
+        self.methods: dict[str, Callable[[dict], tuple[dict, int]]] = {
             "get": self._get,
             "query": self._query,
             "aggregate": self._aggregate,
@@ -143,25 +143,43 @@ class Database:
 
     def call(self, method: str, params: dict) -> dict:
         """Run one method with its params (the same dicts that cross the wire)."""
+        result, seq = self.execute(method, params)
+        if seq:
+            self.storage.sync(seq)
+        return result
+
+    def execute(self, method: str, params: dict) -> tuple[dict, int]:
+        """Run one method; also return the journal record that must be durable before the
+        result may be acknowledged (0 if none). The server waits for it off its event loop."""
         handler = self.methods.get(method)
         if handler is None:
             raise MethodNotFoundError(f"unknown method {method!r}")
         return handler(params)
 
-    def _write(self, op: str, params: dict) -> dict:
-        return self.commit([{**params, "op": op}])[0]
+    def wait_durable(self, seq: int) -> None:
+        """Block until journal record `seq` is fsynced (group commit)."""
+        self.storage.sync(seq)
 
-    def _get(self, params: dict) -> dict:
+    def _write(self, op: str, params: dict) -> tuple[dict, int]:
+        results, seq = self._commit_writes([{**params, "op": op}], None)
+        return results[0], seq
+
+    def _commit(self, params: dict) -> tuple[dict, int]:
+        results, seq = self._commit_writes(params.get("writes"), params.get("reads"))
+        return {"results": results}, seq
+
+    def _get(self, params: dict) -> tuple[dict, int]:
         path = check_path(params.get("path"))
         with self._lock:
-            return {"value": clone(self.tree.read(path))}
+            return {"value": clone(self.tree.read(path))}, 0
 
-    def _query(self, params: dict) -> dict:
+    def _query(self, params: dict) -> tuple[dict, int]:
         query = parse_query(params.get("query"))
         with self._lock:
-            return {"docs": [{"id": doc_id, "value": clone(doc)} for doc_id, doc in self.tree.select(query)]}
+            docs = [{"id": doc_id, "value": clone(doc)} for doc_id, doc in self.tree.select(query)]
+        return {"docs": docs}, 0
 
-    def _aggregate(self, params: dict) -> dict:
+    def _aggregate(self, params: dict) -> tuple[dict, int]:
         op = params.get("op")
         if op not in AGGREGATES:
             raise InvalidArgumentError(f"aggregate op must be one of {', '.join(AGGREGATES)}, got {op!r}", {"path": "op"})
@@ -169,19 +187,25 @@ class Database:
         field = field_path(params.get("field"), "field") if op in ("sum", "avg") else None
         with self._lock:
             if op == "exists":
-                return {"value": bool(self.tree.select(replace(query, limit=1, limit_to_last=None)))}
-            if op == "count" and query.plain and len(query.path) % 2:
-                return {"value": len(self.tree.collections.get(query.path, ()))}
-            return {"value": aggregate(op, field, self.tree.select(query))}
-
-    def _commit(self, params: dict) -> dict:
-        return {"results": self.commit(params.get("writes"), params.get("reads"))}
+                empty_window = query.limit == 0 or query.limit_to_last == 0
+                value: Any = not empty_window and bool(self.tree.select(replace(query, limit=1, limit_to_last=None)))
+            elif op == "count" and query.plain and len(query.path) % 2:
+                value = len(self.tree.collections.get(query.path, ()))
+            else:
+                value = aggregate(op, field, self.tree.select(query))
+        return {"value": value}, 0
 
     # The one write path
 
     def commit(self, writes: Sequence[dict] | Any, reads: Sequence[dict] | None = None) -> list[dict]:
         """Apply writes all or nothing, as one journal record; `reads` ([{path, value}]) are
         the values a transaction saw: if any changed since, nothing is written (CONFLICT)."""
+        results, seq = self._commit_writes(writes, reads)
+        if seq:
+            self.storage.sync(seq)
+        return results
+
+    def _commit_writes(self, writes: Sequence[dict] | Any, reads: Sequence[dict] | None) -> tuple[list[dict], int]:
         if not isinstance(writes, (list, tuple)) or not writes:
             raise InvalidArgumentError("writes must be a non-empty list", {"path": "writes"})
         if len(writes) > self.max_batch:
@@ -195,7 +219,7 @@ class Database:
             self._check_reads(reads)
             operations, results = self._resolve(writes)
             if not operations:
-                return results
+                return results, 0
             seq = self.seq + 1
             self.storage.append(seq, operations)  # raises before anything is applied
             self.seq = seq
@@ -203,9 +227,7 @@ class Database:
             self._changes += 1
             if self._snapshot_due is None and self._changes >= self.snapshot_changes:
                 self._snapshot_due = time.monotonic() + self.snapshot_seconds
-        if self.hot:
-            self.storage.sync(seq)
-        return results
+        return results, seq if self.hot else 0
 
     def _check_reads(self, reads: Sequence[dict] | None) -> None:
         if reads is None:

@@ -296,7 +296,7 @@ def run(query: Query, documents: Mapping[str, Any], index: OrderIndex | None) ->
     if backwards:
         out.reverse()
     elif query.limit_to_last is not None:
-        out = out[len(out) - query.limit_to_last:] if query.limit_to_last else []
+        out = out[max(0, len(out) - query.limit_to_last):] if query.limit_to_last else []
     return out
 
 

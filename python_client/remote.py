@@ -1,0 +1,175 @@
+"""The remote backend: the same calls, sent to a Montybase server over an encrypted WebSocket."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import ssl
+import threading
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from server.channel import ClientHandshake, Session
+from server.errors import ConnectionLostError, MontybaseError, UnavailableError, error_class
+
+__all__ = ["RemoteBackend", "websocket_url"]
+
+_MAX_FRAME = 16 * 1024 * 1024
+
+
+def websocket_url(api: str) -> str:
+    """`http(s)://` means `ws(s)://`; a trailing slash is dropped."""
+    for web, socket_scheme in (("https://", "wss://"), ("http://", "ws://")):
+        if api.startswith(web):
+            api = socket_scheme + api[len(web):]
+    return api.rstrip("/")
+
+
+class _Pending:
+    __slots__ = ("done", "answer")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.answer: dict[str, Any] | BaseException | None = None
+
+
+class RemoteBackend:
+    """Sends each call as an encrypted JSON-RPC request and waits for its answer.
+
+    One reader thread per connection matches answers to callers, so several threads may
+    call at once. If the connection drops, calls in flight fail with ConnectionLostError
+    and the next call connects again.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        kid: str,
+        key: str,
+        server_key: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 60.0,
+    ):
+        self.url = websocket_url(url)
+        self.kid, self.key, self.server_key = kid, key, server_key
+        self.ssl_context = ssl_context
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()  # guards connecting and sending (record order = send order)
+        self._ws: ClientConnection | None = None
+        self._session: Session | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._closed = False
+
+    # Connection
+
+    def _connect(self) -> None:
+        if self._closed:
+            raise UnavailableError("this Montybase handle is closed")
+        try:
+            ws = connect(
+                self.url, ssl=self.ssl_context, compression=None, proxy=None, max_size=_MAX_FRAME,
+                user_agent_header=None, open_timeout=self.timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
+        except Exception as exc:  # the server refused the upgrade (limits, origin)
+            raise UnavailableError(f"cannot connect to {self.url}: {exc}") from exc
+        try:
+            handshake = ClientHandshake(self.kid, self.key, self.server_key)
+            hello = self._handshake_step(ws, "hello", handshake.hello())
+            auth_params, session = handshake.finish(hello)
+            handshake.confirm(self._handshake_step(ws, "auth", auth_params))
+        except ConnectionClosed as exc:
+            ws.close()
+            raise ConnectionLostError(f"the server closed the connection during the handshake: {exc}") from exc
+        except BaseException:
+            ws.close()
+            raise
+        self._ws, self._session = ws, session
+        threading.Thread(target=self._read, args=(ws, session), name="montybase-reader", daemon=True).start()
+
+    def _handshake_step(self, ws: ClientConnection, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        ws.send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": method, "params": params}))
+        answer = json.loads(ws.recv(timeout=self.timeout))
+        if "error" in answer:
+            raise _error(answer["error"])
+        return answer["result"]
+
+    def _read(self, ws: ClientConnection, session: Session) -> None:
+        failure: BaseException = ConnectionLostError("the connection to the server was lost")
+        try:
+            for frame in ws:
+                if not isinstance(frame, bytes):
+                    raise ConnectionLostError("the server sent an unencrypted frame")
+                message = json.loads(session.open(frame))
+                for answer in message if isinstance(message, list) else [message]:
+                    pending = self._pending.pop(answer.get("id"), None)
+                    if pending is not None:
+                        pending.answer = answer
+                        pending.done.set()
+            if ws.close_code not in (None, 1000, 1001):
+                failure = ConnectionLostError(
+                    f"the server closed the connection (code {ws.close_code} {ws.close_reason})".strip(),
+                    {"closeCode": ws.close_code},
+                )
+        except ConnectionClosed as exc:
+            failure = ConnectionLostError(f"the connection to the server was lost: {exc}")
+        except (MontybaseError, ValueError) as exc:
+            failure = ConnectionLostError(f"the connection was closed: {exc}")
+            ws.close()
+        with self._lock:
+            if self._ws is ws:
+                self._ws = self._session = None
+            stranded = list(self._pending.values())
+            self._pending.clear()
+        for pending in stranded:
+            pending.answer = failure
+            pending.done.set()
+
+    # Calls
+
+    def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        request_id = next(self._ids)
+        pending = _Pending()
+        frame = json.dumps(
+            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
+            ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+        ).encode()
+        with self._lock:
+            if self._ws is None:
+                self._connect()
+            self._pending[request_id] = pending
+            try:
+                self._ws.send(self._session.seal(frame))
+            except ConnectionClosed as exc:
+                self._pending.pop(request_id, None)
+                raise ConnectionLostError(f"the connection to the server was lost: {exc}") from exc
+        if not pending.done.wait(self.timeout):
+            self._pending.pop(request_id, None)
+            raise ConnectionLostError(f"no answer from {self.url} within {self.timeout}s")
+        answer = pending.answer
+        if isinstance(answer, BaseException):
+            raise answer
+        if "error" in answer:
+            raise _error(answer["error"])
+        return answer["result"]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.close()
+
+
+def _error(error: dict[str, Any]) -> MontybaseError:
+    data = dict(error.get("data") or {})
+    reason = data.pop("reason", None)
+    exc = error_class(reason)(error.get("message", ""), data)
+    if type(exc) is MontybaseError:  # unknown to this client: keep what the server said
+        exc.code, exc.reason = error.get("code", exc.code), reason or exc.reason
+    return exc

@@ -1,0 +1,241 @@
+"""The websockets server: connections, the handshake deadline, caps, encrypted frames, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+from collections import Counter
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .channel import CLOSE_AUTH_FAILED, CLOSE_BAD_RECORD, CLOSE_HANDSHAKE_TIMEOUT, ChannelError, ServerHandshake, Session
+from .database import Database
+from .errors import (
+    InvalidRequestError,
+    MontybaseError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from .rpc import HANDSHAKE_METHODS, Call, Rpc, dumps
+
+__all__ = ["Limits", "MontybaseServer"]
+
+log = logging.getLogger("montybase.server")
+
+_FRAME_OVERHEAD = 16 * 1024  # GCM tag and JSON-RPC envelope around a maximal message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every limit of the server, with its safe default (overridden by `limits` in montybase.json)."""
+
+    maxMessageBytes: int = 256 * 1024
+    maxBatch: int = 50
+    maxWrites: int = 500
+    maxConnections: int = 1000
+    maxUnauthenticated: int = 100
+    maxConnectionsPerAddress: int = 64
+    handshakeTimeout: float = 5.0
+    maxQueue: int = 8
+
+    @classmethod
+    def from_config(cls, limits: dict[str, Any] | None) -> Limits:
+        return cls(**(limits or {}))
+
+
+class MontybaseServer:
+    """Serves one Database over WebSocket JSON-RPC with encrypted frames.
+
+    Keys: `keys` maps a key id ("client", "admin") to its key string; the id is the role.
+    A client key may read and write documents, but not delete whole collections or read the root.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        keys: dict[str, str],
+        server_key: str | None = None,
+        limits: Limits | None = None,
+        origins: list[str | None] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ):
+        self.database = database
+        self.keys = {kid: key for kid, key in keys.items() if key}
+        self.server_key = server_key
+        self.limits = limits or Limits()
+        self.origins = origins
+        self.tls = tls
+        self.rpc = Rpc(max_batch=self.limits.maxBatch)
+        self.server: Server | None = None
+        self._numbers = itertools.count(1)
+        self._open = 0
+        self._unauthenticated = 0
+        self._per_address: Counter[str] = Counter()
+
+    # Lifecycle
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen; returns the bound address (port 0 picks a free port)."""
+        self.server = await serve(
+            self._connection,
+            host,
+            port,
+            origins=self.origins,
+            process_request=self._admit,
+            server_header=None,
+            compression=None,
+            max_size=self.limits.maxMessageBytes + _FRAME_OVERHEAD,
+            max_queue=self.limits.maxQueue,
+            close_timeout=5,
+            ssl=self.tls,
+        )
+        bound = next(iter(self.server.sockets)).getsockname()
+        return bound[0], bound[1]
+
+    async def stop(self) -> None:
+        """Stop accepting, close connections after their in-flight request, then close the database."""
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        await asyncio.get_running_loop().run_in_executor(None, self.database.close)
+
+    # Admission, before the WebSocket upgrade
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        address = _address(connection)
+        if self._open >= self.limits.maxConnections or self._unauthenticated >= self.limits.maxUnauthenticated:
+            log.warning("refused %s: server at its connection limit", address)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
+        if self._per_address[address] >= self.limits.maxConnectionsPerAddress:
+            log.warning("refused %s: too many connections from this address", address)
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too many connections from your address\n")
+        return None
+
+    # One connection
+
+    async def _connection(self, ws: ServerConnection) -> None:
+        number, address = next(self._numbers), _address(ws)
+        self._open += 1
+        self._unauthenticated += 1
+        self._per_address[address] += 1
+        authenticated = False
+        log.info("connection %d opened from %s", number, address)
+        try:
+            session = await self._handshake(ws, number)
+            if session is None:
+                return
+            self._unauthenticated -= 1
+            authenticated = True
+            log.info("connection %d authenticated as %s", number, session.role)
+            await self._serve(ws, session, number)
+        finally:
+            self._open -= 1
+            self._unauthenticated -= not authenticated
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
+            log.info("connection %d closed (code %s)", number, ws.close_code)
+
+    async def _handshake(self, ws: ServerConnection, number: int) -> Session | None:
+        handshake = ServerHandshake(self.keys, self.server_key)
+        request_id: Any = None
+        try:
+            async with asyncio.timeout(self.limits.handshakeTimeout):
+                call = self._handshake_call(await ws.recv(), "hello")
+                request_id = call.id
+                await ws.send(dumps(Rpc.result(call.id, handshake.hello(call.params))))
+                call = self._handshake_call(await ws.recv(), "auth")
+                request_id = call.id
+                result, session = handshake.auth(call.params)
+                await ws.send(dumps(Rpc.result(call.id, result)))
+                return session
+        except TimeoutError:
+            log.warning("connection %d refused: no handshake within %ss", number, self.limits.handshakeTimeout)
+            await ws.close(CLOSE_HANDSHAKE_TIMEOUT, "handshake timeout")
+        except ConnectionClosed:
+            pass
+        except MontybaseError as exc:
+            log.warning("connection %d refused: %s", number, exc)
+            # One answer with no detail about which check failed, then close.
+            refusal = UnauthenticatedError("authentication failed")
+            try:
+                await ws.send(dumps(Rpc.error(request_id, refusal)))
+                await ws.close(CLOSE_AUTH_FAILED, "authentication failed")
+            except ConnectionClosed:
+                pass
+        return None
+
+    def _handshake_call(self, frame: str | bytes, method: str) -> Call:
+        if not isinstance(frame, str):
+            raise UnauthenticatedError("handshake frames are text")
+        messages, batch = self.rpc.parse(frame)
+        call = self.rpc.call(messages[0])
+        if batch or call.method != method or call.notification:
+            raise UnauthenticatedError(f"expected the {method!r} handshake request")
+        return call
+
+    async def _serve(self, ws: ServerConnection, session: Session, number: int) -> None:
+        try:
+            async for frame in ws:
+                if not isinstance(frame, bytes):
+                    raise ChannelError("a text frame after the handshake", CLOSE_BAD_RECORD)
+                answer = await self._answer_frame(session.open(frame), session.role)
+                if answer is not None:
+                    await ws.send(session.seal(answer.encode()))
+        except ChannelError as exc:
+            log.warning("connection %d closed: %s", number, exc)
+            await ws.close(exc.close_code, "record refused" if exc.close_code == CLOSE_BAD_RECORD else "rekey")
+
+    async def _answer_frame(self, text: bytes, role: str) -> str | None:
+        try:
+            messages, batch = self.rpc.parse(text)
+        except MontybaseError as exc:
+            return dumps(Rpc.error(None, exc))
+        answers = [answer for message in messages if (answer := await self._answer(message, role)) is not None]
+        if not answers:
+            return None
+        return dumps(answers if batch else answers[0])
+
+    async def _answer(self, message: Any, role: str) -> dict[str, Any] | None:
+        try:
+            call = self.rpc.call(message)
+        except MontybaseError as exc:
+            return Rpc.error(Rpc.request_id(message), exc)
+        if call.notification:  # JSON-RPC: never answered; a write could not be acknowledged
+            log.info("ignored a %r notification", call.method)
+            return None
+        try:
+            if call.method in HANDSHAKE_METHODS:
+                raise InvalidRequestError("the handshake is already done")
+            if role != "admin":
+                _authorize_client(call)
+            result, seq = self.database.execute(call.method, call.params)
+            if seq:
+                await asyncio.get_running_loop().run_in_executor(None, self.database.wait_durable, seq)
+            return Rpc.result(call.id, result)
+        except Exception as exc:  # Rpc.error turns anything unexpected into INTERNAL with a log id
+            return Rpc.error(call.id, exc)
+
+
+def _authorize_client(call: Call) -> None:
+    """What a client key may not do (until per-collection rules): read the root, delete collections."""
+    params = call.params
+    if call.method == "get" and not params.get("path"):
+        raise PermissionDeniedError("the client key may not read the root")
+    writes = params.get("writes", ()) if call.method == "commit" else [{**params, "op": call.method}]
+    for write in writes:
+        if isinstance(write, dict) and write.get("op") == "delete" and len(write.get("path") or ()) % 2 == 1:
+            raise PermissionDeniedError("the client key may not delete a whole collection")
+
+
+def _address(connection: ServerConnection) -> str:
+    remote = connection.remote_address
+    return str(remote[0]) if remote else "unknown"

@@ -1,0 +1,192 @@
+"""The shared query cases (`tests/cases/queries.json`, DESIGN.md §3.2).
+
+Each case loads its documents into the collection `c` of a fresh in-memory database and runs
+its query through the engine's method table (`Database.call`, the very params the network
+carries). The non-error cases run a second time through the public client API
+(`doc(db, "c").where(...).order_by(...)...`), which must build the same wire form.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from python_client import Montybase, doc
+from python_client.errors import MontybaseError as ClientError
+from server.database import Database
+from server.errors import MontybaseError
+
+CASES_FILE = Path(__file__).parent / "cases" / "queries.json"
+COLLECTION = ["c"]
+QUERY_MEMBERS = {"where", "orderBy", "limit", "limitToLast", "offset", "startAt", "startAfter", "endAt", "endBefore"}
+AGGREGATES = {"count", "exists", "sum", "avg"}
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+CASES: list[dict[str, Any]] = json.loads(CASES_FILE.read_text(encoding="utf-8"), parse_constant=_no_constants)["cases"]
+RESULT_CASES = [case for case in CASES if "error" not in case]
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: 1 equals 1.0, true never equals 1, a string never equals a number."""
+    ta, tb = type(a), type(b)
+    if ta is bool or tb is bool:
+        return ta is tb and a == b
+    if ta in (int, float) and tb in (int, float):
+        return a == b
+    if ta is not tb:
+        return False
+    if ta is list:
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+    if ta is dict:
+        return a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
+    return a == b
+
+
+def _params(case: dict[str, Any]) -> dict[str, Any]:
+    return {"path": COLLECTION, **case["query"]}
+
+
+def _check_docs(case: dict[str, Any], docs: list[dict[str, Any]]) -> None:
+    assert [d["id"] for d in docs] == case["expect"]
+    for d in docs:
+        assert json_equal(d["value"], case["documents"][d["id"]]), d["id"]
+
+
+def _check_aggregate(case: dict[str, Any], value: Any) -> None:
+    assert json_equal(value, case["expect"]), f"expected {case['expect']!r}, got {value!r}"
+
+
+# The file itself
+
+
+def test_cases_file_is_well_formed():
+    names = [case.get("name") for case in CASES]
+    assert len(names) == len(set(names)), "case names must be unique"
+    for case in CASES:
+        name = case.get("name")
+        assert isinstance(name, str) and name, case
+        assert set(case) <= {"name", "documents", "query", "aggregate", "expect", "error"}, name
+        assert ("expect" in case) != ("error" in case), f"{name}: exactly one of expect / error"
+        assert isinstance(case["documents"], dict) and all(isinstance(d, dict) for d in case["documents"].values()), name
+        assert isinstance(case["query"], dict) and "path" not in case["query"], name
+        if "error" in case:
+            assert case["error"] == "INVALID_ARGUMENT", name
+        if "aggregate" in case:
+            assert isinstance(case["aggregate"], dict) and set(case["aggregate"]) <= {"op", "field"}, name
+        elif "expect" in case:
+            assert set(case["query"]) <= QUERY_MEMBERS, name
+            assert isinstance(case["expect"], list) and all(i in case["documents"] for i in case["expect"]), name
+
+
+# Through the engine's method table
+
+
+@pytest.fixture
+def engine():
+    database = Database()
+    yield database
+    database.close()
+
+
+def _load(database: Database, documents: dict[str, Any]) -> None:
+    for doc_id, document in documents.items():
+        database.call("add", {"path": [*COLLECTION, doc_id], "value": document})
+
+
+def _engine_run(database: Database, case: dict[str, Any]) -> Any:
+    if "aggregate" in case:
+        return database.call("aggregate", {"query": _params(case), **case["aggregate"]})["value"]
+    return database.call("query", {"query": _params(case)})["docs"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
+def test_query_case(engine, case):
+    _load(engine, case["documents"])
+    if "error" in case:
+        with pytest.raises(MontybaseError) as raised:
+            _engine_run(engine, case)
+        assert raised.value.reason == case["error"]
+    elif "aggregate" in case:
+        _check_aggregate(case, _engine_run(engine, case))
+    else:
+        _check_docs(case, _engine_run(engine, case))
+
+
+# Through the public Python client
+
+
+def _client_field(field: Any) -> Any:
+    """The client's spelling of a wire field: a dotted string as it is, a list of keys as a tuple."""
+    return tuple(field) if isinstance(field, list) else field
+
+
+def _build(ref: Any, wire: dict[str, Any]) -> Any:
+    query = ref.query()
+    for field, op, value in wire.get("where", ()):
+        query = query.where(_client_field(field), op, value)
+    for field, direction in wire.get("orderBy", ()):
+        query = query.order_by(_client_field(field), direction)
+    for member, method in (("limit", "limit"), ("limitToLast", "limit_to_last"), ("offset", "offset")):
+        if member in wire:
+            query = getattr(query, method)(wire[member])
+    for member, method in (("startAt", "start_at"), ("startAfter", "start_after"), ("endAt", "end_at"), ("endBefore", "end_before")):
+        if member in wire:
+            query = getattr(query, method)(*wire[member])
+    return query
+
+
+@pytest.fixture
+def client():
+    database = Montybase(storageBucket=":memory:")
+    yield database
+    database.close()
+
+
+@pytest.mark.parametrize("case", RESULT_CASES, ids=[case["name"] for case in RESULT_CASES])
+def test_query_case_through_client(client, case):
+    ref = doc(client, *COLLECTION)
+    for doc_id, document in case["documents"].items():
+        ref.add(document, key=doc_id)
+    query = _build(ref, case["query"])
+    assert query.wire == _params(case)
+    aggregate = case.get("aggregate")
+    if aggregate is None:
+        _check_docs(case, query.stream())
+        return
+    op, field = aggregate["op"], aggregate.get("field")
+    value = getattr(query, op)() if field is None else getattr(query, op)(_client_field(field))
+    _check_aggregate(case, value)
+
+
+def test_client_chain_matches_handwritten_wire(client):
+    """A leaderboard query written the way a user writes it carries exactly the documented wire form."""
+    query = (
+        doc(client, "c")
+        .where("team", "==", "red")
+        .where(("stats", "wins"), ">=", 1)
+        .order_by("score", "desc")
+        .start_after(80, "cat")
+        .limit(2)
+    )
+    assert query.wire == {
+        "path": ["c"],
+        "where": [["team", "==", "red"], [["stats", "wins"], ">=", 1]],
+        "orderBy": [["score", "desc"]],
+        "startAfter": [80, "cat"],
+        "limit": 2,
+    }
+
+
+def test_client_raises_engine_reason():
+    """An error case seen through the client carries the same reason."""
+    with Montybase(storageBucket=":memory:") as database:
+        with pytest.raises(ClientError) as raised:
+            doc(database, "c").where("score", "=", 1).stream()
+        assert raised.value.reason == "INVALID_ARGUMENT"
