@@ -12,7 +12,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from server.channel import ClientHandshake, Session
-from server.errors import ConnectionLostError, MontybaseError, UnavailableError, error_class
+from server.errors import ConnectionLostError, InvalidArgumentError, MontybaseError, UnavailableError, error_class
+from server.paths import field_path
+from server.query import parse_query
+from server.values import prepare
 
 __all__ = ["RemoteBackend", "websocket_url"]
 
@@ -25,6 +28,22 @@ def websocket_url(api: str) -> str:
         if api.startswith(web):
             api = socket_scheme + api[len(web):]
     return api.rstrip("/")
+
+
+def _check_values(method: str, params: dict[str, Any]) -> None:
+    """Refuse, as the server would and with its message, values JSON cannot carry faithfully
+    (NaN, bytes, lone surrogates, non-string keys, unsafe integers) before anything is sent."""
+    writes = params.get("writes") if method == "commit" else [params]
+    for write in writes if isinstance(writes, list) else ():
+        if not isinstance(write, dict):
+            continue
+        if "value" in write:
+            prepare(write["value"], None, "value", 0, "set")
+        for pair in write.get("fields") or ():
+            if isinstance(pair, (list, tuple)) and len(pair) == 2:
+                prepare(pair[1], None, "value." + ".".join(field_path(pair[0])), 0, "update")
+    if "query" in params:
+        parse_query(params["query"])
 
 
 class _Pending:
@@ -72,7 +91,7 @@ class RemoteBackend:
         try:
             ws = connect(
                 self.url, ssl=self.ssl_context, compression=None, proxy=None, max_size=_MAX_FRAME,
-                user_agent_header=None, open_timeout=self.timeout,
+                user_agent_header=None, open_timeout=self.timeout, legacy=True,
             )
         except (OSError, TimeoutError) as exc:
             raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
@@ -133,12 +152,16 @@ class RemoteBackend:
     # Calls
 
     def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        _check_values(method, params)
         request_id = next(self._ids)
         pending = _Pending()
-        frame = json.dumps(
-            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
-            ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-        ).encode()
+        try:
+            frame = json.dumps(
+                {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
+                ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+            ).encode()
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"params are not JSON: {exc}", {"path": "params"}) from None
         with self._lock:
             if self._ws is None:
                 self._connect()

@@ -146,14 +146,12 @@ class MontybaseServer:
 
     async def _handshake(self, ws: ServerConnection, number: int) -> Session | None:
         handshake = ServerHandshake(self.keys, self.server_key)
-        request_id: Any = None
+        answered: list[Any] = [None]  # the id of the request being answered
         try:
             async with asyncio.timeout(self.limits.handshakeTimeout):
-                call = self._handshake_call(await ws.recv(), "hello")
-                request_id = call.id
+                call = self._handshake_call(await ws.recv(), "hello", answered)
                 await ws.send(dumps(Rpc.result(call.id, handshake.hello(call.params))))
-                call = self._handshake_call(await ws.recv(), "auth")
-                request_id = call.id
+                call = self._handshake_call(await ws.recv(), "auth", answered)
                 result, session = handshake.auth(call.params)
                 await ws.send(dumps(Rpc.result(call.id, result)))
                 return session
@@ -167,19 +165,20 @@ class MontybaseServer:
             # One answer with no detail about which check failed, then close.
             refusal = UnauthenticatedError("authentication failed")
             try:
-                await ws.send(dumps(Rpc.error(request_id, refusal)))
+                await ws.send(dumps(Rpc.error(answered[0], refusal)))
                 await ws.close(CLOSE_AUTH_FAILED, "authentication failed")
             except ConnectionClosed:
                 pass
         return None
 
-    def _handshake_call(self, frame: str | bytes, method: str) -> Call:
+    def _handshake_call(self, frame: str | bytes, method: str, answered: list[Any]) -> Call:
         if not isinstance(frame, str):
             raise UnauthenticatedError("handshake frames are text")
         messages, batch = self.rpc.parse(frame)
+        answered[0] = Rpc.request_id(messages[0])
         call = self.rpc.call(messages[0])
         if batch or call.method != method or call.notification:
-            raise UnauthenticatedError(f"expected the {method!r} handshake request")
+            raise UnauthenticatedError(f"expected the {method!r} handshake request, got {call.method!r}")
         return call
 
     async def _serve(self, ws: ServerConnection, session: Session, number: int) -> None:

@@ -2,20 +2,98 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from python_client import Montybase
+from server.config import client_config, create_config, open_database
+from server.database import Database
+from server.transport import Limits, MontybaseServer
 
-BACKENDS = ["memory", "file"]
+BACKENDS = ["memory", "file", "remote"]
+
+
+class LoopThread:
+    """An asyncio loop in a background thread, where test servers run."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-servers", daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    runner = LoopThread()
+    yield runner
+    runner.close()
+
+
+class Served:
+    """A real Montybase server on 127.0.0.1, port 0, with the config files a client needs."""
+
+    def __init__(self, loop_thread: LoopThread, folder: Path, database: Database | None = None, **options: Any):
+        self.loop_thread = loop_thread
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config = create_config(folder / "montybase.json")
+        self.database = database or open_database(self.config, ":memory:")
+        self.server = MontybaseServer(
+            self.database,
+            keys={"client": self.config["apiKey"], "admin": self.config["adminKey"]},
+            server_key=self.config["serverKey"],
+            limits=options.pop("limits", Limits()),
+            **options,
+        )
+        host, port = loop_thread.run(self.server.start("127.0.0.1", 0))
+        self.url = f"ws://{host}:{port}"
+        self.client_config_path = folder / "client-config.json"
+        self.client_config_path.write_text(json.dumps(client_config(self.config, self.url)))
+        self.admin_config_path = folder / "montybase.json"
+
+    def client(self, admin: bool = False, **options: Any) -> Montybase:
+        config = self.admin_config_path if admin else self.client_config_path
+        return Montybase(api=self.url, config=config, **options)
+
+    def stop(self) -> None:
+        self.loop_thread.run(self.server.stop())
+
+
+@pytest.fixture
+def served(loop_thread, tmp_path) -> Iterator[Served]:
+    """A server for one test (stopped afterwards)."""
+    server = Served(loop_thread, tmp_path)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(params=BACKENDS)
 def db(request, tmp_path, monkeypatch):
-    """A fresh database: embedded in memory, or embedded on files in a temporary folder."""
+    """A fresh database: embedded in memory, embedded on files, or a real server over the
+    network, used with the admin key (a server-side Python program)."""
     monkeypatch.chdir(tmp_path)
+    server = None
     if request.param == "memory":
         handle = Montybase(storageBucket=":memory:")
-    else:
+    elif request.param == "file":
         handle = Montybase(config=tmp_path / "montybase.json")
+    else:
+        server = Served(request.getfixturevalue("loop_thread"), tmp_path / "server")
+        handle = server.client(admin=True)
     yield handle
     handle.close()
+    if server is not None:
+        server.stop()

@@ -1,0 +1,398 @@
+"""The server over real sockets: handshake, encrypted records, bad input, limits, access."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+import time
+
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from conftest import Served
+from python_client import ConnectionLostError, PermissionDeniedError, doc
+from server.channel import ClientHandshake, Session, derive_psk, key_schedule
+from server.config import _public_key
+from server.schemas import load_schema
+from server.transport import Limits
+
+_registry = Registry().with_resource("montybase:common", Resource.from_contents(load_schema("common")))
+
+
+def result_schema(method):
+    return Draft202012Validator(load_schema(method)["properties"]["result"], registry=_registry)
+
+
+class Raw:
+    """A hand-driven protocol client: handshake, then sealed frames of our choosing."""
+
+    def __init__(self, served: Served, kid="client", key=None, pinned=True, handshake=True):
+        self.ws = connect(served.url, compression=None, proxy=None, legacy=True, open_timeout=5)
+        self.served = served
+        if handshake:
+            key = key or (served.config["apiKey"] if kid == "client" else served.config["adminKey"])
+            nonce = secrets.token_bytes(32)
+            client = ClientHandshake(kid, key, _public_key(served.config["serverKey"]) if pinned else None, nonce=nonce)
+            answer = self.text({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": client.hello()})
+            auth, self.session = client.finish(answer["result"])
+            if not pinned:  # psk keys can be recomputed here: a session sealing as the server would
+                ns = base64.urlsafe_b64decode(answer["result"]["ns"] + "=")
+                keys = key_schedule("psk", kid, nonce, ns, derive_psk(key))
+                self.mirror = Session(role=kid, th=keys.th, send_key=keys.s2c, recv_key=keys.c2s, send_dir=2)
+            client.confirm(self.text({"jsonrpc": "2.0", "id": 0, "method": "auth", "params": auth})["result"])
+
+    def text(self, message):
+        self.ws.send(json.dumps(message))
+        return json.loads(self.ws.recv(timeout=5))
+
+    def send(self, message):
+        self.ws.send(self.session.seal(message if isinstance(message, bytes) else json.dumps(message).encode()))
+
+    def recv(self):
+        return json.loads(self.session.open(self.ws.recv(timeout=5)))
+
+    def call(self, method, params, request_id=1):
+        self.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        return self.recv()
+
+    def close_code(self):
+        with pytest.raises(ConnectionClosed):
+            self.ws.recv(timeout=5)
+        return self.ws.close_code
+
+    def close(self):
+        self.ws.close()
+
+
+def everything(served):
+    return served.database.call("get", {"path": []})["value"]
+
+
+# Handshake and records
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["nk", "psk"])
+def test_both_channel_modes_serve_requests(served, pinned):
+    raw = Raw(served, pinned=pinned)
+    answer = raw.call("add", {"path": ["c"], "value": {"n": 1}})
+    result_schema("add").validate(answer["result"])
+    assert raw.call("get", {"path": ["c", answer["result"]["id"]]})["result"] == {"value": {"n": 1}}
+    raw.close()
+
+
+def test_every_answer_matches_its_result_schema(served):
+    raw = Raw(served, kid="admin")
+    calls = [
+        ("set", {"path": ["c", "a"], "value": {"n": 1, "t": ["x"]}}),
+        ("update", {"path": ["c", "a"], "fields": [["n", {"$increment": 2}]]}),
+        ("get", {"path": ["c"]}),
+        ("query", {"query": {"path": ["c"], "orderBy": [["n", "desc"]], "limit": 5}}),
+        ("aggregate", {"query": {"path": ["c"]}, "op": "avg", "field": "n"}),
+        ("commit", {"writes": [{"op": "add", "path": ["c"], "value": {}}, {"op": "delete", "path": ["c", "a"]}]}),
+        ("delete", {"path": ["c"]}),
+    ]
+    for method, params in calls:
+        answer = raw.call(method, params)
+        assert "result" in answer, answer
+        result_schema(method).validate(answer["result"])
+    raw.close()
+
+
+def test_a_wrong_key_is_refused_with_one_error_and_close_1008(served):
+    raw = Raw(served, handshake=False)
+    client = ClientHandshake("client", "mb-wrong-key-0123456789")  # psk mode: the server answers, the proof fails
+    hello = raw.text({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": client.hello()})
+    with pytest.raises(Exception):
+        client.finish(hello["result"])  # the server's proof does not verify under the wrong key
+    refused = raw.text({"jsonrpc": "2.0", "id": 0, "method": "auth", "params": {"cmac": "A" * 43}})
+    assert refused["error"]["data"] == {"reason": "UNAUTHENTICATED"} and refused["error"]["code"] == -32000
+    assert raw.close_code() == 1008
+
+
+def test_an_unknown_key_id_is_refused(served):
+    raw = Raw(served, handshake=False)
+    answer = raw.text({"jsonrpc": "2.0", "id": 0, "method": "hello",
+                       "params": {"v": 1, "mode": "psk", "kid": "root", "nc": "A" * 43}})
+    assert answer["error"]["data"]["reason"] == "UNAUTHENTICATED"
+    assert raw.close_code() == 1008
+
+
+def test_a_data_request_before_the_handshake_is_refused(served):
+    raw = Raw(served, handshake=False)
+    answer = raw.text({"jsonrpc": "2.0", "id": 5, "method": "get", "params": {"path": ["c"]}})
+    assert answer["error"]["data"]["reason"] == "UNAUTHENTICATED" and answer["id"] == 5
+    assert raw.close_code() == 1008
+
+
+def test_a_handshake_that_never_finishes_is_closed_4001(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(handshakeTimeout=0.3))
+    try:
+        raw = Raw(served, handshake=False)
+        started = time.monotonic()
+        assert raw.close_code() == 4001
+        assert time.monotonic() - started < 3
+    finally:
+        served.stop()
+
+
+def frame_tests():
+    def replayed(raw, frame, _):
+        raw.ws.send(frame)
+        raw.ws.send(frame)
+
+    def altered(raw, frame, _):
+        raw.ws.send(frame[:-1] + bytes([frame[-1] ^ 1]))
+
+    def reordered(raw, frame, second):
+        raw.ws.send(second)
+        raw.ws.send(frame)
+
+    def wrong_direction(raw, frame, _):
+        # The same request sealed under the server-to-client key and direction (a reflection).
+        raw.ws.send(raw.mirror.seal(b'{"jsonrpc":"2.0","id":1,"method":"get","params":{"path":["c"]}}'))
+
+    def text_frame(raw, frame, _):
+        raw.ws.send('{"jsonrpc":"2.0","id":1,"method":"get","params":{"path":["c"]}}')
+
+    return [replayed, altered, reordered, wrong_direction, text_frame]
+
+
+@pytest.mark.parametrize("attack", frame_tests(), ids=lambda f: f.__name__)
+def test_bad_records_close_the_connection_and_others_keep_working(served, attack):
+    bystander = served.client()
+    doc(bystander, "c", "keep").set({"n": 1})
+    before = everything(served)
+    raw = Raw(served, pinned=False)
+    first = raw.session.seal(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "set",
+                                         "params": {"path": ["c", "evil"], "value": {"x": 1}}}).encode())
+    second = raw.session.seal(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "set",
+                                          "params": {"path": ["c", "evil2"], "value": {"x": 2}}}).encode())
+    attack(raw, first, second)
+    codes = set()
+    try:
+        while True:  # a replay answers the first copy, then refuses the second
+            raw.session.open(raw.ws.recv(timeout=5))
+    except ConnectionClosed:
+        codes.add(raw.ws.close_code)
+    assert codes == {4002}
+    after = everything(served)
+    assert "evil2" not in after["c"]
+    if attack.__name__ != "replayed":
+        assert after == before
+    assert doc(bystander, "c", "keep").get() == {"n": 1}
+    bystander.close()
+
+
+def test_wrong_keys_do_not_disturb_other_clients(served):
+    bystander = served.client()
+    for _ in range(5):
+        raw = Raw(served, handshake=False)
+        raw.text({"jsonrpc": "2.0", "id": 0, "method": "hello",
+                  "params": {"v": 1, "mode": "psk", "kid": "client", "nc": "A" * 43}})
+        raw.text({"jsonrpc": "2.0", "id": 0, "method": "auth", "params": {"cmac": "A" * 43}})
+        assert raw.close_code() == 1008
+    assert doc(bystander, "c").add({"ok": True})
+    bystander.close()
+
+
+# Bad input after the handshake
+
+
+def test_bad_frames_get_the_documented_errors_and_change_nothing(served):
+    doc_path = {"path": ["c", "d"], "value": {"n": 1}}
+    served.database.call("set", doc_path)
+    before = everything(served)
+    raw = Raw(served)
+    raw.send(b"this is not json")
+    assert raw.recv()["error"]["data"]["reason"] == "PARSE_ERROR"
+    raw.send({"jsonrpc": "2.0", "id": 9, "params": {}})
+    answer = raw.recv()
+    assert answer["error"]["data"]["reason"] == "INVALID_REQUEST" and answer["id"] == 9
+    answer = raw.call("drop_database", {}, request_id="x")
+    assert answer["error"]["code"] == -32601 and answer["id"] == "x"
+    answer = raw.call("set", {"path": ["c", "$d"], "value": {"n": 2}})
+    assert answer["error"]["data"] == {"reason": "INVALID_ARGUMENT", "path": "params.path[1]"}
+    answer = raw.call("set", {"path": ["c", "d"], "value": {"n": 2**60}})
+    assert answer["error"]["data"]["reason"] == "INVALID_ARGUMENT" and "value.n" in answer["error"]["message"]
+    answer = raw.call("set", {"path": ["c", "d"], "value": {"__proto__": {"polluted": 1}}})
+    assert answer["error"]["data"]["reason"] == "INVALID_ARGUMENT"
+    answer = raw.call("hello", {"v": 1, "mode": "psk", "kid": "client", "nc": "A" * 43})
+    assert answer["error"]["data"]["reason"] == "INVALID_REQUEST"
+    assert everything(served) == before
+    assert raw.call("get", {"path": ["c", "d"]})["result"] == {"value": {"n": 1}}  # still served
+    raw.close()
+
+
+def test_batches_answer_in_order_and_notifications_get_no_answer(served):
+    raw = Raw(served, kid="admin")
+    raw.send([
+        {"jsonrpc": "2.0", "id": 1, "method": "set", "params": {"path": ["c", "a"], "value": {"n": 1}}},
+        {"jsonrpc": "2.0", "method": "set", "params": {"path": ["c", "ignored"], "value": {"n": 2}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "get", "params": {"path": ["c"]}},
+        {"jsonrpc": "2.0", "id": 3, "method": "nope", "params": {}},
+    ])
+    answers = raw.recv()
+    assert [a["id"] for a in answers] == [1, 2, 3]
+    assert answers[1]["result"] == {"value": {"a": {"n": 1}}}
+    assert answers[2]["error"]["code"] == -32601
+    raw.send({"jsonrpc": "2.0", "method": "set", "params": {"path": ["c", "b"], "value": {}}})
+    raw.send({"jsonrpc": "2.0", "id": 4, "method": "get", "params": {"path": ["c", "b"]}})
+    assert raw.recv() == {"jsonrpc": "2.0", "id": 4, "result": {"value": None}}
+    raw.close()
+
+
+def test_requests_of_one_connection_are_handled_in_order(served):
+    raw = Raw(served)
+    for i in range(50):
+        raw.send({"jsonrpc": "2.0", "id": i, "method": "set", "params": {"path": ["c", "x"], "value": {"i": i}}})
+    assert [raw.recv()["id"] for _ in range(50)] == list(range(50))
+    assert raw.call("get", {"path": ["c", "x"]})["result"] == {"value": {"i": 49}}
+    raw.close()
+
+
+def test_an_oversized_message_closes_with_1009_and_writes_nothing(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(maxMessageBytes=4096))
+    try:
+        raw = Raw(served)
+        raw.send({"jsonrpc": "2.0", "id": 1, "method": "set",
+                  "params": {"path": ["c", "big"], "value": {"blob": "x" * 100_000}}})
+        assert raw.close_code() == 1009
+        assert everything(served) == {}
+        other = served.client()
+        assert doc(other, "c").add({"small": True})
+        other.close()
+    finally:
+        served.stop()
+
+
+def test_a_flood_of_unauthenticated_connections_is_capped(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(maxUnauthenticated=5, handshakeTimeout=5))
+    idle = []
+    try:
+        for _ in range(5):
+            idle.append(Raw(served, handshake=False))
+        with pytest.raises(InvalidStatus) as caught:
+            Raw(served, handshake=False)
+        assert caught.value.response.status_code == 503
+        for raw in idle:
+            raw.close()
+        deadline = time.monotonic() + 5
+        while served.server._unauthenticated and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client = served.client()
+        assert doc(client, "c").add({"after": "flood"})
+        client.close()
+    finally:
+        for raw in idle:
+            raw.close()
+        served.stop()
+
+
+def test_connections_per_address_are_capped(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(maxConnectionsPerAddress=3))
+    clients = [Raw(served) for _ in range(3)]
+    try:
+        with pytest.raises(InvalidStatus) as caught:
+            Raw(served)
+        assert caught.value.response.status_code == 429
+    finally:
+        for raw in clients:
+            raw.close()
+        served.stop()
+
+
+def test_the_server_sends_no_server_header_and_no_compression(served):
+    ws = connect(served.url, proxy=None, legacy=True)
+    assert "Server" not in ws.response.headers
+    assert "Sec-WebSocket-Extensions" not in ws.response.headers
+    ws.close()
+
+
+def test_origins_allowlist_refuses_other_sites(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, origins=["https://game.example", None])
+    try:
+        with pytest.raises(InvalidStatus) as caught:
+            connect(served.url, proxy=None, legacy=True, origin="https://evil.example")
+        assert caught.value.response.status_code == 403
+        connect(served.url, proxy=None, legacy=True, origin="https://game.example").close()
+        connect(served.url, proxy=None, legacy=True).close()  # Python and Node clients send no Origin
+    finally:
+        served.stop()
+
+
+# Access with the client key
+
+
+def test_client_key_reads_and_writes_documents_but_not_the_root_or_whole_collections(served):
+    client = served.client()
+    ref = doc(client, "scores")
+    uid = ref.add({"score": 1})
+    assert ref.append(uid).get() == {"score": 1} and ref.count() == 1
+    with pytest.raises(PermissionDeniedError):
+        ref.delete()
+    with pytest.raises(PermissionDeniedError):
+        doc(client).get()
+    batch = client.batch()
+    batch.set(ref.append("x"), {"score": 2})
+    batch.delete(ref)
+    with pytest.raises(PermissionDeniedError):
+        batch.commit()
+    assert ref.count() == 1
+    assert ref.delete(key=uid) == {"score": 1}
+    client.close()
+
+
+def test_admin_key_has_full_access(served):
+    admin = served.client(admin=True)
+    doc(admin, "c").add({"n": 1})
+    assert doc(admin, "c").delete() and doc(admin).get() == {}
+    admin.close()
+
+
+# The remote client's connection handling
+
+
+def test_in_flight_calls_fail_with_connection_lost_and_the_next_call_reconnects(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path)
+    client = served.client()
+    doc(client, "c", "a").set({"n": 1})
+    port = int(served.url.rsplit(":", 1)[1])
+    served.loop_thread.run(served.server.stop())
+    with pytest.raises(ConnectionLostError):
+        doc(client, "c", "a").get()
+    # A new server on the same port: the client connects again by itself.
+    served.server.database = served.database = __import__("server.config", fromlist=["x"]).open_database(
+        served.config, ":memory:")
+    served.loop_thread.run(served.server.start("127.0.0.1", port))
+    try:
+        doc(client, "c", "a").set({"n": 2})
+        assert doc(client, "c", "a").get() == {"n": 2}
+    finally:
+        client.close()
+        served.stop()
+
+
+def test_many_threads_share_one_remote_client(served):
+    client = served.client()
+    ref = doc(client, "c")
+    errors = []
+
+    def writer(start):
+        try:
+            for i in range(start, start + 50):
+                ref.set({"i": i}, key=f"k{i:04d}")
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n * 50,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors and ref.count() == 200
+    client.close()
