@@ -73,13 +73,14 @@ class Montybase:
             self.config = _read_json(self._config_path)
             self._backend = self._remote(api, self.config, ssl_context)
             return
+        self._created = False
         if storageBucket == ":memory:" and self._serve_at is None:
             self._config_path = Path("montybase.json")
             self.config = dict(DEFAULTS)
             bucket = storageBucket
         else:
             self._config_path = Path(config if config is not None else "montybase.json")
-            self.config, _ = load_config(self._config_path)
+            self.config, self._created = load_config(self._config_path)
             bucket = storageBucket if storageBucket is not None else storage_path(self.config, self._config_path)
         self._database = open_database(self.config, bucket, hot=hot, store_min=storeMin, update_time=updateTime)
         self._backend = EmbeddedBackend(self._database)
@@ -103,12 +104,13 @@ class Montybase:
             raise InvalidArgumentError(
                 "run() serves the database: open it with dev=True, dev='host:port' or endpoint=True", {"path": "run"}
             )
-        from server.cli import serve
+        from server.cli import announce, serve
 
         host, port = self._serve_at
-        print(f"client config: {self._config_path.absolute().with_name('client-config.json')}", flush=True)
-        asyncio.run(serve(self._database, self.config, self._config_path.absolute(), host, port,
-                          ready=lambda url: print(f"endpoint: {url}", flush=True)))
+        config_path = self._config_path.absolute()
+        print(f"client config: {config_path.with_name('client-config.json')}", flush=True)
+        asyncio.run(serve(self._database, self.config, config_path, host, port,
+                          ready=announce(self.config, config_path, self._created)))
 
     def batch(self) -> WriteBatch:
         """Collect writes; `commit()` applies them all or none."""

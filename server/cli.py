@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import ssl
@@ -12,9 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import load_config, open_database, storage_path
+from .config import client_config, load_config, open_database, storage_path
 from .database import Database
-from .errors import MontybaseError
+from .errors import InvalidArgumentError, MontybaseError
 from .transport import Limits, MontybaseServer
 
 __all__ = ["main", "serve"]
@@ -42,6 +43,12 @@ async def serve(
     ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then stop accepting, finish in-flight writes, snapshot."""
+    if not config.get("apiKey"):
+        database.close()
+        raise InvalidArgumentError(
+            f"{config_path}: apiKey is missing; add one (\"mb-\" and 16+ random characters), or move the "
+            "file away to have a fresh one made", {"path": "apiKey"},
+        )
     tls = _tls(config, config_path)
     server = MontybaseServer(
         database,
@@ -50,6 +57,8 @@ async def serve(
         limits=Limits.from_config(config.get("limits")),
         origins=config.get("origins"),
         tls=tls,
+        client_config=client_config(config, ""),
+        static=config_path.parent / config["static"] if config.get("static") else None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,11 +82,30 @@ async def serve(
             loop.remove_signal_handler(signum)
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def announce(config: dict[str, Any], config_path: Path, created: bool) -> Callable[[str], None]:
+    """What to print once serving; on a first run, also point client-config.json at the
+    address really served (the file apps ship)."""
+
+    def ready(endpoint: str) -> None:
+        if created:
+            path = config_path.with_name("client-config.json")
+            path.write_text(json.dumps(client_config(config, endpoint), indent=2) + "\n", encoding="utf-8")
+        print(f"endpoint: {endpoint}", flush=True)
+
+    return ready
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="montybase", description="Serve a Montybase database over WebSocket.")
     parser.add_argument("--config", default="montybase.json", help="settings file, created with fresh keys if missing")
     parser.add_argument("--host", help="address to listen on (default: host in the config, 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default: port in the config, 8765; 0 picks a free one)")
+    parser.add_argument("--port", type=_port, help="port (default: port in the config, 8765; 0 picks a free one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)  # our own lines say the same, once
@@ -91,8 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         database = open_database(config, storage_path(config, config_path))
         host = args.host or config["host"]
         port = config["port"] if args.port is None else args.port
-        asyncio.run(serve(database, config, config_path, host, port,
-                          ready=lambda endpoint: print(f"endpoint: {endpoint}", flush=True)))
+        asyncio.run(serve(database, config, config_path, host, port, ready=announce(config, config_path, created)))
     except MontybaseError as exc:
         print(f"montybase: {exc}", file=sys.stderr)
         return 1

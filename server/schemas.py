@@ -7,17 +7,23 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_schema", "schema_dir"]
+__all__ = ["bundled_dir", "load_schema", "schema_dir"]
 
 
 @cache
-def schema_dir() -> Path:
-    """The `schemas/` folder: beside the package in a checkout, inside it when installed."""
+def bundled_dir(name: str, marker: str) -> Path:
+    """A top-level folder of the project (`schemas`, `js_client`): beside the package in a
+    checkout, inside it when installed (pyproject.toml maps it to `server.<name>`)."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "schemas", here / "schemas"):
-        if (candidate / "errors.json").is_file():
+    for candidate in (here.parent / name, here / name):
+        if (candidate / marker).is_file():
             return candidate
-    raise FileNotFoundError(f"Montybase schemas not found beside {here}")
+    raise FileNotFoundError(f"Montybase {name}/ not found beside {here}")
+
+
+def schema_dir() -> Path:
+    """The `schemas/` folder."""
+    return bundled_dir("schemas", "errors.json")
 
 
 @cache

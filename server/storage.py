@@ -73,6 +73,22 @@ def decode_snapshot(data: bytes) -> tuple[int, Collections]:
     return seq, {path: docs for path, docs in collections.items() if docs}
 
 
+def _is_tail(data: bytes, offset: int, next_seq: int) -> bool:
+    """Whether a bad record at `offset` can be the torn end of an interrupted append: no intact
+    record of this or a later seq follows it (garbage, zeros or a cut-short write may). An intact
+    record after the damage means the damage is in the middle: never cut that off."""
+    # Every later record's header holds the same high half of the seq (for the next 2^32
+    # records): try each place it appears as the start of a record.
+    needle = next_seq.to_bytes(8, "big")[:4]
+    position = data.find(needle, offset + 9)
+    while position != -1:
+        problem, seq, _, _ = FileStorage._parse(data, position - 8)
+        if problem is None and seq >= next_seq:
+            return False
+        position = data.find(needle, position + 1)
+    return True
+
+
 class LocalFiles:
     """The file operations storage uses, one method each, so tests can simulate a power loss."""
 
@@ -252,7 +268,7 @@ class FileStorage(Storage):
             while offset < len(data):
                 problem, record_seq, payload, size = self._parse(data, offset)
                 if problem is not None:
-                    if number == len(journals) - 1:
+                    if number == len(journals) - 1 and _is_tail(data, offset, last + 1):
                         log.warning(
                             "journal %s: %s at byte %d; cutting off the torn end (%d bytes) of an "
                             "interrupted write", journal, problem, offset, len(data) - offset,
@@ -385,13 +401,15 @@ class FileStorage(Storage):
         return self._journal_bytes > max(64 << 20, 2 * self._snapshot_bytes)
 
     def close(self) -> None:
-        if self._fd is not None:
-            try:
-                self.flush()
-            finally:
-                self.files.close(self._fd)
-                self._fd = None
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        try:
+            if self._fd is not None:
+                try:
+                    self.flush()
+                finally:
+                    self.files.close(self._fd)
+                    self._fd = None
+        finally:
+            if self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+                self._lock_fd = None

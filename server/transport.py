@@ -9,9 +9,11 @@ import ssl
 from collections import Counter
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -24,6 +26,7 @@ from .errors import (
     UnauthenticatedError,
 )
 from .rpc import HANDSHAKE_METHODS, Call, Rpc, dumps
+from .web import route
 
 __all__ = ["Limits", "MontybaseServer"]
 
@@ -66,6 +69,8 @@ class MontybaseServer:
         limits: Limits | None = None,
         origins: list[str | None] | None = None,
         tls: ssl.SSLContext | None = None,
+        client_config: dict[str, Any] | None = None,
+        static: Path | None = None,
     ):
         self.database = database
         self.keys = {kid: key for kid, key in keys.items() if key}
@@ -73,6 +78,8 @@ class MontybaseServer:
         self.limits = limits or Limits()
         self.origins = origins
         self.tls = tls
+        self.client_config = client_config or {}
+        self.static = static
         self.rpc = Rpc(max_batch=self.limits.maxBatch)
         self.server: Server | None = None
         self._numbers = itertools.count(1)
@@ -111,6 +118,8 @@ class MontybaseServer:
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         address = _address(connection)
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return self._page(request)
         if self._open >= self.limits.maxConnections or self._unauthenticated >= self.limits.maxUnauthenticated:
             log.warning("refused %s: server at its connection limit", address)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
@@ -118,6 +127,19 @@ class MontybaseServer:
             log.warning("refused %s: too many connections from this address", address)
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too many connections from your address\n")
         return None
+
+    def _page(self, request: Request) -> Response:
+        try:
+            status, content_type, body = route(
+                request.path, request.headers.get("Host"), self.client_config, self.static, self.tls is not None
+            )
+        except OSError:
+            status, content_type, body = 404, "text/plain; charset=utf-8", b"Not found\n"
+        headers = Headers([
+            ("Content-Type", content_type), ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
+        ])
+        return Response(status, HTTPStatus(status).phrase, headers, body)
 
     # One connection
 

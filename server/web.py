@@ -1,0 +1,67 @@
+"""Plain HTTP GETs on the WebSocket port: the JS client, the client config, a static folder."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .schemas import bundled_dir
+
+__all__ = ["Page", "route"]
+
+Page = tuple[int, str, bytes]  # status, content type, body
+
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".ts": "text/plain; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+_ENTRY = b'export * from "/montybase/index.js";\n'
+_NOT_FOUND: Page = (404, "text/plain; charset=utf-8", b"Not found\n")
+
+
+def _file(root: Path, relative: str) -> Page:
+    """A file under `root`, never outside it, never a listing, never a dotfile."""
+    parts = [part for part in relative.split("/") if part]
+    if any(part.startswith(".") or "\\" in part or "\0" in part for part in parts):
+        return _NOT_FOUND
+    root = root.resolve()
+    path = root.joinpath(*parts).resolve()
+    if not path.is_relative_to(root):
+        return _NOT_FOUND
+    if path.is_dir():
+        path = path / "index.html"
+    if not path.is_file():
+        return _NOT_FOUND
+    content_type = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return 200, content_type, path.read_bytes()
+
+
+def route(target: str, host: str | None, client_config: dict[str, Any], static: Path | None, tls: bool) -> Page:
+    """What a GET of `target` answers.
+
+    - `/montybase.js`: the JS client's entry (`import { Montybase, doc } from "/montybase.js"`);
+      `/montybase/<file>`: its modules.
+    - `/client-config.json`: the client config, its endpoint being this server as the browser
+      reached it (the client key is public by design; the admin key is never in it).
+    - anything else: the static folder, if the config names one (`/` serves index.html).
+    """
+    path = unquote(urlsplit(target).path)
+    if path == "/montybase.js":
+        return 200, _TYPES[".js"], _ENTRY
+    if path.startswith("/montybase/"):
+        return _file(bundled_dir("js_client", "index.js"), path[len("/montybase/"):])
+    if path == "/client-config.json":
+        endpoint = f"{'wss' if tls else 'ws'}://{host}" if host else client_config.get("endpoint")
+        return 200, _TYPES[".json"], json.dumps({**client_config, "endpoint": endpoint}, indent=2).encode()
+    if static is not None:
+        return _file(static, path)
+    return _NOT_FOUND
