@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from server.database import Database
+
+from .listen import Dispatcher, Listener
 
 __all__ = ["EmbeddedBackend"]
 
@@ -14,9 +17,21 @@ class EmbeddedBackend:
 
     def __init__(self, database: Database):
         self.database = database
+        self.dispatcher = Dispatcher()
 
     def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         return self.database.call(method, params)
 
+    def subscribe(self, params: dict[str, Any], callback: Callable[[Any], None]) -> Callable[[], None]:
+        listener = Listener(params, callback)
+        subscription = self.database.watch(params, lambda _, message: self.dispatcher.put(listener, message))
+
+        def unsubscribe() -> None:
+            listener.active = False
+            self.database.unwatch(subscription)
+
+        return unsubscribe
+
     def close(self) -> None:
         self.database.close()
+        self.dispatcher.close()

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 from server.errors import ConflictError, InvalidArgumentError
 from server.paths import check_key
 
+from .listen import DocumentSnapshot, QuerySnapshot
+
 __all__ = ["Backend", "CollectionReference", "DocumentReference", "Query", "Reference", "Transaction", "WriteBatch", "make_reference"]
 
 
@@ -15,6 +17,8 @@ class Backend(Protocol):
     """Where calls go: the engine in-process, or a server over a WebSocket."""
 
     def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]: ...
+
+    def subscribe(self, params: dict[str, Any], callback: Callable[[Any], None]) -> Callable[[], None]: ...
 
     def close(self) -> None: ...
 
@@ -154,6 +158,11 @@ class Query:
         """The mean of the numeric values of `field`, or None if there are none."""
         return self._aggregate("avg", field)
 
+    def on_snapshot(self, callback: Callable[[QuerySnapshot], None]) -> Callable[[], None]:
+        """Call `callback(snapshot)` with the current result, then after every change to it
+        (on a background thread). Returns the function that stops listening."""
+        return self._ref._backend.subscribe({"query": self.wire}, callback)
+
 
 class Reference:
     """A path in the tree. Immutable: `append` returns a new reference."""
@@ -270,6 +279,12 @@ class Reference:
     def avg(self, field: str | tuple[str, ...]) -> float | None:
         return self.query().avg(field)
 
+    def on_snapshot(self, callback: Callable[[Any], None]) -> Callable[[], None]:
+        """Call `callback(snapshot)` now and after every change: a DocumentSnapshot (id, value,
+        exists) for a document, a QuerySnapshot (docs, changes) for a collection. Callbacks run
+        on a background thread. Returns the function that stops listening."""
+        return self.query().on_snapshot(callback)
+
 
 class CollectionReference(Reference):
     """A collection: `key=` names one of its documents."""
@@ -291,6 +306,9 @@ class DocumentReference(Reference):
     """A document: its children are subcollections, reached with `append`."""
 
     __slots__ = ()
+
+    def on_snapshot(self, callback: Callable[[DocumentSnapshot], None]) -> Callable[[], None]:
+        return self._backend.subscribe({"path": list(self.segments)}, callback)
 
     def _target(self, key: str | None) -> list[str]:
         if key is not None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import ssl
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -17,7 +20,11 @@ from server.paths import field_path
 from server.query import parse_query
 from server.values import prepare
 
+from .listen import Dispatcher, Listener
+
 __all__ = ["RemoteBackend", "websocket_url"]
+
+log = logging.getLogger("montybase.client")
 
 _MAX_FRAME = 16 * 1024 * 1024
 
@@ -77,7 +84,10 @@ class RemoteBackend:
         self.ssl_context = ssl_context
         self.timeout = timeout
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()  # guards connecting and sending (record order = send order)
+        self._listener_ids = itertools.count(1)
+        self._listeners: dict[int, Listener] = {}
+        self.dispatcher = Dispatcher()
+        self._lock = threading.RLock()  # guards connecting and sending (record order = send order)
         self._ws: ClientConnection | None = None
         self._session: Session | None = None
         self._pending: dict[int, _Pending] = {}
@@ -110,6 +120,8 @@ class RemoteBackend:
             raise
         self._ws, self._session = ws, session
         threading.Thread(target=self._read, args=(ws, session), name="montybase-reader", daemon=True).start()
+        for chosen, listener in list(self._listeners.items()):  # a fresh full snapshot for each
+            self._send(next(self._ids), "subscribe", {"sub": chosen, **listener.params})
 
     def _handshake_step(self, ws: ClientConnection, method: str, params: dict[str, Any]) -> dict[str, Any]:
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": method, "params": params}))
@@ -126,10 +138,17 @@ class RemoteBackend:
                     raise ConnectionLostError("the server sent an unencrypted frame")
                 message = json.loads(session.open(frame))
                 for answer in message if isinstance(message, list) else [message]:
+                    if answer.get("method") == "snapshot":
+                        listener = self._listeners.get(answer["params"]["sub"])
+                        if listener is not None:
+                            self.dispatcher.put(listener, answer["params"]["snapshot"])
+                        continue
                     pending = self._pending.pop(answer.get("id"), None)
                     if pending is not None:
                         pending.answer = answer
                         pending.done.set()
+                    elif "error" in answer:  # a resubscription the server refused
+                        log.warning("the server refused a listener: %s", answer["error"].get("message"))
             if ws.close_code not in (None, 1000, 1001):
                 failure = ConnectionLostError(
                     f"the server closed the connection (code {ws.close_code} {ws.close_reason})".strip(),
@@ -148,13 +167,28 @@ class RemoteBackend:
         for pending in stranded:
             pending.answer = failure
             pending.done.set()
+        if self._listeners and not self._closed:
+            threading.Thread(target=self._reconnect, name="montybase-reconnect", daemon=True).start()
+
+    def _reconnect(self) -> None:
+        """Listeners must not go stale: connect again by ourselves, backing off up to 2 s."""
+        delay = 0.05
+        while not self._closed and self._listeners:
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            with self._lock:
+                if self._ws is not None or self._closed:
+                    return
+                try:
+                    self._connect()
+                    return
+                except (ConnectionLostError, UnavailableError) as exc:
+                    log.info("reconnecting to %s: %s", self.url, exc)
 
     # Calls
 
-    def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        _check_values(method, params)
-        request_id = next(self._ids)
-        pending = _Pending()
+    def _send(self, request_id: int, method: str, params: dict[str, Any]) -> None:
+        """Seal and send one request (under the lock: records go out in counter order)."""
         try:
             frame = json.dumps(
                 {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
@@ -162,15 +196,24 @@ class RemoteBackend:
             ).encode()
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"params are not JSON: {exc}", {"path": "params"}) from None
+        try:
+            self._ws.send(self._session.seal(frame))
+        except ConnectionClosed as exc:
+            raise ConnectionLostError(f"the connection to the server was lost: {exc}") from exc
+
+    def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        _check_values(method, params)
+        request_id = next(self._ids)
+        pending = _Pending()
         with self._lock:
             if self._ws is None:
                 self._connect()
             self._pending[request_id] = pending
             try:
-                self._ws.send(self._session.seal(frame))
-            except ConnectionClosed as exc:
+                self._send(request_id, method, params)
+            except BaseException:
                 self._pending.pop(request_id, None)
-                raise ConnectionLostError(f"the connection to the server was lost: {exc}") from exc
+                raise
         if not pending.done.wait(self.timeout):
             self._pending.pop(request_id, None)
             raise ConnectionLostError(f"no answer from {self.url} within {self.timeout}s")
@@ -181,12 +224,36 @@ class RemoteBackend:
             raise _error(answer["error"])
         return answer["result"]
 
+    def subscribe(self, params: dict[str, Any], callback: Callable[[Any], None]) -> Callable[[], None]:
+        listener = Listener(params, callback)
+        chosen = next(self._listener_ids)
+        with self._lock:
+            if self._ws is None:  # connect first: connecting resubscribes every registered listener
+                self._connect()
+            self._listeners[chosen] = listener
+        try:
+            self.call("subscribe", {"sub": chosen, **params})
+        except BaseException:
+            self._listeners.pop(chosen, None)
+            raise
+
+        def unsubscribe() -> None:
+            listener.active = False
+            if self._listeners.pop(chosen, None) is not None and self._ws is not None:
+                try:
+                    self.call("unsubscribe", {"sub": chosen})
+                except (ConnectionLostError, UnavailableError):
+                    pass  # gone with the connection anyway
+
+        return unsubscribe
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             ws, self._ws = self._ws, None
         if ws is not None:
             ws.close()
+        self.dispatcher.close()
 
 
 def _error(error: dict[str, Any]) -> MontybaseError:

@@ -24,6 +24,7 @@ from .query import aggregate, parse_query
 from .storage import Storage
 from .tree import Change, Tree
 from .values import DELETE, TRANSFORMS, clone, json_equal, prepare
+from .watch import Sink, Watcher
 
 __all__ = ["Database"]
 
@@ -122,6 +123,7 @@ class Database:
         self.tree = Tree(collections)
         for _, operations in records:
             self._apply(operations)
+        self.watcher = Watcher(self.tree)
         self.seq = records[-1][0] if records else self.snapshot_seq
         self._changes = len(records)
         self._snapshot_due: float | None = None
@@ -195,6 +197,35 @@ class Database:
                 value = aggregate(op, field, self.tree.select(query))
         return {"value": value}, 0
 
+    # Listeners
+
+    def watch(self, params: dict, sink: Sink) -> int:
+        """Start a listener on {"path": document path} or {"query": query}; `sink(subscription,
+        message)` gets the current state at once, then every change (called under the database
+        lock: it must only enqueue). Returns the subscription id."""
+        if params.get("query") is not None:
+            target: Any = parse_query(params["query"])
+        else:
+            target = check_path(params.get("path"))
+            if len(target) % 2:
+                target = parse_query({"path": list(target)})
+            elif not target:
+                raise InvalidArgumentError("a listener needs a collection, document or query", {"path": "path"})
+        with self._lock:
+            if self._closed.is_set():
+                raise UnavailableError("the database is closed")
+            if isinstance(target, tuple):
+                subscription, snapshot = self.watcher.watch_document(target, sink)
+            else:
+                subscription, snapshot = self.watcher.watch_query(target, sink)
+            sink(subscription, snapshot)
+        return subscription
+
+    def unwatch(self, subscription: int) -> bool:
+        """Stop a listener; False if it was not listening."""
+        with self._lock:
+            return self.watcher.unwatch(subscription)
+
     # The one write path
 
     def commit(self, writes: Sequence[dict] | Any, reads: Sequence[dict] | None = None) -> list[dict]:
@@ -223,8 +254,11 @@ class Database:
             seq = self.seq + 1
             self.storage.append(seq, operations)  # raises before anything is applied
             self.seq = seq
-            self._apply(operations)
+            changes = self._apply(operations)
             self._changes += 1
+            # Under the lock, so every listener gets notifications in commit order; sinks only enqueue.
+            for sink, subscription, message in self.watcher.notify(changes):
+                sink(subscription, message)
             if self._snapshot_due is None and self._changes >= self.snapshot_changes:
                 self._snapshot_due = time.monotonic() + self.snapshot_seconds
         return results, seq if self.hot else 0

@@ -13,12 +13,13 @@ import fastjsonschema
 from .errors import InternalError, InvalidArgumentError, InvalidRequestError, LimitExceededError, MontybaseError, ParseError
 from .schemas import load_schema
 
-__all__ = ["DATA_METHODS", "HANDSHAKE_METHODS", "Call", "Rpc", "compile_params", "dumps", "loads"]
+__all__ = ["DATA_METHODS", "HANDSHAKE_METHODS", "LISTENER_METHODS", "Call", "Rpc", "compile_params", "dumps", "loads"]
 
 log = logging.getLogger("montybase.rpc")
 
 HANDSHAKE_METHODS = ("hello", "auth")
 DATA_METHODS = ("get", "query", "aggregate", "add", "set", "update", "delete", "commit")
+LISTENER_METHODS = ("subscribe", "unsubscribe")
 
 
 def _reject_constant(name: str) -> None:
@@ -69,7 +70,9 @@ class Rpc:
 
     def __init__(self, *, max_batch: int = 50):
         self.max_batch = max_batch
-        self.validators = {method: compile_params(method) for method in (*HANDSHAKE_METHODS, *DATA_METHODS)}
+        self.validators = {
+            method: compile_params(method) for method in (*HANDSHAKE_METHODS, *DATA_METHODS, *LISTENER_METHODS)
+        }
 
     def parse(self, data: str | bytes) -> tuple[list[Any], bool]:
         """The messages in a frame and whether it was a batch."""

@@ -6,10 +6,12 @@ import asyncio
 import itertools
 import logging
 import ssl
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -20,19 +22,21 @@ from websockets.http11 import Request, Response
 from .channel import CLOSE_AUTH_FAILED, CLOSE_BAD_RECORD, CLOSE_HANDSHAKE_TIMEOUT, ChannelError, ServerHandshake, Session
 from .database import Database
 from .errors import (
+    InvalidArgumentError,
     InvalidRequestError,
     MontybaseError,
     PermissionDeniedError,
     UnauthenticatedError,
 )
-from .rpc import HANDSHAKE_METHODS, Call, Rpc, dumps
+from .rpc import HANDSHAKE_METHODS, LISTENER_METHODS, Call, Rpc, dumps
 from .web import route
 
 __all__ = ["Limits", "MontybaseServer"]
 
 log = logging.getLogger("montybase.server")
 
-_FRAME_OVERHEAD = 16 * 1024  # GCM tag and JSON-RPC envelope around a maximal message
+_FRAME_OVERHEAD = 16 * 1024
+CLOSE_LISTENER_OVERFLOW = 4008  # a listener fell too far behind; the client reconnects and resubscribes  # GCM tag and JSON-RPC envelope around a maximal message
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Limits:
     maxConnectionsPerAddress: int = 64
     handshakeTimeout: float = 5.0
     maxQueue: int = 8
+    maxOutgoing: int = 256
 
     @classmethod
     def from_config(cls, limits: dict[str, Any] | None) -> Limits:
@@ -204,28 +209,34 @@ class MontybaseServer:
         return call
 
     async def _serve(self, ws: ServerConnection, session: Session, number: int) -> None:
+        connection = _Connection(ws, session, number, self.limits.maxOutgoing)
+        sender = asyncio.create_task(connection.send_all())
         try:
             async for frame in ws:
                 if not isinstance(frame, bytes):
                     raise ChannelError("a text frame after the handshake", CLOSE_BAD_RECORD)
-                answer = await self._answer_frame(session.open(frame), session.role)
+                answer = await self._answer_frame(session.open(frame), connection)
                 if answer is not None:
-                    await ws.send(session.seal(answer.encode()))
+                    await connection.outgoing.put(answer)
         except ChannelError as exc:
             log.warning("connection %d closed: %s", number, exc)
             await ws.close(exc.close_code, "record refused" if exc.close_code == CLOSE_BAD_RECORD else "rekey")
+        finally:
+            for subscription in connection.subscriptions.values():
+                self.database.unwatch(subscription)
+            sender.cancel()
 
-    async def _answer_frame(self, text: bytes, role: str) -> str | None:
+    async def _answer_frame(self, text: bytes, connection: _Connection) -> str | None:
         try:
             messages, batch = self.rpc.parse(text)
         except MontybaseError as exc:
             return dumps(Rpc.error(None, exc))
-        answers = [answer for message in messages if (answer := await self._answer(message, role)) is not None]
+        answers = [answer for message in messages if (answer := await self._answer(message, connection)) is not None]
         if not answers:
             return None
         return dumps(answers if batch else answers[0])
 
-    async def _answer(self, message: Any, role: str) -> dict[str, Any] | None:
+    async def _answer(self, message: Any, connection: _Connection) -> dict[str, Any] | None:
         try:
             call = self.rpc.call(message)
         except MontybaseError as exc:
@@ -236,14 +247,73 @@ class MontybaseServer:
         try:
             if call.method in HANDSHAKE_METHODS:
                 raise InvalidRequestError("the handshake is already done")
-            if role != "admin":
+            if connection.session.role != "admin":
                 _authorize_client(call)
+            if call.method in LISTENER_METHODS:
+                return Rpc.result(call.id, self._listen(call, connection))
             result, seq = self.database.execute(call.method, call.params)
             if seq:
                 await asyncio.get_running_loop().run_in_executor(None, self.database.wait_durable, seq)
             return Rpc.result(call.id, result)
         except Exception as exc:  # Rpc.error turns anything unexpected into INTERNAL with a log id
             return Rpc.error(call.id, exc)
+
+    def _listen(self, call: Call, connection: _Connection) -> dict[str, Any]:
+        chosen = call.params["sub"]
+        if call.method == "unsubscribe":
+            subscription = connection.subscriptions.pop(chosen, None)
+            return {"found": subscription is not None and self.database.unwatch(subscription)}
+        if chosen in connection.subscriptions:
+            raise InvalidArgumentError(f"listener {chosen} is already in use on this connection", {"path": "params.sub"})
+        target = {key: call.params[key] for key in ("path", "query") if key in call.params}
+        connection.subscriptions[chosen] = self.database.watch(target, connection.sink(chosen))
+        return {"sub": chosen}
+
+
+class _Connection:
+    """One authenticated connection: its listeners and its bounded queue of outgoing frames.
+
+    Answers wait for room in the queue (which stops reading from a client that does not read);
+    notifications never wait: a listener that falls `max_outgoing` frames behind is closed with
+    4008, so a slow subscriber never delays a writer or anyone else.
+    """
+
+    def __init__(self, ws: ServerConnection, session: Session, number: int, max_outgoing: int):
+        self.ws, self.session, self.number = ws, session, number
+        self.outgoing: asyncio.Queue[str] = asyncio.Queue(max_outgoing)
+        self.subscriptions: dict[int, int] = {}  # the client's listener id → the database's
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._last: tuple[Any, str] = (None, "")  # one encoding per message, however many listeners
+
+    def sink(self, chosen: int) -> Callable[[int, dict[str, Any]], None]:
+        def deliver(_: int, message: dict[str, Any]) -> None:
+            if self._last[0] is not message:
+                self._last = (message, dumps(message))
+            frame = f'{{"jsonrpc":"2.0","method":"snapshot","params":{{"sub":{chosen},"snapshot":{self._last[1]}}}}}'
+            if threading.get_ident() == self._thread:
+                self._enqueue(frame)
+            else:  # a write made outside the server's loop (an embedded user of the same database)
+                self._loop.call_soon_threadsafe(self._enqueue, frame)
+
+        return deliver
+
+    def _enqueue(self, frame: str) -> None:
+        try:
+            self.outgoing.put_nowait(frame)
+        except asyncio.QueueFull:
+            if self.ws.state.name == "OPEN":
+                log.warning("connection %d closed: its listeners fell %d messages behind",
+                            self.number, self.outgoing.maxsize)
+                self._loop.create_task(self.ws.close(CLOSE_LISTENER_OVERFLOW, "listener queue overflow"))
+
+    async def send_all(self) -> None:
+        while True:
+            frame = await self.outgoing.get()
+            try:
+                await self.ws.send(self.session.seal(frame.encode()))
+            except ConnectionClosed:
+                return
 
 
 def _authorize_client(call: Call) -> None:

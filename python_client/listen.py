@@ -1,0 +1,93 @@
+"""Listeners on the client side: snapshots, rebuilding docs from changes, and the callback thread."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.watch import apply_changes
+
+__all__ = ["DocumentSnapshot", "Dispatcher", "Listener", "QuerySnapshot"]
+
+log = logging.getLogger("montybase.client")
+
+
+@dataclass(frozen=True)
+class DocumentSnapshot:
+    """A document as it is now: `value` is None and `exists` False when there is none."""
+
+    id: str
+    value: Any
+    exists: bool
+
+
+@dataclass(frozen=True)
+class QuerySnapshot:
+    """A collection or query result: `docs` in order ([{"id", "value"}]) and the `changes` since
+    the last snapshot ({"type", "id", "value", "old_index", "new_index"}; the first snapshot
+    lists every document as added)."""
+
+    docs: list[dict[str, Any]]
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Listener:
+    """One listener: turns the server's messages into snapshots for its callback."""
+
+    def __init__(self, params: dict[str, Any], callback: Callable[[Any], None]):
+        self.params = params
+        self.callback = callback
+        self.docs: list[dict[str, Any]] = []
+        self.active = True  # False once unsubscribed: queued messages are then dropped
+
+    def snapshot(self, message: dict[str, Any]) -> DocumentSnapshot | QuerySnapshot:
+        if "exists" in message:
+            return DocumentSnapshot(message["id"], message["value"], message["exists"])
+        if "docs" in message:  # the full state: on subscribing, and again after a reconnect
+            self.docs = message["docs"]
+        else:
+            self.docs = apply_changes(self.docs, message["changes"])
+        changes = [
+            {"type": c["type"], "id": c["id"], "value": c["value"], "old_index": c["oldIndex"], "new_index": c["newIndex"]}
+            for c in message["changes"]
+        ]
+        return QuerySnapshot(list(self.docs), changes)
+
+
+class Dispatcher:
+    """Runs callbacks on one background thread, in the order messages arrived, never under a
+    database lock or on a connection's reader thread; a callback's exception is logged."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Listener, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, listener: Listener, message: dict[str, Any]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="montybase-listeners", daemon=True)
+                self._thread.start()
+        self._queue.put((listener, message))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            listener, message = item
+            if not listener.active:
+                continue
+            try:
+                listener.callback(listener.snapshot(message))
+            except Exception:
+                log.exception("a snapshot callback raised; the listener keeps listening")
+
+    def close(self) -> None:
+        """Stop after the messages already queued."""
+        with self._lock:
+            if self._thread is not None:
+                self._queue.put(None)
+                if self._thread is not threading.current_thread():
+                    self._thread.join(5)

@@ -1,0 +1,227 @@
+"""Subscriptions: the write path's changes in, one notification per affected listener out.
+
+A query listener first gets every document of the result; after that, only `changes`, each
+`{"type": "added"|"modified"|"removed", "id", "value", "oldIndex", "newIndex"}` with Firestore's
+sequential indexes: apply them in order to the previous docs (remove at oldIndex when ≥ 0, then
+insert at newIndex when ≥ 0) and you have the new docs. Listeners of equal queries share one
+computation (a query is data); a change that cannot affect a result is skipped without running
+the query; a result without a window is kept up to date by insertions, never recomputed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from .query import OrderIndex, Query, matches
+from .tree import Change, Tree
+from .values import clone
+
+__all__ = ["Sink", "Watcher", "apply_changes"]
+
+Path = tuple[str, ...]
+Sink = Callable[[int, dict[str, Any]], None]  # (subscription id, snapshot or changes) → deliver it
+
+
+def apply_changes(docs: list[dict[str, Any]], changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The docs after `changes` (sequential indexes), as listeners rebuild them."""
+    docs = list(docs)
+    for change in changes:
+        if change["oldIndex"] >= 0:
+            docs.pop(change["oldIndex"])
+        if change["newIndex"] >= 0:
+            docs.insert(change["newIndex"], {"id": change["id"], "value": change["value"]})
+    return docs
+
+
+def _change(kind: str, doc_id: str, document: Any, old_index: int, new_index: int) -> dict[str, Any]:
+    return {"type": kind, "id": doc_id, "value": clone(document), "oldIndex": old_index, "newIndex": new_index}
+
+
+class _Listeners:
+    """Everyone listening to one target."""
+
+    def __init__(self) -> None:
+        self.sinks: dict[int, Sink] = {}
+
+
+class _DocumentTarget(_Listeners):
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def snapshot(self, tree: Tree) -> dict[str, Any]:
+        document = tree.document(self.path)
+        return {"id": self.path[-1], "value": clone(document), "exists": document is not None}
+
+
+class _WindowTarget(_Listeners):
+    """A query with a window (limit, offset, cursors) or on one document: re-run, then diff."""
+
+    def __init__(self, query: Query, tree: Tree):
+        super().__init__()
+        self.query = query
+        self.result = tree.select(query)
+        self.ids = {doc_id for doc_id, _ in self.result}
+        self.order = OrderIndex(query.order_by, {})
+
+    def docs(self) -> list[tuple[str, Any]]:
+        return self.result
+
+    def may_change(self, change: Change) -> bool:
+        """False only when the result surely stays as it is."""
+        query = self.query
+        if len(query.path) % 2 == 0:
+            return change.id == query.path[-1]
+        if change.id in self.ids:
+            return True
+        if change.new is None or (query.where and not matches(change.new, query.where)):
+            return False
+        full = query.limit is not None and len(self.result) >= query.limit
+        if full and not (query.offset or query.start or query.end) and self.result:
+            key = self.order.key(change.id, change.new)
+            return key is not None and key < self.order.key(*self.result[-1])
+        return True
+
+    def update(self, changes: list[Change], tree: Tree) -> list[dict[str, Any]]:
+        if not any(self.may_change(change) for change in changes):
+            return []
+        new = tree.select(self.query)
+        current = [doc_id for doc_id, _ in self.result]
+        before = dict(self.result)
+        wanted = {doc_id for doc_id, _ in new}
+        out = []
+        for doc_id, document in self.result:
+            if doc_id not in wanted:
+                out.append(_change("removed", doc_id, document, current.index(doc_id), -1))
+                current.remove(doc_id)
+        for j, (doc_id, document) in enumerate(new):
+            if j < len(current) and current[j] == doc_id:
+                if before[doc_id] is not document:  # stored documents are replaced, never changed in place
+                    out.append(_change("modified", doc_id, document, j, j))
+            elif doc_id in before:
+                i = current.index(doc_id)
+                current.insert(j, current.pop(i))
+                out.append(_change("modified", doc_id, document, i, j))
+            else:
+                current.insert(j, doc_id)
+                out.append(_change("added", doc_id, document, -1, j))
+        self.result, self.ids = new, wanted
+        return out
+
+
+class _OrderedTarget(_Listeners):
+    """A query without a window: its result kept sorted; each change moves one entry."""
+
+    def __init__(self, query: Query, tree: Tree):
+        super().__init__()
+        self.query = query
+        self.order = OrderIndex(query.order_by, {})
+        self.documents = {doc_id: doc for doc_id, doc in tree.select(query)}
+        self.keys = SortedList(self.order.key(doc_id, doc) for doc_id, doc in self.documents.items())
+
+    def docs(self) -> list[tuple[str, Any]]:
+        return [(key[-1], self.documents[key[-1]]) for key in self.keys]
+
+    def update(self, changes: list[Change], tree: Tree) -> list[dict[str, Any]]:
+        out = []
+        where = self.query.where
+        for change in changes:
+            old_index = -1
+            if change.id in self.documents:
+                old_key = self.order.key(change.id, self.documents.pop(change.id))
+                old_index = self.keys.index(old_key)
+                del self.keys[old_index]
+            new_index = -1
+            if change.new is not None and (not where or matches(change.new, where)):
+                key = self.order.key(change.id, change.new)
+                if key is not None:
+                    self.keys.add(key)
+                    self.documents[change.id] = change.new
+                    new_index = self.keys.index(key)
+            if old_index >= 0 or new_index >= 0:
+                kind = "modified" if old_index >= 0 and new_index >= 0 else "removed" if new_index < 0 else "added"
+                out.append(_change(kind, change.id, change.new if new_index >= 0 else change.old, old_index, new_index))
+        return out
+
+
+class Watcher:
+    """Listeners of documents and queries over one tree. Not thread-safe: the database calls it
+    under its lock, right after a write is applied, so each notification is of one moment."""
+
+    def __init__(self, tree: Tree):
+        self.tree = tree
+        self._ids = itertools.count(1)
+        self._documents: dict[Path, _DocumentTarget] = {}
+        self._queries: dict[Query, _WindowTarget | _OrderedTarget] = {}
+        self._targets: dict[int, _Listeners] = {}
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def watch_document(self, path: Path, sink: Sink) -> tuple[int, dict[str, Any]]:
+        """Listen to one document: the subscription id and its snapshot {id, value, exists}."""
+        target = self._documents.get(path)
+        if target is None:
+            target = self._documents[path] = _DocumentTarget(path)
+        return self._add(target, sink), target.snapshot(self.tree)
+
+    def watch_query(self, query: Query, sink: Sink) -> tuple[int, dict[str, Any]]:
+        """Listen to a query: the subscription id and {docs, changes} with every document added."""
+        target = self._queries.get(query)
+        if target is None:
+            windowed = (query.limit is not None or query.limit_to_last is not None or query.offset
+                        or query.start or query.end or len(query.path) % 2 == 0)
+            target = (_WindowTarget if windowed else _OrderedTarget)(query, self.tree)
+            self._queries[query] = target
+        docs = target.docs()
+        snapshot = {
+            "docs": [{"id": doc_id, "value": clone(doc)} for doc_id, doc in docs],
+            "changes": [_change("added", doc_id, doc, -1, j) for j, (doc_id, doc) in enumerate(docs)],
+        }
+        return self._add(target, sink), snapshot
+
+    def _add(self, target: _Listeners, sink: Sink) -> int:
+        subscription = next(self._ids)
+        target.sinks[subscription] = sink
+        self._targets[subscription] = target
+        return subscription
+
+    def unwatch(self, subscription: int) -> bool:
+        """Stop one listener; False if it was not listening."""
+        target = self._targets.pop(subscription, None)
+        if target is None:
+            return False
+        del target.sinks[subscription]
+        if not target.sinks:
+            if isinstance(target, _DocumentTarget):
+                del self._documents[target.path]
+            else:
+                del self._queries[target.query]
+        return True
+
+    def notify(self, changes: Iterable[Change]) -> list[tuple[Sink, int, dict[str, Any]]]:
+        """What one committed write sends: a document snapshot, or {"changes": […]} per query."""
+        deliveries: list[tuple[Sink, int, dict[str, Any]]] = []
+        if not self._targets:
+            return deliveries
+        by_collection: dict[Path, list[Change]] = {}
+        for change in changes:
+            by_collection.setdefault(change.collection, []).append(change)
+        if self._documents:
+            touched = {change.collection + (change.id,) for changes_of in by_collection.values() for change in changes_of}
+            for path in touched & self._documents.keys():
+                target = self._documents[path]
+                snapshot = target.snapshot(self.tree)
+                deliveries.extend((sink, sub, snapshot) for sub, sink in target.sinks.items())
+        for query, target in self._queries.items():
+            relevant = by_collection.get(query.path if len(query.path) % 2 else query.path[:-1])
+            if relevant:
+                found = target.update(relevant, self.tree)
+                if found:
+                    message = {"changes": found}
+                    deliveries.extend((sink, sub, message) for sub, sink in target.sinks.items())
+        return deliveries
