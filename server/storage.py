@@ -85,7 +85,11 @@ def _is_tail(data: bytes, offset: int, next_seq: int) -> bool:
         problem, seq, _, _ = FileStorage._parse(data, position - 8)
         if problem is None and seq >= next_seq:
             return False
-        position = data.find(needle, position + 1)
+        if not data[position - 8:position + 8].strip(b"\0"):  # inside a run of zeros: jump over it
+            run_end = len(data) - len(data[position:].lstrip(b"\0"))
+            position = data.find(needle, max(position + 1, run_end - 12))
+        else:
+            position = data.find(needle, position + 1)
     return True
 
 
