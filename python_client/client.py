@@ -67,6 +67,8 @@ class Montybase:
         ssl_context: ssl.SSLContext | None = None,
     ):
         self._serve_at = _serving_address(dev, endpoint)
+        self.current_user: dict[str, str] | None = None  # {"uid", "email"} once signed in
+        self._token: str | None = None
         self._backend: Backend
         if api is not None:
             self._config_path = Path(config if config is not None else "client-config.json")
@@ -111,6 +113,30 @@ class Montybase:
         print(f"client config: {config_path.with_name('client-config.json')}", flush=True)
         asyncio.run(serve(self._database, self.config, config_path, host, port,
                           ready=announce(self.config, config_path, self._created)))
+
+    # Accounts (DESIGN §8): give rules' `user` and `owner` grants a meaning
+
+    def sign_up(self, email: str, password: str) -> dict[str, str]:
+        """Create an account and sign in; returns {"uid", "email"}. ALREADY_EXISTS if taken."""
+        return self._signed_in(self._backend.call("signUp", {"email": email, "password": password}))
+
+    def sign_in(self, email: str, password: str) -> dict[str, str]:
+        """Sign in; returns {"uid", "email"}. A wrong password or an unknown email is UNAUTHENTICATED."""
+        return self._signed_in(self._backend.call("signIn", {"email": email, "password": password}))
+
+    def sign_out(self) -> None:
+        """Sign out and end the session."""
+        token, self._token, self.current_user = self._token, None, None
+        self._backend.call("signOut", {"token": token} if token else {})
+        if isinstance(self._backend, RemoteBackend):
+            self._backend.token = None
+
+    def _signed_in(self, result: dict[str, Any]) -> dict[str, str]:
+        self._token = result["token"]
+        self.current_user = {"uid": result["uid"], "email": result["email"]}
+        if isinstance(self._backend, RemoteBackend):  # so a reconnect resumes the session
+            self._backend.token = self._token
+        return dict(self.current_user)
 
     def batch(self) -> WriteBatch:
         """Collect writes; `commit()` applies them all or none."""

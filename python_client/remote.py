@@ -92,6 +92,7 @@ class RemoteBackend:
         self._session: Session | None = None
         self._pending: dict[int, _Pending] = {}
         self._closed = False
+        self.token: str | None = None  # a signed-in session, resumed on every new connection
 
     # Connection
 
@@ -120,6 +121,9 @@ class RemoteBackend:
             raise
         self._ws, self._session = ws, session
         threading.Thread(target=self._read, args=(ws, session), name="montybase-reader", daemon=True).start()
+        # Requests are handled in order: the session is resumed before anything else is asked.
+        if self.token is not None:
+            self._send(next(self._ids), "resume", {"token": self.token})
         for chosen, listener in list(self._listeners.items()):  # a fresh full snapshot for each
             self._send(next(self._ids), "subscribe", {"sub": chosen, **listener.params})
 
@@ -147,8 +151,8 @@ class RemoteBackend:
                     if pending is not None:
                         pending.answer = answer
                         pending.done.set()
-                    elif "error" in answer:  # a resubscription the server refused
-                        log.warning("the server refused a listener: %s", answer["error"].get("message"))
+                    elif "error" in answer:  # a resumed session or a resubscription the server refused
+                        log.warning("after reconnecting: %s", answer["error"].get("message"))
             if ws.close_code not in (None, 1000, 1001):
                 failure = ConnectionLostError(
                     f"the server closed the connection (code {ws.close_code} {ws.close_reason})".strip(),

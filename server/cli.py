@@ -71,6 +71,11 @@ async def serve(
         raise
     endpoint = f"{'wss' if tls else 'ws'}://{bound_host}:{bound_port}"
     log.info("serving %s", endpoint)
+    if not database.rules.configured:
+        log.warning("no rules in %s: client keys can do nothing; only the admin key has access", config_path.name)
+    elif database.rules.open:
+        log.warning('the rule "**" in %s opens every collection to every client key; '
+                    'see "Securing a public app" in the README to close it', config_path.name)
     if ready is not None:
         ready(endpoint)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,11 @@ from jsonschema import Draft202012Validator
 from .errors import InvalidArgumentError
 from .schemas import load_schema
 
-__all__ = ["DEFAULTS", "client_config", "create_config", "load_config", "open_database", "storage_path"]
+__all__ = ["DEFAULTS", "OPEN_RULES", "Limits", "client_config", "create_config", "load_config", "open_database", "storage_path"]
+
+# A fresh config opens documents to the client key, so a first run works over the network;
+# the server warns at every start while it stays (README: "Securing a public app").
+OPEN_RULES: dict[str, Any] = {"**": {"read": "public", "write": "public"}}
 
 DEFAULTS: dict[str, Any] = {
     "projectName": "montybase",
@@ -24,6 +29,27 @@ DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
     "port": 8765,
 }
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every limit of the server, with its safe default (overridden by `limits` in montybase.json)."""
+
+    maxMessageBytes: int = 256 * 1024
+    maxBatch: int = 50
+    maxWrites: int = 500
+    maxConnections: int = 1000
+    maxUnauthenticated: int = 100
+    maxConnectionsPerAddress: int = 64
+    handshakeTimeout: float = 5.0
+    maxQueue: int = 8
+    maxOutgoing: int = 256
+    maxDocBytes: int = 64 * 1024
+    maxResults: int = 1000
+
+    @classmethod
+    def from_config(cls, limits: dict[str, Any] | None) -> Limits:
+        return cls(**(limits or {}))
 
 
 def _validate(config: Any, source: str) -> None:
@@ -78,7 +104,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def create_config(path: Path) -> dict[str, Any]:
     """Write a fresh `montybase.json` (new keys) and `client-config.json` beside it."""
-    config = {**DEFAULTS, **_fresh_keys()}
+    config = {**DEFAULTS, **_fresh_keys(), "rules": OPEN_RULES}
     _write_json(path, config)
     client_path = path.with_name("client-config.json")
     if not client_path.exists():
@@ -116,12 +142,15 @@ def open_database(
 ) -> Any:
     """The Database the settings describe (arguments given here win over the file)."""
     from .database import Database
+    from .rules import Rules
     from .storage import FileStorage, Storage
 
+    limits = Limits.from_config(config.get("limits"))
     return Database(
         Storage() if bucket == ":memory:" else FileStorage(bucket),
         hot=config["hot"] if hot is None else hot,
         snapshot_changes=config["storageMinCount"] if store_min is None else store_min,
         snapshot_seconds=config["storageUpdate"] if update_time is None else update_time,
-        max_batch=(config.get("limits") or {}).get("maxWrites", 500),
+        max_batch=limits.maxWrites,
+        rules=Rules(config.get("rules"), max_doc_bytes=limits.maxDocBytes, max_results=limits.maxResults),
     )

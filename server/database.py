@@ -17,10 +17,13 @@ from .errors import (
     LimitExceededError,
     MethodNotFoundError,
     NotFoundError,
+    PermissionDeniedError,
     UnavailableError,
 )
 from .paths import check_path, field_path, generate_id
-from .query import aggregate, parse_query
+from .accounts import Accounts
+from .query import Query, aggregate, parse_query
+from .rules import Principal, RateLimiter, Rules
 from .storage import Storage
 from .tree import Change, Tree
 from .values import DELETE, TRANSFORMS, clone, json_equal, prepare
@@ -110,8 +113,11 @@ class Database:
         snapshot_seconds: float = 300.0,
         sync_interval: float = 1.0,
         max_batch: int = 500,
+        rules: Rules | None = None,
     ):
         self.storage = storage if storage is not None else Storage()
+        self.rules = rules if rules is not None else Rules(None)
+        self.rates = RateLimiter()
         self.hot = hot
         self.snapshot_changes = max(1, snapshot_changes)
         self.snapshot_seconds = snapshot_seconds
@@ -133,55 +139,93 @@ class Database:
                 target=self._tick, args=(sync_interval,), name="montybase-storage", daemon=True
             )
             self._ticker.start()
-        self.methods: dict[str, Callable[[dict], tuple[dict, int]]] = {
+        self.methods: dict[str, Callable[[dict, Principal | None], tuple[dict, int]]] = {
             "get": self._get,
             "query": self._query,
             "aggregate": self._aggregate,
             "commit": self._commit,
             **{op: partial(self._write, op) for op in WRITE_OPS},
         }
+        self.accounts = Accounts(self)
+        self.methods.update(self.accounts.methods)
 
     # The method table shared by the embedded client and the network server
 
-    def call(self, method: str, params: dict) -> dict:
-        """Run one method with its params (the same dicts that cross the wire)."""
-        result, seq = self.execute(method, params)
+    def call(self, method: str, params: dict, principal: Principal | None = None) -> dict:
+        """Run one method with its params (the same dicts that cross the wire). `principal`
+        None is the program that owns the database: no rules apply."""
+        result, seq = self.execute(method, params, principal)
         if seq:
             self.storage.sync(seq)
         return result
 
-    def execute(self, method: str, params: dict) -> tuple[dict, int]:
+    def execute(self, method: str, params: dict, principal: Principal | None = None) -> tuple[dict, int]:
         """Run one method; also return the journal record that must be durable before the
         result may be acknowledged (0 if none). The server waits for it off its event loop."""
         handler = self.methods.get(method)
         if handler is None:
             raise MethodNotFoundError(f"unknown method {method!r}")
-        return handler(params)
+        return handler(params, principal)
 
     def wait_durable(self, seq: int) -> None:
         """Block until journal record `seq` is fsynced (group commit)."""
         self.storage.sync(seq)
 
-    def _write(self, op: str, params: dict) -> tuple[dict, int]:
-        results, seq = self._commit_writes([{**params, "op": op}], None)
+    def _write(self, op: str, params: dict, principal: Principal | None) -> tuple[dict, int]:
+        results, seq = self._commit_writes([{**params, "op": op}], None, principal)
         return results[0], seq
 
-    def _commit(self, params: dict) -> tuple[dict, int]:
-        results, seq = self._commit_writes(params.get("writes"), params.get("reads"))
+    def _commit(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+        results, seq = self._commit_writes(params.get("writes"), params.get("reads"), principal)
         return {"results": results}, seq
 
-    def _get(self, params: dict) -> tuple[dict, int]:
+    def _addressed(self, path: Path) -> tuple[Path, Any]:
+        """The document a read of `path` is about (the nearest existing one above a field), and it."""
+        for depth in range(len(path) - len(path) % 2, 1, -2):
+            document = self.tree.document(path[:depth])
+            if document is not None:
+                return path[:depth], document
+        return (path if len(path) % 2 == 0 else path[:-1]), None
+
+    def _reads_collection(self, path: Path) -> bool:
+        return len(path) % 2 == 1 and (path in self.tree.collections or self.tree.document(path[:-1]) is None)
+
+    def _get(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         path = check_path(params.get("path"))
         with self._lock:
+            if principal is not None and not principal.admin:
+                if not path:
+                    raise PermissionDeniedError("only the admin key may read the root", {"path": []})
+                if self._reads_collection(path):
+                    query = self.rules.narrow(principal, parse_query({"path": list(path)}))
+                    self.rates.take(principal, self.rules.match(path), "list")
+                    selected = self.tree.select(query)
+                    self.rules.check_results(principal, len(selected))
+                    return {"value": {doc_id: clone(doc) for doc_id, doc in selected}}, 0
+                doc_path, document = self._addressed(path)
+                self.rules.check_read(principal, doc_path, document)
+                self.rates.take(principal, self.rules.match(doc_path[:-1]), "get")
             return {"value": clone(self.tree.read(path))}, 0
 
-    def _query(self, params: dict) -> tuple[dict, int]:
+    def _select(self, query: Query, principal: Principal | None) -> list[tuple[str, Any]]:
+        """Run a query as `principal` may (under the lock)."""
+        if principal is not None and not principal.admin:
+            if len(query.path) % 2 == 0:
+                self.rules.check_read(principal, query.path, self.tree.document(query.path))
+            query = self.rules.narrow(principal, query)
+            self.rates.take(principal, self.rules.match(query.path[: len(query.path) - 1 + len(query.path) % 2]), "list")
+        return self.tree.select(query)
+
+    def _query(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         query = parse_query(params.get("query"))
         with self._lock:
-            docs = [{"id": doc_id, "value": clone(doc)} for doc_id, doc in self.tree.select(query)]
+            selected = self._select(query, principal)
+            if principal is not None:
+                self.rules.check_results(principal, len(selected))
+            docs = [{"id": doc_id, "value": clone(doc)} for doc_id, doc in selected]
         return {"docs": docs}, 0
 
-    def _aggregate(self, params: dict) -> tuple[dict, int]:
+    def _aggregate(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         op = params.get("op")
         if op not in AGGREGATES:
             raise InvalidArgumentError(f"aggregate op must be one of {', '.join(AGGREGATES)}, got {op!r}", {"path": "op"})
@@ -190,19 +234,21 @@ class Database:
         with self._lock:
             if op == "exists":
                 empty_window = query.limit == 0 or query.limit_to_last == 0
-                value: Any = not empty_window and bool(self.tree.select(replace(query, limit=1, limit_to_last=None)))
-            elif op == "count" and query.plain and len(query.path) % 2:
+                value: Any = not empty_window and bool(self._select(replace(query, limit=1, limit_to_last=None), principal))
+            elif op == "count" and query.plain and len(query.path) % 2 and principal is None:
                 value = len(self.tree.collections.get(query.path, ()))
             else:
-                value = aggregate(op, field, self.tree.select(query))
+                value = aggregate(op, field, self._select(query, principal))
         return {"value": value}, 0
 
     # Listeners
 
-    def watch(self, params: dict, sink: Sink) -> int:
+    def watch(self, params: dict, sink: Sink, principal: Principal | None = None) -> int:
         """Start a listener on {"path": document path} or {"query": query}; `sink(subscription,
         message)` gets the current state at once, then every change (called under the database
-        lock: it must only enqueue). Returns the subscription id."""
+        lock: it must only enqueue). Returns the subscription id. A listener shows only what
+        `principal` may read: a query is narrowed like a list, a document it stops owning
+        reads as missing."""
         if params.get("query") is not None:
             target: Any = parse_query(params["query"])
         else:
@@ -215,8 +261,18 @@ class Database:
             if self._closed.is_set():
                 raise UnavailableError("the database is closed")
             if isinstance(target, tuple):
-                subscription, snapshot = self.watcher.watch_document(target, sink)
+                owner = None
+                if principal is not None and not principal.admin:
+                    self.rules.check_read(principal, target, self.tree.document(target))
+                    rule = self.rules.match(target[:-1])
+                    if rule is not None and rule.grants["get"] == "owner" and rule.owner is not None:
+                        owner = (rule.owner, principal.uid)
+                subscription, snapshot = self.watcher.watch_document(target, sink, owner)
             else:
+                if principal is not None and not principal.admin:
+                    if len(target.path) % 2 == 0:
+                        self.rules.check_read(principal, target.path, self.tree.document(target.path))
+                    target = self.rules.narrow(principal, target)
                 subscription, snapshot = self.watcher.watch_query(target, sink)
             sink(subscription, snapshot)
         return subscription
@@ -228,15 +284,22 @@ class Database:
 
     # The one write path
 
-    def commit(self, writes: Sequence[dict] | Any, reads: Sequence[dict] | None = None) -> list[dict]:
+    def commit(
+        self, writes: Sequence[dict] | Any, reads: Sequence[dict] | None = None, principal: Principal | None = None,
+        *, private: bool = False,
+    ) -> list[dict]:
         """Apply writes all or nothing, as one journal record; `reads` ([{path, value}]) are
-        the values a transaction saw: if any changed since, nothing is written (CONFLICT)."""
-        results, seq = self._commit_writes(writes, reads)
+        the values a transaction saw: if any changed since, nothing is written (CONFLICT).
+        `private` writes (the accounts store) may use reserved collection names."""
+        results, seq = self._commit_writes(writes, reads, principal, private)
         if seq:
             self.storage.sync(seq)
         return results
 
-    def _commit_writes(self, writes: Sequence[dict] | Any, reads: Sequence[dict] | None) -> tuple[list[dict], int]:
+    def _commit_writes(
+        self, writes: Sequence[dict] | Any, reads: Sequence[dict] | None, principal: Principal | None,
+        private: bool = False,
+    ) -> tuple[list[dict], int]:
         if not isinstance(writes, (list, tuple)) or not writes:
             raise InvalidArgumentError("writes must be a non-empty list", {"path": "writes"})
         if len(writes) > self.max_batch:
@@ -247,8 +310,8 @@ class Database:
         with self._lock:
             if self._closed.is_set():
                 raise UnavailableError("the database is closed")
-            self._check_reads(reads)
-            operations, results = self._resolve(writes)
+            self._check_reads(reads, principal)
+            operations, results = self._resolve(writes, principal, private)
             if not operations:
                 return results, 0
             seq = self.seq + 1
@@ -263,7 +326,7 @@ class Database:
                 self._snapshot_due = time.monotonic() + self.snapshot_seconds
         return results, seq if self.hot else 0
 
-    def _check_reads(self, reads: Sequence[dict] | None) -> None:
+    def _check_reads(self, reads: Sequence[dict] | None, principal: Principal | None) -> None:
         if reads is None:
             return
         if not isinstance(reads, (list, tuple)):
@@ -272,31 +335,46 @@ class Database:
             if not isinstance(read, dict):
                 raise InvalidArgumentError(f"reads[{i}] must be an object {{path, value}}", {"path": f"reads[{i}]"})
             path = check_path(read.get("path"), f"reads[{i}].path")
+            if principal is not None and not principal.admin:
+                self.rules.check_read(principal, *self._addressed(path))
             if not json_equal(self.tree.read(path), read.get("value")):
                 raise ConflictError(
                     f"{'/'.join(path)} changed after the transaction read it", {"path": list(path)}
                 )
 
-    def _resolve(self, writes: Sequence[dict]) -> tuple[list[list], list[dict]]:
-        """The journal operations (["set", path, document] or ["delete", path]) and the results."""
+    def _resolve(
+        self, writes: Sequence[dict], principal: Principal | None, private: bool = False
+    ) -> tuple[list[list], list[dict]]:
+        """The journal operations (["set", path, document] or ["delete", path]) and the results.
+        With a principal, every write passes the rules (permission first, then data rules)."""
         batch = _Batch(self.tree)
         now_ms = int(time.time() * 1000)
         operations: list[list] = []
         results: list[dict] = []
+        guarded = principal is not None and not private
+
+        def check(op: str, path: Path, old: Any, new: Any, final: bool = True) -> Any:
+            """The rules for one write; `final` once per write (it spends a rate-limit token)."""
+            if not guarded:
+                return new
+            collection = path[:-1] if len(path) % 2 == 0 else path
+            if final:
+                self.rates.take(principal, self.rules.match(collection), op)
+            size = len(batch.collection(collection)) if op == "create" else 0
+            return self.rules.check_write(principal, op, path, old, new, now_ms, size)
+
         for i, write in enumerate(writes):
             where = f"writes[{i}]" if len(writes) > 1 else "params"
             if not isinstance(write, dict) or write.get("op") not in WRITE_OPS:
                 raise InvalidArgumentError(f"{where}.op must be one of {', '.join(WRITE_OPS)}", {"path": f"{where}.op"})
             op = write["op"]
-            path = check_path(write.get("path"), f"{where}.path")
+            path = tuple(write.get("path") or ()) if private else check_path(write.get("path"), f"{where}.path")
             if not path:
                 raise InvalidArgumentError(f"{where}.path is empty: {op} needs a collection or document", {"path": f"{where}.path"})
             is_collection = len(path) % 2 == 1
             if op == "delete":
-                if is_collection:
-                    old = batch.collection(path)
-                else:
-                    old = batch.document(path)
+                old = batch.collection(path) if is_collection else batch.document(path)
+                check("delete", path, old, None)
                 if (old if is_collection else old is not None) or self.tree.subcollections(path):
                     operations.append(["delete", list(path)])
                     batch.remove(path)
@@ -308,9 +386,10 @@ class Database:
                         f"{where}: update needs a document; on a collection pass key=", {"path": f"{where}.path"}
                     )
                 old = batch.document(path)
+                check("update", path, old, None, final=False)  # permission before existence: no oracle
                 if old is None:
                     raise NotFoundError(f"no document at {'/'.join(path)} to update", {"path": list(path)})
-                document = _updated(old, write.get("fields"), now_ms, f"{where}.fields")
+                document = check("update", path, old, _updated(old, write.get("fields"), now_ms, f"{where}.fields"))
             else:
                 value = _document_value(write.get("value"), f"{where}.value")
                 if is_collection:
@@ -318,9 +397,11 @@ class Database:
                     old = None
                 else:
                     old = batch.document(path)
-                    if op == "add" and old is not None:
-                        raise AlreadyExistsError(f"a document already exists at {'/'.join(path)}", {"path": list(path)})
                 document = prepare(value, old, "value", now_ms, "set")
+                if op == "add" and old is not None:
+                    check("create", path, None, document, final=False)  # only creators learn it exists
+                    raise AlreadyExistsError(f"a document already exists at {'/'.join(path)}", {"path": list(path)})
+                document = check("create" if old is None else "update", path, old, document)
             operations.append(["set", list(path), document])
             batch.docs[path] = document
             results.append({"id": path[-1]})

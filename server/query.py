@@ -32,13 +32,24 @@ class Query:
     offset: int = 0
     start: tuple[tuple[Any, ...], bool] | None = None  # (key, inclusive)
     end: tuple[tuple[Any, ...], bool] | None = None
+    # Set by access rules, never from the wire: only documents whose owner field (None: the
+    # document id) equals this uid.
+    owner: tuple[tuple[str, ...] | None, str] | None = None
 
     @property
     def plain(self) -> bool:
         """No filter, cursor or window: every document of the collection, in id order."""
-        return not (self.where or self.order_by or self.start or self.end or self.offset) and (
+        return not (self.where or self.order_by or self.start or self.end or self.offset or self.owner) and (
             self.limit is None and self.limit_to_last is None
         )
+
+    def admits(self, doc_id: str, document: Any) -> bool:
+        """Whether a document passes the filters (not the window)."""
+        if self.owner is not None:
+            field, uid = self.owner
+            if (doc_id if field is None else field_value(document, field)) != uid:
+                return False
+        return not self.where or matches(document, self.where)
 
 
 def _integer(data: Mapping[str, Any], name: str, minimum: int) -> int | None:
@@ -285,7 +296,7 @@ def run(query: Query, documents: Mapping[str, Any], index: OrderIndex | None) ->
     for entry in _window(query, index, backwards):
         doc_id = entry[-1]
         document = documents[doc_id]
-        if query.where and not matches(document, query.where):
+        if (query.where or query.owner) and not query.admits(doc_id, document):
             continue
         if skip:
             skip -= 1

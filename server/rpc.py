@@ -13,13 +13,14 @@ import fastjsonschema
 from .errors import InternalError, InvalidArgumentError, InvalidRequestError, LimitExceededError, MontybaseError, ParseError
 from .schemas import load_schema
 
-__all__ = ["DATA_METHODS", "HANDSHAKE_METHODS", "LISTENER_METHODS", "Call", "Rpc", "compile_params", "dumps", "loads"]
+__all__ = ["ACCOUNT_METHODS", "DATA_METHODS", "HANDSHAKE_METHODS", "LISTENER_METHODS", "Call", "Rpc", "compile_params", "dumps", "loads"]
 
 log = logging.getLogger("montybase.rpc")
 
 HANDSHAKE_METHODS = ("hello", "auth")
 DATA_METHODS = ("get", "query", "aggregate", "add", "set", "update", "delete", "commit")
 LISTENER_METHODS = ("subscribe", "unsubscribe")
+ACCOUNT_METHODS = ("signUp", "signIn", "resume", "signOut")
 
 
 def _reject_constant(name: str) -> None:
@@ -71,7 +72,8 @@ class Rpc:
     def __init__(self, *, max_batch: int = 50):
         self.max_batch = max_batch
         self.validators = {
-            method: compile_params(method) for method in (*HANDSHAKE_METHODS, *DATA_METHODS, *LISTENER_METHODS)
+            method: compile_params(method)
+            for method in (*HANDSHAKE_METHODS, *DATA_METHODS, *LISTENER_METHODS, *ACCOUNT_METHODS)
         }
 
     def parse(self, data: str | bytes) -> tuple[list[Any], bool]:

@@ -8,7 +8,6 @@ import logging
 import ssl
 import threading
 from collections import Counter
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from collections.abc import Callable
@@ -20,42 +19,25 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .channel import CLOSE_AUTH_FAILED, CLOSE_BAD_RECORD, CLOSE_HANDSHAKE_TIMEOUT, ChannelError, ServerHandshake, Session
+from .config import Limits
 from .database import Database
 from .errors import (
     InvalidArgumentError,
     InvalidRequestError,
+    LimitExceededError,
     MontybaseError,
-    PermissionDeniedError,
     UnauthenticatedError,
 )
-from .rpc import HANDSHAKE_METHODS, LISTENER_METHODS, Call, Rpc, dumps
+from .rpc import ACCOUNT_METHODS, HANDSHAKE_METHODS, LISTENER_METHODS, Call, Rpc, dumps
+from .rules import Principal
 from .web import route
 
-__all__ = ["Limits", "MontybaseServer"]
+__all__ = ["Limits", "MontybaseServer"]  # Limits re-exported for callers that build servers
 
 log = logging.getLogger("montybase.server")
 
 _FRAME_OVERHEAD = 16 * 1024
 CLOSE_LISTENER_OVERFLOW = 4008  # a listener fell too far behind; the client reconnects and resubscribes  # GCM tag and JSON-RPC envelope around a maximal message
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Every limit of the server, with its safe default (overridden by `limits` in montybase.json)."""
-
-    maxMessageBytes: int = 256 * 1024
-    maxBatch: int = 50
-    maxWrites: int = 500
-    maxConnections: int = 1000
-    maxUnauthenticated: int = 100
-    maxConnectionsPerAddress: int = 64
-    handshakeTimeout: float = 5.0
-    maxQueue: int = 8
-    maxOutgoing: int = 256
-
-    @classmethod
-    def from_config(cls, limits: dict[str, Any] | None) -> Limits:
-        return cls(**(limits or {}))
 
 
 class MontybaseServer:
@@ -162,7 +144,7 @@ class MontybaseServer:
             self._unauthenticated -= 1
             authenticated = True
             log.info("connection %d authenticated as %s", number, session.role)
-            await self._serve(ws, session, number)
+            await self._serve(ws, session, Principal(session.role, None, number, address))
         finally:
             self._open -= 1
             self._unauthenticated -= not authenticated
@@ -208,14 +190,21 @@ class MontybaseServer:
             raise UnauthenticatedError(f"expected the {method!r} handshake request, got {call.method!r}")
         return call
 
-    async def _serve(self, ws: ServerConnection, session: Session, number: int) -> None:
-        connection = _Connection(ws, session, number, self.limits.maxOutgoing)
+    async def _serve(self, ws: ServerConnection, session: Session, principal: Principal) -> None:
+        number = principal.connection
+        connection = _Connection(ws, session, principal, self.limits.maxOutgoing)
         sender = asyncio.create_task(connection.send_all())
         try:
             async for frame in ws:
                 if not isinstance(frame, bytes):
                     raise ChannelError("a text frame after the handshake", CLOSE_BAD_RECORD)
-                answer = await self._answer_frame(session.open(frame), connection)
+                text = session.open(frame)
+                if len(text) > self.limits.maxMessageBytes:
+                    answer = dumps(Rpc.error(None, LimitExceededError(
+                        f"the message is {len(text)} bytes; at most {self.limits.maxMessageBytes} are allowed",
+                        {"limit": self.limits.maxMessageBytes, "actual": len(text)})))
+                else:
+                    answer = await self._answer_frame(text, connection)
                 if answer is not None:
                     await connection.outgoing.put(answer)
         except ChannelError as exc:
@@ -247,13 +236,17 @@ class MontybaseServer:
         try:
             if call.method in HANDSHAKE_METHODS:
                 raise InvalidRequestError("the handshake is already done")
-            if connection.session.role != "admin":
-                _authorize_client(call)
+            principal = connection.principal
             if call.method in LISTENER_METHODS:
                 return Rpc.result(call.id, self._listen(call, connection))
-            result, seq = self.database.execute(call.method, call.params)
+            loop = asyncio.get_running_loop()
+            if call.method in ACCOUNT_METHODS:  # password hashing: off the event loop
+                result, seq = await loop.run_in_executor(None, self.database.execute, call.method, call.params, principal)
+                principal.uid = None if call.method == "signOut" else result["uid"]
+            else:
+                result, seq = self.database.execute(call.method, call.params, principal)
             if seq:
-                await asyncio.get_running_loop().run_in_executor(None, self.database.wait_durable, seq)
+                await loop.run_in_executor(None, self.database.wait_durable, seq)
             return Rpc.result(call.id, result)
         except Exception as exc:  # Rpc.error turns anything unexpected into INTERNAL with a log id
             return Rpc.error(call.id, exc)
@@ -266,7 +259,7 @@ class MontybaseServer:
         if chosen in connection.subscriptions:
             raise InvalidArgumentError(f"listener {chosen} is already in use on this connection", {"path": "params.sub"})
         target = {key: call.params[key] for key in ("path", "query") if key in call.params}
-        connection.subscriptions[chosen] = self.database.watch(target, connection.sink(chosen))
+        connection.subscriptions[chosen] = self.database.watch(target, connection.sink(chosen), connection.principal)
         return {"sub": chosen}
 
 
@@ -278,8 +271,8 @@ class _Connection:
     4008, so a slow subscriber never delays a writer or anyone else.
     """
 
-    def __init__(self, ws: ServerConnection, session: Session, number: int, max_outgoing: int):
-        self.ws, self.session, self.number = ws, session, number
+    def __init__(self, ws: ServerConnection, session: Session, principal: Principal, max_outgoing: int):
+        self.ws, self.session, self.principal, self.number = ws, session, principal, principal.connection
         self.outgoing: asyncio.Queue[str] = asyncio.Queue(max_outgoing)
         self.subscriptions: dict[int, int] = {}  # the client's listener id → the database's
         self._loop = asyncio.get_running_loop()
@@ -314,17 +307,6 @@ class _Connection:
                 await self.ws.send(self.session.seal(frame.encode()))
             except ConnectionClosed:
                 return
-
-
-def _authorize_client(call: Call) -> None:
-    """What a client key may not do (until per-collection rules): read the root, delete collections."""
-    params = call.params
-    if call.method == "get" and not params.get("path"):
-        raise PermissionDeniedError("the client key may not read the root")
-    writes = params.get("writes", ()) if call.method == "commit" else [{**params, "op": call.method}]
-    for write in writes:
-        if isinstance(write, dict) and write.get("op") == "delete" and len(write.get("path") or ()) % 2 == 1:
-            raise PermissionDeniedError("the client key may not delete a whole collection")
 
 
 def _address(connection: ServerConnection) -> str:

@@ -45,8 +45,8 @@ class Tree:
         in the nearest existing document above it: ("users", uid, "stats") is that user's
         `stats` field. What does not exist reads as None ({} for a collection path).
         """
-        if not path:
-            return {p[0]: self.read(p) for p in sorted(self.collections) if len(p) == 1}
+        if not path:  # reserved collections (`__accounts__`) are not part of the readable tree
+            return {p[0]: self.read(p) for p in sorted(self.collections) if len(p) == 1 and not p[0].startswith("__")}
         if len(path) % 2:
             docs = self.collections.get(path)
             if docs:

@@ -16,7 +16,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from .query import OrderIndex, Query, matches
+from .query import OrderIndex, Query, field_value
 from .tree import Change, Tree
 from .values import clone
 
@@ -49,12 +49,18 @@ class _Listeners:
 
 
 class _DocumentTarget(_Listeners):
-    def __init__(self, path: Path):
+    """One document, as seen by listeners who may read it only while they own it (`owner`:
+    its owner field and their uid), or always (`owner` None)."""
+
+    def __init__(self, path: Path, owner: tuple[tuple[str, ...], str | None] | None):
         super().__init__()
         self.path = path
+        self.owner = owner
 
     def snapshot(self, tree: Tree) -> dict[str, Any]:
         document = tree.document(self.path)
+        if self.owner is not None and document is not None and field_value(document, self.owner[0]) != self.owner[1]:
+            document = None
         return {"id": self.path[-1], "value": clone(document), "exists": document is not None}
 
 
@@ -78,7 +84,7 @@ class _WindowTarget(_Listeners):
             return change.id == query.path[-1]
         if change.id in self.ids:
             return True
-        if change.new is None or (query.where and not matches(change.new, query.where)):
+        if change.new is None or not query.admits(change.id, change.new):
             return False
         full = query.limit is not None and len(self.result) >= query.limit
         if full and not (query.offset or query.start or query.end) and self.result:
@@ -128,7 +134,6 @@ class _OrderedTarget(_Listeners):
 
     def update(self, changes: list[Change], tree: Tree) -> list[dict[str, Any]]:
         out = []
-        where = self.query.where
         for change in changes:
             old_index = -1
             if change.id in self.documents:
@@ -136,7 +141,7 @@ class _OrderedTarget(_Listeners):
                 old_index = self.keys.index(old_key)
                 del self.keys[old_index]
             new_index = -1
-            if change.new is not None and (not where or matches(change.new, where)):
+            if change.new is not None and self.query.admits(change.id, change.new):
                 key = self.order.key(change.id, change.new)
                 if key is not None:
                     self.keys.add(key)
@@ -155,18 +160,21 @@ class Watcher:
     def __init__(self, tree: Tree):
         self.tree = tree
         self._ids = itertools.count(1)
-        self._documents: dict[Path, _DocumentTarget] = {}
+        self._documents: dict[Path, dict[Any, _DocumentTarget]] = {}  # path → owner filter → target
         self._queries: dict[Query, _WindowTarget | _OrderedTarget] = {}
         self._targets: dict[int, _Listeners] = {}
 
     def __len__(self) -> int:
         return len(self._targets)
 
-    def watch_document(self, path: Path, sink: Sink) -> tuple[int, dict[str, Any]]:
+    def watch_document(
+        self, path: Path, sink: Sink, owner: tuple[tuple[str, ...], str | None] | None = None
+    ) -> tuple[int, dict[str, Any]]:
         """Listen to one document: the subscription id and its snapshot {id, value, exists}."""
-        target = self._documents.get(path)
+        targets = self._documents.setdefault(path, {})
+        target = targets.get(owner)
         if target is None:
-            target = self._documents[path] = _DocumentTarget(path)
+            target = targets[owner] = _DocumentTarget(path, owner)
         return self._add(target, sink), target.snapshot(self.tree)
 
     def watch_query(self, query: Query, sink: Sink) -> tuple[int, dict[str, Any]]:
@@ -198,7 +206,10 @@ class Watcher:
         del target.sinks[subscription]
         if not target.sinks:
             if isinstance(target, _DocumentTarget):
-                del self._documents[target.path]
+                targets = self._documents[target.path]
+                del targets[target.owner]
+                if not targets:
+                    del self._documents[target.path]
             else:
                 del self._queries[target.query]
         return True
@@ -214,9 +225,9 @@ class Watcher:
         if self._documents:
             touched = {change.collection + (change.id,) for changes_of in by_collection.values() for change in changes_of}
             for path in touched & self._documents.keys():
-                target = self._documents[path]
-                snapshot = target.snapshot(self.tree)
-                deliveries.extend((sink, sub, snapshot) for sub, sink in target.sinks.items())
+                for target in self._documents[path].values():
+                    snapshot = target.snapshot(self.tree)
+                    deliveries.extend((sink, sub, snapshot) for sub, sink in target.sinks.items())
         for query, target in self._queries.items():
             relevant = by_collection.get(query.path if len(query.path) % 2 else query.path[:-1])
             if relevant:

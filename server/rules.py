@@ -1,0 +1,287 @@
+"""Access rules and limits: may this principal do this operation on this path with this value.
+
+`rules` in montybase.json maps collection patterns ("scores", "rooms/*/messages", "**" for
+any collection) to grants per operation (get, list, create, update, delete; "read" and
+"write" are shorthands) and data rules (schema, immutable, serverFields, maxDocBytes, maxDocs,
+rate). Deny by default; the most specific pattern wins, with no inheritance. The admin key
+passes every rule (limits still apply).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from referencing import Registry
+
+from .errors import InvalidArgumentError, LimitExceededError, PermissionDeniedError, RateLimitedError, ValidationError
+from .paths import field_path
+from .query import Query, field_value
+from .values import json_equal
+
+__all__ = ["GRANTS", "OPERATIONS", "Principal", "RateLimiter", "Rule", "Rules"]
+
+OPERATIONS = ("get", "list", "create", "update", "delete")
+GRANTS = ("none", "public", "user", "owner", "admin")
+_SHORTHANDS = {"read": ("get", "list"), "write": ("create", "update", "delete")}
+_UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "day": 86400}
+
+
+@dataclass
+class Principal:
+    """Who is asking: the key's role, the signed-in user, and where from (for rate limits)."""
+
+    role: str = "client"
+    uid: str | None = None
+    connection: int = 0
+    address: str = ""
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+
+def _rate(text: str, where: str) -> tuple[int, float]:
+    count, _, unit = text.partition("/")
+    if not count.isdigit() or int(count) < 1 or unit not in _UNITS:
+        raise InvalidArgumentError(f"{where}: a rate is like \"10/min\" (per s, min, hour or day), got {text!r}", {"path": where})
+    return int(count), float(_UNITS[unit])
+
+
+def _no_remote(uri: str) -> Any:
+    raise ValueError(f"remote $ref refused: {uri}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The rule of one collection pattern."""
+
+    pattern: str
+    grants: dict[str, str]
+    owner: tuple[str, ...] | None = None  # None: the document id is the owner's uid ("$id")
+    schema: Draft202012Validator | None = None
+    immutable: tuple[tuple[str, ...], ...] = ()
+    server_fields: dict[str, str] = field(default_factory=dict)
+    max_doc_bytes: int | None = None
+    max_docs: int | None = None
+    rates: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, pattern: str, spec: dict[str, Any]) -> Rule:
+        where = f"rules.{pattern}"
+        grants = dict.fromkeys(OPERATIONS, "none")
+        for name, ops in _SHORTHANDS.items():
+            if name in spec:
+                grants.update(dict.fromkeys(ops, spec[name]))
+        grants.update({op: spec[op] for op in OPERATIONS if op in spec})
+        for op, grant in grants.items():
+            if grant not in GRANTS:
+                raise InvalidArgumentError(f"{where}.{op}: grant must be one of {', '.join(GRANTS)}, got {grant!r}", {"path": where})
+        owner_spec = spec.get("owner", "$id")
+        owner = None if owner_spec == "$id" else field_path(owner_spec, f"{where}.owner")
+        schema = None
+        if "schema" in spec:
+            try:
+                Draft202012Validator.check_schema(spec["schema"])
+            except SchemaError as exc:
+                raise InvalidArgumentError(f"{where}.schema is not a valid JSON Schema: {exc.message}", {"path": where}) from None
+            # An empty registry that refuses to fetch: no remote $ref is ever retrieved.
+            schema = Draft202012Validator(spec["schema"], registry=Registry(retrieve=_no_remote))
+        rates = {}
+        for op, text in (spec.get("rate") or {}).items():
+            for name in _SHORTHANDS.get(op, (op,)):
+                rates[name] = _rate(text, f"{where}.rate.{op}")
+        return cls(
+            pattern,
+            grants,
+            owner,
+            schema,
+            tuple(field_path(name, f"{where}.immutable") for name in spec.get("immutable", ())),
+            dict(spec.get("serverFields") or {}),
+            spec.get("maxDocBytes"),
+            spec.get("maxDocs"),
+            rates,
+        )
+
+    @property
+    def open(self) -> bool:
+        """Grants the public anything on every collection: worth a warning at every start."""
+        return self.pattern == "**" and any(grant == "public" for grant in self.grants.values())
+
+    def owns(self, principal: Principal, doc_id: str, document: Any) -> bool:
+        if principal.uid is None:
+            return False
+        if self.owner is None:
+            return doc_id == principal.uid
+        return document is not None and field_value(document, self.owner) == principal.uid
+
+    def allows(self, principal: Principal, op: str, doc_id: str | None, document: Any) -> bool:
+        """Whether `principal` may do `op` on this document (`doc_id` None: a whole collection)."""
+        grant = self.grants[op]
+        if grant == "public":
+            return True
+        if grant == "user":
+            return principal.uid is not None
+        if grant == "owner":
+            return doc_id is not None and self.owns(principal, doc_id, document)
+        return False
+
+
+def _specificity(pattern: str) -> tuple[int, int]:
+    parts = pattern.split("/")
+    return (sum(part not in ("*", "**") for part in parts), len(parts))
+
+
+class Rules:
+    """Every rule of a config, matched to collection paths, plus the size limits."""
+
+    def __init__(self, rules: dict[str, Any] | None, *, max_doc_bytes: int = 65536, max_results: int = 1000):
+        self.configured = rules is not None
+        self.rules = [Rule.parse(pattern, spec) for pattern, spec in (rules or {}).items()]
+        self.rules.sort(key=lambda rule: _specificity(rule.pattern), reverse=True)
+        self.max_doc_bytes = max_doc_bytes
+        self.max_results = max_results
+        self._cache: dict[tuple[str, ...], Rule | None] = {}
+
+    @property
+    def open(self) -> bool:
+        return any(rule.open for rule in self.rules)
+
+    def match(self, collection: tuple[str, ...]) -> Rule | None:
+        """The most specific rule for a collection path, or None (deny)."""
+        if collection in self._cache:
+            return self._cache[collection]
+        found = None
+        for rule in self.rules:
+            parts = rule.pattern.split("/")
+            if parts == ["**"] or (
+                len(parts) == len(collection) and all(p == "*" or p == c for p, c in zip(parts, collection))
+            ):
+                found = rule
+                break
+        if len(self._cache) < 10_000:
+            self._cache[collection] = found
+        return found
+
+    # Reads
+
+    def check_read(self, principal: Principal, path: tuple[str, ...], document: Any) -> None:
+        """A `get` of a document (or a field inside it): PERMISSION_DENIED whether or not it exists."""
+        if principal.admin:
+            return
+        rule = self.match(path[:-1])
+        if rule is None or not rule.allows(principal, "get", path[-1], document):
+            raise PermissionDeniedError(f"{principal.role} may not get {'/'.join(path)}", {"path": list(path)})
+
+    def narrow(self, principal: Principal, query: Query) -> Query:
+        """A `list`: the query limited to what the caller may read, or PERMISSION_DENIED."""
+        if principal.admin:
+            return query
+        if len(query.path) % 2 == 0:  # a query on one document reads that document
+            return query
+        rule = self.match(query.path)
+        grant = rule.grants["list"] if rule else "none"
+        if grant == "public" or (grant == "user" and principal.uid is not None):
+            return query
+        if grant == "owner" and principal.uid is not None:
+            return replace(query, owner=(rule.owner, principal.uid))
+        raise PermissionDeniedError(f"{principal.role} may not list {'/'.join(query.path)}", {"path": list(query.path)})
+
+    def check_results(self, principal: Principal, count: int) -> None:
+        if not principal.admin and count > self.max_results:
+            raise LimitExceededError(
+                f"the query returns {count} documents; at most {self.max_results} may be read at once "
+                "(add a limit)", {"limit": self.max_results, "actual": count},
+            )
+
+    # Writes
+
+    def check_write(
+        self, principal: Principal, op: str, path: tuple[str, ...], old: Any, new: Any, now_ms: int,
+        collection_size: int,
+    ) -> Any:
+        """Check a create, update or delete of the document at `path`; for create and update,
+        return the document to store (server fields filled in), after every data rule."""
+        collection = path[:-1]
+        if len(path) % 2:
+            if principal.admin:
+                return new
+            raise PermissionDeniedError(f"only the admin key may delete the whole collection {'/'.join(path)}", {"path": list(path)})
+        rule = self.match(collection)
+        if op == "create" and rule is not None and rule.server_fields:
+            new = {**new, **{name: principal.uid if source == "uid" else now_ms for name, source in rule.server_fields.items()}}
+        if not principal.admin:
+            subject = new if op == "create" else old
+            if rule is None or not rule.allows(principal, op, path[-1], subject):
+                raise PermissionDeniedError(f"{principal.role} may not {op} {'/'.join(path)}", {"path": list(path)})
+            if op == "update" and rule.grants["update"] == "owner" and not rule.owns(principal, path[-1], new):
+                raise PermissionDeniedError(f"{principal.role} may not give {'/'.join(path)} to another owner", {"path": list(path)})
+        if new is None or rule is None:
+            return self._sized(new, None)
+        if op == "create":
+            if rule.max_docs is not None and collection_size >= rule.max_docs:
+                raise LimitExceededError(
+                    f"{'/'.join(collection)} holds at most {rule.max_docs} documents",
+                    {"limit": rule.max_docs, "actual": collection_size + 1},
+                )
+        else:
+            changed = [name for name in (*rule.immutable, *(field_path(n) for n in rule.server_fields))
+                       if not json_equal(field_value(old, name), field_value(new, name))]
+            if changed:
+                errors = [{"path": ".".join(name), "keyword": "immutable", "message": f"{'.'.join(name)} may not change"}
+                          for name in changed]
+                raise ValidationError(f"{'/'.join(path)}: {errors[0]['message']}", {"errors": errors})
+        if rule.schema is not None:
+            errors = [
+                {"path": "/" + "/".join(str(part) for part in error.absolute_path), "keyword": error.validator,
+                 "message": error.message}
+                for error in rule.schema.iter_errors(new)
+            ]
+            if errors:
+                raise ValidationError(f"{'/'.join(path)} breaks the data rules: {errors[0]['path']}: {errors[0]['message']}",
+                                      {"errors": errors})
+        return self._sized(new, rule)
+
+    def _sized(self, document: Any, rule: Rule | None) -> Any:
+        if document is None:
+            return document
+        limit = min(self.max_doc_bytes, rule.max_doc_bytes or self.max_doc_bytes) if rule else self.max_doc_bytes
+        size = len(json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode())
+        if size > limit:
+            raise LimitExceededError(f"the document is {size} bytes; at most {limit} are allowed",
+                                     {"limit": limit, "actual": size})
+        return document
+
+
+class RateLimiter:
+    """Token buckets per (connection or address, collection pattern, operation)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._buckets: dict[tuple[Any, ...], tuple[float, float]] = {}
+
+    def take(self, principal: Principal, rule: Rule | None, op: str) -> None:
+        """Spend one token of each bucket the operation falls in, or raise RATE_LIMITED."""
+        if principal.admin or rule is None or op not in rule.rates:
+            return
+        count, seconds = rule.rates[op]
+        now = self.clock()
+        keys = [("connection", principal.connection, rule.pattern, op), ("address", principal.address, rule.pattern, op)]
+        levels = []
+        for key in keys:
+            tokens, last = self._buckets.get(key, (float(count), now))
+            tokens = min(float(count), tokens + (now - last) * count / seconds)
+            if tokens < 1:
+                wait_ms = int((1 - tokens) * seconds / count * 1000) + 1
+                raise RateLimitedError(f"at most {count} {op} per {seconds:g}s here; retry in {wait_ms} ms",
+                                       {"retryAfterMs": wait_ms})
+            levels.append((key, tokens))
+        for key, tokens in levels:
+            self._buckets[key] = (tokens - 1, now)
+        if len(self._buckets) > 100_000:  # forget idle buckets (they are full again anyway)
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 3600}
