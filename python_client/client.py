@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.config import DEFAULTS, load_config, open_database, storage_path
+from server.config import DEFAULTS, load_config, open_database, public_key, storage_path
 from server.errors import InvalidArgumentError
 
 from .embedded import EmbeddedBackend
@@ -89,11 +89,9 @@ class Montybase:
 
     @staticmethod
     def _remote(api: str, config: dict[str, Any], ssl_context: ssl.SSLContext | None) -> RemoteBackend:
-        from server.config import _public_key
-
         if config.get("adminKey"):  # a server's own settings: the admin key, the key pair's public half
             kid, key = "admin", config["adminKey"]
-            server_key = _public_key(config["serverKey"]) if config.get("serverKey") else None
+            server_key = public_key(config["serverKey"]) if config.get("serverKey") else None
         elif config.get("apiKey"):
             kid, key, server_key = "client", config["apiKey"], config.get("serverKey")
         else:

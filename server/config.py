@@ -14,7 +14,10 @@ from jsonschema import Draft202012Validator
 from .errors import InvalidArgumentError
 from .schemas import load_schema
 
-__all__ = ["DEFAULTS", "OPEN_RULES", "Limits", "client_config", "create_config", "load_config", "open_database", "storage_path"]
+__all__ = [
+    "DEFAULTS", "OPEN_RULES", "Limits", "client_config", "create_config", "load_config", "open_database",
+    "public_key", "storage_path",
+]
 
 # A fresh config opens documents to the client key, so a first run works over the network;
 # the server warns at every start while it stays (README: "Securing a public app").
@@ -75,7 +78,7 @@ def _fresh_keys() -> dict[str, str]:
     }
 
 
-def _public_key(server_key: str) -> str:
+def public_key(server_key: str) -> str:
     """The raw public point (base64url) of a serverKey, as clients pin it."""
     from cryptography.hazmat.primitives import serialization
 
@@ -91,7 +94,7 @@ def client_config(config: dict[str, Any], endpoint: str) -> dict[str, Any]:
     """What apps ship: never the admin key or the server's private key."""
     out = {"projectName": config["projectName"], "apiKey": config["apiKey"], "endpoint": endpoint}
     if config.get("serverKey"):
-        out["serverKey"] = _public_key(config["serverKey"])
+        out["serverKey"] = public_key(config["serverKey"])
     return out
 
 

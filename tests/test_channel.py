@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from server import channel
 from server.channel import ChannelError, ClientHandshake, ServerHandshake, Session, derive_psk, key_schedule
-from server.config import _fresh_keys, _public_key
+from server.config import _fresh_keys, public_key
 from server.errors import MontybaseError, UnauthenticatedError
 
 CASES_FILE = Path(__file__).parent / "cases" / "channel.json"
@@ -70,7 +70,7 @@ def vector_sessions(case: dict) -> dict[str, Session]:
 def handshake(kid="client", key="mb-test", *, server_key=None, pin=True, keys=None):
     """A full handshake with fresh randomness; returns (client session, server session, auth result)."""
     keys = keys if keys is not None else {"client": key, "admin": "mba-test"}
-    client = ClientHandshake(kid, key, _public_key(server_key) if server_key and pin else None)
+    client = ClientHandshake(kid, key, public_key(server_key) if server_key and pin else None)
     server = ServerHandshake(keys, server_key)
     auth, client_session = client.finish(server.hello(client.hello()))
     welcome, server_session = server.auth(auth)
@@ -95,7 +95,7 @@ def test_vector_file_is_what_the_generator_writes():
 
 def test_vector_key_formats_agree():
     formats = [SERVER["serverKey"]] + [c[k] for c in CASES for k in ("clientEphemeral", "serverEphemeral") if c[k]]
-    assert formats and SERVER["serverKey"]["public"] == _public_key(SERVER["serverKey"]["pkcs8"])
+    assert formats and SERVER["serverKey"]["public"] == public_key(SERVER["serverKey"]["pkcs8"])
     for entry in formats:
         key = load_private(entry)
         jwk = entry["jwk"]
@@ -238,7 +238,7 @@ def test_fresh_keys_per_connection(server_key):
 def test_hello_shapes(server_key):
     psk = ClientHandshake("client", "mb-k").hello()
     assert set(psk) == {"v", "mode", "kid", "nc"} and psk["mode"] == "psk" and len(b64d(psk["nc"])) == 32
-    nk = ClientHandshake("client", "mb-k", _public_key(server_key)).hello()
+    nk = ClientHandshake("client", "mb-k", public_key(server_key)).hello()
     assert nk["mode"] == "nk" and b64d(nk["e"])[0] == 4 and len(b64d(nk["e"])) == 65
     result = ServerHandshake({"client": "mb-k"}, server_key).hello(nk)
     assert set(result) == {"ns", "e", "smac"}
@@ -257,7 +257,7 @@ def test_wrong_key_client_refuses_the_smac():
 def test_wrong_key_server_refuses_the_cmac(server_key, mode):
     """A client holding the wrong key that ignores the bad smac and sends its cmac anyway."""
     ephemeral = ec.generate_private_key(ec.SECP256R1())
-    server_public = _public_key(server_key) if mode == "nk" else None
+    server_public = public_key(server_key) if mode == "nk" else None
     hello = ClientHandshake("client", "mb-wrong", server_public, ephemeral=ephemeral).hello()
     server = ServerHandshake({"client": "mb-right"}, server_key)
     result = server.hello(hello)
@@ -284,7 +284,7 @@ def test_unknown_or_unconfigured_kid_is_refused():
 
 
 def test_nk_without_a_server_key_is_refused(server_key):
-    hello = ClientHandshake("client", "mb-k", _public_key(server_key)).hello()
+    hello = ClientHandshake("client", "mb-k", public_key(server_key)).hello()
     with pytest.raises(ChannelError, match="serverKey"):
         ServerHandshake({"client": "mb-k"}, None).hello(hello)
 
@@ -297,7 +297,7 @@ def test_server_can_require_nk(server_key):
 
 def test_downgrade_to_psk_is_refused(server_key):
     """An attacker who knows the (public) client key answers an nk hello as a psk server would."""
-    pinned = ClientHandshake("client", "mb-k", _public_key(server_key))
+    pinned = ClientHandshake("client", "mb-k", public_key(server_key))
     hello = pinned.hello()
     psk_hello = {k: v for k, v in hello.items() if k != "e"} | {"mode": "psk"}
     psk_result = ServerHandshake({"client": "mb-k"}).hello(psk_hello)
@@ -307,7 +307,7 @@ def test_downgrade_to_psk_is_refused(server_key):
 
 def test_psk_client_refuses_an_nk_result(server_key):
     nk_result = ServerHandshake({"client": "mb-k"}, server_key).hello(
-        ClientHandshake("client", "mb-k", _public_key(server_key)).hello()
+        ClientHandshake("client", "mb-k", public_key(server_key)).hello()
     )
     client = ClientHandshake("client", "mb-k")
     client.hello()
@@ -317,14 +317,14 @@ def test_psk_client_refuses_an_nk_result(server_key):
 
 def test_mitm_with_its_own_static_key_is_refused(server_key):
     """A server without the pinned static key cannot produce a valid smac, even knowing the psk."""
-    pinned = ClientHandshake("client", "mb-k", _public_key(server_key))
+    pinned = ClientHandshake("client", "mb-k", public_key(server_key))
     impostor = ServerHandshake({"client": "mb-k"}, _fresh_keys()["serverKey"])
     with pytest.raises(ChannelError, match="smac"):
         pinned.finish(impostor.hello(pinned.hello()))
 
 
 def test_bad_ephemeral_keys_are_refused(server_key):
-    server_public = _public_key(server_key)
+    server_public = public_key(server_key)
     good = ClientHandshake("client", "mb-k", server_public).hello()
     point = b64d(good["e"])
     off_curve = point[:-1] + bytes([point[-1] ^ 1])

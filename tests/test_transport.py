@@ -17,7 +17,7 @@ from websockets.sync.client import connect
 from conftest import Served
 from python_client import ConnectionLostError, PermissionDeniedError, doc
 from server.channel import ClientHandshake, Session, derive_psk, key_schedule
-from server.config import _public_key
+from server.config import public_key
 from server.schemas import load_schema
 from server.transport import Limits
 
@@ -37,7 +37,7 @@ class Raw:
         if handshake:
             key = key or (served.config["apiKey"] if kid == "client" else served.config["adminKey"])
             nonce = secrets.token_bytes(32)
-            client = ClientHandshake(kid, key, _public_key(served.config["serverKey"]) if pinned else None, nonce=nonce)
+            client = ClientHandshake(kid, key, public_key(served.config["serverKey"]) if pinned else None, nonce=nonce)
             answer = self.text({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": client.hello()})
             auth, self.session = client.finish(answer["result"])
             if not pinned:  # psk keys can be recomputed here: a session sealing as the server would
