@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from server.errors import ConflictError, InvalidArgumentError
-from server.paths import check_key
+from server.paths import check_key, known_valid
 
 from .listen import DocumentSnapshot, QuerySnapshot
 
@@ -25,6 +25,8 @@ class Backend(Protocol):
 
 def _segments(parts: tuple[Any, ...]) -> tuple[str, ...]:
     """Segments from arguments; "users/alan" is shorthand for "users", "alan"."""
+    if known_valid(parts):  # the common case: every part a segment seen valid before
+        return parts
     out: list[str] = []
     for part in parts:
         if isinstance(part, str) and "/" in part:
@@ -199,22 +201,19 @@ class Reference:
     def _target(self, key: str | None) -> list[str]:
         raise NotImplementedError
 
-    def _call(self, method: str, **params: Any) -> dict[str, Any]:
-        return self._backend.call(method, params)
-
     # Writes
 
     def add(self, value: dict[str, Any], key: str | None = None) -> str:
         """Create a document (a generated id, or `key`); ALREADY_EXISTS if it exists. Returns its id."""
-        return self._call("add", path=self._target(key), value=value)["id"]
+        return self._backend.call("add", {"path": self._target(key), "value": value})["id"]
 
     def set(self, value: dict[str, Any], key: str | None = None) -> str:
         """Replace a document, creating it if missing (a new one if no key). Returns its id."""
-        return self._call("set", path=self._target(key), value=value)["id"]
+        return self._backend.call("set", {"path": self._target(key), "value": value})["id"]
 
     def update(self, value: dict[str, Any], key: str | None = None) -> str:
         """Merge fields into an existing document ("a.b" sets a nested field). Returns its id."""
-        return self._call("update", path=self._update_target(key), fields=_fields(value))["id"]
+        return self._backend.call("update", {"path": self._update_target(key), "fields": _fields(value)})["id"]
 
     def _update_target(self, key: str | None) -> list[str]:
         return self._target(key)
@@ -222,13 +221,13 @@ class Reference:
     def delete(self, key: str | None = None) -> Any:
         """Delete a document (or, on a collection without key, the whole collection).
         Returns the deleted value, or None."""
-        return self._call("delete", path=self._target(key))["value"]
+        return self._backend.call("delete", {"path": self._target(key)})["value"]
 
     # Reads
 
     def get(self) -> Any:
         """A document's value (None if missing), or a collection as {id: document}."""
-        return self._call("get", path=list(self.segments))["value"]
+        return self._backend.call("get", {"path": self.segments})["value"]
 
     def query(self) -> Query:
         """A query over this collection (or, on a document, over that one document)."""

@@ -19,6 +19,7 @@ __all__ = [
     "field_path",
     "generate_id",
     "is_document_path",
+    "known_valid",
 ]
 
 MAX_KEY_BYTES = 128
@@ -29,12 +30,28 @@ MAX_PATH_SEGMENTS = 64
 _FORBIDDEN_CHARS = re.compile("[\x00-\x1f\x7f-\x9f/\ud800-\udfff]")
 
 
+# Keys found valid before: paths and field names repeat a lot, and a set lookup is cheaper
+# than the checks. Bounded, so arbitrary input cannot grow it without limit.
+_valid: set[str] = set()
+_VALID_MAX = 200_000
+
+
+def known_valid(keys: Sequence[object]) -> bool:
+    """Whether every key was found valid before (a fast path; False means "check them")."""
+    try:
+        return _valid.issuperset(keys)
+    except TypeError:  # an unhashable key: certainly not valid
+        return False
+
+
 def check_key(key: object, where: str = "key") -> str:
     """Return `key` if it is a valid segment or object key, else raise InvalidArgumentError.
 
     A key is a non-empty string of at most 128 UTF-8 bytes, without `/` or control
     characters, not `.` or `..`, not `__…__` (covers `__proto__`), not starting with `$`.
     """
+    if type(key) is str and key in _valid:
+        return key
     if type(key) is not str:
         raise InvalidArgumentError(
             f"{where} must be a string, got {type(key).__name__} {key!r}", {"path": where}
@@ -54,6 +71,8 @@ def check_key(key: object, where: str = "key") -> str:
         problem = f"is longer than {MAX_KEY_BYTES} UTF-8 bytes"
     if problem:
         raise InvalidArgumentError(f"{where} {key!r} {problem}", {"path": where})
+    if len(_valid) < _VALID_MAX:
+        _valid.add(key)
     return key
 
 
@@ -61,10 +80,13 @@ def check_path(path: object, where: str = "path") -> tuple[str, ...]:
     """Validate a path (a list of segments) and return it as a tuple."""
     if not isinstance(path, (list, tuple)):
         raise InvalidArgumentError(f"{where} must be a list of segments, got {type(path).__name__}", {"path": where})
+    if len(path) <= MAX_PATH_SEGMENTS and known_valid(path):  # every segment seen valid before
+        return tuple(path)
     if len(path) > MAX_PATH_SEGMENTS:
         raise InvalidArgumentError(f"{where} has more than {MAX_PATH_SEGMENTS} segments", {"path": where})
     for index, segment in enumerate(path):
-        check_key(segment, f"{where}[{index}]")
+        if segment not in _valid or type(segment) is not str:
+            check_key(segment, f"{where}[{index}]")
     return tuple(path)
 
 
@@ -99,8 +121,6 @@ _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _TO_ID = bytes.maketrans(_B64, ID_ALPHABET.encode())
 
 
-def _encode(number: int, nbytes: int) -> str:
-    return base64.urlsafe_b64encode(number.to_bytes(nbytes, "big")).translate(_TO_ID).decode()
 
 
 def generate_id() -> str:
@@ -119,4 +139,6 @@ def generate_id() -> str:
         else:
             random_part = secrets.randbits(_RANDOM_BITS)
         _last_ms, _last_random = now, random_part
-    return _encode(now, 6) + _encode(random_part, 9)
+    # 48 bits of time then 72 random bits: 15 bytes, exactly 20 base64 characters.
+    raw = ((now << _RANDOM_BITS) | random_part).to_bytes(15, "big")
+    return base64.urlsafe_b64encode(raw).translate(_TO_ID).decode()

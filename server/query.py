@@ -117,7 +117,7 @@ def _cursor_key(values: Any, order_by: tuple, where: str) -> tuple[Any, ...]:
     for i, value in enumerate(values):
         value = prepare(value, None, f"{where}[{i}]", 0, None)
         if i < len(order_by):
-            key.append(sort_key(value, order_by[i][1]))
+            key.extend(sort_key(value, order_by[i][1]))
         elif type(value) is not str:
             raise InvalidArgumentError(f"{where}[{i}]: the value after the order fields is an id, a string", {"path": where})
         else:
@@ -233,7 +233,8 @@ class OrderIndex:
     """Documents of one collection kept sorted by an order spec, then by id.
 
     Built on first use, then maintained on every write, so `order_by` + `limit`
-    reads the first entries instead of sorting the collection.
+    reads the first entries instead of sorting the collection. An entry is flat,
+    (rank, value) per order field then the id, so comparisons stay in C.
     """
 
     __slots__ = ("spec", "entries")
@@ -253,7 +254,7 @@ class OrderIndex:
             value = field_value(document, field)
             if value is _MISSING:
                 return None
-            parts.append(sort_key(value, descending))
+            parts.extend(sort_key(value, descending))
         parts.append(doc_id)
         return tuple(parts)
 

@@ -33,6 +33,9 @@ SNAPSHOT_FORMAT = 1
 _FORMAT_KEY = "__montybase__"  # a key no document or collection may use
 
 
+_encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
 def encode_record(seq: int, payload: bytes) -> bytes:
     """One journal record."""
     seq_bytes = seq.to_bytes(8, "big")
@@ -339,7 +342,7 @@ class FileStorage(Storage):
 
     def append(self, seq: int, operations: list) -> None:
         self._check()
-        payload = json.dumps(operations, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        payload = _encode_json(operations).encode()
         record = encode_record(seq, payload)
         try:
             self.files.write(self._fd, record)
