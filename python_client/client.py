@@ -67,8 +67,6 @@ class Montybase:
         ssl_context: ssl.SSLContext | None = None,
     ):
         self._serve_at = _serving_address(dev, endpoint)
-        self.current_user: dict[str, str] | None = None  # {"uid", "email"} once signed in
-        self._token: str | None = None
         self._backend: Backend
         if api is not None:
             self._config_path = Path(config if config is not None else "client-config.json")
@@ -124,17 +122,20 @@ class Montybase:
 
     def sign_out(self) -> None:
         """Sign out and end the session."""
-        token, self._token, self.current_user = self._token, None, None
+        token, self._backend.token, self._backend.user = self._backend.token, None, None
         self._backend.call("signOut", {"token": token} if token else {})
-        if isinstance(self._backend, RemoteBackend):
-            self._backend.token = None
+
+    @property
+    def current_user(self) -> dict[str, str] | None:
+        """{"uid", "email"} of the signed-in user, or None."""
+        user = self._backend.user
+        return dict(user) if user else None
 
     def _signed_in(self, result: dict[str, Any]) -> dict[str, str]:
-        self._token = result["token"]
-        self.current_user = {"uid": result["uid"], "email": result["email"]}
-        if isinstance(self._backend, RemoteBackend):  # so a reconnect resumes the session
-            self._backend.token = self._token
-        return dict(self.current_user)
+        # The backend keeps the session: the remote one resumes it after a reconnect.
+        self._backend.token = result["token"]
+        self._backend.user = {"uid": result["uid"], "email": result["email"]}
+        return dict(self._backend.user)
 
     def batch(self) -> WriteBatch:
         """Collect writes; `commit()` applies them all or none."""

@@ -18,6 +18,8 @@ class EmbeddedBackend:
     def __init__(self, database: Database):
         self.database = database
         self.dispatcher = Dispatcher()
+        self.user: dict[str, str] | None = None  # {"uid", "email"} once signed in
+        self.token: str | None = None
         self.call: Callable[[str, dict[str, Any]], dict[str, Any]] = database.call  # no layer in between
 
     def subscribe(self, params: dict[str, Any], callback: Callable[[Any], None]) -> Callable[[], None]:

@@ -16,6 +16,9 @@ __all__ = ["Backend", "CollectionReference", "DocumentReference", "Query", "Refe
 class Backend(Protocol):
     """Where calls go: the engine in-process, or a server over a WebSocket."""
 
+    user: dict[str, str] | None  # the signed-in account, and its session token
+    token: str | None
+
     def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]: ...
 
     def subscribe(self, params: dict[str, Any], callback: Callable[[Any], None]) -> Callable[[], None]: ...

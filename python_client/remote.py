@@ -93,6 +93,8 @@ class RemoteBackend:
         self._pending: dict[int, _Pending] = {}
         self._closed = False
         self.token: str | None = None  # a signed-in session, resumed on every new connection
+        self.user: dict[str, str] | None = None  # {"uid", "email"} of that session
+        self._resume_id: int | None = None
 
     # Connection
 
@@ -123,7 +125,8 @@ class RemoteBackend:
         threading.Thread(target=self._read, args=(ws, session), name="montybase-reader", daemon=True).start()
         # Requests are handled in order: the session is resumed before anything else is asked.
         if self.token is not None:
-            self._send(next(self._ids), "resume", {"token": self.token})
+            self._resume_id = next(self._ids)
+            self._send(self._resume_id, "resume", {"token": self.token})
         for chosen, listener in list(self._listeners.items()):  # a fresh full snapshot for each
             self._send(next(self._ids), "subscribe", {"sub": chosen, **listener.params})
 
@@ -153,6 +156,8 @@ class RemoteBackend:
                         pending.done.set()
                     elif "error" in answer:  # a resumed session or a resubscription the server refused
                         log.warning("after reconnecting: %s", answer["error"].get("message"))
+                        if answer.get("id") == self._resume_id:  # signed out: say so
+                            self.token = self.user = None
             if ws.close_code not in (None, 1000, 1001):
                 failure = ConnectionLostError(
                     f"the server closed the connection (code {ws.close_code} {ws.close_reason})".strip(),

@@ -192,7 +192,10 @@ class Database:
         return (path if len(path) % 2 == 0 else path[:-1]), None
 
     def _reads_collection(self, path: Path) -> bool:
-        return len(path) % 2 == 1 and (path in self.tree.collections or self.tree.document(path[:-1]) is None)
+        """An odd path reads a collection if it has documents (or is top-level); otherwise it
+        reads a field of the document above, whose `get` rule then decides, whether or not
+        that document exists (no existence oracle)."""
+        return len(path) % 2 == 1 and (len(path) == 1 or path in self.tree.collections)
 
     def _get(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         path = check_path(params.get("path"))
@@ -287,6 +290,9 @@ class Database:
                         self.rules.check_read(principal, target.path, self.tree.document(target.path))
                     target = self.rules.narrow(principal, target)
                 subscription, snapshot = self.watcher.watch_query(target, sink)
+                if principal is not None and len(snapshot["docs"]) > self.rules.max_results and not principal.admin:
+                    self.watcher.unwatch(subscription)
+                    self.rules.check_results(principal, len(snapshot["docs"]))
             sink(subscription, snapshot)
         return subscription
 

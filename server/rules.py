@@ -53,6 +53,21 @@ def _rate(text: str, where: str) -> tuple[int, float]:
     return int(count), float(_UNITS[unit])
 
 
+def _remote_ref(schema: Any) -> str | None:
+    """The first `$ref` that leaves the schema, if any."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            return ref
+        schema = list(schema.values())
+    if isinstance(schema, list):
+        for item in schema:
+            found = _remote_ref(item)
+            if found is not None:
+                return found
+    return None
+
+
 def _no_remote(uri: str) -> Any:
     raise ValueError(f"remote $ref refused: {uri}")
 
@@ -90,7 +105,13 @@ class Rule:
                 Draft202012Validator.check_schema(spec["schema"])
             except SchemaError as exc:
                 raise InvalidArgumentError(f"{where}.schema is not a valid JSON Schema: {exc.message}", {"path": where}) from None
-            # An empty registry that refuses to fetch: no remote $ref is ever retrieved.
+            remote = _remote_ref(spec["schema"])
+            if remote is not None:
+                raise InvalidArgumentError(
+                    f"{where}.schema: $ref {remote!r} is not local; only references inside the schema (\"#/…\") are allowed",
+                    {"path": where},
+                )
+            # An empty registry that refuses to fetch, should any other reference slip through.
             schema = Draft202012Validator(spec["schema"], registry=Registry(retrieve=_no_remote))
         rates = {}
         for op, text in (spec.get("rate") or {}).items():
@@ -182,10 +203,9 @@ class Rules:
         """A `list`: the query limited to what the caller may read, or PERMISSION_DENIED."""
         if principal.admin:
             return query
-        if len(query.path) % 2 == 0:  # a query on one document reads that document
-            return query
-        rule = self.match(query.path)
-        grant = rule.grants["list"] if rule else "none"
+        one_document = len(query.path) % 2 == 0  # a query on one document reads that document
+        rule = self.match(query.path[:-1] if one_document else query.path)
+        grant = rule.grants["get" if one_document else "list"] if rule else "none"
         if grant == "public" or (grant == "user" and principal.uid is not None):
             return query
         if grant == "owner" and principal.uid is not None:
@@ -212,15 +232,16 @@ class Rules:
             if principal.admin:
                 return new
             raise PermissionDeniedError(f"only the admin key may delete the whole collection {'/'.join(path)}", {"path": list(path)})
+        if principal.admin:  # the admin key passes every rule; size limits still apply
+            return self._sized(new, None)
         rule = self.match(collection)
         if op == "create" and rule is not None and rule.server_fields:
             new = {**new, **{name: principal.uid if source == "uid" else now_ms for name, source in rule.server_fields.items()}}
-        if not principal.admin:
-            subject = new if op == "create" else old
-            if rule is None or not rule.allows(principal, op, path[-1], subject):
-                raise PermissionDeniedError(f"{principal.role} may not {op} {'/'.join(path)}", {"path": list(path)})
-            if op == "update" and rule.grants["update"] == "owner" and not rule.owns(principal, path[-1], new):
-                raise PermissionDeniedError(f"{principal.role} may not give {'/'.join(path)} to another owner", {"path": list(path)})
+        subject = new if op == "create" else old
+        if rule is None or not rule.allows(principal, op, path[-1], subject):
+            raise PermissionDeniedError(f"{principal.role} may not {op} {'/'.join(path)}", {"path": list(path)})
+        if new is not None and op == "update" and rule.grants["update"] == "owner" and not rule.owns(principal, path[-1], new):
+            raise PermissionDeniedError(f"{principal.role} may not give {'/'.join(path)} to another owner", {"path": list(path)})
         if new is None or rule is None:
             return self._sized(new, None)
         if op == "create":
@@ -233,7 +254,7 @@ class Rules:
             changed = [name for name in (*rule.immutable, *(field_path(n) for n in rule.server_fields))
                        if not json_equal(field_value(old, name), field_value(new, name))]
             if changed:
-                errors = [{"path": ".".join(name), "keyword": "immutable", "message": f"{'.'.join(name)} may not change"}
+                errors = [{"path": "/" + "/".join(name), "keyword": "immutable", "message": f"{'.'.join(name)} may not change"}
                           for name in changed]
                 raise ValidationError(f"{'/'.join(path)}: {errors[0]['message']}", {"errors": errors})
         if rule.schema is not None:

@@ -28,7 +28,7 @@ from .errors import (
     MontybaseError,
     UnauthenticatedError,
 )
-from .rpc import ACCOUNT_METHODS, HANDSHAKE_METHODS, LISTENER_METHODS, Call, Rpc, dumps
+from .rpc import ACCOUNT_METHODS, HANDSHAKE_METHODS, LISTENER_METHODS, Call, Rpc, dumps, loads
 from .rules import Principal
 from .web import route
 
@@ -200,7 +200,7 @@ class MontybaseServer:
                     raise ChannelError("a text frame after the handshake", CLOSE_BAD_RECORD)
                 text = session.open(frame)
                 if len(text) > self.limits.maxMessageBytes:
-                    answer = dumps(Rpc.error(None, LimitExceededError(
+                    answer = dumps(Rpc.error(_readable_id(text), LimitExceededError(
                         f"the message is {len(text)} bytes; at most {self.limits.maxMessageBytes} are allowed",
                         {"limit": self.limits.maxMessageBytes, "actual": len(text)})))
                 else:
@@ -211,8 +211,9 @@ class MontybaseServer:
             log.warning("connection %d closed: %s", number, exc)
             await ws.close(exc.close_code, "record refused" if exc.close_code == CLOSE_BAD_RECORD else "rekey")
         finally:
-            for subscription in connection.subscriptions.values():
-                self.database.unwatch(subscription)
+            for subscription, _ in connection.subscriptions.values():
+                if subscription is not None:
+                    self.database.unwatch(subscription)
             sender.cancel()
 
     async def _answer_frame(self, text: bytes, connection: _Connection) -> str | None:
@@ -242,7 +243,10 @@ class MontybaseServer:
             loop = asyncio.get_running_loop()
             if call.method in ACCOUNT_METHODS:  # password hashing: off the event loop
                 result, seq = await loop.run_in_executor(None, self.database.execute, call.method, call.params, principal)
-                principal.uid = None if call.method == "signOut" else result["uid"]
+                uid = None if call.method == "signOut" else result["uid"]
+                if uid != principal.uid:
+                    principal.uid = uid
+                    self._rewatch(connection)
             else:
                 result, seq = self.database.execute(call.method, call.params, principal)
             if seq:
@@ -254,13 +258,32 @@ class MontybaseServer:
     def _listen(self, call: Call, connection: _Connection) -> dict[str, Any]:
         chosen = call.params["sub"]
         if call.method == "unsubscribe":
-            subscription = connection.subscriptions.pop(chosen, None)
-            return {"found": subscription is not None and self.database.unwatch(subscription)}
+            found = connection.subscriptions.pop(chosen, None)
+            return {"found": found is not None and (found[0] is None or self.database.unwatch(found[0]))}
         if chosen in connection.subscriptions:
             raise InvalidArgumentError(f"listener {chosen} is already in use on this connection", {"path": "params.sub"})
         target = {key: call.params[key] for key in ("path", "query") if key in call.params}
-        connection.subscriptions[chosen] = self.database.watch(target, connection.sink(chosen), connection.principal)
+        subscription = self.database.watch(target, connection.sink(chosen), connection.principal)
+        connection.subscriptions[chosen] = (subscription, target)
         return {"sub": chosen}
+
+    def _rewatch(self, connection: _Connection) -> None:
+        """After a sign-in or sign-out, every listener shows what the new principal may read:
+        a fresh full snapshot, or nothing at all if it may read nothing there."""
+        for chosen, (subscription, target) in list(connection.subscriptions.items()):
+            if subscription is not None:
+                self.database.unwatch(subscription)
+            sink = connection.sink(chosen)
+            try:
+                subscription = self.database.watch(target, sink, connection.principal)
+            except MontybaseError:
+                subscription = None
+                path = target.get("path")
+                if path is not None and len(path) % 2 == 0:
+                    sink(0, {"id": path[-1], "value": None, "exists": False})
+                else:
+                    sink(0, {"docs": [], "changes": []})
+            connection.subscriptions[chosen] = (subscription, target)
 
 
 class _Connection:
@@ -274,7 +297,8 @@ class _Connection:
     def __init__(self, ws: ServerConnection, session: Session, principal: Principal, max_outgoing: int):
         self.ws, self.session, self.principal, self.number = ws, session, principal, principal.connection
         self.outgoing: asyncio.Queue[str] = asyncio.Queue(max_outgoing)
-        self.subscriptions: dict[int, int] = {}  # the client's listener id → the database's
+        # the client's listener id → (the database's, or None while nothing may be read; its target)
+        self.subscriptions: dict[int, tuple[int | None, dict[str, Any]]] = {}
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._last: tuple[Any, str] = (None, "")  # one encoding per message, however many listeners
@@ -307,6 +331,14 @@ class _Connection:
                 await self.ws.send(self.session.seal(frame.encode()))
             except ConnectionClosed:
                 return
+
+
+def _readable_id(text: bytes) -> Any:
+    """The id of a refused request, so its caller gets the answer (null if it cannot be read)."""
+    try:
+        return Rpc.request_id(loads(text))
+    except (ValueError, RecursionError):
+        return None
 
 
 def _address(connection: ServerConnection) -> str:
