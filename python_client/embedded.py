@@ -27,7 +27,7 @@ class EmbeddedBackend:
         subscription = self.database.watch(params, lambda _, message: self.dispatcher.put(listener, message))
 
         def unsubscribe() -> None:
-            listener.active = False
+            listener.stop()
             self.database.unwatch(subscription)
 
         return unsubscribe

@@ -43,6 +43,13 @@ class Listener:
         self.callback = callback
         self.docs: list[dict[str, Any]] = []
         self.active = True  # False once unsubscribed: queued messages are then dropped
+        # Held while a callback runs: once stop() returns, no callback is running or will start
+        # (reentrant, so a callback may unsubscribe itself).
+        self.lock = threading.RLock()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.active = False
 
     def snapshot(self, message: dict[str, Any]) -> DocumentSnapshot | QuerySnapshot:
         if "exists" in message:
@@ -77,12 +84,13 @@ class Dispatcher:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             listener, message = item
-            if not listener.active:
-                continue
-            try:
-                listener.callback(listener.snapshot(message))
-            except Exception:
-                log.exception("a snapshot callback raised; the listener keeps listening")
+            with listener.lock:
+                if not listener.active:
+                    continue
+                try:
+                    listener.callback(listener.snapshot(message))
+                except Exception:
+                    log.exception("a snapshot callback raised; the listener keeps listening")
 
     def close(self) -> None:
         """Stop after the messages already queued."""

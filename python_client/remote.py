@@ -247,7 +247,7 @@ class RemoteBackend:
             raise
 
         def unsubscribe() -> None:
-            listener.active = False
+            listener.stop()
             if self._listeners.pop(chosen, None) is not None and self._ws is not None:
                 try:
                     self.call("unsubscribe", {"sub": chosen})

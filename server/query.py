@@ -145,6 +145,9 @@ class _Reverse:
     def __hash__(self) -> int:
         return hash(self.value)
 
+    def __repr__(self) -> str:
+        return f"Reverse({self.value!r})"
+
 
 class _Top:
     """Sorts after every key element; closes a cursor prefix for "after" bounds."""

@@ -206,7 +206,9 @@ class MontybaseServer:
                 else:
                     answer = await self._answer_frame(text, connection)
                 if answer is not None:
-                    await connection.outgoing.put(answer)
+                    await connection.answer(answer)
+        except ConnectionClosed:
+            pass  # the client went away; websockets reports the close code
         except ChannelError as exc:
             log.warning("connection %d closed: %s", number, exc)
             await ws.close(exc.close_code, "record refused" if exc.close_code == CLOSE_BAD_RECORD else "rekey")
@@ -287,50 +289,82 @@ class MontybaseServer:
 
 
 class _Connection:
-    """One authenticated connection: its listeners and its bounded queue of outgoing frames.
+    """One authenticated connection: its listeners and its queue of outgoing frames.
 
-    Answers wait for room in the queue (which stops reading from a client that does not read);
-    notifications never wait: a listener that falls `max_outgoing` frames behind is closed with
-    4008, so a slow subscriber never delays a writer or anyone else.
+    Notifications of one moment (one commit, one subscription) go out as one frame, a JSON-RPC
+    batch. They never wait: a connection with `max_outgoing` notification frames still unsent
+    is closed with 4008, so a slow subscriber never delays a writer or anyone else. Answers
+    wait while the queue is that long, which stops reading from a client that does not read.
     """
 
     def __init__(self, ws: ServerConnection, session: Session, principal: Principal, max_outgoing: int):
         self.ws, self.session, self.principal, self.number = ws, session, principal, principal.connection
-        self.outgoing: asyncio.Queue[str] = asyncio.Queue(max_outgoing)
+        self.max_outgoing = max_outgoing
+        self.outgoing: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()  # (frame, is a notification)
+        self.notifications = 0  # notification frames in the queue
+        self.room = asyncio.Event()  # set while the queue is shorter than max_outgoing
+        self.room.set()
         # the client's listener id → (the database's, or None while nothing may be read; its target)
         self.subscriptions: dict[int, tuple[int | None, dict[str, Any]]] = {}
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._last: tuple[Any, str] = (None, "")  # one encoding per message, however many listeners
+        self._pending: list[str] = []  # notifications of this moment, sent together
 
     def sink(self, chosen: int) -> Callable[[int, dict[str, Any]], None]:
         def deliver(_: int, message: dict[str, Any]) -> None:
             if self._last[0] is not message:
                 self._last = (message, dumps(message))
-            frame = f'{{"jsonrpc":"2.0","method":"snapshot","params":{{"sub":{chosen},"snapshot":{self._last[1]}}}}}'
+            notification = f'{{"jsonrpc":"2.0","method":"snapshot","params":{{"sub":{chosen},"snapshot":{self._last[1]}}}}}'
             if threading.get_ident() == self._thread:
-                self._enqueue(frame)
+                self._collect(notification)
             else:  # a write made outside the server's loop (an embedded user of the same database)
-                self._loop.call_soon_threadsafe(self._enqueue, frame)
+                self._loop.call_soon_threadsafe(self._collect, notification)
 
         return deliver
 
-    def _enqueue(self, frame: str) -> None:
-        try:
-            self.outgoing.put_nowait(frame)
-        except asyncio.QueueFull:
+    def _collect(self, notification: str) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(notification)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:  # already sent ahead of an answer
+            return
+        if self.notifications >= self.max_outgoing:
             if self.ws.state.name == "OPEN":
-                log.warning("connection %d closed: its listeners fell %d messages behind",
-                            self.number, self.outgoing.maxsize)
+                log.warning("connection %d closed: its listeners fell %d messages behind", self.number, self.max_outgoing)
                 self._loop.create_task(self.ws.close(CLOSE_LISTENER_OVERFLOW, "listener queue overflow"))
+            return
+        frame = pending[0] if len(pending) == 1 else "[" + ",".join(pending) + "]"
+        self.notifications += 1
+        self._put(frame, True)
+
+    def _put(self, frame: str, notification: bool) -> None:
+        self.outgoing.put_nowait((frame, notification))
+        if self.outgoing.qsize() >= self.max_outgoing:
+            self.room.clear()
+
+    async def answer(self, frame: str) -> None:
+        """Queue an answer after the notifications its request caused (a subscription's first
+        snapshot arrives before the answer to it)."""
+        if self._pending:
+            self._flush()
+        await self.room.wait()
+        self._put(frame, False)
 
     async def send_all(self) -> None:
+        """Send what is queued, in order; once the connection is gone, drop it."""
         while True:
-            frame = await self.outgoing.get()
+            frame, notification = await self.outgoing.get()
+            self.notifications -= notification
+            if self.outgoing.qsize() < self.max_outgoing:
+                self.room.set()
             try:
                 await self.ws.send(self.session.seal(frame.encode()))
             except ConnectionClosed:
-                return
+                pass
 
 
 def _readable_id(text: bytes) -> Any:

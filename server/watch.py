@@ -10,7 +10,9 @@ the query; a result without a window is kept up to date by insertions, never rec
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,7 +22,7 @@ from .query import OrderIndex, Query, field_value
 from .tree import Change, Tree
 from .values import clone
 
-__all__ = ["Sink", "Watcher", "apply_changes"]
+__all__ = ["Sink", "Watcher", "apply_changes", "query_key"]
 
 Path = tuple[str, ...]
 Sink = Callable[[int, dict[str, Any]], None]  # (subscription id, snapshot or changes) → deliver it
@@ -35,6 +37,12 @@ def apply_changes(docs: list[dict[str, Any]], changes: list[dict[str, Any]]) -> 
         if change["newIndex"] >= 0:
             docs.insert(change["newIndex"], {"id": change["id"], "value": change["value"]})
     return docs
+
+
+def query_key(query: Query) -> str:
+    """Equal for queries that select the same documents: JSON keeps true and 1 apart (Python's
+    == does not) and holds lists and objects (which Python cannot hash)."""
+    return json.dumps([getattr(query, name) for name in query.__slots__], default=repr, sort_keys=True)
 
 
 def _change(kind: str, doc_id: str, document: Any, old_index: int, new_index: int) -> dict[str, Any]:
@@ -84,38 +92,45 @@ class _WindowTarget(_Listeners):
             return change.id == query.path[-1]
         if change.id in self.ids:
             return True
-        if change.new is None or not query.admits(change.id, change.new):
+        matched = change.old is not None and query.admits(change.id, change.old)
+        matches = change.new is not None and query.admits(change.id, change.new)
+        if not (matched or matches):
+            return False
+        if query.offset:  # a document before the window, coming or going, shifts it
+            return True
+        if not matches:  # it left from outside the window: nothing moves
             return False
         full = query.limit is not None and len(self.result) >= query.limit
-        if full and not (query.offset or query.start or query.end) and self.result:
+        if full and not (query.start or query.end) and self.result:
             key = self.order.key(change.id, change.new)
             return key is not None and key < self.order.key(*self.result[-1])
         return True
 
     def update(self, changes: list[Change], tree: Tree) -> list[dict[str, Any]]:
+        """One change per document that was written, entered or left the window; the documents
+        that only shifted are not reported (their positions follow from the others)."""
         if not any(self.may_change(change) for change in changes):
             return []
         new = tree.select(self.query)
-        current = [doc_id for doc_id, _ in self.result]
-        before = dict(self.result)
-        wanted = {doc_id for doc_id, _ in new}
+        old_docs, new_docs = dict(self.result), dict(new)
+        position = {doc_id: j for j, (doc_id, _) in enumerate(new)}
+        affected = ({change.id for change in changes} & (old_docs.keys() | new_docs.keys())) | (
+            old_docs.keys() ^ new_docs.keys()
+        )
+        keys = [self.order.key(doc_id, doc) for doc_id, doc in self.result]  # sorted, ids last
         out = []
-        for doc_id, document in self.result:
-            if doc_id not in wanted:
-                out.append(_change("removed", doc_id, document, current.index(doc_id), -1))
-                current.remove(doc_id)
-        for j, (doc_id, document) in enumerate(new):
-            if j < len(current) and current[j] == doc_id:
-                if before[doc_id] is not document:  # stored documents are replaced, never changed in place
-                    out.append(_change("modified", doc_id, document, j, j))
-            elif doc_id in before:
-                i = current.index(doc_id)
-                current.insert(j, current.pop(i))
-                out.append(_change("modified", doc_id, document, i, j))
-            else:
-                current.insert(j, doc_id)
-                out.append(_change("added", doc_id, document, -1, j))
-        self.result, self.ids = new, wanted
+        for doc_id in sorted(affected, key=lambda i: (i in new_docs, position.get(i, 0))):  # leavers first
+            old_index = new_index = -1
+            if doc_id in old_docs:
+                old_index = next(i for i, key in enumerate(keys) if key[-1] == doc_id)
+                del keys[old_index]
+            if doc_id in new_docs:
+                key = self.order.key(doc_id, new_docs[doc_id])
+                new_index = bisect.bisect_left(keys, key)
+                keys.insert(new_index, key)
+            kind = "modified" if old_index >= 0 and new_index >= 0 else "removed" if new_index < 0 else "added"
+            out.append(_change(kind, doc_id, new_docs.get(doc_id, old_docs.get(doc_id)), old_index, new_index))
+        self.result, self.ids = new, set(new_docs)
         return out
 
 
@@ -153,6 +168,17 @@ class _OrderedTarget(_Listeners):
         return out
 
 
+def _per_document(changes: Iterable[Change]) -> list[Change]:
+    """One change per document a commit wrote (first old, last new); none for a document
+    that a batch created and deleted again."""
+    merged: dict[tuple[Path, str], Change] = {}
+    for change in changes:
+        key = (change.collection, change.id)
+        first = merged.get(key)
+        merged[key] = change if first is None else change._replace(old=first.old)
+    return [change for change in merged.values() if change.old is not None or change.new is not None]
+
+
 class Watcher:
     """Listeners of documents and queries over one tree. Not thread-safe: the database calls it
     under its lock, right after a write is applied, so each notification is of one moment."""
@@ -161,7 +187,7 @@ class Watcher:
         self.tree = tree
         self._ids = itertools.count(1)
         self._documents: dict[Path, dict[Any, _DocumentTarget]] = {}  # path → owner filter → target
-        self._queries: dict[Query, _WindowTarget | _OrderedTarget] = {}
+        self._queries: dict[str, _WindowTarget | _OrderedTarget] = {}  # by query_key
         self._targets: dict[int, _Listeners] = {}
 
     def __len__(self) -> int:
@@ -179,12 +205,13 @@ class Watcher:
 
     def watch_query(self, query: Query, sink: Sink) -> tuple[int, dict[str, Any]]:
         """Listen to a query: the subscription id and {docs, changes} with every document added."""
-        target = self._queries.get(query)
+        key = query_key(query)
+        target = self._queries.get(key)
         if target is None:
             windowed = (query.limit is not None or query.limit_to_last is not None or query.offset
                         or query.start or query.end or len(query.path) % 2 == 0)
             target = (_WindowTarget if windowed else _OrderedTarget)(query, self.tree)
-            self._queries[query] = target
+            self._queries[key] = target
         docs = target.docs()
         snapshot = {
             "docs": [{"id": doc_id, "value": clone(doc)} for doc_id, doc in docs],
@@ -211,7 +238,7 @@ class Watcher:
                 if not targets:
                     del self._documents[target.path]
             else:
-                del self._queries[target.query]
+                del self._queries[query_key(target.query)]
         return True
 
     def notify(self, changes: Iterable[Change]) -> list[tuple[Sink, int, dict[str, Any]]]:
@@ -220,7 +247,7 @@ class Watcher:
         if not self._targets:
             return deliveries
         by_collection: dict[Path, list[Change]] = {}
-        for change in changes:
+        for change in _per_document(changes):
             by_collection.setdefault(change.collection, []).append(change)
         if self._documents:
             touched = {change.collection + (change.id,) for changes_of in by_collection.values() for change in changes_of}
@@ -228,8 +255,9 @@ class Watcher:
                 for target in self._documents[path].values():
                     snapshot = target.snapshot(self.tree)
                     deliveries.extend((sink, sub, snapshot) for sub, sink in target.sinks.items())
-        for query, target in self._queries.items():
-            relevant = by_collection.get(query.path if len(query.path) % 2 else query.path[:-1])
+        for target in self._queries.values():
+            path = target.query.path
+            relevant = by_collection.get(path if len(path) % 2 else path[:-1])
             if relevant:
                 found = target.update(relevant, self.tree)
                 if found:

@@ -50,30 +50,6 @@ def _no_constants(name: str) -> Any:
 CASES: list[dict[str, Any]] = json.loads(CASES_FILE.read_text(encoding="utf-8"), parse_constant=_no_constants)["cases"]
 
 # Cases that fail because of bugs in server/ (reported; not fixed here). Strict: a fix makes them XPASS.
-KNOWN_BUGS = {
-    "limit-window-document-moving-down-lists-only-itself": (
-        "BUG server/watch.py _WindowTarget.update: when a document moves DOWN inside a window, every "
-        "document it passes is re-inserted and reported as `modified` (unchanged values), instead of one "
-        "change for the moved document (the unwindowed target reports just that one)"),
-    "where-in-filter": (
-        "BUG server/watch.py Watcher.watch_query: `self._queries.get(query)` hashes the Query, whose where "
-        "values may be lists/objects ('in', 'not-in', 'array-contains-any', == {...}): TypeError "
-        "unhashable type, so such a listener cannot be started (remote: INTERNAL error)"),
-    "offset-window-shifts-when-an-earlier-document-leaves": (
-        "BUG server/watch.py _WindowTarget.may_change: a deletion (or a document ceasing to match) "
-        "before an `offset` window is skipped (`change.new is None` -> False), yet it shifts the window: "
-        "no snapshot is sent and the listener stays stale"),
-    "whole-collection-batch-writing-one-document-twice-lists-it-once": (
-        "BUG server/watch.py _OrderedTarget.update: one change per WRITE, not per document: a batch "
-        "writing one document twice lists it twice in one snapshot (the windowed target lists it once)"),
-    "whole-collection-batch-creating-then-deleting-a-document-is-silent": (
-        "BUG server/watch.py _OrderedTarget.update: a batch that creates then deletes a document "
-        "sends a snapshot with `added` + `removed` for a result that did not change (the windowed "
-        "target sends nothing)"),
-    "document-created-then-deleted-in-one-batch-is-silent": (
-        "BUG server/watch.py Watcher.notify: a document listener gets a snapshot for every commit that "
-        "touched its path, even when the document is as it was (missing before and after)"),
-}
 
 
 # JSON helpers
@@ -123,7 +99,6 @@ def test_cases_file_is_well_formed():
     assert isinstance(data.get("description"), str) and "null" in data["description"]
     names = [case.get("name") for case in CASES]
     assert len(names) == len(set(names)), "case names must be unique"
-    assert set(KNOWN_BUGS) <= set(names)
     for case in CASES:
         name = case["name"]
         assert set(case) <= {"name", "note", "documents", "query", "document", "initial", "steps"}, name
@@ -321,11 +296,7 @@ def check_document_snapshot(snapshot: Any, expect: dict[str, Any], where: str) -
 
 
 def _case_params() -> list[Any]:
-    params = []
-    for case in CASES:
-        marks = [pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[case["name"]])] if case["name"] in KNOWN_BUGS else []
-        params.append(pytest.param(case, id=case["name"], marks=marks))
-    return params
+    return [pytest.param(case, id=case["name"]) for case in CASES]
 
 
 @pytest.mark.parametrize("case", _case_params())
@@ -467,10 +438,6 @@ def test_unsubscribe_from_inside_the_callback(db):
         marker.unsubscribe()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG python_client/listen.py Dispatcher._run: `listener.active` is checked before "
-    "`listener.snapshot(message)` and the callback; an unsubscribe that returns in between does not "
-    "stop that callback, which then runs after unsubscribe() returned"))
 def test_no_callback_starts_after_unsubscribe_returns(db, monkeypatch):
     """Deterministic: hold the dispatcher between its `active` check and the callback (inside
     Listener.snapshot, which the dispatcher runs right after the check), unsubscribe, release."""
@@ -619,10 +586,6 @@ def test_many_listeners_on_one_handle(db):
         marker.unsubscribe()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG server/watch.py Watcher.watch_query: listeners share a target when their Query objects are "
-    "== in Python, and True == 1 (False == 0): a listener on where('v', '==', 1) started after one "
-    "on where('v', '==', True) gets the documents whose v is true (the query method returns v == 1)"))
 def test_listeners_of_queries_equal_only_in_python_do_not_share_results(db):
     seed(db, {"t": {"v": True}, "one": {"v": 1}, "f": {"v": False}, "zero": {"v": 0}})
     on_true, on_one, on_false, on_zero = Collector(), Collector(), Collector(), Collector()
@@ -809,11 +772,6 @@ def test_a_slow_subscriber_is_dropped_while_a_writer_and_a_listener_carry_on(slo
     assert run.listeners_left == 1, "the dropped connection's listeners were not released"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG server/transport.py MontybaseServer._serve: `async for frame in ws` raises "
-    "ConnectionClosedError when a connection ends without a normal close (here the server's own 4008; "
-    "also any client that vanishes without a close frame); it is not caught, so websockets logs "
-    "'connection handler failed' with a traceback at ERROR for a routine event"))
 def test_dropping_a_slow_subscriber_logs_no_error(slow_subscriber_run):
     errors = [r for r in slow_subscriber_run.logs.records if r.levelno >= logging.ERROR]
     assert errors == [], [(r.name, r.getMessage()) for r in errors]
@@ -831,12 +789,6 @@ def stop_even_if_stuck(served: Served) -> None:
     served.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG server/transport.py _Connection._enqueue / MontybaseServer._serve: maxOutgoing bounds the frames "
-    "queued per CONNECTION, and one commit (one frame per listener), or the pipelined resubscriptions of "
-    "python_client/remote.py _connect, fill it before the sender runs: a client that reads promptly but "
-    "has more than maxOutgoing listeners touched by one commit is closed with 4008, then every "
-    "reconnection overflows again while resubscribing (a reconnect loop every ~60 ms)"))
 def test_a_prompt_client_with_more_listeners_than_max_outgoing_is_not_dropped(loop_thread, tmp_path):
     served = Served(loop_thread, tmp_path, limits=Limits(maxOutgoing=16))
     logs = _Records(logging.WARNING)
@@ -862,36 +814,38 @@ def test_a_prompt_client_with_more_listeners_than_max_outgoing_is_not_dropped(lo
         stop_even_if_stuck(served)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG server/transport.py MontybaseServer._serve: after the 4008 close, send_all() has returned "
-    "and nothing drains the full outgoing queue, so `await connection.outgoing.put(answer)` waits "
-    "forever: the handler never reaches its `finally` (the connection's listeners stay registered in "
-    "the database), the connection slot is never given back, and MontybaseServer.stop() hangs"))
 def test_a_connection_dropped_for_overflow_releases_its_listeners_and_slot(loop_thread, tmp_path):
     served = Served(loop_thread, tmp_path, limits=Limits(maxOutgoing=16))
     raw = RawSubscriber(served)
+    writer = served.client(admin=True)
     try:
-        # A batch of 20 subscriptions (20 snapshots queued at once: more than 16, so the connection
-        # is dropped), then more requests already on their way, as pipelining clients send them.
-        batch = [{"jsonrpc": "2.0", "id": sub, "method": "subscribe", "params": {"sub": sub, "path": ["c", "d"]}}
-                 for sub in range(1, 21)]
-        frames = [raw.session.seal(json.dumps(batch).encode())]
-        for number in range(100, 140):
-            request = {"jsonrpc": "2.0", "id": number, "method": "get", "params": {"path": ["c", "d"]}}
-            frames.append(raw.session.seal(json.dumps(request).encode()))
+        for sub in range(1, 9):  # every write then sends it 8 documents of 2 KB, in one frame
+            raw.subscribe(sub, {"query": {"path": ["c"]}})
+        # Requests already on their way, as pipelining clients send them, then the client stops
+        # reading while a writer fills its queue.
+        frames = [raw.session.seal(json.dumps({"jsonrpc": "2.0", "id": n, "method": "get",
+                                               "params": {"path": ["c", "d"]}}).encode()) for n in range(100, 140)]
         with raw.ws.send_context():  # every frame in one write, before the server can answer
             for frame in frames:
                 raw.ws.protocol.send_binary(frame)
+        doc(writer, "c").count()  # connected: two connections until the subscriber is dropped
+        deadline = time.monotonic() + WAIT
+        written = 0
+        while served.server._open > 1 and time.monotonic() < deadline and written < 5000:
+            doc(writer, "c").add({"pad": "x" * 2000, "n": written})
+            written += 1
         assert raw.drain(WAIT) == 4008
         deadline = time.monotonic() + 5
         while len(served.database.watcher) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(served.database.watcher) == 0, "the dropped connection's listeners are still registered"
+        writer.close()
         stopping = threading.Thread(target=served.stop, daemon=True)
         stopping.start()
         stopping.join(10)
         assert not stopping.is_alive(), "the server does not stop"
     finally:
+        writer.close()
         raw.ws.close()
         stop_even_if_stuck(served)
 

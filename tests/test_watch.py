@@ -173,9 +173,6 @@ def test_unwindowed_target_moves_one_entry_per_change():
 # Known bugs (strict: a fix turns them into XPASS)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG server/watch.py _WindowTarget.update: a document moving DOWN inside a window makes every "
-    "document it passes a `modified` change though their values did not change"))
 def test_a_window_document_moving_down_is_the_only_change():
     h = Harness({k: {"s": v} for k, v in zip("abcde", (5, 4, 3, 2, 1))})
     sub = h.watch({"orderBy": [["s", "desc"]], "limit": 4})
@@ -184,9 +181,6 @@ def test_a_window_document_moving_down_is_the_only_change():
     assert summary(h.last(sub)) == [("modified", "a", 0, 2)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG server/watch.py _WindowTarget.may_change: a deletion before an `offset` window returns False "
-    "(skipped) though it shifts the window; the listener is left stale"))
 def test_an_offset_window_shifts_when_a_document_before_it_goes():
     h = Harness({k: {"s": v} for k, v in zip("abcd", (1, 2, 3, 4))})
     sub = h.watch({"orderBy": [["s", "asc"]], "offset": 1, "limit": 2})
@@ -194,9 +188,6 @@ def test_an_offset_window_shifts_when_a_document_before_it_goes():
     assert [d["id"] for d in h.docs[sub]] == ["c", "d"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG server/watch.py Watcher.watch_query: the Query is a dict key; where values that are lists or "
-    "objects ('in', 'not-in', 'array-contains-any', == {...}) make it unhashable: TypeError"))
 @pytest.mark.parametrize("clause", [["t", "in", ["red", "green"]], ["t", "not-in", ["blue"]],
                                     ["tags", "array-contains-any", ["x"]], ["o", "==", {"k": 1}]])
 def test_queries_with_list_or_object_values_can_be_watched(clause):
@@ -205,9 +196,6 @@ def test_queries_with_list_or_object_values_can_be_watched(clause):
     assert [d["id"] for d in h.docs[sub]] == ["a"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG server/watch.py Watcher.watch_query: targets are shared by Python equality of Query, where "
-    "True == 1 and False == 0: a listener on v == 1 joins the target of v == true"))
 def test_true_and_one_are_different_queries():
     h = Harness({"t": {"v": True}, "one": {"v": 1}})
     on_true = h.watch({"where": [["v", "==", True]]})
@@ -216,10 +204,6 @@ def test_true_and_one_are_different_queries():
     assert [d["id"] for d in h.docs[on_one]] == ["one"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG server/watch.py _OrderedTarget.update: one change per write, not per document: a commit "
-    "writing a document twice lists it twice, and one creating then deleting a document sends "
-    "`added` + `removed` for an unchanged result"))
 def test_an_unwindowed_target_lists_each_document_once_per_commit():
     h = Harness({"a": {"n": 1}})
     sub = h.watch({})
