@@ -1,0 +1,91 @@
+// The leaderboard page: click as often as you can, post the score, see the top 10.
+// The client comes from the server that serves this page, and so does its config.
+
+import { Montybase, doc } from "/montybase.js";
+
+const params = new URLSearchParams(location.search);
+const SECONDS = Math.max(1, Math.min(60, Number(params.get("seconds")) || 5));
+const COLLECTION = params.get("collection") || "scores";
+
+const $ = (id) => document.getElementById(id);
+const status = (text, isError = false) => {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+};
+
+const config = await (await fetch("/client-config.json")).json();
+const db = new Montybase(config);
+const scores = doc(db, COLLECTION);
+const top10 = scores.orderBy("score", "desc").limit(10);
+
+let score = 0;
+let lastId = null;
+
+async function showTop() {
+  try {
+    const docs = await top10.stream();
+    const items = docs.map(({ id, value }) => {
+      const item = document.createElement("li");
+      item.textContent = `${value.name} — ${value.score}`; // textContent: names are data, never markup
+      item.dataset.id = id;
+      if (id === lastId) item.className = "mine";
+      return item;
+    });
+    $("top").replaceChildren(...items);
+    status(docs.length ? "" : "No scores yet: be the first.");
+  } catch (error) {
+    status(`Could not load the scores: ${error.reason ?? error.message}`, true);
+  }
+}
+
+function play() {
+  score = 0;
+  $("score").value = "0";
+  $("post").hidden = true;
+  $("start").disabled = true;
+  $("target").disabled = false;
+  $("target").focus();
+  const end = performance.now() + SECONDS * 1000;
+  const showTime = () => {
+    $("time-left").textContent = (Math.max(0, end - performance.now()) / 1000).toFixed(1);
+  };
+  showTime();
+  const ticker = setInterval(showTime, 100);
+  setTimeout(() => {
+    clearInterval(ticker);
+    showTime();
+    $("target").disabled = true;
+    $("start").disabled = false;
+    $("start").textContent = "Play again";
+    $("post").hidden = false;
+    $("name").focus();
+    status(`Time! You scored ${score}.`);
+  }, SECONDS * 1000);
+}
+
+$("seconds").textContent = SECONDS === 1 ? "1 second" : `${SECONDS} seconds`;
+$("start").addEventListener("click", play);
+$("target").addEventListener("click", () => {
+  score += 1;
+  $("score").value = String(score);
+});
+$("refresh").addEventListener("click", showTop);
+$("post").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const name = $("name").value.trim();
+  if (!name) return;
+  $("submit").disabled = true;
+  try {
+    lastId = await scores.add({ name, score });
+    $("post").hidden = true;
+    status(`Posted ${score} for ${name}.`);
+    await showTop(); // realtime updates (onSnapshot) come later: refresh after posting
+  } catch (error) {
+    status(`Could not post: ${error.reason ?? ""} ${error.message}`, true);
+  } finally {
+    $("submit").disabled = false;
+  }
+});
+
+await showTop();
+document.body.dataset.ready = "true";

@@ -1,0 +1,154 @@
+/**
+ * Montybase for browsers and Node ≥ 20: `Montybase`, `doc`, references, queries, transforms and
+ * errors. Plain ESM, no dependencies; WebCrypto and a WebSocket are all it needs.
+ *
+ * ```js
+ * import { Montybase, doc } from "montybase";
+ * const db = new Montybase(await (await fetch("/client-config.json")).json());
+ * const id = await doc(db, "scores").add({ name: "Amor", score: 100 });
+ * const top = await doc(db, "scores").orderBy("score", "desc").limit(10).stream();
+ * db.close();
+ * ```
+ * @module
+ */
+
+import { RemoteBackend, websocketUrl } from "./connection.js";
+import { InvalidArgumentError } from "./errors.js";
+import { Transaction, WriteBatch, makeReference, runTransaction } from "./refs.js";
+import { splitSegments } from "./values.js";
+
+/** Errors: `MontybaseError` and one class per reason of schemas/errors.json (see errors.js). */
+export {
+  AlreadyExistsError,
+  ConflictError,
+  ConnectionLostError,
+  ERRORS,
+  InternalError,
+  InvalidArgumentError,
+  InvalidRequestError,
+  LimitExceededError,
+  MethodNotFoundError,
+  MontybaseError,
+  NotFoundError,
+  ParseError,
+  PermissionDeniedError,
+  RateLimitedError,
+  UnauthenticatedError,
+  UnavailableError,
+  ValidationError,
+  errorClass,
+} from "./errors.js";
+/** References, queries, batches and transactions (see refs.js). */
+export { CollectionReference, DocumentReference, Query, Reference, Transaction, WriteBatch } from "./refs.js";
+/** Field transforms, plain data such as `{"$increment": 1}` (see transforms.js). */
+export { arrayRemove, arrayUnion, deleteField, increment, maximum, minimum, serverTimestamp } from "./transforms.js";
+/** `http(s)://` means `ws(s)://` (see connection.js). */
+export { websocketUrl } from "./connection.js";
+
+/**
+ * A database handle on a Montybase server.
+ *
+ * - `new Montybase(clientConfig)`: `clientConfig` is the parsed `client-config.json`
+ *   (`projectName`, `apiKey`, `endpoint`, `serverKey`): the client key, mode nk when the server
+ *   key is pinned (psk otherwise).
+ * - `new Montybase(montybaseJson, { endpoint, WebSocket })`: a server-side Node program with the
+ *   server's own `montybase.json` uses its `adminKey` (full access) and pins the public half of
+ *   its `serverKey`.
+ *
+ * Connects on the first call, reconnects after a lost connection (calls in flight then reject
+ * with ConnectionLostError). In Node 20, which has no global WebSocket, pass one:
+ * `new Montybase(config, { WebSocket })` (e.g. from the `ws` package); in Node, `close()` the
+ * handle when done, as an open socket keeps the process running.
+ */
+export class Montybase {
+  /**
+   * @param {{apiKey?: string, adminKey?: string, endpoint?: string, serverKey?: string, projectName?: string}} config
+   * @param {{WebSocket?: any, endpoint?: string, timeout?: number}} [options] `WebSocket`: a
+   *   WebSocket class (used instead of `globalThis.WebSocket`, or where there is none);
+   *   `endpoint`: overrides `config.endpoint` (`http(s)://` means `ws(s)://`); `timeout`:
+   *   milliseconds to wait for an answer (default 60000).
+   * @throws {MontybaseError} InvalidArgumentError for a config without key or endpoint, or no WebSocket
+   */
+  constructor(config, options = {}) {
+    if (config === null || typeof config !== "object" || Array.isArray(config)) {
+      throw new InvalidArgumentError("new Montybase(config) takes the parsed client-config.json", { path: "config" });
+    }
+    const own = (name) => (Object.hasOwn(config, name) && typeof config[name] === "string" && config[name] ? config[name] : null);
+    let kid;
+    let key;
+    let serverKey = null;
+    let serverPrivateKey = null;
+    if (own("adminKey")) {
+      // A server's own montybase.json: the admin key; its serverKey is the private key.
+      [kid, key, serverPrivateKey] = ["admin", own("adminKey"), own("serverKey")];
+    } else if (own("apiKey")) {
+      [kid, key, serverKey] = ["client", own("apiKey"), own("serverKey")];
+    } else {
+      throw new InvalidArgumentError("the client config holds no apiKey", { path: "apiKey" });
+    }
+    const endpoint = (options && options.endpoint) || own("endpoint");
+    if (typeof endpoint !== "string" || !endpoint) {
+      throw new InvalidArgumentError("the client config holds no endpoint (or pass { endpoint })", { path: "endpoint" });
+    }
+    const WebSocketClass = (options && options.WebSocket) || globalThis.WebSocket;
+    if (typeof WebSocketClass !== "function") {
+      throw new InvalidArgumentError("no WebSocket here: pass one, new Montybase(config, { WebSocket })", { path: "WebSocket" });
+    }
+    const timeout = options && options.timeout !== undefined ? options.timeout : 60_000;
+    if (typeof timeout !== "number" || !(timeout > 0)) {
+      throw new InvalidArgumentError("timeout must be a positive number of milliseconds", { path: "timeout" });
+    }
+    /** The project name from the config (if any). */
+    this.projectName = own("projectName");
+    Object.defineProperty(this, "_backend", {
+      value: new RemoteBackend({ url: websocketUrl(endpoint), kid, key, serverKey, serverPrivateKey, WebSocket: WebSocketClass, timeout }),
+    });
+  }
+
+  /** The ws:// or wss:// URL of the server. */
+  get endpoint() {
+    return this._backend.url;
+  }
+
+  /**
+   * Collect writes; `commit()` applies them all or none.
+   * @returns {WriteBatch}
+   */
+  batch() {
+    return new WriteBatch(this._backend);
+  }
+
+  /**
+   * Run `fn(tx)`: its reads (`await tx.get(ref)`), then its writes (`tx.set(ref, …)`, …),
+   * committed together; if what it read changed meanwhile, it runs again (up to `maxAttempts`).
+   * @template T
+   * @param {(tx: Transaction) => T | Promise<T>} fn
+   * @param {{maxAttempts?: number}} [options]
+   * @returns {Promise<T>} what `fn` returned
+   * @throws {MontybaseError} ConflictError after the last attempt, or whatever `fn` throws
+   */
+  transaction(fn, { maxAttempts = 5 } = {}) {
+    return runTransaction(this._backend, fn, maxAttempts);
+  }
+
+  /**
+   * Disconnect. Calls in flight reject with ConnectionLostError; later calls with UnavailableError.
+   * @returns {Promise<void>} once the socket is closed
+   */
+  close() {
+    return this._backend.close();
+  }
+}
+
+/**
+ * A reference: `doc(db, "users")` a collection, `doc(db, "users", uid)` a document (also
+ * `doc(db, "users/" + uid)`), `doc(db, "users", uid, "posts")` a subcollection, …
+ * @param {Montybase} db
+ * @param {...string} segments
+ * @returns {import("./refs.js").CollectionReference | import("./refs.js").DocumentReference}
+ * @throws {MontybaseError} InvalidArgumentError for a bad segment
+ */
+export function doc(db, ...segments) {
+  if (!(db instanceof Montybase)) throw new InvalidArgumentError("doc(db, ...segments) takes a Montybase handle first", { path: "db" });
+  return makeReference(db._backend, splitSegments(segments));
+}

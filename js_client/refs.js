@@ -1,0 +1,631 @@
+/**
+ * Immutable references and queries; each terminal becomes one method call with JSON params,
+ * the very params the Python client builds (python_client/refs.py).
+ * @module
+ */
+
+import { ConflictError, InvalidArgumentError } from "./errors.js";
+import { checkKey, splitSegments, updateFields, wireField } from "./values.js";
+
+/**
+ * @typedef {object} Backend where calls go
+ * @property {(method: string, params: Record<string, unknown>) => Promise<any>} call
+ */
+
+/** Builds `{id: value}` with own properties only, whatever the ids are. */
+function byId(docs) {
+  const out = {};
+  for (const doc of docs) Object.defineProperty(out, doc.id, { value: doc.value, enumerable: true, writable: true, configurable: true });
+  return out;
+}
+
+/**
+ * A collection reference at odd depths (and the root), a document reference at even ones.
+ * @param {Backend} backend
+ * @param {ReadonlyArray<string>} segments checked segments
+ * @returns {CollectionReference | DocumentReference}
+ */
+export function makeReference(backend, segments) {
+  const Kind = segments.length && segments.length % 2 === 0 ? DocumentReference : CollectionReference;
+  return new Kind(backend, segments);
+}
+
+const DIRECTIONS = new Map([["asc", "asc"], ["ascending", "asc"], ["desc", "desc"], ["descending", "desc"]]);
+const LISTS = ["where", "orderBy"];
+
+/**
+ * An immutable query: every building method returns a new one; terminals run it and return
+ * Promises. Without `orderBy`, documents come in id order.
+ */
+export class Query {
+  #ref;
+  #spec;
+
+  /**
+   * Use `ref.where(...)`, `ref.orderBy(...)`, … or `ref.query()`.
+   * @param {Reference} ref
+   * @param {Record<string, unknown>} [spec]
+   */
+  constructor(ref, spec = {}) {
+    this.#ref = ref;
+    this.#spec = spec;
+    Object.freeze(this);
+  }
+
+  #with(drop, name, value) {
+    const spec = {};
+    for (const [key, item] of Object.entries(this.#spec)) if (!drop.includes(key)) spec[key] = item;
+    spec[name] = LISTS.includes(name) ? [...(spec[name] ?? []), value] : value;
+    return new Query(this.#ref, spec);
+  }
+
+  /** The query as it crosses the wire: `{path, where?, orderBy?, limit?, …}`. */
+  get wire() {
+    const wire = { path: [...this.#ref.segments] };
+    for (const [name, item] of Object.entries(this.#spec)) {
+      wire[name] = LISTS.includes(name) ? item.map((clause) => [...clause]) : Array.isArray(item) ? [...item] : item;
+    }
+    return wire;
+  }
+
+  /** The reference this query runs over. */
+  get ref() {
+    return this.#ref;
+  }
+
+  /** @returns {string} */
+  toString() {
+    return `Query(${JSON.stringify(this.wire)})`;
+  }
+
+  /**
+   * Whether `other` is a query with the same wire form.
+   * @param {unknown} other
+   * @returns {boolean}
+   */
+  isEqual(other) {
+    return other instanceof Query && JSON.stringify(other.wire) === JSON.stringify(this.wire);
+  }
+
+  // Building
+
+  /**
+   * Keep documents whose `field` compares to `value` with `op` (`==`, `!=`, `<`, `<=`, `>`,
+   * `>=`, `in`, `not-in`, `array-contains`, `array-contains-any`). Several are ANDed.
+   * @param {string | string[]} field a dotted path, or an array of keys taken literally
+   * @param {string} op
+   * @param {unknown} value
+   * @returns {Query}
+   */
+  where(field, op, value) {
+    return this.#with([], "where", [wireField(field), op, value]);
+  }
+
+  /**
+   * Order by `field`, "asc" or "desc"; documents lacking it are left out; ties break by id.
+   * @param {string | string[]} field
+   * @param {"asc" | "desc"} [direction]
+   * @returns {Query}
+   * @throws {MontybaseError} InvalidArgumentError for another direction
+   */
+  orderBy(field, direction = "asc") {
+    const normalized = typeof direction === "string" ? DIRECTIONS.get(direction.toLowerCase()) : undefined;
+    if (normalized === undefined) {
+      throw new InvalidArgumentError(`direction must be 'asc' or 'desc', got ${JSON.stringify(direction)}`, { path: "direction" });
+    }
+    return this.#with([], "orderBy", [wireField(field), normalized]);
+  }
+
+  /**
+   * At most `n` documents, from the front.
+   * @param {number} n
+   * @returns {Query}
+   */
+  limit(n) {
+    return this.#with(["limitToLast"], "limit", n);
+  }
+
+  /**
+   * At most `n` documents, from the back (still returned in order).
+   * @param {number} n
+   * @returns {Query}
+   */
+  limitToLast(n) {
+    return this.#with(["limit"], "limitToLast", n);
+  }
+
+  /**
+   * Skip the first `n` matching documents.
+   * @param {number} n
+   * @returns {Query}
+   */
+  offset(n) {
+    return this.#with([], "offset", n);
+  }
+
+  /**
+   * Start at the document whose order fields equal `values` (inclusive).
+   * @param {...unknown} values one per orderBy field, then optionally an id
+   * @returns {Query}
+   */
+  startAt(...values) {
+    return this.#with(["startAfter"], "startAt", values);
+  }
+
+  /**
+   * Start after the document whose order fields equal `values`.
+   * @param {...unknown} values
+   * @returns {Query}
+   */
+  startAfter(...values) {
+    return this.#with(["startAt"], "startAfter", values);
+  }
+
+  /**
+   * End at the document whose order fields equal `values` (inclusive).
+   * @param {...unknown} values
+   * @returns {Query}
+   */
+  endAt(...values) {
+    return this.#with(["endBefore"], "endAt", values);
+  }
+
+  /**
+   * End before the document whose order fields equal `values`.
+   * @param {...unknown} values
+   * @returns {Query}
+   */
+  endBefore(...values) {
+    return this.#with(["endAt"], "endBefore", values);
+  }
+
+  // Terminals
+
+  /**
+   * The matching documents as `[{id, value}, …]`, in order.
+   * @returns {Promise<Array<{id: string, value: Record<string, unknown>}>>}
+   * @throws {MontybaseError}
+   */
+  async stream() {
+    return (await this.#ref._backend.call("query", { query: this.wire })).docs;
+  }
+
+  /**
+   * The matching documents as `{id: value}`. (A JavaScript object lists integer-like keys
+   * such as "42" first; `stream()` keeps the order in every case.)
+   * @returns {Promise<Record<string, Record<string, unknown>>>}
+   * @throws {MontybaseError}
+   */
+  async get() {
+    return byId(await this.stream());
+  }
+
+  async #aggregate(op, field) {
+    const params = { query: this.wire, op };
+    if (field !== undefined) params.field = wireField(field);
+    return (await this.#ref._backend.call("aggregate", params)).value;
+  }
+
+  /**
+   * Whether any document matches.
+   * @returns {Promise<boolean>}
+   * @throws {MontybaseError}
+   */
+  exists() {
+    return this.#aggregate("exists");
+  }
+
+  /**
+   * Alias of `exists()` (the original README's spelling).
+   * @returns {Promise<boolean>}
+   * @throws {MontybaseError}
+   */
+  exist() {
+    return this.exists();
+  }
+
+  /**
+   * How many documents match.
+   * @returns {Promise<number>}
+   * @throws {MontybaseError}
+   */
+  count() {
+    return this.#aggregate("count");
+  }
+
+  /**
+   * The sum of the numeric values of `field` over the matching documents (0 if none).
+   * @param {string | string[]} field
+   * @returns {Promise<number>}
+   * @throws {MontybaseError}
+   */
+  sum(field) {
+    return this.#aggregate("sum", field);
+  }
+
+  /**
+   * The mean of the numeric values of `field`, or null if there are none.
+   * @param {string | string[]} field
+   * @returns {Promise<number | null>}
+   * @throws {MontybaseError}
+   */
+  avg(field) {
+    return this.#aggregate("avg", field);
+  }
+}
+
+/**
+ * A path in the tree. Immutable: `append` returns a new reference.
+ */
+export class Reference {
+  /**
+   * Use `doc(db, ...segments)` or `ref.append(...)`.
+   * @param {Backend} backend
+   * @param {ReadonlyArray<string>} segments
+   */
+  constructor(backend, segments) {
+    Object.defineProperty(this, "_backend", { value: backend });
+    /** @type {ReadonlyArray<string>} */
+    this.segments = Object.freeze([...segments]);
+    Object.freeze(this);
+  }
+
+  /** The path as "collection/document/…". */
+  get path() {
+    return this.segments.join("/");
+  }
+
+  /** The last segment (null for the root). */
+  get id() {
+    return this.segments.length ? this.segments[this.segments.length - 1] : null;
+  }
+
+  /**
+   * A new reference, `segments` further down ("a/b" is shorthand for "a", "b").
+   * @param {...string} segments
+   * @returns {CollectionReference | DocumentReference}
+   * @throws {MontybaseError} InvalidArgumentError for a bad segment
+   */
+  append(...segments) {
+    return makeReference(this._backend, [...this.segments, ...splitSegments(segments)]);
+  }
+
+  /** @returns {string} e.g. `DocumentReference('users/amor')` */
+  toString() {
+    return `${this.constructor.name}('${this.path}')`;
+  }
+
+  /**
+   * Whether `other` is the same kind of reference to the same path of the same database.
+   * @param {unknown} other
+   * @returns {boolean}
+   */
+  isEqual(other) {
+    return (
+      other instanceof Reference &&
+      other.constructor === this.constructor &&
+      other._backend === this._backend &&
+      other.path === this.path &&
+      other.segments.length === this.segments.length
+    );
+  }
+
+  /** @param {string | undefined | null} key @returns {string[]} */
+  _target(key) {
+    throw new Error("abstract");
+  }
+
+  /** @param {string | undefined | null} key @returns {string[]} */
+  _updateTarget(key) {
+    return this._target(key);
+  }
+
+  // Writes
+
+  /**
+   * Create a document (a generated id, or `key`); ALREADY_EXISTS if it exists.
+   * @param {Record<string, unknown>} value
+   * @param {string} [key] on a collection: the new document's id
+   * @returns {Promise<string>} its id
+   * @throws {MontybaseError} AlreadyExistsError, InvalidArgumentError, …
+   */
+  async add(value, key) {
+    return (await this._backend.call("add", { path: this._target(key), value })).id;
+  }
+
+  /**
+   * Replace a document, creating it if missing (on a collection without key: a new one).
+   * @param {Record<string, unknown>} value
+   * @param {string} [key]
+   * @returns {Promise<string>} its id
+   * @throws {MontybaseError}
+   */
+  async set(value, key) {
+    return (await this._backend.call("set", { path: this._target(key), value })).id;
+  }
+
+  /**
+   * Merge fields into an existing document: a key "a.b" sets the nested field b of a; to name a
+   * field that contains a dot, pass `[[["a.b"], value], …]` (an array of [keys, value] pairs).
+   * @param {Record<string, unknown> | Array<[string | string[], unknown]>} fields
+   * @param {string} [key] on a collection: the document (required)
+   * @returns {Promise<string>} its id
+   * @throws {MontybaseError} NotFoundError if the document is missing, InvalidArgumentError, …
+   */
+  async update(fields, key) {
+    return (await this._backend.call("update", { path: this._updateTarget(key), fields: updateFields(fields) })).id;
+  }
+
+  /**
+   * Delete a document with its subcollections (or, on a collection without key, the whole
+   * collection: admin key only).
+   * @param {string} [key]
+   * @returns {Promise<unknown>} the deleted value, or null
+   * @throws {MontybaseError}
+   */
+  async delete(key) {
+    return (await this._backend.call("delete", { path: this._target(key) })).value;
+  }
+
+  // Reads
+
+  /**
+   * A document's value (null if missing), a collection as `{id: document}` (`{}` if empty), or
+   * the value of a field when the path goes into a document.
+   * @returns {Promise<any>}
+   * @throws {MontybaseError}
+   */
+  async get() {
+    return (await this._backend.call("get", { path: [...this.segments] })).value;
+  }
+
+  /**
+   * A query over this collection (or, on a document, over that one document).
+   * @returns {Query}
+   */
+  query() {
+    return new Query(this);
+  }
+
+  /** @returns {Promise<Array<{id: string, value: Record<string, unknown>}>>} @throws {MontybaseError} */
+  stream() {
+    return this.query().stream();
+  }
+
+  /** Whether the document exists, or the collection holds a document. @returns {Promise<boolean>} @throws {MontybaseError} */
+  exists() {
+    return this.query().exists();
+  }
+
+  /** Alias of `exists()`. @returns {Promise<boolean>} @throws {MontybaseError} */
+  exist() {
+    return this.exists();
+  }
+
+  /** How many documents (0 or 1 on a document). @returns {Promise<number>} @throws {MontybaseError} */
+  count() {
+    return this.query().count();
+  }
+
+  /** @param {string | string[]} field @param {string} op @param {unknown} value @returns {Query} */
+  where(field, op, value) {
+    return this.query().where(field, op, value);
+  }
+
+  /** @param {string | string[]} field @param {"asc" | "desc"} [direction] @returns {Query} @throws {MontybaseError} */
+  orderBy(field, direction = "asc") {
+    return this.query().orderBy(field, direction);
+  }
+
+  /** @param {number} n @returns {Query} */
+  limit(n) {
+    return this.query().limit(n);
+  }
+
+  /** @param {number} n @returns {Query} */
+  limitToLast(n) {
+    return this.query().limitToLast(n);
+  }
+
+  /** @param {number} n @returns {Query} */
+  offset(n) {
+    return this.query().offset(n);
+  }
+
+  /** @param {...unknown} values @returns {Query} */
+  startAt(...values) {
+    return this.query().startAt(...values);
+  }
+
+  /** @param {...unknown} values @returns {Query} */
+  startAfter(...values) {
+    return this.query().startAfter(...values);
+  }
+
+  /** @param {...unknown} values @returns {Query} */
+  endAt(...values) {
+    return this.query().endAt(...values);
+  }
+
+  /** @param {...unknown} values @returns {Query} */
+  endBefore(...values) {
+    return this.query().endBefore(...values);
+  }
+
+  /** @param {string | string[]} field @returns {Promise<number>} @throws {MontybaseError} */
+  sum(field) {
+    return this.query().sum(field);
+  }
+
+  /** @param {string | string[]} field @returns {Promise<number | null>} @throws {MontybaseError} */
+  avg(field) {
+    return this.query().avg(field);
+  }
+}
+
+/**
+ * A collection: `key` names one of its documents.
+ */
+export class CollectionReference extends Reference {
+  /** @param {string | undefined | null} key @returns {string[]} */
+  _target(key) {
+    if (key === undefined || key === null) return [...this.segments];
+    return [...this.segments, checkKey(key, "key")];
+  }
+
+  /** @param {string | undefined | null} key @returns {string[]} */
+  _updateTarget(key) {
+    if (key === undefined || key === null) {
+      throw new InvalidArgumentError("update on a collection needs a key (the document to merge into)", { path: "key" });
+    }
+    return this._target(key);
+  }
+}
+
+/**
+ * A document: its children are subcollections, reached with `append`.
+ */
+export class DocumentReference extends Reference {
+  /** @param {string | undefined | null} key @returns {string[]} */
+  _target(key) {
+    if (key !== undefined && key !== null) {
+      throw new InvalidArgumentError(
+        `key is for collection references; ${this.path} is a document (use append() for subcollections)`,
+        { path: "key" },
+      );
+    }
+    return [...this.segments];
+  }
+}
+
+/**
+ * Writes collected, then applied all or nothing by `commit()` (one journal record).
+ */
+export class WriteBatch {
+  /** @param {Backend} backend */
+  constructor(backend) {
+    Object.defineProperty(this, "_backend", { value: backend });
+    /** @type {Array<Record<string, unknown>>} */
+    this._writes = [];
+  }
+
+  /**
+   * @param {Reference} ref
+   * @param {Record<string, unknown>} value
+   * @param {string} [key]
+   * @returns {this}
+   * @throws {MontybaseError} InvalidArgumentError
+   */
+  add(ref, value, key) {
+    this._writes.push({ op: "add", path: ref._target(key), value });
+    return this;
+  }
+
+  /**
+   * @param {Reference} ref
+   * @param {Record<string, unknown>} value
+   * @param {string} [key]
+   * @returns {this}
+   * @throws {MontybaseError} InvalidArgumentError
+   */
+  set(ref, value, key) {
+    this._writes.push({ op: "set", path: ref._target(key), value });
+    return this;
+  }
+
+  /**
+   * @param {Reference} ref
+   * @param {Record<string, unknown> | Array<[string | string[], unknown]>} fields
+   * @param {string} [key]
+   * @returns {this}
+   * @throws {MontybaseError} InvalidArgumentError
+   */
+  update(ref, fields, key) {
+    this._writes.push({ op: "update", path: ref._updateTarget(key), fields: updateFields(fields) });
+    return this;
+  }
+
+  /**
+   * @param {Reference} ref
+   * @param {string} [key]
+   * @returns {this}
+   * @throws {MontybaseError} InvalidArgumentError
+   */
+  delete(ref, key) {
+    this._writes.push({ op: "delete", path: ref._target(key) });
+    return this;
+  }
+
+  /** @returns {Record<string, unknown>} */
+  _params() {
+    return { writes: this._writes };
+  }
+
+  /**
+   * Apply every write or none.
+   * @returns {Promise<unknown[]>} each write's result: an id, or a deleted value
+   * @throws {MontybaseError}
+   */
+  async commit() {
+    if (!this._writes.length) return [];
+    const { results } = await this._backend.call("commit", this._params());
+    this._writes = [];
+    return results.map((result) => (Object.hasOwn(result, "id") ? result.id : result.value));
+  }
+}
+
+/**
+ * A batch that also records what it read; the commit fails with CONFLICT if any of it changed.
+ */
+export class Transaction extends WriteBatch {
+  /** @param {Backend} backend */
+  constructor(backend) {
+    super(backend);
+    /** @type {Array<{path: string[], value: unknown}>} */
+    this._reads = [];
+  }
+
+  /**
+   * Read a document (or any path) inside the transaction; reads come before writes.
+   * @param {Reference} ref
+   * @returns {Promise<any>}
+   * @throws {MontybaseError}
+   */
+  async get(ref) {
+    if (this._writes.length) throw new InvalidArgumentError("a transaction reads before it writes", { path: ref.path });
+    const value = await ref.get();
+    this._reads.push({ path: [...ref.segments], value });
+    return value;
+  }
+
+  /** @returns {Record<string, unknown>} */
+  _params() {
+    return { writes: this._writes, reads: this._reads };
+  }
+}
+
+/**
+ * Run `fn(transaction)` and commit; on CONFLICT run it again, up to `maxAttempts` times.
+ * @template T
+ * @param {Backend} backend
+ * @param {(tx: Transaction) => T | Promise<T>} fn
+ * @param {number} maxAttempts
+ * @returns {Promise<T>}
+ * @throws {MontybaseError} ConflictError after the last attempt, or what `fn` throws
+ */
+export async function runTransaction(backend, fn, maxAttempts) {
+  if (!Number.isSafeInteger(maxAttempts) || maxAttempts < 1) {
+    throw new InvalidArgumentError("maxAttempts must be an integer of at least 1", { path: "maxAttempts" });
+  }
+  for (let attempt = 1; ; attempt++) {
+    const transaction = new Transaction(backend);
+    const result = await fn(transaction);
+    try {
+      await transaction.commit();
+    } catch (error) {
+      if (error instanceof ConflictError && attempt < maxAttempts) continue;
+      throw error;
+    }
+    return result;
+  }
+}

@@ -1,0 +1,224 @@
+// Headless Chromium: pages served by `python3 -m server` (static folder examples/leaderboard)
+// load the JS client from the server, connect with /client-config.json, write and read; a
+// second page sees the first page's score; a Python program and a page share a collection.
+
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
+import { join, relative } from "node:path";
+import { after, before, test } from "node:test";
+import { chromium } from "playwright-core";
+
+import { ROOT, Server, readJson, runPython, tempDir, unique, writeConfig } from "../js/helpers.js";
+
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ARGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync", "--no-first-run",
+];
+
+let server;
+let browser;
+let clientConfigPath;
+
+before(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)`);
+  const dir = await tempDir();
+  await writeConfig(dir, { static: relative(dir, join(ROOT, "examples", "leaderboard")) });
+  [server, browser] = await Promise.all([Server.start({ dir }), chromium.launch({ executablePath: CHROMIUM, args: ARGS })]);
+  // What a web page gets is what a Python program with the client key uses too.
+  clientConfigPath = join(dir, "client-config.json");
+  await writeFile(clientConfigPath, await (await fetch(`${server.http}/client-config.json`)).text());
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.cleanup();
+});
+
+/** A fresh page (its own context: no shared storage) with console errors collected. */
+async function openPage(path = "/") {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (error) => errors.push(error.message));
+  page.on("console", (message) => message.type() === "error" && errors.push(message.text()));
+  await page.goto(`${server.http}${path}`);
+  return { page, errors, close: () => context.close() };
+}
+
+test("the server serves the client, its config and the static folder", async () => {
+  const entry = await fetch(`${server.http}/montybase.js`);
+  assert.equal(entry.status, 200);
+  assert.match(entry.headers.get("content-type"), /javascript/);
+  assert.match(await entry.text(), /\/montybase\/index\.js/);
+  for (const file of ["index.js", "channel.js", "connection.js", "errors.js", "refs.js", "transforms.js", "values.js"]) {
+    assert.equal((await fetch(`${server.http}/montybase/${file}`)).status, 200, file);
+  }
+  const config = await (await fetch(`${server.http}/client-config.json`)).json();
+  assert.equal(config.endpoint, server.endpoint);
+  assert.ok(config.apiKey && config.serverKey && !config.adminKey);
+  assert.match(await (await fetch(`${server.http}/`)).text(), /Click fast/);
+});
+
+test("a page loads the client from the server, connects with the client config, adds and reads", async () => {
+  const { page, errors, close } = await openPage("/");
+  const collection = unique("browser");
+  const result = await page.evaluate(async (name) => {
+    const { Montybase, doc, increment, NotFoundError, InvalidArgumentError } = await import("/montybase.js");
+    const db = new Montybase(await (await fetch("/client-config.json")).json());
+    const id = await doc(db, name).add({ name: "Amor", score: 100 });
+    await doc(db, name, id).update({ score: increment(5), "stats.games": 1 });
+    await doc(db, name).add({ name: "Zed", score: 90 }, "zed");
+    const top = await doc(db, name).orderBy("score", "desc").limit(10).stream();
+    const missing = await doc(db, name, "ghost").update({ a: 1 }).catch((error) => [error instanceof NotFoundError, error.code, error.reason]);
+    const bad = await doc(db, name).add({ a: NaN }).catch((error) => [error instanceof InvalidArgumentError, error.message]);
+    const polluted = await doc(db, name, "constructor").set({ prototype: { polluted: true } }).then(() => doc(db, name).get());
+    const clean = {}.polluted === undefined && Object.hasOwn(polluted, "constructor");
+    await db.close();
+    const config = await (await fetch("/client-config.json")).json();
+    const refusals = [];
+    for (const wrong of [{ ...config, apiKey: "mb-wrong-key-0123456789" }, { ...config, serverKey: "BKVtJIR-L0JBgvyCiKYjl9T3yu3SL0NBIGI1pRmc4VKkx7Nw0aM0UjQMwb7OiZ7PRPBxpozUjEGy-FEc3YS4xXk" }]) {
+      const other = new Montybase(wrong);
+      refusals.push(await doc(other, name, id).get().then(() => "accepted", (error) => error.reason));
+      await other.close();
+    }
+    return { id, top, missing, bad, clean, refusals, secure: window.isSecureContext };
+  }, collection);
+  assert.equal(result.id.length, 20);
+  assert.deepEqual(result.top, [
+    { id: result.id, value: { name: "Amor", score: 105, stats: { games: 1 } } },
+    { id: "zed", value: { name: "Zed", score: 90 } },
+  ]);
+  assert.deepEqual(result.missing, [true, -32002, "NOT_FOUND"]);
+  assert.equal(result.bad[0], true);
+  assert.match(result.bad[1], /value\.a: NaN/);
+  assert.equal(result.clean, true);
+  assert.deepEqual(result.refusals, ["UNAUTHENTICATED", "UNAUTHENTICATED"]);
+  assert.equal(result.secure, true);
+  assert.deepEqual(errors, []);
+  await close();
+});
+
+test("the channel vectors hold in Chromium's WebCrypto too", async () => {
+  const vectors = await readJson("tests", "cases", "channel.json");
+  const { page, close } = await openPage("/");
+  const outcome = await page.evaluate(async (vectors) => {
+    const channel = await import("/montybase/channel.js");
+    const out = [];
+    for (const vector of vectors.cases) {
+      let ephemeral;
+      if (vector.clientEphemeral) {
+        const curve = { name: "ECDH", namedCurve: "P-256" };
+        ephemeral = {
+          privateKey: await crypto.subtle.importKey("jwk", vector.clientEphemeral.jwk, curve, true, ["deriveBits"]),
+          publicKey: (await channel.importPoint(vector.clientEphemeral.public, "e")).key,
+        };
+      }
+      const pinned = vector.mode === "nk" ? vectors.server.serverKey.public : null;
+      const handshake = new channel.ClientHandshake(vector.kid, vector.key, pinned, { nonce: channel.fromHex(vector.nc), ephemeral });
+      const hello = await handshake.hello();
+      const { params, session } = await handshake.finish(vector.helloResult);
+      handshake.confirm(vector.authResult);
+      const sealed = [];
+      for (const record of vector.records.c2s) sealed.push(channel.toHex(await session.seal(channel.fromHex(record.plaintext))));
+      const opened = [];
+      for (const record of vector.records.s2c) opened.push(channel.toHex(await session.open(channel.fromHex(record.record))));
+      const refused = [];
+      for (const bad of vector.badResults) {
+        const again = new channel.ClientHandshake(vector.kid, vector.key, pinned, { nonce: channel.fromHex(vector.nc), ephemeral });
+        await again.hello();
+        refused.push(await again.finish(bad.result).then(() => false, (error) => error.reason === "UNAUTHENTICATED"));
+      }
+      out.push({ hello, params, sealed, opened, refused });
+    }
+    return out;
+  }, vectors);
+  for (const [index, vector] of vectors.cases.entries()) {
+    const got = outcome[index];
+    assert.deepEqual(got.hello, vector.hello, vector.name);
+    assert.deepEqual(got.params, vector.auth, vector.name);
+    assert.deepEqual(got.sealed, vector.records.c2s.map((r) => r.record), vector.name);
+    assert.deepEqual(got.opened, vector.records.s2c.map((r) => r.plaintext), vector.name);
+    assert.ok(got.refused.length > 0 && got.refused.every(Boolean), vector.name);
+  }
+  await close();
+});
+
+async function playAndPost(page, name, clicks) {
+  await page.waitForSelector("body[data-ready=true]");
+  await page.click("#start");
+  await page.click("#target"); // one real click, then the rest as fast as a script can
+  await page.evaluate((n) => {
+    for (let i = 0; i < n; i++) document.getElementById("target").click();
+  }, clicks - 1);
+  await page.waitForSelector("#post:not([hidden])", { timeout: 10_000 });
+  const score = Number(await page.textContent("#score"));
+  assert.equal(score, clicks);
+  await page.fill("#name", name);
+  await page.click("#submit");
+  await page.waitForSelector("#top li.mine");
+  await page.waitForSelector("#post", { state: "hidden" });
+  return score;
+}
+
+test("the leaderboard: a posted score shows in the top 10 of this page and of a second page", async () => {
+  const collection = unique("scores");
+  const first = await openPage(`/?seconds=1&collection=${collection}`);
+  const score = await playAndPost(first.page, "Amor <b>bold</b>", 5);
+  const mine = await first.page.textContent("#top li.mine");
+  assert.equal(mine, `Amor <b>bold</b> — ${score}`); // a name is text, never markup
+  assert.equal(await first.page.locator("#top b").count(), 0);
+
+  const second = await openPage(`/?seconds=1&collection=${collection}`);
+  await second.page.waitForSelector("body[data-ready=true]");
+  const top = await second.page.locator("#top li").allTextContents();
+  assert.ok(top.length >= 1 && top.length <= 10);
+  assert.ok(top.includes(`Amor <b>bold</b> — ${score}`), JSON.stringify(top));
+
+  // The second page plays better; the first sees it after a refresh.
+  const better = await playAndPost(second.page, "Toriel", 8);
+  await first.page.click("#refresh");
+  await first.page.waitForFunction((text) => [...document.querySelectorAll("#top li")].some((li) => li.textContent === text), `Toriel — ${better}`);
+  const order = await first.page.locator("#top li").allTextContents();
+  const scores = order.map((line) => Number(line.split(" — ").at(-1)));
+  assert.deepEqual(scores, [...scores].sort((a, b) => b - a));
+  assert.deepEqual(first.errors, []);
+  assert.deepEqual(second.errors, []);
+  await first.close();
+  await second.close();
+});
+
+test("a Python program and a page write to and read the same collection", async () => {
+  const collection = unique("shared");
+  const python = (code) =>
+    runPython(
+      `import json\nfrom python_client import Montybase, doc\ndb = Montybase(api=${JSON.stringify(server.endpoint)}, config=${JSON.stringify(clientConfigPath)})\n${code}\ndb.close()`,
+    );
+  await python(`doc(db, ${JSON.stringify(collection)}).add({"name": "python", "score": 77}, key="py")`);
+
+  const { page, errors, close } = await openPage(`/?collection=${collection}`);
+  await page.waitForSelector("body[data-ready=true]");
+  assert.deepEqual(await page.locator("#top li").allTextContents(), ["python — 77"]);
+  const fromPage = await page.evaluate(async (name) => {
+    const { Montybase, doc } = await import("/montybase.js");
+    const db = new Montybase(await (await fetch("/client-config.json")).json());
+    await doc(db, name).add({ name: "page", score: 88 }, "js");
+    await doc(db, name, "py").update({ seenBy: "page" });
+    const top = await doc(db, name).orderBy("score", "desc").stream();
+    await db.close();
+    return top;
+  }, collection);
+  assert.deepEqual(fromPage, [
+    { id: "js", value: { name: "page", score: 88 } },
+    { id: "py", value: { name: "python", score: 77, seenBy: "page" } },
+  ]);
+
+  const seen = JSON.parse(await python(`print(json.dumps(doc(db, ${JSON.stringify(collection)}).order_by("score", "desc").stream()))`));
+  assert.deepEqual(seen, fromPage);
+  await page.click("#refresh");
+  await page.waitForFunction(() => document.querySelectorAll("#top li").length === 2);
+  assert.deepEqual(await page.locator("#top li").allTextContents(), ["page — 88", "python — 77"]);
+  assert.deepEqual(errors, []);
+  await close();
+});

@@ -1,0 +1,170 @@
+// Test helpers: a real Montybase server (`python3 -m server`) in a temporary folder, and
+// small utilities shared by the node:test suites and the browser tests.
+
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const PYTHON = process.env.PYTHON || "python3";
+const START_TIMEOUT = 20_000;
+const STOP_TIMEOUT = 15_000;
+
+/** The environment for Python children: the repository's packages importable from anywhere. */
+export function pythonEnv() {
+  const path = process.env.PYTHONPATH ? `${ROOT}:${process.env.PYTHONPATH}` : ROOT;
+  return { ...process.env, PYTHONPATH: path, PYTHONUNBUFFERED: "1" };
+}
+
+/** A fresh temporary folder. */
+export function tempDir(prefix = "montybase-js-") {
+  return mkdtemp(join(tmpdir(), prefix));
+}
+
+function b64url(bytes) {
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+/** The rule a freshly generated montybase.json carries: documents open to the client key. */
+export const OPEN_RULES = { "**": { read: "public", write: "public" } };
+
+/**
+ * Write a montybase.json with fresh keys (WebCrypto), the open rule of a generated config, and
+ * `extra` settings, for servers that need settings before their first start (a static folder).
+ */
+export async function writeConfig(dir, extra = {}) {
+  const pair = await crypto.subtle.generateKey({ name: "ECDH", namedCurve: "P-256" }, true, ["deriveBits"]);
+  const random = (n) => b64url(crypto.getRandomValues(new Uint8Array(n)));
+  const config = {
+    projectName: "montybase-js-tests",
+    apiKey: `mb-${random(24)}`,
+    adminKey: `mba-${random(32)}`,
+    serverKey: b64url(new Uint8Array(await crypto.subtle.exportKey("pkcs8", pair.privateKey))),
+    rules: OPEN_RULES,
+    ...extra,
+  };
+  await writeFile(join(dir, "montybase.json"), JSON.stringify(config, null, 2));
+  return config;
+}
+
+/**
+ * One `python3 -m server --config <dir>/montybase.json --port <port>` child, cwd `dir`.
+ */
+export class Server {
+  constructor(dir, child, endpoint, output) {
+    this.dir = dir;
+    this.child = child;
+    this.endpoint = endpoint;
+    this.port = Number(new URL(endpoint).port);
+    this.http = `http://127.0.0.1:${this.port}`;
+    this.output = output;
+  }
+
+  /**
+   * Start a server in `dir` (a new temporary folder by default); resolves once it prints
+   * `endpoint: ws://…`.
+   * @param {{dir?: string, port?: number}} [options]
+   */
+  static async start({ dir, port = 0 } = {}) {
+    dir ??= await tempDir();
+    const child = spawn(PYTHON, ["-m", "server", "--config", join(dir, "montybase.json"), "--port", String(port)], {
+      cwd: dir,
+      env: pythonEnv(),
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    // If this test process ends without its after hooks (a crash, a timeout), take the server along.
+    const reap = () => child.kill("SIGKILL");
+    process.once("exit", reap);
+    child.once("exit", () => process.removeListener("exit", reap));
+    const output = { stdout: "", stderr: "" };
+    child.stderr.setEncoding("utf8").on("data", (text) => (output.stderr += text));
+    const endpoint = await new Promise((resolvePromise, reject) => {
+      const timer = setTimeout(() => fail(`no endpoint line within ${START_TIMEOUT} ms`), START_TIMEOUT);
+      function fail(why) {
+        clearTimeout(timer);
+        child.kill("SIGKILL");
+        reject(new Error(`server did not start: ${why}\n--- stdout ---\n${output.stdout}\n--- stderr ---\n${output.stderr}`));
+      }
+      child.stdout.setEncoding("utf8").on("data", (text) => {
+        output.stdout += text;
+        const match = /^endpoint: (\S+)$/m.exec(output.stdout);
+        if (match) {
+          clearTimeout(timer);
+          resolvePromise(match[1]);
+        }
+      });
+      child.on("exit", (code, signal) => fail(`exited with ${code ?? signal}`));
+      child.on("error", (error) => fail(error.message));
+    });
+    return new Server(dir, child, endpoint, output);
+  }
+
+  /** Whether the process still runs. */
+  get running() {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** The parsed client-config.json the server wrote on its first start. */
+  async clientConfig() {
+    return JSON.parse(await readFile(join(this.dir, "client-config.json"), "utf8"));
+  }
+
+  /** The parsed montybase.json (holds the admin key). */
+  async adminConfig() {
+    return JSON.parse(await readFile(join(this.dir, "montybase.json"), "utf8"));
+  }
+
+  /** Send `signal` (SIGTERM: a clean stop) and wait for the exit; SIGKILL if it hangs. */
+  async stop(signal = "SIGTERM") {
+    if (!this.running) return;
+    const exited = new Promise((resolvePromise) => this.child.once("exit", resolvePromise));
+    this.child.kill(signal);
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), STOP_TIMEOUT);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  /** Stop the server and remove its folder. */
+  async cleanup() {
+    await this.stop();
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Run a Python snippet with the repository importable; resolves with its stdout.
+ * @param {string} code
+ * @param {{cwd?: string, timeout?: number}} [options]
+ */
+export function runPython(code, { cwd = ROOT, timeout = 30_000 } = {}) {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(PYTHON, ["-c", code], { cwd, env: pythonEnv(), stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (text) => (stdout += text));
+    child.stderr.setEncoding("utf8").on("data", (text) => (stderr += text));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeout);
+    child.on("error", reject);
+    child.on("exit", (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolvePromise(stdout);
+      else reject(new Error(`python exited with ${code ?? signal}\n--- stdout ---\n${stdout}\n--- stderr ---\n${stderr}`));
+    });
+  });
+}
+
+/** Read and parse a JSON file of the repository. */
+export async function readJson(...parts) {
+  return JSON.parse(await readFile(join(ROOT, ...parts), "utf8"));
+}
+
+let counter = 0;
+/** A collection name no other test uses. */
+export function unique(name = "c") {
+  counter += 1;
+  return `${name}-${process.pid}-${counter}`;
+}

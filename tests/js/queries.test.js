@@ -1,0 +1,123 @@
+// Every case of tests/cases/queries.json through the public API chain (and the error cases
+// also as raw params: refused by the client's own checks and, sent unchecked, by the server).
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import WebSocket from "ws";
+
+import { InvalidArgumentError, Montybase, MontybaseError, doc } from "../../js_client/index.js";
+import { Server, readJson } from "./helpers.js";
+
+const { cases: CASES } = await readJson("tests", "cases", "queries.json");
+const QUERY_MEMBERS = ["where", "orderBy", "limit", "limitToLast", "offset", "startAt", "startAfter", "endAt", "endBefore"];
+
+let server;
+let db;
+let admin;
+
+before(async () => {
+  server = await Server.start();
+  db = new Montybase(await server.clientConfig(), { WebSocket });
+  admin = new Montybase(await server.adminConfig(), { WebSocket, endpoint: server.endpoint });
+});
+
+after(async () => {
+  await db?.close();
+  await admin?.close();
+  await server?.cleanup();
+});
+
+/** JSON equality: 1 equals 1.0, true never equals 1, a string never equals a number. */
+function jsonEqual(a, b) {
+  if (typeof a !== typeof b) return false;
+  if (Array.isArray(a) || Array.isArray(b)) {
+    return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.every((item, i) => jsonEqual(item, b[i]));
+  }
+  if (a !== null && typeof a === "object" && b !== null) {
+    const keys = Object.keys(a);
+    return keys.length === Object.keys(b).length && keys.every((key) => Object.hasOwn(b, key) && jsonEqual(a[key], b[key]));
+  }
+  return a === b;
+}
+
+/** The query built with the public chain from its wire form; null if the chain cannot say it. */
+function build(ref, wire) {
+  let query = ref.query();
+  for (const clause of wire.where ?? []) {
+    if (!Array.isArray(clause) || clause.length !== 3) return null;
+    query = query.where(...clause);
+  }
+  for (const [field, direction] of wire.orderBy ?? []) {
+    try {
+      query = query.orderBy(field, direction);
+    } catch (error) {
+      return { error };
+    }
+  }
+  if ("limit" in wire && "limitToLast" in wire) return null; // the chain keeps only the last of them
+  for (const name of ["limit", "limitToLast", "offset"]) if (name in wire) query = query[name](wire[name]);
+  const starts = ["startAt", "startAfter"].filter((name) => name in wire);
+  const ends = ["endAt", "endBefore"].filter((name) => name in wire);
+  if (starts.length > 1 || ends.length > 1) return null;
+  for (const name of [...starts, ...ends]) query = query[name](...wire[name]);
+  if (Object.keys(wire).some((name) => !QUERY_MEMBERS.includes(name))) return null;
+  return { query };
+}
+
+function run(query, aggregate) {
+  if (!aggregate) return query.stream();
+  return aggregate.field === undefined ? query[aggregate.op]() : query[aggregate.op](aggregate.field);
+}
+
+test("every case is run (the file is well formed)", () => {
+  const names = CASES.map((c) => c.name);
+  assert.equal(new Set(names).size, names.length);
+  assert.ok(CASES.length > 100);
+  for (const c of CASES) assert.ok(("expect" in c) !== ("error" in c), c.name);
+});
+
+describe("query cases", () => {
+  for (const [index, c] of CASES.entries()) {
+    test(c.name, async () => {
+      // One fresh collection per case; the client key loads it (admin: every fifth case).
+      const collection = `q${index}`;
+      const loader = index % 5 === 0 ? admin : db;
+      await Promise.all(Object.entries(c.documents).map(([id, value]) => doc(loader, collection).add(value, id)));
+      const ref = doc(db, collection);
+      const wire = { path: [collection], ...c.query };
+
+      if ("error" in c) {
+        // The client refuses before sending …
+        const params = c.aggregate ? { query: wire, ...c.aggregate } : { query: wire };
+        const method = c.aggregate ? "aggregate" : "query";
+        await assert.rejects(db._backend.call(method, params), (error) => error instanceof InvalidArgumentError && error.reason === c.error);
+        // … and the server, sent the same params unchecked, refuses with the same reason.
+        await assert.rejects(db._backend.send(method, params), (error) => error instanceof MontybaseError && error.reason === c.error);
+        // Through the chain too, where the chain can say it.
+        const sayable = !c.aggregate || ["count", "exists", "sum", "avg"].includes(c.aggregate.op);
+        const built = sayable ? build(ref, c.query) : null;
+        if (built?.error) assert.ok(built.error instanceof InvalidArgumentError);
+        else if (built) {
+          await assert.rejects(
+            (async () => run(built.query, c.aggregate))(),
+            (error) => error instanceof MontybaseError && error.reason === c.error,
+          );
+        }
+        return;
+      }
+
+      const { query } = build(ref, c.query);
+      assert.deepEqual(query.wire, wire);
+      const result = await run(query, c.aggregate);
+      if (c.aggregate) {
+        assert.ok(jsonEqual(result, c.expect), `expected ${JSON.stringify(c.expect)}, got ${JSON.stringify(result)}`);
+      } else {
+        assert.deepEqual(result.map((d) => d.id), c.expect);
+        for (const d of result) assert.ok(jsonEqual(d.value, c.documents[d.id]), d.id);
+        // get() holds the same documents (in order where no id looks like an array index).
+        const got = await query.get();
+        assert.deepEqual(new Set(Object.keys(got)), new Set(c.expect));
+      }
+    });
+  }
+});
