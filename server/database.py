@@ -406,9 +406,10 @@ class Database:
                     )
                 old = batch.document(path)
                 check("update", path, old, None, final=False)  # permission before existence: no oracle
+                document = _updated(old or {}, write.get("fields"), now_ms, f"{where}.fields")  # bad fields first
                 if old is None:
                     raise NotFoundError(f"no document at {'/'.join(path)} to update", {"path": list(path)})
-                document = check("update", path, old, _updated(old, write.get("fields"), now_ms, f"{where}.fields"))
+                document = check("update", path, old, document)
             else:
                 value = _document_value(write.get("value"), f"{where}.value")
                 if is_collection:

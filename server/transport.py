@@ -36,7 +36,7 @@ __all__ = ["Limits", "MontybaseServer"]  # Limits re-exported for callers that b
 
 log = logging.getLogger("montybase.server")
 
-_FRAME_OVERHEAD = 16 * 1024
+_FRAME_OVERHEAD = 16 * 1024  # GCM tag and JSON-RPC envelope
 CLOSE_LISTENER_OVERFLOW = 4008  # a listener fell too far behind; the client reconnects and resubscribes  # GCM tag and JSON-RPC envelope around a maximal message
 
 
@@ -86,7 +86,9 @@ class MontybaseServer:
             process_request=self._admit,
             server_header=None,
             compression=None,
-            max_size=self.limits.maxMessageBytes + _FRAME_OVERHEAD,
+            # Frames up to twice the message limit are read, so a message over it is answered
+            # LIMIT_EXCEEDED by id; only larger ones close the connection (1009).
+            max_size=2 * self.limits.maxMessageBytes + _FRAME_OVERHEAD,
             max_queue=self.limits.maxQueue,
             close_timeout=5,
             ssl=self.tls,
