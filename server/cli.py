@@ -111,12 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default="montybase.json", help="settings file, created with fresh keys if missing")
     parser.add_argument("--host", help="address to listen on (default: host in the config, 127.0.0.1)")
     parser.add_argument("--port", type=_port, help="port (default: port in the config, 8765; 0 picks a free one)")
+    parser.add_argument("--static", help="a folder to serve over HTTP on the same port (default: static in the config)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)  # our own lines say the same, once
     config_path = Path(args.config).absolute()
     try:
         config, created = load_config(config_path)
+        if args.static:  # relative to where the command runs, like --config
+            config["static"] = str(Path(args.static).absolute())
         if created:
             print(f"created {config_path} (keep its adminKey secret)", flush=True)
         print(f"config: {config_path}", flush=True)
