@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import (
@@ -20,8 +20,8 @@ from .errors import (
     PermissionDeniedError,
     UnavailableError,
 )
-from .paths import check_path, field_path, generate_id
 from .accounts import Accounts
+from .paths import check_path, field_path, generate_id
 from .query import Query, aggregate, parse_query
 from .rules import Principal, RateLimiter, Rules
 from .storage import Storage
@@ -34,8 +34,8 @@ __all__ = ["Database"]
 log = logging.getLogger("montybase.database")
 Path = tuple[str, ...]
 WRITE_OPS = ("add", "set", "update", "delete")
-_NO_DOCUMENTS: dict[str, Any] = {}
 AGGREGATES = ("count", "exists", "sum", "avg")
+_NO_DOCUMENTS: dict[str, Any] = {}
 
 
 class _Batch:
@@ -155,10 +155,7 @@ class Database:
     def call(self, method: str, params: dict, principal: Principal | None = None) -> dict:
         """Run one method with its params (the same dicts that cross the wire). `principal`
         None is the program that owns the database: no rules apply."""
-        handler = self.methods.get(method)
-        if handler is None:
-            raise MethodNotFoundError(f"unknown method {method!r}")
-        result, seq = handler(params, principal)
+        result, seq = self.execute(method, params, principal)
         if seq:
             self.storage.sync(seq)
         return result
@@ -226,10 +223,11 @@ class Database:
     def _select(self, query: Query, principal: Principal | None) -> list[tuple[str, Any]]:
         """Run a query as `principal` may (under the lock)."""
         if principal is not None and not principal.admin:
-            if len(query.path) % 2 == 0:
+            one_document = len(query.path) % 2 == 0
+            if one_document:  # denied outright, whether or not it exists, as a get is
                 self.rules.check_read(principal, query.path, self.tree.document(query.path))
             query = self.rules.narrow(principal, query)
-            self.rates.take(principal, self.rules.match(query.path[: len(query.path) - 1 + len(query.path) % 2]), "list")
+            self.rates.take(principal, self.rules.match(query.path[:-1] if one_document else query.path), "list")
         return self.tree.select(query)
 
     def _query(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
@@ -379,7 +377,11 @@ class Database:
             collection = path[:-1] if len(path) % 2 == 0 else path
             if final:
                 self.rates.take(principal, self.rules.match(collection), op)
-            size = len(batch.collection(collection)) if op == "create" else 0
+            size = 0
+            if op == "create":  # for maxDocs: the stored documents and those this batch adds
+                size = len(self.tree.collections.get(collection, ())) + sum(
+                    1 for doc_path, doc in batch.docs.items() if doc_path[:-1] == collection and doc is not None
+                )
             return self.rules.check_write(principal, op, path, old, new, now_ms, size)
 
         for i, write in enumerate(writes):
