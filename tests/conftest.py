@@ -19,6 +19,23 @@ from server.transport import Limits, MontybaseServer
 BACKENDS = ["memory", "file", "remote"]
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """The tests' own JSON equality (an oracle apart from the engine's): 1 equals 1.0, true
+    never equals 1, a string never equals a number."""
+    ta, tb = type(a), type(b)
+    if ta is bool or tb is bool:
+        return ta is tb and a == b
+    if ta in (int, float) and tb in (int, float):
+        return a == b
+    if ta is not tb:
+        return False
+    if ta is list:
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+    if ta is dict:
+        return a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
+    return a == b
+
+
 class LoopThread:
     """An asyncio loop in a background thread, where test servers run."""
 

@@ -29,6 +29,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/procs.py
 
 from procs import Proc, free_port, server_command  # noqa: E402
+from test_seed_readme import login, signup  # noqa: E402
 from python_client import Montybase, doc, increment  # noqa: E402
 from python_client.errors import (  # noqa: E402
     AlreadyExistsError,
@@ -556,23 +557,7 @@ def test_kill_9_under_hot_write_load_loses_no_acknowledged_write(tmp_path):
           f"{time.monotonic() - started:.1f}s")
 
 
-# 8. The original README's examples against a server, through the client key.
-
-
-def signup(db, email, password):
-    ref = doc(db, "users")
-    if ref.append(email).exists():
-        raise ValueError("User already exists!")
-    return ref.add({"password": password}, key=email)
-
-
-def login(db, email, password):
-    ref = doc(db, "users", email)
-    if ref.exists():
-        if ref.where("password", "==", password).exists():
-            return ref.get()
-        raise ValueError("Password is incorect!")
-    raise ValueError("User doesn't exist!")
+# 8. The original README's examples (tests/test_seed_readme.py) against a server, through the client key.
 
 
 def test_original_readme_examples_over_the_network_with_the_client_key(tmp_path):

@@ -27,7 +27,7 @@ from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/procs.py
 
-from conftest import Served  # noqa: E402
+from conftest import Served, json_equal  # noqa: E402
 from procs import Proc, free_port, server_command  # noqa: E402
 from python_client import Montybase, doc  # noqa: E402
 from python_client.listen import DocumentSnapshot, Listener, QuerySnapshot  # noqa: E402
@@ -55,20 +55,6 @@ CASES: list[dict[str, Any]] = json.loads(CASES_FILE.read_text(encoding="utf-8"),
 # JSON helpers
 
 
-def json_equal(a: Any, b: Any) -> bool:
-    """JSON equality: 1 equals 1.0, true never equals 1, a string never equals a number."""
-    ta, tb = type(a), type(b)
-    if ta is bool or tb is bool:
-        return ta is tb and a == b
-    if ta in (int, float) and tb in (int, float):
-        return a == b
-    if ta is not tb:
-        return False
-    if ta is list:
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
-    if ta is dict:
-        return a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
-    return a == b
 
 
 def _ids(docs: list[Any]) -> list[str]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from conftest import json_equal
+
 from python_client import Montybase, doc
 from python_client.errors import MontybaseError as ClientError
 from server.database import Database
@@ -33,20 +35,6 @@ CASES: list[dict[str, Any]] = json.loads(CASES_FILE.read_text(encoding="utf-8"),
 RESULT_CASES = [case for case in CASES if "error" not in case]
 
 
-def json_equal(a: Any, b: Any) -> bool:
-    """JSON equality: 1 equals 1.0, true never equals 1, a string never equals a number."""
-    ta, tb = type(a), type(b)
-    if ta is bool or tb is bool:
-        return ta is tb and a == b
-    if ta in (int, float) and tb in (int, float):
-        return a == b
-    if ta is not tb:
-        return False
-    if ta is list:
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
-    if ta is dict:
-        return a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
-    return a == b
 
 
 def _params(case: dict[str, Any]) -> dict[str, Any]:
