@@ -2,15 +2,21 @@
  * The remote backend: method calls sent as encrypted JSON-RPC requests over one WebSocket.
  * Connects lazily on the first call; one pending map matches answers to callers; if the socket
  * closes, every call in flight rejects with ConnectionLostError and the next call reconnects.
+ * Listeners (client-chosen ids, `sub`) are kept in a registry: while there are any, a lost
+ * connection is made again by itself, with backoff, and on every new connection the signed-in
+ * session is resumed first, then every listener subscribed again (python_client/remote.py).
  * @module
  */
 
 import { ChannelError, ClientHandshake, CLOSE_AUTH_FAILED, CLOSE_BAD_RECORD, publicKeyFromPkcs8 } from "./channel.js";
 import { ConnectionLostError, InvalidArgumentError, MontybaseError, UnavailableError, fromRpcError } from "./errors.js";
+import { Listener, report } from "./listen.js";
 import { checkParams } from "./values.js";
 
 const OPEN = 1;
 const CLOSE_GRACE = 1000; // ms that close() waits for the server's side of the closing handshake
+const FIRST_RETRY = 50; // ms before the first reconnect of a handle with listeners; doubled each time
+const LAST_RETRY = 2000; // ms: the longest wait between reconnects
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
@@ -73,6 +79,15 @@ export class RemoteBackend {
   #connecting = null;
   #nextId = 1;
   #closed = false;
+  /** @type {Map<number, Listener>} the client-chosen listener id → its listener */
+  #listeners = new Map();
+  #nextSub = 1;
+  #retryTimer = null;
+  #retryDelay = FIRST_RETRY;
+  /** A signed-in session's token (memory only), resumed on every new connection. */
+  #token = null;
+  /** @type {{uid: string, email: string} | null} */
+  #user = null;
 
   /**
    * @param {{url: string, kid: string, key: string, serverKey?: string | null, serverPrivateKey?: string | null,
@@ -116,22 +131,31 @@ export class RemoteBackend {
    */
   async send(method, params) {
     if (this.#closed) throw new UnavailableError("this Montybase handle is closed");
+    const frame = this.#frame(method, params);
+    const link = await this.#connect();
+    return this.#request(link, frame);
+  }
+
+  /** The encoded request, with a fresh id. */
+  #frame(method, params) {
     const id = this.#nextId++;
-    let frame;
     try {
-      frame = encoder.encode(JSON.stringify({ jsonrpc: "2.0", id, method, params }));
+      return { id, bytes: encoder.encode(JSON.stringify({ jsonrpc: "2.0", id, method, params })) };
     } catch (error) {
       throw new InvalidArgumentError(`params are not JSON: ${error.message}`, { path: "params" });
     }
-    const link = await this.#connect();
-    if (link.dead) throw new ConnectionLostError("the connection to the server was lost");
+  }
+
+  /** Send a framed request on `link` and wait for its answer. */
+  #request(link, { id, bytes }) {
+    if (link.dead) return Promise.reject(new ConnectionLostError("the connection to the server was lost"));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         link.pending.delete(id);
         reject(new ConnectionLostError(`no answer from ${this.url} within ${this.timeout / 1000}s`));
       }, this.timeout);
       link.pending.set(id, { resolve, reject, timer });
-      link.session.seal(frame).then(
+      link.session.seal(bytes).then(
         (record) => {
           if (link.dead || link.ws.readyState !== OPEN) return; // its close already rejected the call
           link.ws.send(record);
@@ -141,6 +165,123 @@ export class RemoteBackend {
     });
   }
 
+  // Accounts: the session token stays in memory, never in storage.
+
+  /** `{uid, email}` of the signed-in user, or null. */
+  get user() {
+    return this.#user === null ? null : { ...this.#user };
+  }
+
+  /**
+   * Keep a sign-in's session (resumed after every reconnect).
+   * @param {{uid: string, email: string, token: string}} result the signUp or signIn result
+   * @returns {{uid: string, email: string}}
+   */
+  signedIn(result) {
+    this.#token = result.token;
+    this.#user = { uid: result.uid, email: result.email };
+    return this.user;
+  }
+
+  /**
+   * Forget the session; its token, to end it on the server (or null).
+   * @returns {string | null}
+   */
+  signedOut() {
+    const token = this.#token;
+    this.#token = this.#user = null;
+    return token;
+  }
+
+  // Listeners
+
+  /**
+   * Start a listener: `params` is `{path}` (a document) or `{query}`. The callback gets the
+   * current state, then every change; the listener survives reconnects.
+   * @param {Record<string, unknown>} params
+   * @param {(snapshot: any) => void} onNext
+   * @param {(error: MontybaseError) => void} [onError] called (once) if the server refuses it
+   * @returns {(() => void) & {ready: Promise<void>}} the unsubscribe function
+   * @throws {MontybaseError} InvalidArgumentError for bad params or callbacks, UnavailableError once closed
+   */
+  subscribe(params, onNext, onError) {
+    if (this.#closed) throw new UnavailableError("this Montybase handle is closed");
+    const sub = this.#nextSub++;
+    const { sub: _, ...checked } = checkParams("subscribe", { sub, ...params });
+    const listener = new Listener(checked, onNext, onError);
+    this.#listeners.set(sub, listener);
+    if (this.#link !== null && !this.#link.dead) {
+      this.#subscribeOn(this.#link, sub, listener);
+    } else {
+      // Connecting subscribes every registered listener, this one included.
+      this.#connect().then(
+        (link) => {
+          if (listener.active && listener.link !== link) this.#subscribeOn(link, sub, listener);
+        },
+        (error) => this.#connectFailed(error),
+      );
+    }
+    const unsubscribe = () => {
+      if (this.#listeners.get(sub) !== listener) return;
+      listener.stop();
+      this.#listeners.delete(sub);
+      const link = listener.link;
+      if (link !== null && !link.dead) this.#request(link, this.#frame("unsubscribe", { sub })).catch(() => {});
+      if (!this.#listeners.size) this.#stopRetrying();
+    };
+    Object.defineProperty(unsubscribe, "ready", { value: listener.ready, enumerable: true });
+    return unsubscribe;
+  }
+
+  /** Subscribe `listener` on `link`; a refusal ends it, a lost connection leaves it to the reconnect. */
+  #subscribeOn(link, sub, listener) {
+    listener.link = link;
+    this.#request(link, this.#frame("subscribe", { sub, ...listener.params })).then(
+      () => listener.accepted(),
+      (error) => {
+        if (error instanceof ConnectionLostError || this.#listeners.get(sub) !== listener) return;
+        this.#listeners.delete(sub);
+        listener.fail(error);
+      },
+    );
+  }
+
+  /** Whether connecting again may succeed: the server was away, not refusing us. */
+  static #retryable(error) {
+    return (error instanceof ConnectionLostError && error.data.closeCode !== CLOSE_AUTH_FAILED) || error instanceof UnavailableError;
+  }
+
+  #connectFailed(error) {
+    if (this.#closed || !this.#listeners.size) return;
+    if (RemoteBackend.#retryable(error)) {
+      this.#retryLater();
+      return;
+    }
+    const stranded = [...this.#listeners.values()];
+    this.#listeners.clear();
+    for (const listener of stranded) listener.fail(error);
+  }
+
+  /** Connect again after a backoff (50 ms, doubling up to 2 s) while listeners exist. */
+  #retryLater() {
+    if (this.#retryTimer !== null || this.#closed || !this.#listeners.size) return;
+    const delay = this.#retryDelay;
+    this.#retryDelay = Math.min(delay * 2, LAST_RETRY);
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = null;
+      if (this.#closed || !this.#listeners.size || (this.#link !== null && !this.#link.dead)) return;
+      this.#connect().then(
+        () => {},
+        (error) => this.#connectFailed(error),
+      );
+    }, delay);
+  }
+
+  #stopRetrying() {
+    if (this.#retryTimer !== null) clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+  }
+
   /**
    * Close the connection; calls in flight reject with ConnectionLostError, later calls with
    * UnavailableError.
@@ -148,6 +289,10 @@ export class RemoteBackend {
    */
   async close() {
     this.#closed = true;
+    this.#stopRetrying();
+    const listeners = [...this.#listeners.values()];
+    this.#listeners.clear();
+    for (const listener of listeners) listener.stop();
     const link = this.#link ?? (this.#connecting ? await this.#connecting.catch(() => null) : null);
     if (link === null) return;
     // Wait for the closing handshake, but not for a server that does not answer it.
@@ -195,13 +340,37 @@ export class RemoteBackend {
       if (this.#closed) throw new UnavailableError("this Montybase handle is closed");
       const link = new Link(ws, session);
       this.#link = link;
+      this.#retryDelay = FIRST_RETRY;
       inbox.hand((data) => this.#receive(link, data), (event) => this.#lost(link, event));
+      this.#restore(link);
       return link;
     } catch (error) {
       inbox.stop();
       closeSocket(ws);
       throw error;
     }
+  }
+
+  /**
+   * On a new connection, before any other request (the server answers in order): resume the
+   * signed-in session, then subscribe every listener again (each gets a fresh full snapshot).
+   */
+  #restore(link) {
+    const token = this.#token;
+    if (token !== null) {
+      this.#request(link, this.#frame("resume", { token })).then(
+        (result) => {
+          if (this.#token === token) this.#user = { uid: result.uid, email: result.email };
+        },
+        (error) => {
+          if (error instanceof ConnectionLostError || this.#token !== token) return;
+          // The session is over (signed out elsewhere, expired): this handle is signed out now.
+          report("the signed-in session could not be resumed; signed out", error);
+          this.#token = this.#user = null;
+        },
+      );
+    }
+    for (const [sub, listener] of this.#listeners) this.#subscribeOn(link, sub, listener);
   }
 
   async #step(ws, inbox, method, params) {
@@ -235,6 +404,7 @@ export class RemoteBackend {
   }
 
   #dispatch(link, plaintext) {
+    if (link.dead) return;
     let message;
     try {
       message = JSON.parse(decoder.decode(plaintext));
@@ -242,16 +412,28 @@ export class RemoteBackend {
       this.#drop(link, 1007, `the server sent a record that is not UTF-8 JSON: ${error.message}`);
       return;
     }
-    for (const answer of Array.isArray(message) ? message : [message]) {
-      if (!isObject(answer) || !Object.hasOwn(answer, "id")) continue; // notifications: later (onSnapshot)
-      const waiting = link.pending.get(answer.id);
+    // One frame: an answer, a notification, or a batch (array) of either, mixed.
+    for (const item of Array.isArray(message) ? message : [message]) {
+      if (link.dead) return; // a callback closed the handle
+      if (!isObject(item)) continue;
+      if (!Object.hasOwn(item, "id")) {
+        if (item.method === "snapshot" && isObject(item.params)) this.#notify(link, item.params);
+        continue;
+      }
+      const waiting = link.pending.get(item.id);
       if (waiting === undefined) continue;
-      link.pending.delete(answer.id);
+      link.pending.delete(item.id);
       clearTimeout(waiting.timer);
-      if (Object.hasOwn(answer, "error")) waiting.reject(fromRpcError(answer.error));
-      else if (Object.hasOwn(answer, "result")) waiting.resolve(answer.result);
+      if (Object.hasOwn(item, "error")) waiting.reject(fromRpcError(item.error));
+      else if (Object.hasOwn(item, "result")) waiting.resolve(item.result);
       else waiting.reject(new MontybaseError("the server's answer has neither result nor error"));
     }
+  }
+
+  /** A listener's news: to its listener, if it is still subscribed on this connection. */
+  #notify(link, params) {
+    const listener = this.#listeners.get(params.sub);
+    if (listener !== undefined && listener.link === link) listener.deliver(params.snapshot);
   }
 
   #lost(link, event) {
@@ -275,6 +457,7 @@ export class RemoteBackend {
       clearTimeout(waiting.timer);
       waiting.reject(error);
     }
+    if (!this.#closed && this.#listeners.size) this.#retryLater(); // listeners must not go stale
   }
 }
 

@@ -15,6 +15,40 @@ export interface StreamedDocument<T = DocumentData> {
   value: T;
 }
 
+/** A document listener's snapshot: `value` null and `exists` false while missing (or unreadable). */
+export interface DocumentSnapshot<T = DocumentData> {
+  readonly id: string;
+  readonly value: T | null;
+  readonly exists: boolean;
+}
+/** One change since the previous snapshot, with Firestore's sequential indexes (-1: none). */
+export interface DocumentChange<T = DocumentData> {
+  readonly type: "added" | "modified" | "removed";
+  readonly id: string;
+  /** The document as it is now (added, modified) or was (removed). */
+  readonly value: T;
+  readonly oldIndex: number;
+  readonly newIndex: number;
+}
+/** A collection or query listener's snapshot: the result in order, and what changed (the first lists every document as added). */
+export interface QuerySnapshot<T = DocumentData> {
+  readonly docs: StreamedDocument<T>[];
+  readonly changes: DocumentChange<T>[];
+}
+/** Stops a listener: no callback runs after it returns; calling it again does nothing. */
+export interface Unsubscribe {
+  (): void;
+  /** Fulfils once the server accepted the listener (or it was stopped first); rejects with the error onError gets. */
+  readonly ready: Promise<void>;
+}
+/** Called once if the server refuses a listener (PermissionDeniedError, …); the listener then ends. */
+export type SnapshotErrorCallback = (error: MontybaseError) => void;
+/** A signed-in user. */
+export interface User {
+  uid: string;
+  email: string;
+}
+
 /** The parsed client-config.json, or a server's montybase.json (admin key). */
 export interface ClientConfig {
   projectName?: string;
@@ -45,8 +79,16 @@ export class Montybase {
   batch(): WriteBatch;
   /** Run fn(tx): its reads, then its writes, committed together; retried on CONFLICT. */
   transaction<T>(fn: (tx: Transaction) => T | Promise<T>, options?: { maxAttempts?: number }): Promise<T>;
-  /** Disconnect: calls in flight reject with ConnectionLostError, later calls with UnavailableError. */
+  /** Disconnect: calls in flight reject with ConnectionLostError, later calls with UnavailableError; listeners stop. */
   close(): Promise<void>;
+  /** Create an account and sign in (the session stays in memory, resumed after a reconnect). @throws AlreadyExistsError */
+  signUp(email: string, password: string): Promise<User>;
+  /** Sign in; a wrong password and an unknown email are the same UnauthenticatedError. */
+  signIn(email: string, password: string): Promise<User>;
+  /** Sign out and end the session. */
+  signOut(): Promise<void>;
+  /** The signed-in user, or null. */
+  readonly currentUser: User | null;
 }
 
 /** A reference: doc(db, "users") a collection, doc(db, "users", uid) a document. */
@@ -75,6 +117,8 @@ export class Query<T = DocumentData> {
   count(): Promise<number>;
   sum(field: FieldPath): Promise<number>;
   avg(field: FieldPath): Promise<number | null>;
+  /** The current result now, then one snapshot per change; reconnects and resubscribes by itself. */
+  onSnapshot(onNext: (snapshot: QuerySnapshot<T>) => void, onError?: SnapshotErrorCallback): Unsubscribe;
 }
 
 /** A path in the tree; immutable. */
@@ -108,6 +152,7 @@ export abstract class Reference<T = DocumentData> {
   endBefore(...values: unknown[]): Query<T>;
   sum(field: FieldPath): Promise<number>;
   avg(field: FieldPath): Promise<number | null>;
+  onSnapshot(onNext: (snapshot: any) => void, onError?: SnapshotErrorCallback): Unsubscribe;
 }
 
 /** A collection: `key` names one of its documents. */
@@ -116,6 +161,8 @@ export class CollectionReference<T = DocumentData> extends Reference<T> {
   get(): Promise<Record<string, T>>;
   /** Without key, the whole collection (admin key only); returns what was deleted. */
   delete(key?: string): Promise<Record<string, T> | T | null>;
+  /** The collection now, then one snapshot per change. */
+  onSnapshot(onNext: (snapshot: QuerySnapshot<T>) => void, onError?: SnapshotErrorCallback): Unsubscribe;
 }
 
 /** A document: its children are subcollections, reached with `append`. */
@@ -126,6 +173,8 @@ export class DocumentReference<T = DocumentData> extends Reference<T> {
   set(value: DocumentData): Promise<string>;
   update(fields: UpdateFields): Promise<string>;
   delete(): Promise<T | null>;
+  /** The document now, then after every change. */
+  onSnapshot(onNext: (snapshot: DocumentSnapshot<T>) => void, onError?: SnapshotErrorCallback): Unsubscribe;
 }
 
 /** Writes collected, then applied all or nothing by commit(). */

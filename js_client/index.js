@@ -7,6 +7,8 @@
  * const db = new Montybase(await (await fetch("/client-config.json")).json());
  * const id = await doc(db, "scores").add({ name: "Amor", score: 100 });
  * const top = await doc(db, "scores").orderBy("score", "desc").limit(10).stream();
+ * const off = doc(db, "scores").orderBy("score", "desc").limit(10).onSnapshot((s) => render(s.docs));
+ * off();
  * db.close();
  * ```
  * @module
@@ -56,7 +58,8 @@ export { websocketUrl } from "./connection.js";
  *   its `serverKey`.
  *
  * Connects on the first call, reconnects after a lost connection (calls in flight then reject
- * with ConnectionLostError). In Node 20, which has no global WebSocket, pass one:
+ * with ConnectionLostError; while listeners exist it reconnects by itself, resumes the signed-in
+ * session and subscribes them again). In Node 20, which has no global WebSocket, pass one:
  * `new Montybase(config, { WebSocket })` (e.g. from the `ws` package); in Node, `close()` the
  * handle when done, as an open socket keeps the process running.
  */
@@ -108,6 +111,52 @@ export class Montybase {
   /** The ws:// or wss:// URL of the server. */
   get endpoint() {
     return this._backend.url;
+  }
+
+  // Accounts (give rules' `user` and `owner` grants a meaning)
+
+  /**
+   * Create an account and sign this handle in. The session lives in this handle's memory only
+   * (never in localStorage or cookies): it is resumed after a reconnect, and a new page or
+   * process signs in again.
+   * @param {string} email
+   * @param {string} password 8 to 1024 characters
+   * @returns {Promise<{uid: string, email: string}>}
+   * @throws {MontybaseError} AlreadyExistsError if the email has an account, InvalidArgumentError, RateLimitedError
+   */
+  async signUp(email, password) {
+    return this._backend.signedIn(await this._backend.call("signUp", { email, password }));
+  }
+
+  /**
+   * Sign this handle in. A wrong password and an unknown email get the same UnauthenticatedError;
+   * repeated failures are rate-limited. Listeners then show what the account may read.
+   * @param {string} email
+   * @param {string} password
+   * @returns {Promise<{uid: string, email: string}>}
+   * @throws {MontybaseError} UnauthenticatedError, RateLimitedError, InvalidArgumentError
+   */
+  async signIn(email, password) {
+    return this._backend.signedIn(await this._backend.call("signIn", { email, password }));
+  }
+
+  /**
+   * Sign out and end the session on the server. `currentUser` is null at once.
+   * @returns {Promise<void>}
+   * @throws {MontybaseError}
+   */
+  async signOut() {
+    const token = this._backend.signedOut();
+    await this._backend.call("signOut", token ? { token } : {});
+  }
+
+  /**
+   * `{uid, email}` of the signed-in user, or null (also after a session that could not be
+   * resumed after a reconnect).
+   * @type {{uid: string, email: string} | null}
+   */
+  get currentUser() {
+    return this._backend.user;
   }
 
   /**

@@ -10,6 +10,13 @@ import { checkKey, splitSegments, updateFields, wireField } from "./values.js";
 /**
  * @typedef {object} Backend where calls go
  * @property {(method: string, params: Record<string, unknown>) => Promise<any>} call
+ * @property {(params: Record<string, unknown>, onNext: Function, onError?: Function) => Unsubscribe} subscribe
+ */
+
+/**
+ * @typedef {(() => void) & {ready: Promise<void>}} Unsubscribe Stops a listener: no callback
+ *   runs after it returns; calling it again does nothing. `ready` fulfils once the server has
+ *   accepted the listener (or it was stopped first) and rejects with the error `onError` gets.
  */
 
 /** Builds `{id: value}` with own properties only, whatever the ids are. */
@@ -244,6 +251,24 @@ export class Query {
   }
 
   /**
+   * Listen: `onNext({docs, changes})` now with the current result (every document `added`),
+   * then once per change to it. `docs` is `[{id, value}, …]` in order; `changes` is
+   * `[{type: "added" | "modified" | "removed", id, value, oldIndex, newIndex}, …]`, Firestore's
+   * sequential indexes (applied in order to the previous docs they give the new ones). A
+   * document that enters or leaves a `limit` window arrives as `added` or `removed`. After a
+   * lost connection the client reconnects by itself and delivers a fresh full snapshot.
+   * An exception thrown by a callback is reported (console.error) and the listener goes on.
+   * @param {(snapshot: {docs: Array<{id: string, value: any}>, changes: Array<{type: string, id: string, value: any, oldIndex: number, newIndex: number}>}) => void} onNext
+   * @param {(error: MontybaseError) => void} [onError] called once if the server refuses the
+   *   listener (PermissionDeniedError, …), which then ends; without it, console.error
+   * @returns {Unsubscribe}
+   * @throws {MontybaseError} InvalidArgumentError for a bad query or callback, UnavailableError once closed
+   */
+  onSnapshot(onNext, onError) {
+    return this.#ref._backend.subscribe({ query: this.wire }, onNext, onError);
+  }
+
+  /**
    * The mean of the numeric values of `field`, or null if there are none.
    * @param {string | string[]} field
    * @returns {Promise<number | null>}
@@ -461,6 +486,18 @@ export class Reference {
   avg(field) {
     return this.query().avg(field);
   }
+
+  /**
+   * Listen to this collection: see `Query.onSnapshot` (a document reference gives
+   * `{id, value, exists}` snapshots instead).
+   * @param {(snapshot: any) => void} onNext
+   * @param {(error: MontybaseError) => void} [onError]
+   * @returns {Unsubscribe}
+   * @throws {MontybaseError} InvalidArgumentError, UnavailableError
+   */
+  onSnapshot(onNext, onError) {
+    return this.query().onSnapshot(onNext, onError);
+  }
 }
 
 /**
@@ -486,6 +523,21 @@ export class CollectionReference extends Reference {
  * A document: its children are subcollections, reached with `append`.
  */
 export class DocumentReference extends Reference {
+  /**
+   * Listen to this document: `onNext({id, value, exists})` now, then after every change
+   * (`value` null and `exists` false while it is missing, or while it may not be read). After a
+   * lost connection the client reconnects by itself and delivers the current state again.
+   * An exception thrown by a callback is reported (console.error) and the listener goes on.
+   * @param {(snapshot: {id: string, value: any, exists: boolean}) => void} onNext
+   * @param {(error: MontybaseError) => void} [onError] called once if the server refuses the
+   *   listener, which then ends; without it, console.error
+   * @returns {Unsubscribe}
+   * @throws {MontybaseError} InvalidArgumentError, UnavailableError once closed
+   */
+  onSnapshot(onNext, onError) {
+    return this._backend.subscribe({ path: [...this.segments] }, onNext, onError);
+  }
+
   /** @param {string | undefined | null} key @returns {string[]} */
   _target(key) {
     if (key !== undefined && key !== null) {

@@ -376,6 +376,11 @@ export function checkParams(method, params) {
       };
     case "query":
       return { query: checkQuery(params.query) };
+    case "subscribe": {
+      if (Object.hasOwn(params, "query")) return { sub: params.sub, query: checkQuery(params.query) };
+      if (!Array.isArray(params.path) || !params.path.length) throw invalid("a listener needs a path or a query", "path");
+      return { sub: params.sub, path: params.path.map((segment, i) => checkKey(segment, `path[${i}]`)) };
+    }
     case "aggregate": {
       if (!AGGREGATES.includes(params.op)) {
         throw invalid(`aggregate op must be one of ${AGGREGATES.join(", ")}, got ${quote(params.op)}`, "op");

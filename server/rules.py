@@ -251,8 +251,8 @@ class Rules:
                     {"limit": rule.max_docs, "actual": collection_size + 1},
                 )
         else:
-            changed = [name for name in (*rule.immutable, *(field_path(n) for n in rule.server_fields))
-                       if not json_equal(field_value(old, name), field_value(new, name))]
+            fixed = dict.fromkeys((*rule.immutable, *(field_path(n) for n in rule.server_fields)))  # once each
+            changed = [name for name in fixed if not json_equal(field_value(old, name), field_value(new, name))]
             if changed:
                 errors = [{"path": "/" + "/".join(name), "keyword": "immutable", "message": f"{'.'.join(name)} may not change"}
                           for name in changed]

@@ -1,4 +1,4 @@
-// The leaderboard page: click as often as you can, post the score, see the top 10.
+// The leaderboard page: click as often as you can, post the score, see the top 10 live.
 // The client comes from the server that serves this page, and so does its config.
 
 import { Montybase, doc } from "/montybase.js";
@@ -20,21 +20,50 @@ const top10 = scores.orderBy("score", "desc").limit(10);
 
 let score = 0;
 let lastId = null;
+let shown = []; // the top 10 as the last snapshot gave it
 
-async function showTop() {
-  try {
-    const docs = await top10.stream();
-    const items = docs.map(({ id, value }) => {
-      const item = document.createElement("li");
-      item.textContent = `${value.name} — ${value.score}`; // textContent: names are data, never markup
-      item.dataset.id = id;
-      if (id === lastId) item.className = "mine";
-      return item;
-    });
-    $("top").replaceChildren(...items);
-    status(docs.length ? "" : "No scores yet: be the first.");
-  } catch (error) {
-    status(`Could not load the scores: ${error.reason ?? error.message}`, true);
+function render() {
+  const items = shown.map(({ id, value }) => {
+    const item = document.createElement("li");
+    item.textContent = `${value.name} — ${value.score}`; // textContent: names are data, never markup
+    item.dataset.id = id;
+    if (id === lastId) item.className = "mine";
+    return item;
+  });
+  $("top").replaceChildren(...items);
+}
+
+// The top 10, live: the first snapshot is the current state, then one per change (a score that
+// enters the top 10 pushes the last one out). The client reconnects and resubscribes by itself.
+status("Connecting…");
+const ready = new Promise((resolve) => {
+  top10.onSnapshot(
+    ({ docs }) => {
+      shown = docs;
+      render();
+      const said = $("status").textContent;
+      if (!docs.length) status("No scores yet: be the first.");
+      else if (said === "Connecting…" || said.startsWith("No scores")) status("");
+      resolve();
+    },
+    (error) => {
+      status(`Could not load the scores: ${error.reason ?? ""} ${error.message}`, true);
+      resolve();
+    },
+  );
+});
+
+/** What to tell a player whose score was refused. */
+function refusal(error) {
+  switch (error.reason) {
+    case "VALIDATION_FAILED":
+      return `That score does not fit: ${(error.data.errors ?? []).map((e) => `${e.path} ${e.message}`).join("; ")}`;
+    case "RATE_LIMITED":
+      return `Too many scores: try again in ${Math.ceil((error.data.retryAfterMs ?? 1000) / 1000)} s.`;
+    case "PERMISSION_DENIED":
+      return "The server does not accept scores here.";
+    default:
+      return `Could not post: ${error.reason ?? ""} ${error.message}`;
   }
 }
 
@@ -69,23 +98,22 @@ $("target").addEventListener("click", () => {
   score += 1;
   $("score").value = String(score);
 });
-$("refresh").addEventListener("click", showTop);
 $("post").addEventListener("submit", async (event) => {
   event.preventDefault();
   const name = $("name").value.trim();
   if (!name) return;
   $("submit").disabled = true;
   try {
-    lastId = await scores.add({ name, score });
+    lastId = await scores.add({ name, score }); // the listener shows it (if it made the top 10)
+    render();
     $("post").hidden = true;
     status(`Posted ${score} for ${name}.`);
-    await showTop(); // realtime updates (onSnapshot) come later: refresh after posting
   } catch (error) {
-    status(`Could not post: ${error.reason ?? ""} ${error.message}`, true);
+    status(refusal(error), true);
   } finally {
     $("submit").disabled = false;
   }
 });
 
-await showTop();
+await ready;
 document.body.dataset.ready = "true";

@@ -1,6 +1,7 @@
 // Headless Chromium: pages served by `python3 -m server` (static folder examples/leaderboard)
-// load the JS client from the server, connect with /client-config.json, write and read; a
-// second page sees the first page's score; a Python program and a page share a collection.
+// load the JS client from the server, connect with /client-config.json, write and read; the
+// live top 10 (onSnapshot) of two pages follows a page's scores and a Python writer's; a Python
+// program and a page share a collection.
 
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
@@ -52,7 +53,7 @@ test("the server serves the client, its config and the static folder", async () 
   assert.equal(entry.status, 200);
   assert.match(entry.headers.get("content-type"), /javascript/);
   assert.match(await entry.text(), /\/montybase\/index\.js/);
-  for (const file of ["index.js", "channel.js", "connection.js", "errors.js", "refs.js", "transforms.js", "values.js"]) {
+  for (const file of ["index.js", "channel.js", "connection.js", "errors.js", "listen.js", "refs.js", "transforms.js", "values.js"]) {
     assert.equal((await fetch(`${server.http}/montybase/${file}`)).status, 200, file);
   }
   const config = await (await fetch(`${server.http}/client-config.json`)).json();
@@ -162,7 +163,7 @@ async function playAndPost(page, name, clicks) {
   return score;
 }
 
-test("the leaderboard: a posted score shows in the top 10 of this page and of a second page", async () => {
+test("the leaderboard: a posted score shows live in the top 10 of this page and of a second page", async () => {
   const collection = unique("scores");
   const first = await openPage(`/?seconds=1&collection=${collection}`);
   const score = await playAndPost(first.page, "Amor <b>bold</b>", 5);
@@ -176,9 +177,8 @@ test("the leaderboard: a posted score shows in the top 10 of this page and of a 
   assert.ok(top.length >= 1 && top.length <= 10);
   assert.ok(top.includes(`Amor <b>bold</b> — ${score}`), JSON.stringify(top));
 
-  // The second page plays better; the first sees it after a refresh.
+  // The second page plays better; the first sees it at once, with no refresh.
   const better = await playAndPost(second.page, "Toriel", 8);
-  await first.page.click("#refresh");
   await first.page.waitForFunction((text) => [...document.querySelectorAll("#top li")].some((li) => li.textContent === text), `Toriel — ${better}`);
   const order = await first.page.locator("#top li").allTextContents();
   const scores = order.map((line) => Number(line.split(" — ").at(-1)));
@@ -216,9 +216,52 @@ test("a Python program and a page write to and read the same collection", async 
 
   const seen = JSON.parse(await python(`print(json.dumps(doc(db, ${JSON.stringify(collection)}).order_by("score", "desc").stream()))`));
   assert.deepEqual(seen, fromPage);
-  await page.click("#refresh");
   await page.waitForFunction(() => document.querySelectorAll("#top li").length === 2);
   assert.deepEqual(await page.locator("#top li").allTextContents(), ["page — 88", "python — 77"]);
   assert.deepEqual(errors, []);
   await close();
+});
+
+test("two pages' live top 10 follow a Python writer, with no refresh", async () => {
+  const collection = unique("live");
+  const pages = [await openPage(`/?collection=${collection}`), await openPage(`/?collection=${collection}`)];
+  for (const { page } of pages) await page.waitForSelector("body[data-ready=true]");
+  // Changes seen by each page: its top 10 is rebuilt from snapshots, never reloaded.
+  for (const { page } of pages) {
+    await page.evaluate(() => {
+      window.renders = 0;
+      new MutationObserver(() => (window.renders += 1)).observe(document.getElementById("top"), { childList: true });
+    });
+  }
+  const code = [
+    "import json, random, time",
+    "from python_client import Montybase, doc",
+    `db = Montybase(api=${JSON.stringify(server.endpoint)}, config=${JSON.stringify(clientConfigPath)})`,
+    `scores = doc(db, ${JSON.stringify(collection)})`,
+    "rng = random.Random(7)",
+    "for i in range(40):",
+    "    key = f'p{rng.randrange(15):02d}'",
+    "    if i > 20 and rng.random() < 0.15:",
+    "        scores.delete(key)",
+    "    else:",
+    "        scores.set({'name': f'py {key}', 'score': rng.randrange(1000)}, key=key)",
+    "    time.sleep(0.01)",
+    "print(json.dumps(scores.order_by('score', 'desc').limit(10).stream()))",
+    "db.close()",
+  ].join("\n");
+  const top = JSON.parse(await runPython(code));
+  assert.equal(top.length, 10);
+  const expected = top.map(({ value }) => `${value.name} — ${value.score}`);
+  for (const { page } of pages) {
+    await page.waitForFunction(
+      (want) => JSON.stringify([...document.querySelectorAll("#top li")].map((li) => li.textContent)) === JSON.stringify(want),
+      expected,
+      { timeout: 10_000 },
+    );
+    assert.ok((await page.evaluate(() => window.renders)) > 3, "the top 10 changed only a few times");
+  }
+  for (const { errors, close } of pages) {
+    assert.deepEqual(errors, []);
+    await close();
+  }
 });

@@ -7,6 +7,8 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
+import { publicKeyFromPkcs8 } from "../../js_client/channel.js";
+
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const PYTHON = process.env.PYTHON || "python3";
 const START_TIMEOUT = 20_000;
@@ -108,9 +110,18 @@ export class Server {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  /** The parsed client-config.json the server wrote on its first start. */
+  /**
+   * The parsed client-config.json the server wrote on its first start, or (for a montybase.json
+   * written before the first start, which makes the server write none) the same built from it.
+   */
   async clientConfig() {
-    return JSON.parse(await readFile(join(this.dir, "client-config.json"), "utf8"));
+    try {
+      return JSON.parse(await readFile(join(this.dir, "client-config.json"), "utf8"));
+    } catch (error) {
+      if (error.code !== "ENOENT") throw error;
+    }
+    const { projectName, apiKey, serverKey } = await this.adminConfig();
+    return { projectName, apiKey, endpoint: this.endpoint, serverKey: await publicKeyFromPkcs8(serverKey) };
   }
 
   /** The parsed montybase.json (holds the admin key). */
@@ -167,4 +178,130 @@ let counter = 0;
 export function unique(name = "c") {
   counter += 1;
   return `${name}-${process.pid}-${counter}`;
+}
+
+/** Kill the server at once (SIGKILL, as a crash) and start it again on the same port and folder. */
+Server.prototype.restart = async function restart({ signal = "SIGKILL" } = {}) {
+  await this.stop(signal);
+  const again = await Server.start({ dir: this.dir, port: this.port });
+  Object.assign(this, { child: again.child, endpoint: again.endpoint, output: again.output });
+  return this;
+};
+
+/** Write `extra` settings into an existing montybase.json (for the next start). */
+export async function updateConfig(dir, extra) {
+  const path = join(dir, "montybase.json");
+  const config = { ...JSON.parse(await readFile(path, "utf8")), ...extra };
+  await writeFile(path, JSON.stringify(config, null, 2));
+  return config;
+}
+
+/** The bound of every wait for a snapshot, in ms. */
+export const WAIT = 10_000;
+
+/**
+ * A listener callback that keeps every snapshot; `next()` reads them in order and `waitFor`
+ * waits (bounded) until the list satisfies a predicate.
+ */
+export class Snapshots {
+  constructor() {
+    this.items = [];
+    this.read = 0;
+    this.errors = [];
+    this.waiters = new Map(); // check → its timer
+    this.callback = (snapshot) => {
+      this.items.push(snapshot);
+      this.#wake();
+    };
+    this.onError = (error) => {
+      this.errors.push(error);
+      this.#wake();
+    };
+  }
+
+  #wake() {
+    for (const waiter of [...this.waiters.keys()]) waiter();
+  }
+
+  /** Stop waiting (clears the timers of waits still pending, which then never settle). */
+  dispose() {
+    for (const timer of this.waiters.values()) clearTimeout(timer);
+    this.waiters.clear();
+  }
+
+  /** Wait until `predicate(items)` holds; the items. */
+  waitFor(predicate, what = "a snapshot", timeout = WAIT) {
+    if (predicate(this.items)) return Promise.resolve(this.items);
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (!predicate(this.items)) return;
+        clearTimeout(timer);
+        this.waiters.delete(check);
+        resolve(this.items);
+      };
+      const timer = setTimeout(() => {
+        this.waiters.delete(check);
+        reject(new Error(`no ${what} within ${timeout} ms; got ${this.items.length} snapshots, last ${JSON.stringify(this.items.at(-1))}`));
+      }, timeout);
+      this.waiters.set(check, timer);
+    });
+  }
+
+  /** The next snapshot not read yet. */
+  async next(timeout = WAIT) {
+    const index = this.read;
+    await this.waitFor((items) => items.length > index, `snapshot ${index + 1}`, timeout);
+    this.read = index + 1;
+    return this.items[index];
+  }
+
+  /** The snapshots not read yet (and mark them read). */
+  pending() {
+    const out = this.items.slice(this.read);
+    this.read = this.items.length;
+    return out;
+  }
+
+  /** Wait for the listener's first error (a refused subscription). */
+  async error(timeout = WAIT) {
+    await this.waitFor(() => this.errors.length > 0, "an error", timeout);
+    return this.errors[0];
+  }
+}
+
+/** Start `target.onSnapshot`, resolve with its first snapshot (or reject with its refusal), stop it. */
+export function firstSnapshot(target) {
+  const got = new Snapshots();
+  const stop = target.onSnapshot(got.callback, got.onError);
+  const refused = stop.ready.then(() => new Promise(() => {}));
+  return Promise.race([got.next(), refused]).finally(() => {
+    stop();
+    got.dispose();
+  });
+}
+
+/**
+ * A document listener used as a barrier: `sync()` writes it and waits for its snapshot. The
+ * snapshots of one handle arrive in commit order, so once the marker's arrives, every snapshot
+ * of earlier writes has arrived too.
+ */
+export class Marker {
+  constructor(ref) {
+    this.ref = ref;
+    this.snapshots = new Snapshots();
+    this.count = 0;
+    this.stop = ref.onSnapshot(this.snapshots.callback);
+  }
+
+  async ready() {
+    await this.snapshots.next();
+    return this;
+  }
+
+  async sync() {
+    this.count += 1;
+    const token = `${process.pid}-${this.count}`;
+    await this.ref.set({ step: token });
+    await this.snapshots.waitFor((items) => items.some((s) => s.value && s.value.step === token), `marker ${this.count}`);
+  }
 }

@@ -18,7 +18,10 @@ import {
 import { checkParams } from "../../js_client/values.js";
 import { runPython } from "./helpers.js";
 
-const ANSWER = { id: "x", value: { n: 1 }, docs: [{ id: "x", value: { n: 1 } }], results: [{ id: "x" }, { value: null }] };
+const ANSWER = {
+  id: "x", value: { n: 1 }, docs: [{ id: "x", value: { n: 1 } }], results: [{ id: "x" }, { value: null }],
+  uid: "u1", email: "a@b.example", token: "t1",
+};
 
 /** A Montybase handle whose calls are recorded (after the client-side checks) instead of sent. */
 function recordingDb() {
@@ -29,6 +32,21 @@ function recordingDb() {
       async call(method, params) {
         calls.push([method, JSON.parse(JSON.stringify(checkParams(method, params)))]);
         return structuredClone(ANSWER);
+      },
+      subscribe(params) {
+        const { sub: _, ...checked } = checkParams("subscribe", { sub: 1, ...params });
+        calls.push(["subscribe", JSON.parse(JSON.stringify(checked))]);
+        return Object.assign(() => {}, { ready: Promise.resolve() });
+      },
+      token: null,
+      signedIn(result) {
+        this.token = result.token;
+        return { uid: result.uid, email: result.email };
+      },
+      signedOut() {
+        const token = this.token;
+        this.token = null;
+        return token;
       },
     },
   });
@@ -85,6 +103,24 @@ const PROGRAMS = [
   ["sum", (db) => doc(db, "c").sum("stats.wins"), 'doc(db, "c").sum("stats.wins")'],
   ["avg of a literal key", (db) => doc(db, "c").where("x", "==", true).avg(["a.b"]), 'doc(db, "c").where("x", "==", True).avg(("a.b",))'],
   ["a query on a document", (db) => doc(db, "c", "x").where("score", "==", 100).exists(), 'doc(db, "c", "x").where("score", "==", 100).exists()'],
+  ["listen to a document", (db) => doc(db, "c", "x").onSnapshot(() => {}), 'doc(db, "c", "x").on_snapshot(lambda s: None)'],
+  ["listen to a collection", (db) => doc(db, "c").onSnapshot(() => {}), 'doc(db, "c").on_snapshot(lambda s: None)'],
+  [
+    "listen to a top 10",
+    (db) => doc(db, "scores").where("team", "==", "red").orderBy("score", "desc").limit(10).onSnapshot(() => {}),
+    'doc(db, "scores").where("team", "==", "red").order_by("score", "desc").limit(10).on_snapshot(lambda s: None)',
+  ],
+  ["listen to a query on a document", (db) => doc(db, "c", "x").query().onSnapshot(() => {}), 'doc(db, "c", "x").query().on_snapshot(lambda s: None)'],
+  ["sign up", (db) => db.signUp("a@b.example", "correct horse"), 'db.sign_up("a@b.example", "correct horse")'],
+  [
+    "sign in, then out",
+    async (db) => {
+      await db.signIn("a@b.example", "correct horse");
+      await db.signOut();
+    },
+    '(db.sign_in("a@b.example", "correct horse"), db.sign_out())',
+  ],
+  ["sign out while signed out", (db) => db.signOut(), "db.sign_out()"],
   [
     "a batch",
     (db) => db.batch().set(doc(db, "c", "a"), { n: 1 }).add(doc(db, "c"), { n: 2 }, "b").update(doc(db, "c", "a"), { n: increment(10) }).delete(doc(db, "c", "gone")).delete(doc(db, "c"), "k").commit(),
@@ -110,9 +146,13 @@ ANSWER = json.loads(sys.argv[1]) if len(sys.argv) > 1 else None
 class Recorder:
     def __init__(self):
         self.calls = []
+    token = user = None
     def call(self, method, params):
         self.calls.append([method, params])
         return json.loads(ANSWER_TEXT)
+    def subscribe(self, params, callback):
+        self.calls.append(["subscribe", params])
+        return lambda: None
     def close(self):
         pass
 
