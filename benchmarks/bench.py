@@ -1,13 +1,16 @@
-"""Montybase embedded against a plain dict, TinyDB and sqlite3: one table, measured in one run.
+"""Montybase embedded against a plain dict, TinyDB and sqlite3, then over the network: one run.
 
     python benchmarks/bench.py [--sizes 10000 100000] [--quick] [--cap SECONDS]
+                               [--sections engine remote listeners rules] [--profile DIR]
 
 Each system holds its store in a process of its own per size (so no system pays for another's
 heap); the parent interleaves their timed rounds and measures memory in one more fresh process
 per system. Rows: add, add with an fsync per write, get by id, update one field, where score > x
 (about 10% match), top-10 by score, cold start, memory. A "targets" block after the table
-compares Montybase with the others at the largest size. Nothing here asserts a timing; the
-numbers depend on the machine (and on whatever else it is running).
+compares Montybase with the others at the largest size. Then the network sections (network.py):
+remote round trips beside a bare websockets echo server, listeners (write → callback latency and
+the writer's throughput), and rules (the cost of a schema), each with its targets. Nothing here
+asserts a timing; the numbers depend on the machine (and on whatever else it is running).
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # runnable from a checkout without installing
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for folder in (ROOT, HERE):  # runnable from a checkout without installing; network.py beside this file
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 from python_client import Montybase, doc  # noqa: E402
 from server.paths import generate_id  # noqa: E402
@@ -44,6 +49,7 @@ REPEATS = 3  # cold start: best of this many opens
 ROUNDS = 5  # every rate: best of this many rounds
 WORKER_TIMEOUT = 600  # seconds; a worker that takes longer is killed and its cells read "err"
 
+SECTIONS = ("engine", "remote", "listeners", "rules")
 SYSTEMS = ("montybase", "montybase-mem", "dict", "tinydb-mem", "tinydb-json", "sqlite", "sqlite-idx")
 HEADERS = {
     "montybase": "Montybase",
@@ -839,8 +845,12 @@ def print_targets(size: int, table: dict[tuple[str, int], dict[str, Any]]) -> bo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", help="document counts (default 10000 100000)")
-    parser.add_argument("--quick", action="store_true", help="sizes 1000 10000 and a shorter time cap")
+    parser.add_argument("--quick", action="store_true", help="sizes 1000 10000, a shorter time cap, fewer network rounds")
     parser.add_argument("--cap", type=float, help="seconds per cell, all rounds together (default 2, quick 0.4)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="what to run (default: all): the engine table, then the network sections")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="run every network server under cProfile, writing DIR/<server>.prof (slows them)")
     parser.add_argument("--only", nargs="+", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=3, metavar=("SYSTEM", "N", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--memory", nargs=3, metavar=("SYSTEM", "N", "FOLDER"), help=argparse.SUPPRESS)
@@ -864,18 +874,36 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_memory(name, int(count), Path(folder))))
         return 0
 
-    systems = [name for name in SYSTEMS if name in (args.only or SYSTEMS)]
-    table: dict[tuple[str, int], dict[str, Any]] = {}
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="montybase-bench-") as tmp:
-        for size in args.sizes:
-            measured = measure_size(size, systems, Path(tmp), args)
-            for name in SYSTEMS:
-                table[name, size] = measured.get(name, {})
-    print_table(args.sizes, table, args)
-    print_targets(max(args.sizes), table)
-    print(f"\n(total {time.perf_counter() - started:.0f} s)")
-    return 1 if any("error" in results for results in table.values()) else 0
+    loads = os.getloadavg() if hasattr(os, "getloadavg") else None  # other work on the machine moves every figure
+    failed = False
+    if "engine" in args.sections:
+        systems = [name for name in SYSTEMS if name in (args.only or SYSTEMS)]
+        table: dict[tuple[str, int], dict[str, Any]] = {}
+        with tempfile.TemporaryDirectory(prefix="montybase-bench-") as tmp:
+            for size in args.sizes:
+                measured = measure_size(size, systems, Path(tmp), args)
+                for name in SYSTEMS:
+                    table[name, size] = measured.get(name, {})
+        print_table(args.sizes, table, args)
+        print_targets(max(args.sizes), table)
+        failed = any("error" in results for results in table.values())
+    else:
+        print(f"Montybase benchmark{revision()} · Python {platform.python_version()} · {platform.system()} "
+              f"{platform.machine()} · {os.cpu_count()} CPUs")
+    network = [name for name in args.sections if name != "engine"]
+    if network:
+        sys.stdout.flush()
+        from network import ChildError, run_network  # benchmarks/network.py, beside this file
+
+        try:
+            failed |= not run_network(network, quick=args.quick, profile=args.profile)
+        except (ChildError, OSError) as exc:
+            print(f"\nnetwork sections failed: {exc}")
+            failed = True
+    load = f"; load average {loads[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end" if loads else ""
+    print(f"\n(total {time.perf_counter() - started:.0f} s{load})")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
