@@ -430,10 +430,13 @@ export class RemoteBackend {
     }
   }
 
-  /** A listener's news: to its listener, if it is still subscribed on this connection. */
+  /** A snapshot for some listeners: to each that is still subscribed on this connection. */
   #notify(link, params) {
-    const listener = this.#listeners.get(params.sub);
-    if (listener !== undefined && listener.link === link) listener.deliver(params.snapshot);
+    if (!Array.isArray(params.subs)) return;
+    for (const sub of params.subs) {
+      const listener = this.#listeners.get(sub);
+      if (listener !== undefined && listener.link === link) listener.deliver(params.snapshot);
+    }
   }
 
   #lost(link, event) {

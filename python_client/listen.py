@@ -75,10 +75,11 @@ class Dispatcher:
         self._lock = threading.Lock()
 
     def put(self, listener: Listener, message: dict[str, Any]) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="montybase-listeners", daemon=True)
-                self._thread.start()
+        if self._thread is None:  # started on first use (checked again under the lock)
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="montybase-listeners", daemon=True)
+                    self._thread.start()
         self._queue.put((listener, message))
 
     def _run(self) -> None:

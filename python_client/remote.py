@@ -146,9 +146,10 @@ class RemoteBackend:
                 message = json.loads(session.open(frame))
                 for answer in message if isinstance(message, list) else [message]:
                     if answer.get("method") == "snapshot":
-                        listener = self._listeners.get(answer["params"]["sub"])
-                        if listener is not None:
-                            self.dispatcher.put(listener, answer["params"]["snapshot"])
+                        for chosen in answer["params"]["subs"]:
+                            listener = self._listeners.get(chosen)
+                            if listener is not None:
+                                self.dispatcher.put(listener, answer["params"]["snapshot"])
                         continue
                     pending = self._pending.pop(answer.get("id"), None)
                     if pending is not None:

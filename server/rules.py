@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from referencing import Registry
@@ -68,6 +69,39 @@ def _remote_ref(schema: Any) -> str | None:
     return None
 
 
+# Keywords that mean the same in draft 7 and 2020-12: a schema made only of these is also
+# compiled by fastjsonschema (about 20x faster), with the reference validator behind it.
+_PORTABLE = frozenset({
+    "type", "properties", "required", "additionalProperties", "patternProperties", "propertyNames",
+    "minProperties", "maxProperties", "items", "minItems", "maxItems", "uniqueItems", "contains",
+    "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "multipleOf", "enum", "const", "allOf", "anyOf", "oneOf", "not", "if", "then", "else",
+    "$ref", "$defs", "$schema", "$id", "$comment", "title", "description", "default", "examples",
+    "format",  # checked by neither: jsonschema without a format checker, fastjsonschema without formats
+})
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs")  # their values are schemas, keyed by name
+
+
+def _portable(schema: Any) -> bool:
+    if isinstance(schema, bool):
+        return True
+    if not isinstance(schema, dict) or not _PORTABLE.issuperset(schema):
+        return False
+    if isinstance(schema.get("items"), list):  # tuple items: a 2020-12 error, a draft-7 feature
+        return False
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS:
+            if not isinstance(value, dict) or not all(_portable(sub) for sub in value.values()):
+                return False
+        elif key in ("allOf", "anyOf", "oneOf"):
+            if not isinstance(value, list) or not all(_portable(sub) for sub in value):
+                return False
+        elif key in ("additionalProperties", "propertyNames", "items", "contains", "not", "if", "then", "else"):
+            if not _portable(value):
+                return False
+    return True
+
+
 def _no_remote(uri: str) -> Any:
     raise ValueError(f"remote $ref refused: {uri}")
 
@@ -80,6 +114,7 @@ class Rule:
     grants: dict[str, str]
     owner: tuple[str, ...] | None = None  # None: the document id is the owner's uid ("$id")
     schema: Draft202012Validator | None = None
+    fast_check: Callable[[Any], Any] | None = None  # raises when the document may be invalid
     immutable: tuple[tuple[str, ...], ...] = ()
     server_fields: dict[str, str] = field(default_factory=dict)
     max_doc_bytes: int | None = None
@@ -99,7 +134,7 @@ class Rule:
                 raise InvalidArgumentError(f"{where}.{op}: grant must be one of {', '.join(GRANTS)}, got {grant!r}", {"path": where})
         owner_spec = spec.get("owner", "$id")
         owner = None if owner_spec == "$id" else field_path(owner_spec, f"{where}.owner")
-        schema = None
+        schema = fast_check = None
         if "schema" in spec:
             try:
                 Draft202012Validator.check_schema(spec["schema"])
@@ -113,6 +148,12 @@ class Rule:
                 )
             # An empty registry that refuses to fetch, should any other reference slip through.
             schema = Draft202012Validator(spec["schema"], registry=Registry(retrieve=_no_remote))
+            if _portable(spec["schema"]):
+                fast_check = fastjsonschema.compile(
+                    {key: value for key, value in spec["schema"].items() if key != "$schema"}
+                    if isinstance(spec["schema"], dict) else spec["schema"],
+                    handlers={"http": _no_remote, "https": _no_remote, "file": _no_remote}, use_formats=False,
+                )
         rates = {}
         for op, text in (spec.get("rate") or {}).items():
             for name in _SHORTHANDS.get(op, (op,)):
@@ -122,6 +163,7 @@ class Rule:
             grants,
             owner,
             schema,
+            fast_check,
             tuple(field_path(name, f"{where}.immutable") for name in spec.get("immutable", ())),
             dict(spec.get("serverFields") or {}),
             spec.get("maxDocBytes"),
@@ -156,6 +198,17 @@ class Rule:
 def _specificity(pattern: str) -> tuple[int, int]:
     parts = pattern.split("/")
     return (sum(part not in ("*", "**") for part in parts), len(parts))
+
+
+def _passes(fast_check: Callable[[Any], Any] | None, document: Any) -> bool:
+    """Whether the compiled check accepts the document (False: ask the reference validator)."""
+    if fast_check is None:
+        return False
+    try:
+        fast_check(document)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
 
 
 class Rules:
@@ -257,7 +310,7 @@ class Rules:
                 errors = [{"path": "/" + "/".join(name), "keyword": "immutable", "message": f"{'.'.join(name)} may not change"}
                           for name in changed]
                 raise ValidationError(f"{'/'.join(path)}: {errors[0]['message']}", {"errors": errors})
-        if rule.schema is not None:
+        if rule.schema is not None and not _passes(rule.fast_check, new):
             errors = [
                 {"path": "/" + "/".join(str(part) for part in error.absolute_path), "keyword": error.validator,
                  "message": error.message}

@@ -310,27 +310,25 @@ class _Connection:
         self.subscriptions: dict[int, tuple[int | None, dict[str, Any]]] = {}
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._last: tuple[Any, str] = (None, "")  # one encoding per message, however many listeners
-        self._pending: list[str] = []  # notifications of this moment, sent together
+        self._pending: list[tuple[int, dict[str, Any]]] = []  # (listener, message) of this moment
 
     def sink(self, chosen: int) -> Callable[[int, dict[str, Any]], None]:
         def deliver(_: int, message: dict[str, Any]) -> None:
-            if self._last[0] is not message:
-                self._last = (message, dumps(message))
-            notification = f'{{"jsonrpc":"2.0","method":"snapshot","params":{{"sub":{chosen},"snapshot":{self._last[1]}}}}}'
             if threading.get_ident() == self._thread:
-                self._collect(notification)
+                self._collect(chosen, message)
             else:  # a write made outside the server's loop (an embedded user of the same database)
-                self._loop.call_soon_threadsafe(self._collect, notification)
+                self._loop.call_soon_threadsafe(self._collect, chosen, message)
 
         return deliver
 
-    def _collect(self, notification: str) -> None:
+    def _collect(self, chosen: int, message: dict[str, Any]) -> None:
         if not self._pending:
             self._loop.call_soon(self._flush)
-        self._pending.append(notification)
+        self._pending.append((chosen, message))
 
     def _flush(self) -> None:
+        """The notifications of this moment as one frame: one per distinct message, naming every
+        listener of this connection it is for (listeners of one query share one message)."""
         pending, self._pending = self._pending, []
         if not pending:  # already sent ahead of an answer
             return
@@ -339,9 +337,15 @@ class _Connection:
                 log.warning("connection %d closed: its listeners fell %d messages behind", self.number, self.max_outgoing)
                 self._loop.create_task(self.ws.close(CLOSE_LISTENER_OVERFLOW, "listener queue overflow"))
             return
-        frame = pending[0] if len(pending) == 1 else "[" + ",".join(pending) + "]"
+        listeners: dict[int, tuple[dict[str, Any], list[int]]] = {}
+        for chosen, message in pending:
+            listeners.setdefault(id(message), (message, []))[1].append(chosen)
+        notifications = [
+            f'{{"jsonrpc":"2.0","method":"snapshot","params":{{"subs":{dumps(subs)},"snapshot":{dumps(message)}}}}}'
+            for message, subs in listeners.values()
+        ]
         self.notifications += 1
-        self._put(frame, True)
+        self._put(notifications[0] if len(notifications) == 1 else "[" + ",".join(notifications) + "]", True)
 
     def _put(self, frame: str, notification: bool) -> None:
         self.outgoing.put_nowait((frame, notification))

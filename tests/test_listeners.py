@@ -694,7 +694,9 @@ class SlowSubscriberRun:
         listener, writer = served.client(), served.client()
         try:
             for sub in range(1, self.subscriptions + 1):
-                assert raw.subscribe(sub, {"query": {"path": ["feed"]}}) == {"docs": [], "changes": []}
+                # Different queries (limits of their own), so every write sends each its own message.
+                query = {"path": ["feed"], "orderBy": [["i", "desc"]], "limit": 1000 + sub}
+                assert raw.subscribe(sub, {"query": query}) == {"docs": [], "changes": []}
             top = Collector()
             doc(listener, "feed").order_by("i", "desc").limit(10).on_snapshot(top)
             top.wait_count(1)

@@ -364,3 +364,42 @@ def test_operations_and_collections_have_their_own_buckets_and_the_admin_key_non
         assert _take(limiter, ALICE, "create", ("free",)) is None
         assert _take(limiter, ADMIN) is None
     limiter.take(ALICE, None, "create")  # no rule: nothing to count
+
+
+SCORE_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["name", "score"],
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 8, "pattern": "^[a-z]+$"},
+                   "score": {"type": "integer", "minimum": 0, "maximum": 100},
+                   "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "uniqueItems": True},
+                   "mail": {"type": "string", "format": "email"}},
+}
+SCORE_CORPUS = [
+    {"name": "ann", "score": 1}, {"name": "ann", "score": 1.0}, {"name": "ann", "score": 1.5}, {"name": "ann", "score": True},
+    {"name": "", "score": 1}, {"name": "Ann", "score": 1}, {"name": "ann", "score": 101}, {"name": "ann"},
+    {"name": "ann", "score": 1, "x": 1}, {"name": "ann", "score": 1, "tags": ["a", "a"]},
+    {"name": "ann", "score": 1, "tags": ["c"]}, {"name": "ann", "score": 1, "mail": "not an email"},
+    {"name": "annannann", "score": 1}, {"name": "ann", "score": -1},
+]
+
+
+@pytest.mark.parametrize("document", SCORE_CORPUS, ids=repr)
+def test_the_compiled_schema_check_agrees_with_the_reference_validator(document):
+    rules = Rules({"scores": {"create": "public", "schema": SCORE_SCHEMA}})
+    rule = rules.match(("scores",))
+    assert rule.fast_check is not None
+    reference = rule.schema.is_valid(document)
+    try:
+        rules.check_write(ANON, "create", ("scores", "s"), None, document, 0, 0)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted == reference
+
+
+def test_a_schema_with_keywords_of_2020_12_only_is_checked_by_the_reference_validator():
+    schema = {"type": "object", "properties": {"pair": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}]}}}
+    rules = Rules({"c": {"create": "public", "schema": schema}})
+    assert rules.match(("c",)).fast_check is None
+    rules.check_write(ANON, "create", ("c", "d"), None, {"pair": ["a", 1]}, 0, 0)
+    with pytest.raises(ValidationError):
+        rules.check_write(ANON, "create", ("c", "d"), None, {"pair": [1, "a"]}, 0, 0)

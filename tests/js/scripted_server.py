@@ -21,7 +21,7 @@ def answer(request: dict, result: dict) -> dict:
 
 
 def news(sub: int, snapshot: dict) -> dict:
-    return {"jsonrpc": "2.0", "method": "snapshot", "params": {"sub": sub, "snapshot": snapshot}}
+    return {"jsonrpc": "2.0", "method": "snapshot", "params": {"subs": [sub], "snapshot": snapshot}}
 
 
 def change(kind: str, doc: dict, old: int, new: int) -> dict:
