@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import select
 import signal
 import subprocess
@@ -439,7 +440,8 @@ class RawSubscribers:
                 for item in message if isinstance(message, list) else [message]:
                     if item.get("method") == "snapshot":
                         params = item["params"]
-                        self.subscribers[params["sub"] - 1](self.wrap(changes=params["snapshot"]["changes"]))
+                        for chosen in params["subs"]:
+                            self.subscribers[chosen - 1](self.wrap(changes=params["snapshot"]["changes"]))
                     elif "error" in item:
                         self.error = str(item["error"].get("message"))
         except (ConnectionClosed, OSError):
@@ -747,6 +749,58 @@ def ratio(a: float | None, b: float | None) -> float | None:
 # Section 1: remote round trips
 
 
+def node_client(server: Server, options: Options) -> dict[str, Any] | str:
+    """The JS client's get round trips (benchmarks/node_client.mjs) against `server`, best of
+    the rounds; a string says why there are none (no node, no `npm ci`)."""
+    script = Path(__file__).resolve().parent / "node_client.mjs"
+    if shutil.which("node") is None:
+        return "node is not installed"
+    best: dict[str, Any] | None = None
+    for _ in range(options.rounds):
+        try:
+            done = subprocess.run(
+                ["node", str(script), server.url, server.admin, "--seconds", str(options.seconds * 2)],
+                capture_output=True, text=True, timeout=120,
+            )
+        except subprocess.TimeoutExpired:
+            return "the node client took over 120 s"
+        if done.returncode != 0:
+            return (done.stderr.strip().splitlines() or ["failed"])[-1]
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        if best is None:
+            best = figures
+        else:  # the best of each figure, as for every other cell
+            best = {"sequential_rps": max(best["sequential_rps"], figures["sequential_rps"]),
+                    "p50_ms": min(best["p50_ms"], figures["p50_ms"]), "p99_ms": min(best["p99_ms"], figures["p99_ms"]),
+                    "concurrent16_rps": max(best["concurrent16_rps"], figures["concurrent16_rps"])}
+    return best if best is not None else "no rounds"
+
+
+def print_node(node: dict[str, Any] | str, cells: dict[tuple[str, str], Cell], verdicts: Verdicts) -> None:
+    python_seq, python_shared = cells["seq", "get"].stats, cells["shared", "get"].stats
+    print(f"\n  Node client (js_client, Node {node_version()}) on the same server, get; beside the Python client:")
+    if isinstance(node, str):
+        print(f"    n/a: {node}")
+        verdicts.check("Node / Python, 1 client sequential", None, "≥ 0.67×", lambda r: r >= 2 / 3)
+        return
+    print(f"    1 client, sequential          Node {fmt_rate(node['sequential_rps'])}/s "
+          f"(p50 {node['p50_ms']:.2f} ms, p99 {node['p99_ms']:.2f} ms)   Python {fmt_rate(python_seq.ops)}/s "
+          f"(p50 {fmt_ms(python_seq.p50).strip()} ms)")
+    print(f"    {CLIENTS} in flight on 1 connection   Node {fmt_rate(node['concurrent16_rps'])}/s   "
+          f"Python ({CLIENTS} threads on 1 handle) {fmt_rate(python_shared.ops)}/s")
+    verdicts.check("Node / Python, 1 client sequential", ratio(node["sequential_rps"], python_seq.ops), "≥ 0.67×",
+                   lambda r: r >= 2 / 3)
+    verdicts.check(f"Node / Python, {CLIENTS} in flight on 1 connection", ratio(node["concurrent16_rps"], python_shared.ops),
+                   "≥ 0.67×", lambda r: r >= 2 / 3)
+
+
+def node_version() -> str:
+    try:
+        return subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
 def remote_section(pool: list[Child], root: Path, options: Options, note: Callable[[str], None]) -> bool:
     profile = options.profile
     monty = Server("monty", {"kind": "montybase", "fill": FILL}, root, profile)
@@ -775,6 +829,9 @@ def remote_section(pool: list[Child], root: Path, options: Options, note: Callab
         open_cells(list(cells.values()))
         note("remote: connected")
         run_rounds(list(cells.values()), options.rounds, options.seconds, note, "remote")
+        ask_all(pool, do="close", prefix="")
+        node = node_client(monty, options)  # on the same server, now idle
+        note("remote: node client done")
     finally:
         ask_all(pool, do="close", prefix="")
         for server in (monty, hot, echo):
@@ -846,6 +903,7 @@ The original Montybase served about {ORIGINAL_RPS} requests/s (reference line be
             print(f"  (info) {op}: server CPU per request, echo ÷ Montybase, {CLIENTS} processes: "
                   f"{echoed.cpu_server / echoed.n / (mine.cpu_server / mine.n):.2f}× "
                   f"({mine.cpu_server / mine.n * 1e6:.0f} µs against {echoed.cpu_server / echoed.n * 1e6:.0f} µs)")
+    print_node(node, cells, verdicts)
     best = max((cells[mode, "get"].stats.ops or 0 for mode in titles), default=0)
     print(f"  reference: the original Montybase served about {ORIGINAL_RPS} requests/s; "
           f"get here, best mode: {fmt_rate(best)}/s ({best / ORIGINAL_RPS:.0f}×)")

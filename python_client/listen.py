@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.watch import apply_changes
+from server.values import clone
 
 __all__ = ["DocumentSnapshot", "Dispatcher", "Listener", "QuerySnapshot"]
 
@@ -52,17 +52,26 @@ class Listener:
             self.active = False
 
     def snapshot(self, message: dict[str, Any]) -> DocumentSnapshot | QuerySnapshot:
+        """The next snapshot. Values are this listener's own copies (a message may be shared by
+        several listeners); treat snapshots as read-only: the next one shares unchanged documents."""
         if "exists" in message:
-            return DocumentSnapshot(message["id"], message["value"], message["exists"])
-        if "docs" in message:  # the full state: on subscribing, and again after a reconnect
-            self.docs = message["docs"]
-        else:
-            self.docs = apply_changes(self.docs, message["changes"])
+            return DocumentSnapshot(message["id"], clone(message["value"]), message["exists"])
         changes = [
-            {"type": c["type"], "id": c["id"], "value": c["value"], "old_index": c["oldIndex"], "new_index": c["newIndex"]}
+            {"type": c["type"], "id": c["id"], "value": clone(c["value"]), "old_index": c["oldIndex"],
+             "new_index": c["newIndex"]}
             for c in message["changes"]
         ]
-        return QuerySnapshot(list(self.docs), changes)
+        if "docs" in message:  # the full state: on subscribing, and again after a reconnect
+            docs = [{"id": d["id"], "value": clone(d["value"])} for d in message["docs"]]
+        else:  # Firestore's sequential indexes: remove at old_index, then insert at new_index
+            docs = list(self.docs)
+            for change in changes:
+                if change["old_index"] >= 0:
+                    docs.pop(change["old_index"])
+                if change["new_index"] >= 0:
+                    docs.insert(change["new_index"], {"id": change["id"], "value": change["value"]})
+        self.docs = docs
+        return QuerySnapshot(list(docs), changes)
 
 
 class Dispatcher:

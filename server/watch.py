@@ -22,21 +22,10 @@ from .query import OrderIndex, Query, field_value
 from .tree import Change, Tree
 from .values import clone
 
-__all__ = ["Sink", "Watcher", "apply_changes", "query_key"]
+__all__ = ["Sink", "Watcher", "query_key"]
 
 Path = tuple[str, ...]
 Sink = Callable[[int, dict[str, Any]], None]  # (subscription id, snapshot or changes) → deliver it
-
-
-def apply_changes(docs: list[dict[str, Any]], changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The docs after `changes` (sequential indexes), as listeners rebuild them."""
-    docs = list(docs)
-    for change in changes:
-        if change["oldIndex"] >= 0:
-            docs.pop(change["oldIndex"])
-        if change["newIndex"] >= 0:
-            docs.insert(change["newIndex"], {"id": change["id"], "value": change["value"]})
-    return docs
 
 
 def query_key(query: Query) -> str:

@@ -10,7 +10,19 @@ import pytest
 
 from server.query import parse_query
 from server.tree import Change, Tree
-from server.watch import Watcher, apply_changes
+from server.watch import Watcher
+
+
+def apply_changes(docs: list[dict[str, Any]], changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The docs after `changes` (sequential indexes), as clients rebuild them (the reference
+    for python_client/listen.py and js_client/listen.js)."""
+    docs = list(docs)
+    for change in changes:
+        if change["oldIndex"] >= 0:
+            docs.pop(change["oldIndex"])
+        if change["newIndex"] >= 0:
+            docs.insert(change["newIndex"], {"id": change["id"], "value": change["value"]})
+    return docs
 
 
 class Harness:
