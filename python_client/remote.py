@@ -27,6 +27,7 @@ __all__ = ["RemoteBackend", "websocket_url"]
 log = logging.getLogger("montybase.client")
 
 _MAX_FRAME = 16 * 1024 * 1024
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
 def websocket_url(api: str) -> str:
@@ -54,10 +55,14 @@ def _check_values(method: str, params: dict[str, Any]) -> None:
 
 
 class _Pending:
+    """One call's answer: the reader thread fills it and releases `done` (a held lock is a
+    lighter wake-up than an Event)."""
+
     __slots__ = ("done", "answer")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = threading.Lock()
+        self.done.acquire()
         self.answer: dict[str, Any] | BaseException | None = None
 
 
@@ -154,7 +159,7 @@ class RemoteBackend:
                     pending = self._pending.pop(answer.get("id"), None)
                     if pending is not None:
                         pending.answer = answer
-                        pending.done.set()
+                        pending.done.release()
                     elif "error" in answer:  # a resumed session or a resubscription the server refused
                         log.warning("after reconnecting: %s", answer["error"].get("message"))
                         if answer.get("id") == self._resume_id:  # signed out: say so
@@ -176,7 +181,7 @@ class RemoteBackend:
             self._pending.clear()
         for pending in stranded:
             pending.answer = failure
-            pending.done.set()
+            pending.done.release()
         if self._listeners and not self._closed:
             threading.Thread(target=self._reconnect, name="montybase-reconnect", daemon=True).start()
 
@@ -200,10 +205,7 @@ class RemoteBackend:
     def _send(self, request_id: int, method: str, params: dict[str, Any]) -> None:
         """Seal and send one request (under the lock: records go out in counter order)."""
         try:
-            frame = json.dumps(
-                {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
-                ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-            ).encode()
+            frame = _encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"params are not JSON: {exc}", {"path": "params"}) from None
         try:
@@ -224,7 +226,7 @@ class RemoteBackend:
             except BaseException:
                 self._pending.pop(request_id, None)
                 raise
-        if not pending.done.wait(self.timeout):
+        if not pending.done.acquire(timeout=self.timeout):
             self._pending.pop(request_id, None)
             raise ConnectionLostError(f"no answer from {self.url} within {self.timeout}s")
         answer = pending.answer

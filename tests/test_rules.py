@@ -35,7 +35,6 @@ from python_client.errors import (  # noqa: E402
     ValidationError,
 )
 from server.channel import ClientHandshake  # noqa: E402
-from server.rules import Rules  # noqa: E402
 from server.config import DEFAULTS, OPEN_RULES, create_config, open_database, public_key  # noqa: E402
 from server.transport import Limits  # noqa: E402
 
