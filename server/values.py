@@ -35,7 +35,6 @@ class _Delete:
 
 
 DELETE = _Delete()
-_SCALARS = (str, int, float, bool, type(None))
 
 
 def json_equal(a: Any, b: Any) -> bool:
@@ -55,11 +54,23 @@ def json_equal(a: Any, b: Any) -> bool:
 
 
 def clone(value: Any) -> Any:
-    """A deep copy of a JSON value (stored values are never handed out)."""
-    if type(value) is dict:
-        return {k: v if type(v) in _SCALARS else clone(v) for k, v in value.items()}
-    if type(value) is list:
-        return [v if type(v) in _SCALARS else clone(v) for v in value]
+    """A deep copy of a JSON value (stored values are never handed out): a C-level copy of
+    each container, then only its nested containers copied again."""
+    kind = type(value)
+    if kind is dict:
+        out = value.copy()
+        for key, item in out.items():  # replacing values of existing keys while iterating is safe
+            kind = type(item)
+            if kind is dict or kind is list:
+                out[key] = clone(item)
+        return out
+    if kind is list:
+        out = value.copy()
+        for index, item in enumerate(out):
+            kind = type(item)
+            if kind is dict or kind is list:
+                out[index] = clone(item)
+        return out
     return value
 
 
