@@ -5,7 +5,7 @@
  * @module
  */
 
-import { InvalidArgumentError } from "./errors.js";
+import { InvalidArgumentError, LimitExceededError } from "./errors.js";
 
 /** The most UTF-8 bytes in a segment or key. */
 export const MAX_KEY_BYTES = 128;
@@ -67,7 +67,7 @@ function invalid(message, path) {
  * @param {unknown} key
  * @param {string} [where] what the key is, for the message and `data.path`
  * @returns {string}
- * @throws {MontybaseError} InvalidArgumentError
+ * @throws {MontybaseError} InvalidArgumentError; LimitExceededError for a key over 128 UTF-8 bytes
  */
 export function checkKey(key, where = "key") {
   if (typeof key !== "string") {
@@ -79,7 +79,13 @@ export function checkKey(key, where = "key") {
   else if (key[0] === "$") problem = "may not start with '$'";
   else if (key.length >= 4 && key.startsWith("__") && key.endsWith("__")) problem = "may not have the form __name__";
   else if (FORBIDDEN_CHARS.test(key) || !isWellFormed(key)) problem = "may not contain '/', control characters or lone surrogates";
-  else if (key.length > MAX_KEY_BYTES / 4 && encoder.encode(key).length > MAX_KEY_BYTES) problem = `is longer than ${MAX_KEY_BYTES} UTF-8 bytes`;
+  else if (key.length > MAX_KEY_BYTES / 4) {
+    const size = encoder.encode(key).length;
+    if (size > MAX_KEY_BYTES) {
+      throw new LimitExceededError(`${where} ${quote(key)} is longer than ${MAX_KEY_BYTES} UTF-8 bytes (${size})`,
+        { path: where, limit: MAX_KEY_BYTES, actual: size });
+    }
+  }
   if (problem) throw invalid(`${where} ${quote(key)} ${problem}`, where);
   return key;
 }
@@ -190,7 +196,9 @@ export function prepareValue(value, where = "value", mode = null, depth = 1) {
   if (typeof value !== "object") {
     throw invalid(`${where}: ${typeName(value)} is not a JSON value (use null, boolean, number, string, array or plain object)`, where);
   }
-  if (depth > MAX_DEPTH) throw invalid(`${where}: nested deeper than ${MAX_DEPTH} levels`, where);
+  if (depth > MAX_DEPTH) {
+    throw new LimitExceededError(`${where}: nested deeper than ${MAX_DEPTH} levels`, { path: where, limit: MAX_DEPTH, actual: depth });
+  }
   if (Array.isArray(value)) {
     const out = [];
     for (let i = 0; i < value.length; i++) {

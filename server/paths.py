@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, LimitExceededError
 
 __all__ = [
     "ID_ALPHABET",
@@ -67,8 +67,11 @@ def check_key(key: object, where: str = "key") -> str:
         problem = "may not have the form __name__"
     elif _FORBIDDEN_CHARS.search(key):
         problem = "may not contain '/', control characters or lone surrogates"
-    elif len(key) > MAX_KEY_BYTES // 4 and len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        problem = f"is longer than {MAX_KEY_BYTES} UTF-8 bytes"
+    elif len(key) > MAX_KEY_BYTES // 4 and (size := len(key.encode("utf-8"))) > MAX_KEY_BYTES:
+        raise LimitExceededError(
+            f"{where} {key!r} is longer than {MAX_KEY_BYTES} UTF-8 bytes ({size})",
+            {"path": where, "limit": MAX_KEY_BYTES, "actual": size},
+        )
     if problem:
         raise InvalidArgumentError(f"{where} {key!r} {problem}", {"path": where})
     if len(_valid) < _VALID_MAX:

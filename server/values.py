@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, LimitExceededError
 from .paths import check_key
 
 __all__ = [
@@ -156,7 +156,9 @@ def prepare(
     if kind is bool or value is None:
         return value
     if depth > MAX_DEPTH:
-        raise InvalidArgumentError(f"{where}: nested deeper than {MAX_DEPTH} levels", {"path": where})
+        raise LimitExceededError(
+            f"{where}: nested deeper than {MAX_DEPTH} levels", {"path": where, "limit": MAX_DEPTH, "actual": depth}
+        )
     if kind is dict:
         if transforms and len(value) == 1:
             (key,) = value

@@ -8,7 +8,7 @@ import pytest
 
 from python_client import InvalidArgumentError, LimitExceededError, MontybaseError, NotFoundError, doc
 
-BAD_KEYS = ["__proto__", "__x__", "$x", "a/b", "", ".", "..", "a\x00b", "tab\there", "x" * 129, "\ud800"]
+BAD_KEYS = ["__proto__", "__x__", "$x", "a/b", "", ".", "..", "a\x00b", "tab\there", "\ud800"]
 BAD_VALUES = [
     ("nan", {"a": math.nan}),
     ("infinity", {"a": math.inf}),
@@ -95,13 +95,21 @@ def test_update_of_a_missing_document_changes_nothing(seeded):
     refused(seeded, lambda: doc(seeded, "users", "ghost").update({"a": 1}), NotFoundError)
 
 
-def test_too_deep_document_is_refused(seeded):
+def test_too_deep_document_is_limit_exceeded(seeded):
     value: dict = {}
     inner = value
     for _ in range(40):
         inner["n"] = {}
         inner = inner["n"]
-    refused(seeded, lambda: doc(seeded, "users", "amor").set(value))
+    error = refused(seeded, lambda: doc(seeded, "users", "amor").set(value), LimitExceededError)
+    assert error.data["limit"] == 32 and error.data["actual"] == 33
+
+
+def test_a_key_over_128_utf8_bytes_is_limit_exceeded(seeded):
+    error = refused(seeded, lambda: doc(seeded, "users").add({"a": 1}, key="é" * 65), LimitExceededError)
+    assert (error.data["limit"], error.data["actual"]) == (128, 130)
+    error = refused(seeded, lambda: doc(seeded, "users", "amor").set({"x" * 129: 1}), LimitExceededError)
+    assert (error.data["limit"], error.data["actual"]) == (128, 129)
 
 
 def test_increment_past_the_safe_range_is_refused(seeded):

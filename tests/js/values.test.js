@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
-import { InvalidArgumentError, arrayRemove, arrayUnion, deleteField, increment, maximum, minimum, serverTimestamp } from "../../js_client/index.js";
+import { InvalidArgumentError, LimitExceededError, arrayRemove, arrayUnion, deleteField, increment, maximum, minimum, serverTimestamp } from "../../js_client/index.js";
 import { checkKey, checkParams, checkQuery, fieldPath, prepareDocument, prepareValue, splitSegments, updateFields } from "../../js_client/values.js";
 
 function refused(fn, message) {
@@ -25,14 +25,21 @@ describe("keys and segments", () => {
   const bad = [
     ["", /empty/], [".", /'\.'/], ["..", /'\.'/], ["$x", /'\$'/], ["__proto__", /__name__/], ["__x__", /__name__/],
     ["a/b", /'\/'/], ["a\u007fb", /control/], ["a\u0085b", /control/], ["a\u0000b", /control/], ["tab\there", /control/],
-    ["\ud800", /lone surrogate/], ["a\udc00", /lone surrogate/], ["é".repeat(65), /128 UTF-8 bytes/], ["x".repeat(129), /128 UTF-8 bytes/],
-    ["😀".repeat(33), /128 UTF-8 bytes/], [5, /must be a string/], [null, /must be a string/], [undefined, /must be a string/],
+    ["\ud800", /lone surrogate/], ["a\udc00", /lone surrogate/], [5, /must be a string/], [null, /must be a string/], [undefined, /must be a string/],
     [["users"], /must be a string/], [Symbol("s"), /must be a string/],
   ];
   for (const [key, problem] of bad) {
     test(`invalid key ${String(typeof key === "symbol" ? "symbol" : JSON.stringify(key)).slice(0, 30)} says what is wrong`, () => {
       const error = refused(() => checkKey(key, "where"), problem);
       assert.deepEqual(error.data, { path: "where" });
+    });
+  }
+
+  for (const [key, size] of [["é".repeat(65), 130], ["x".repeat(129), 129], ["😀".repeat(33), 132]]) {
+    test(`a key of ${size} UTF-8 bytes is over the 128-byte limit`, () => {
+      assert.throws(() => checkKey(key, "where"), (error) => error instanceof LimitExceededError
+        && error.reason === "LIMIT_EXCEEDED" && /128 UTF-8 bytes/.test(error.message)
+        && error.data.path === "where" && error.data.limit === 128 && error.data.actual === size);
     });
   }
 
@@ -89,8 +96,11 @@ describe("values", () => {
     ["increment of a string", { a: { $increment: "1" } }, /value\.a: expected a number, got string/],
     ["arrayUnion of a non-list", { a: { $arrayUnion: 1 } }, /takes a list of items/],
     ["symbol key", { [Symbol("k")]: 1 }, /symbol keys/],
-    ["too deep", deep, /nested deeper than 32 levels/],
   ];
+  test("a value nested deeper than 32 levels is over the depth limit", () => {
+    assert.throws(() => prepareDocument(deep), (error) => error instanceof LimitExceededError
+      && /nested deeper than 32 levels/.test(error.message) && error.data.limit === 32 && error.data.actual === 33);
+  });
   for (const [name, value, message] of bad) {
     test(`${name} is refused naming the field`, () => {
       const error = refused(() => prepareDocument(value), message);
