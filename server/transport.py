@@ -341,7 +341,7 @@ class _Connection:
         for chosen, message in pending:
             listeners.setdefault(id(message), (message, []))[1].append(chosen)
         notifications = [
-            f'{{"jsonrpc":"2.0","method":"snapshot","params":{{"subs":{dumps(subs)},"snapshot":{dumps(message)}}}}}'
+            f'{{"jsonrpc":"2.0","method":"snapshot","params":{{"subs":{dumps(subs)},"snapshot":{_encoded(message)}}}}}'
             for message, subs in listeners.values()
         ]
         self.notifications += 1
@@ -371,6 +371,18 @@ class _Connection:
                 await self.ws.send(self.session.seal(frame.encode()))
             except ConnectionClosed:
                 pass
+
+
+_last_encoded: tuple[Any, str] = (None, "")
+
+
+def _encoded(message: dict[str, Any]) -> str:
+    """A message's JSON, encoded once however many connections it goes to (the connections
+    of one moment flush one after another on the loop thread)."""
+    global _last_encoded
+    if _last_encoded[0] is not message:
+        _last_encoded = (message, dumps(message))
+    return _last_encoded[1]
 
 
 def _readable_id(text: bytes) -> Any:
