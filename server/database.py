@@ -180,14 +180,6 @@ class Database:
         results, seq = self._commit_writes(params.get("writes"), params.get("reads"), principal)
         return {"results": results}, seq
 
-    def _addressed(self, path: Path) -> tuple[Path, Any]:
-        """The document a read of `path` is about (the nearest existing one above a field), and it."""
-        for depth in range(len(path) - len(path) % 2, 1, -2):
-            document = self.tree.document(path[:depth])
-            if document is not None:
-                return path[:depth], document
-        return (path if len(path) % 2 == 0 else path[:-1]), None
-
     def _reads_collection(self, path: Path) -> bool:
         """An odd path reads a collection if it has documents (or is top-level); otherwise it
         reads a field of the document above, whose `get` rule then decides, whether or not
@@ -215,7 +207,7 @@ class Database:
                     selected = self.tree.select(query)
                     self.rules.check_results(principal, len(selected))
                     return {"value": {doc_id: clone(doc) for doc_id, doc in selected}}, 0
-                doc_path, document = self._addressed(path)
+                doc_path, document = self.tree.addressed(path)
                 self.rules.check_read(principal, doc_path, document)
                 self.rates.take(principal, self.rules.match(doc_path[:-1]), "get")
             return {"value": clone(self.tree.read(path))}, 0
@@ -353,7 +345,7 @@ class Database:
                 raise InvalidArgumentError(f"reads[{i}] must be an object {{path, value}}", {"path": f"reads[{i}]"})
             path = check_path(read.get("path"), f"reads[{i}].path")
             if principal is not None and not principal.admin:
-                self.rules.check_read(principal, *self._addressed(path))
+                self.rules.check_read(principal, *self.tree.addressed(path))
             if not json_equal(self.tree.read(path), read.get("value")):
                 raise ConflictError(
                     f"{'/'.join(path)} changed after the transaction read it", {"path": list(path)}

@@ -55,17 +55,24 @@ class Tree:
             docs = self.collections.get(path[:-1])
             if docs is not None and path[-1] in docs:
                 return docs[path[-1]]
-        for depth in range(len(path) - 1 - (len(path) % 2 == 0), 1, -2):
+        doc_path, document = self.addressed(path)
+        if document is not None:
+            for key in path[len(doc_path):]:
+                if type(document) is not dict or key not in document:
+                    break
+                document = document[key]
+            else:
+                return document
+        return {} if len(path) % 2 else None
+
+    def addressed(self, path: Path) -> tuple[Path, Any]:
+        """The nearest existing document at or above `path`, and its path; else the document
+        path `path` names (itself, or its parent for an odd path) and None."""
+        for depth in range(len(path) - len(path) % 2, 1, -2):
             document = self.document(path[:depth])
             if document is not None:
-                for key in path[depth:]:
-                    if type(document) is not dict or key not in document:
-                        break
-                    document = document[key]
-                else:
-                    return document
-                break
-        return {} if len(path) % 2 else None
+                return path[:depth], document
+        return (path if len(path) % 2 == 0 else path[:-1]), None
 
     def index(self, collection: Path, spec: tuple) -> OrderIndex:
         """The order index of a collection for an order spec, built on first use."""
