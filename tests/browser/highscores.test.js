@@ -6,19 +6,12 @@
 // example tells its player why a score was refused.
 
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { after, before, test } from "node:test";
-import { chromium } from "playwright-core";
 
 import { ROOT, Server, tempDir, writeConfig } from "../js/helpers.js";
-
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--no-first-run",
-];
+import { launchChromium, openPage as openBrowserPage } from "./chromium.js";
 
 /** The `rules` of README.md "Securing a public app" (the block with "scores"). */
 async function readmeRules() {
@@ -35,11 +28,10 @@ let browser;
 let rules;
 
 before(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)`);
   rules = await readmeRules();
   const dir = await tempDir();
   await writeConfig(dir, { rules, storageBucket: ":memory:", static: relative(dir, join(ROOT, "examples", "leaderboard")) });
-  [server, browser] = await Promise.all([Server.start({ dir }), chromium.launch({ executablePath: CHROMIUM, args: ARGS })]);
+  [server, browser] = await Promise.all([Server.start({ dir }), launchChromium()]);
 });
 
 after(async () => {
@@ -47,15 +39,8 @@ after(async () => {
   await server?.cleanup();
 });
 
-async function openPage(path = "/") {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const errors = [];
-  page.on("pageerror", (error) => errors.push(error.message));
-  page.on("console", (message) => message.type() === "error" && errors.push(message.text()));
-  await page.goto(`${server.http}${path}`);
-  await page.waitForSelector("body[data-ready=true]");
-  return { page, errors, close: () => context.close() };
+function openPage(path = "/") {
+  return openBrowserPage(browser, `${server.http}${path}`, { ready: "body[data-ready=true]" });
 }
 
 async function playAndPost(page, name, clicks) {

@@ -4,29 +4,21 @@
 // program and a page share a collection.
 
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { after, before, test } from "node:test";
-import { chromium } from "playwright-core";
 
 import { ROOT, Server, readJson, runPython, tempDir, unique, writeConfig } from "../js/helpers.js";
-
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--no-first-run",
-];
+import { launchChromium, openPage as openBrowserPage } from "./chromium.js";
 
 let server;
 let browser;
 let clientConfigPath;
 
 before(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)`);
   const dir = await tempDir();
   await writeConfig(dir, { static: relative(dir, join(ROOT, "examples", "leaderboard")) });
-  [server, browser] = await Promise.all([Server.start({ dir }), chromium.launch({ executablePath: CHROMIUM, args: ARGS })]);
+  [server, browser] = await Promise.all([Server.start({ dir }), launchChromium()]);
   // What a web page gets is what a Python program with the client key uses too.
   clientConfigPath = join(dir, "client-config.json");
   await writeFile(clientConfigPath, await (await fetch(`${server.http}/client-config.json`)).text());
@@ -37,15 +29,8 @@ after(async () => {
   await server?.cleanup();
 });
 
-/** A fresh page (its own context: no shared storage) with console errors collected. */
-async function openPage(path = "/") {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const errors = [];
-  page.on("pageerror", (error) => errors.push(error.message));
-  page.on("console", (message) => message.type() === "error" && errors.push(message.text()));
-  await page.goto(`${server.http}${path}`);
-  return { page, errors, close: () => context.close() };
+function openPage(path = "/") {
+  return openBrowserPage(browser, `${server.http}${path}`);
 }
 
 test("the server serves the client, its config and the static folder", async () => {

@@ -25,23 +25,14 @@ import {
   minimum,
   serverTimestamp,
 } from "../../js_client/index.js";
-import { Server, unique } from "./helpers.js";
+import { closeServer, openServer, unique } from "./helpers.js";
 
 let server;
 let db; // the client key, as a web page has it
 let admin; // the admin key, as a server-side Node program has it
 
-before(async () => {
-  server = await Server.start();
-  db = new Montybase(await server.clientConfig(), { WebSocket });
-  admin = new Montybase(await server.adminConfig(), { WebSocket, endpoint: server.endpoint });
-});
-
-after(async () => {
-  await db?.close();
-  await admin?.close();
-  await server?.cleanup();
-});
+before(async () => ({ server, db, admin } = await openServer()));
+after(() => closeServer({ server, db, admin }));
 
 async function rejects(promise, kind, reason) {
   await assert.rejects(promise, (error) => error instanceof kind && error instanceof MontybaseError && (!reason || error.reason === reason));

@@ -7,7 +7,10 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
+import WebSocket from "ws";
+
 import { publicKeyFromPkcs8 } from "../../js_client/channel.js";
+import { Montybase } from "../../js_client/index.js";
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const PYTHON = process.env.PYTHON || "python3";
@@ -304,4 +307,22 @@ export class Marker {
     await this.ref.set({ step: token });
     await this.snapshots.waitFor((items) => items.some((s) => s.value && s.value.step === token), `marker ${this.count}`);
   }
+}
+
+/**
+ * A server for one test file, with a handle on the client key (`db`) and one on the admin key.
+ * @returns {Promise<{server: Server, db: Montybase, admin: Montybase}>}
+ */
+export async function openServer() {
+  const server = await Server.start();
+  const db = new Montybase(await server.clientConfig(), { WebSocket });
+  const admin = new Montybase(await server.adminConfig(), { WebSocket, endpoint: server.endpoint });
+  return { server, db, admin };
+}
+
+/** Close what openServer opened (whatever of it was opened). */
+export async function closeServer({ server, db, admin }) {
+  await db?.close();
+  await admin?.close();
+  await server?.cleanup();
 }

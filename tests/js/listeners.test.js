@@ -15,7 +15,7 @@ import WebSocket from "ws";
 
 import { InvalidArgumentError, Montybase, PermissionDeniedError, UnavailableError, doc } from "../../js_client/index.js";
 import { applyChanges } from "../../js_client/listen.js";
-import { Marker, PYTHON, ROOT, Server, Snapshots, WAIT, pythonEnv, readJson, runPython, tempDir, unique, writeConfig } from "./helpers.js";
+import { Marker, PYTHON, ROOT, Server, Snapshots, WAIT, closeServer, openServer, pythonEnv, readJson, runPython, tempDir, unique, writeConfig } from "./helpers.js";
 
 const CASES = (await readJson("tests", "cases", "listeners.json")).cases;
 
@@ -23,17 +23,8 @@ let server;
 let db; // the client key (a fresh config opens documents to it)
 let admin;
 
-before(async () => {
-  server = await Server.start();
-  db = new Montybase(await server.clientConfig(), { WebSocket });
-  admin = new Montybase(await server.adminConfig(), { WebSocket, endpoint: server.endpoint });
-});
-
-after(async () => {
-  await db?.close();
-  await admin?.close();
-  await server?.cleanup();
-});
+before(async () => ({ server, db, admin } = await openServer()));
+after(() => closeServer({ server, db, admin }));
 
 const ids = (docs) => docs.map((entry) => (typeof entry === "string" ? entry : entry.id));
 

@@ -3,10 +3,9 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import WebSocket from "ws";
 
-import { InvalidArgumentError, Montybase, MontybaseError, doc } from "../../js_client/index.js";
-import { Server, readJson } from "./helpers.js";
+import { InvalidArgumentError, MontybaseError, doc } from "../../js_client/index.js";
+import { closeServer, openServer, readJson } from "./helpers.js";
 
 const { cases: CASES } = await readJson("tests", "cases", "queries.json");
 const QUERY_MEMBERS = ["where", "orderBy", "limit", "limitToLast", "offset", "startAt", "startAfter", "endAt", "endBefore"];
@@ -15,17 +14,8 @@ let server;
 let db;
 let admin;
 
-before(async () => {
-  server = await Server.start();
-  db = new Montybase(await server.clientConfig(), { WebSocket });
-  admin = new Montybase(await server.adminConfig(), { WebSocket, endpoint: server.endpoint });
-});
-
-after(async () => {
-  await db?.close();
-  await admin?.close();
-  await server?.cleanup();
-});
+before(async () => ({ server, db, admin } = await openServer()));
+after(() => closeServer({ server, db, admin }));
 
 /** JSON equality: 1 equals 1.0, true never equals 1, a string never equals a number. */
 function jsonEqual(a, b) {

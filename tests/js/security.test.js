@@ -3,10 +3,9 @@
 
 import assert from "node:assert/strict";
 import { after, afterEach, before, describe, test } from "node:test";
-import WebSocket from "ws";
 
 import { InvalidArgumentError, Montybase, doc } from "../../js_client/index.js";
-import { Server, unique } from "./helpers.js";
+import { closeServer, openServer, unique } from "./helpers.js";
 
 const PROTO_NAMES = Object.getOwnPropertyNames(Object.prototype).sort();
 const ARRAY_NAMES = Object.getOwnPropertyNames(Array.prototype).sort();
@@ -16,17 +15,8 @@ let server;
 let db;
 let admin;
 
-before(async () => {
-  server = await Server.start();
-  db = new Montybase(await server.clientConfig(), { WebSocket });
-  admin = new Montybase(await server.adminConfig(), { WebSocket, endpoint: server.endpoint });
-});
-
-after(async () => {
-  await db?.close();
-  await admin?.close();
-  await server?.cleanup();
-});
+before(async () => ({ server, db, admin } = await openServer()));
+after(() => closeServer({ server, db, admin }));
 
 function assertClean() {
   assert.equal({}.polluted, undefined);
