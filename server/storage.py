@@ -350,7 +350,7 @@ class FileStorage(Storage):
             try:  # cut a partial record off, so the journal stays readable
                 self.files.truncate(self._journal, self._offset)
             except OSError:
-                pass
+                pass  # recovery cuts a torn tail anyway; the write's own error is what to report
             raise self._fail(exc, "journal write") from exc
         self._offset += len(record)
         self._journal_bytes += len(record)

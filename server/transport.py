@@ -170,7 +170,7 @@ class MontybaseServer:
             log.warning("connection %d refused: no handshake within %ss", number, self.limits.handshakeTimeout)
             await ws.close(CLOSE_HANDSHAKE_TIMEOUT, "handshake timeout")
         except ConnectionClosed:
-            pass
+            pass  # the client left during the handshake: nothing to answer
         except MontybaseError as exc:
             log.warning("connection %d refused: %s", number, exc)
             # One answer with no detail about which check failed, then close.
@@ -179,7 +179,7 @@ class MontybaseServer:
                 await ws.send(dumps(Rpc.error(answered[0], refusal)))
                 await ws.close(CLOSE_AUTH_FAILED, "authentication failed")
             except ConnectionClosed:
-                pass
+                pass  # already gone: the refusal needs no delivery
         return None
 
     def _handshake_call(self, frame: str | bytes, method: str, answered: list[Any]) -> Call:
