@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from server.errors import ConflictError, InvalidArgumentError
-from server.paths import check_key, known_valid
+from server.paths import check_key, simple_key
 
 from .listen import DocumentSnapshot, QuerySnapshot
 
@@ -28,7 +28,10 @@ class Backend(Protocol):
 
 def _segments(parts: tuple[Any, ...]) -> tuple[str, ...]:
     """Segments from arguments; "users/alan" is shorthand for "users", "alan"."""
-    if known_valid(parts):  # the common case: every part a segment seen valid before
+    for part in parts:
+        if type(part) is not str or simple_key(part) is None:
+            break
+    else:  # the common case: every part a plain segment
         return parts
     out: list[str] = []
     for part in parts:

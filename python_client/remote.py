@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
 from server.channel import ClientHandshake, Session
@@ -55,8 +56,9 @@ def _check_values(method: str, params: dict[str, Any]) -> None:
 
 
 class _Pending:
-    """One call's answer: the reader thread fills it and releases `done` (a held lock is a
-    lighter wake-up than an Event)."""
+    """One call's answer. `done` is held until something changes for the caller: its answer
+    came, or reading the connection became its turn (a held lock is a lighter wake-up than an
+    Event)."""
 
     __slots__ = ("done", "answer")
 
@@ -65,13 +67,22 @@ class _Pending:
         self.done.acquire()
         self.answer: dict[str, Any] | BaseException | None = None
 
+    def wake(self) -> None:
+        try:
+            self.done.release()
+        except RuntimeError:  # already awake
+            pass
+
 
 class RemoteBackend:
     """Sends each call as an encrypted JSON-RPC request and waits for its answer.
 
-    One reader thread per connection matches answers to callers, so several threads may
-    call at once. If the connection drops, calls in flight fail with ConnectionLostError
-    and the next call connects again.
+    Callers read their own answers: whichever caller finds the connection unread reads it,
+    hands every answer it meets to its caller, and passes the reading on when its own answer
+    is in, so a lone caller never waits on another thread and several threads may call at
+    once. While listeners exist, a listening thread reads when no caller does. If the
+    connection drops, calls in flight fail with ConnectionLostError and the next call connects
+    again.
     """
 
     def __init__(
@@ -93,8 +104,10 @@ class RemoteBackend:
         self._listeners: dict[int, Listener] = {}
         self.dispatcher = Dispatcher()
         self._lock = threading.RLock()  # guards connecting and sending (record order = send order)
+        self._reading = threading.Lock()  # held by the one thread reading the connection
         self._ws: ClientConnection | None = None
         self._session: Session | None = None
+        self._listening: ClientConnection | None = None  # the connection a listening thread reads
         self._pending: dict[int, _Pending] = {}
         self._closed = False
         self.token: str | None = None  # a signed-in session, resumed on every new connection
@@ -127,13 +140,13 @@ class RemoteBackend:
             ws.close()
             raise
         self._ws, self._session = ws, session
-        threading.Thread(target=self._read, args=(ws, session), name="montybase-reader", daemon=True).start()
         # Requests are handled in order: the session is resumed before anything else is asked.
         if self.token is not None:
             self._resume_id = next(self._ids)
             self._send(self._resume_id, "resume", {"token": self.token})
         for chosen, listener in list(self._listeners.items()):  # a fresh full snapshot for each
             self._send(next(self._ids), "subscribe", {"sub": chosen, **listener.params})
+        self._listen()
 
     def _handshake_step(self, ws: ClientConnection, method: str, params: dict[str, Any]) -> dict[str, Any]:
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": method, "params": params}))
@@ -142,46 +155,83 @@ class RemoteBackend:
             raise _error(answer["error"])
         return answer["result"]
 
-    def _read(self, ws: ClientConnection, session: Session) -> None:
-        failure: BaseException = ConnectionLostError("the connection to the server was lost")
+    def _listen(self) -> None:
+        """While listeners exist, a thread reads the connection whenever no caller does (under
+        the lock, so a listener added as that thread stops is never left unread)."""
+        ws = self._ws
+        if self._listeners and ws is not None and self._listening is not ws:
+            self._listening = ws
+            threading.Thread(target=self._listen_on, args=(ws, self._session), name="montybase-listen",
+                             daemon=True).start()
+
+    def _listen_on(self, ws: ClientConnection, session: Session) -> None:
+        while True:
+            with self._lock:
+                if self._ws is not ws or not self._listeners or self._closed:
+                    if self._listening is ws:
+                        self._listening = None
+                    break
+            with self._reading:
+                self._receive(ws, session, 0.5)
+        self._hand_over()
+
+    def _receive(self, ws: ClientConnection, session: Session, timeout: float) -> None:
+        """Read one message (or wait `timeout` for one) and deliver what it holds. The caller
+        holds `_reading`."""
         try:
-            for frame in ws:
-                if not isinstance(frame, bytes):
-                    raise ConnectionLostError("the server sent an unencrypted frame")
-                message = json.loads(session.open(frame))
-                for answer in message if isinstance(message, list) else [message]:
-                    if answer.get("method") == "snapshot":
-                        for chosen in answer["params"]["subs"]:
-                            listener = self._listeners.get(chosen)
-                            if listener is not None:
-                                self.dispatcher.put(listener, answer["params"]["snapshot"])
-                        continue
-                    pending = self._pending.pop(answer.get("id"), None)
-                    if pending is not None:
-                        pending.answer = answer
-                        pending.done.release()
-                    elif "error" in answer:  # a resumed session or a resubscription the server refused
-                        log.warning("after reconnecting: %s", answer["error"].get("message"))
-                        if answer.get("id") == self._resume_id:  # signed out: say so
-                            self.token = self.user = None
-            if ws.close_code not in (None, 1000, 1001):
-                failure = ConnectionLostError(
-                    f"the server closed the connection (code {ws.close_code} {ws.close_reason})".strip(),
-                    {"closeCode": ws.close_code},
-                )
+            frame = ws.recv(timeout=timeout)
+            if not isinstance(frame, bytes):
+                raise ConnectionLostError("the server sent an unencrypted frame")
+            message = json.loads(session.open(frame))
+        except TimeoutError:
+            return
         except ConnectionClosed as exc:
-            failure = ConnectionLostError(f"the connection to the server was lost: {exc}")
+            code = ws.close_code
+            if code in (None, 1000, 1001):
+                self._lost(ws, ConnectionLostError(f"the connection to the server was lost: {exc}"))
+            else:
+                self._lost(ws, ConnectionLostError(
+                    f"the server closed the connection (code {code} {ws.close_reason})".strip(), {"closeCode": code}
+                ))
+            return
         except (MontybaseError, ValueError) as exc:
-            failure = ConnectionLostError(f"the connection was closed: {exc}")
             ws.close()
+            self._lost(ws, ConnectionLostError(f"the connection was closed: {exc}"))
+            return
+        for answer in message if isinstance(message, list) else [message]:
+            if answer.get("method") == "snapshot":
+                for chosen in answer["params"]["subs"]:
+                    listener = self._listeners.get(chosen)
+                    if listener is not None:
+                        self.dispatcher.put(listener, answer["params"]["snapshot"])
+                continue
+            pending = self._pending.pop(answer.get("id"), None)
+            if pending is not None:
+                pending.answer = answer
+                pending.wake()
+            elif "error" in answer:  # a resumed session or a resubscription the server refused
+                log.warning("after reconnecting: %s", answer["error"].get("message"))
+                if answer.get("id") == self._resume_id:  # signed out: say so
+                    self.token = self.user = None
+
+    def _hand_over(self) -> None:
+        """Reading stopped: wake a caller still waiting, to read for itself."""
+        for pending in list(self._pending.values()):
+            if pending.answer is None:
+                pending.wake()
+                return
+
+    def _lost(self, ws: ClientConnection, failure: ConnectionLostError) -> None:
+        """`ws` is gone: fail the calls sent on it; listeners make us connect again."""
         with self._lock:
-            if self._ws is ws:
-                self._ws = self._session = None
+            if self._ws is not ws:
+                return  # seen already
+            self._ws = self._session = None
             stranded = list(self._pending.values())
             self._pending.clear()
         for pending in stranded:
             pending.answer = failure
-            pending.done.release()
+            pending.wake()
         if self._listeners and not self._closed:
             threading.Thread(target=self._reconnect, name="montybase-reconnect", daemon=True).start()
 
@@ -218,18 +268,32 @@ class RemoteBackend:
         request_id = next(self._ids)
         pending = _Pending()
         with self._lock:
+            if self._ws is not None and self._ws.state is not State.OPEN:  # closed while idle
+                self._lost(self._ws, ConnectionLostError("the connection to the server was lost"))
             if self._ws is None:
                 self._connect()
+            ws, session = self._ws, self._session
             self._pending[request_id] = pending
             try:
                 self._send(request_id, method, params)
             except BaseException:
                 self._pending.pop(request_id, None)
                 raise
-        if not pending.done.acquire(timeout=self.timeout):
+        deadline = time.monotonic() + self.timeout
+        while pending.answer is None and (remaining := deadline - time.monotonic()) > 0:
+            if self._reading.acquire(blocking=False):
+                try:
+                    while pending.answer is None and (remaining := deadline - time.monotonic()) > 0:
+                        self._receive(ws, session, remaining)
+                finally:
+                    self._reading.release()
+                    self._hand_over()
+            else:  # another thread reads: it hands us our answer, or the reading
+                pending.done.acquire(timeout=remaining)
+        answer = pending.answer
+        if answer is None:
             self._pending.pop(request_id, None)
             raise ConnectionLostError(f"no answer from {self.url} within {self.timeout}s")
-        answer = pending.answer
         if isinstance(answer, BaseException):
             raise answer
         if "error" in answer:
@@ -243,6 +307,7 @@ class RemoteBackend:
             if self._ws is None:  # connect first: connecting resubscribes every registered listener
                 self._connect()
             self._listeners[chosen] = listener
+            self._listen()
         try:
             self.call("subscribe", {"sub": chosen, **params})
         except BaseException:
@@ -262,9 +327,10 @@ class RemoteBackend:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            ws, self._ws = self._ws, None
+            ws = self._ws
         if ws is not None:
             ws.close()
+            self._lost(ws, ConnectionLostError("this Montybase handle was closed"))
         self.dispatcher.close()
 
 

@@ -19,7 +19,7 @@ __all__ = [
     "field_path",
     "generate_id",
     "is_document_path",
-    "known_valid",
+    "simple_key",
 ]
 
 MAX_KEY_BYTES = 128
@@ -30,18 +30,9 @@ MAX_PATH_SEGMENTS = 64
 _FORBIDDEN_CHARS = re.compile("[\x00-\x1f\x7f-\x9f/\ud800-\udfff]")
 
 
-# Keys found valid before: paths and field names repeat a lot, and a set lookup is cheaper
-# than the checks. Bounded, so arbitrary input cannot grow it without limit.
-_valid: set[str] = set()
-_VALID_MAX = 200_000
-
-
-def known_valid(keys: Sequence[object]) -> bool:
-    """Whether every key was found valid before (a fast path; False means "check them")."""
-    try:
-        return _valid.issuperset(keys)
-    except TypeError:  # an unhashable key: certainly not valid
-        return False
+# Most keys (generated ids, plain names) are ASCII letters, digits, "_" and "-", and do not start
+# with "__": such a key breaks no rule below, and one regex match says so.
+simple_key = re.compile(r"(?!__)[A-Za-z0-9_\-]{1,128}").fullmatch
 
 
 def check_key(key: object, where: str = "key") -> str:
@@ -50,7 +41,7 @@ def check_key(key: object, where: str = "key") -> str:
     A key is a non-empty string of at most 128 UTF-8 bytes, without `/` or control
     characters, not `.` or `..`, not `__…__` (covers `__proto__`), not starting with `$`.
     """
-    if type(key) is str and key in _valid:
+    if type(key) is str and simple_key(key) is not None:
         return key
     if type(key) is not str:
         raise InvalidArgumentError(
@@ -74,8 +65,6 @@ def check_key(key: object, where: str = "key") -> str:
         )
     if problem:
         raise InvalidArgumentError(f"{where} {key!r} {problem}", {"path": where})
-    if len(_valid) < _VALID_MAX:
-        _valid.add(key)
     return key
 
 
@@ -83,12 +72,10 @@ def check_path(path: object, where: str = "path") -> tuple[str, ...]:
     """Validate a path (a list of segments) and return it as a tuple."""
     if not isinstance(path, (list, tuple)):
         raise InvalidArgumentError(f"{where} must be a list of segments, got {type(path).__name__}", {"path": where})
-    if len(path) <= MAX_PATH_SEGMENTS and known_valid(path):  # every segment seen valid before
-        return tuple(path)
     if len(path) > MAX_PATH_SEGMENTS:
         raise InvalidArgumentError(f"{where} has more than {MAX_PATH_SEGMENTS} segments", {"path": where})
     for index, segment in enumerate(path):
-        if segment not in _valid or type(segment) is not str:
+        if type(segment) is not str or simple_key(segment) is None:
             check_key(segment, f"{where}[{index}]")
     return tuple(path)
 

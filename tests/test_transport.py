@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -396,3 +397,60 @@ def test_many_threads_share_one_remote_client(served):
         thread.join(30)
     assert not errors and ref.count() == 200
     client.close()
+
+
+def test_threads_and_a_listener_share_one_remote_client(served):
+    """Callers read their own answers while a listening thread reads for the listener: every
+    caller gets its own answer and the listener sees the last write."""
+    client = served.client()
+    seen: list[dict] = []
+    unsubscribe = doc(client, "c").order_by("i", "desc").limit(1).on_snapshot(seen.append)
+    errors = []
+
+    def worker(n):
+        try:
+            for i in range(n * 40, n * 40 + 40):
+                ref = doc(client, "c", f"k{i:04d}")
+                ref.set({"i": i})
+                assert ref.get() == {"i": i}
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    for _ in range(200):  # bounded: about 10 s
+        if seen and seen[-1].docs and seen[-1].docs[0]["value"] == {"i": 159}:
+            break
+        time.sleep(0.05)
+    assert seen[-1].docs[0]["value"] == {"i": 159}
+    unsubscribe()
+    client.close()
+
+
+def test_closing_a_handle_fails_a_call_waiting_on_it(served):
+    client = served.client()
+    doc(client, "c", "a").set({"n": 1})
+    outcome: list[BaseException | dict] = []
+
+    def call():
+        try:
+            outcome.append(doc(client, "c", "a").get())
+        except BaseException as exc:  # collected and asserted below
+            outcome.append(exc)
+
+    async def hold_the_server():  # the server answers nothing for a while
+        time.sleep(1.0)
+
+    held = asyncio.run_coroutine_threadsafe(hold_the_server(), served.loop_thread.loop)
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.2)
+    client.close()
+    caller.join(20)
+    held.result(5)
+    assert not caller.is_alive() and len(outcome) == 1
+    assert isinstance(outcome[0], ConnectionLostError), outcome
