@@ -24,7 +24,7 @@ class EmbeddedBackend:
 
     def subscribe(self, params: dict[str, Any], callback: Callable[[Any], None]) -> Callable[[], None]:
         listener = Listener(params, callback)
-        subscription = self.database.watch(params, lambda _, message: self.dispatcher.put(listener, message))
+        subscription = self.database.watch(params, lambda _, message: self.dispatcher.put([listener], message))
 
         def unsubscribe() -> None:
             listener.stop()

@@ -79,28 +79,30 @@ class Dispatcher:
     database lock or on a connection's reader thread; a callback's exception is logged."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[Listener, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[list[Listener], dict[str, Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def put(self, listener: Listener, message: dict[str, Any]) -> None:
+    def put(self, listeners: list[Listener], message: dict[str, Any]) -> None:
+        """Queue `message` for each of `listeners` (one item: a message often goes to many)."""
         if self._thread is None:  # started on first use (checked again under the lock)
             with self._lock:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="montybase-listeners", daemon=True)
                     self._thread.start()
-        self._queue.put((listener, message))
+        self._queue.put((listeners, message))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            listener, message = item
-            with listener.lock:
-                if not listener.active:
-                    continue
-                try:
-                    listener.callback(listener.snapshot(message))
-                except Exception:
-                    log.exception("a snapshot callback raised; the listener keeps listening")
+            listeners, message = item
+            for listener in listeners:
+                with listener.lock:
+                    if not listener.active:
+                        continue
+                    try:
+                        listener.callback(listener.snapshot(message))
+                    except Exception:
+                        log.exception("a snapshot callback raised; the listener keeps listening")
 
     def close(self) -> None:
         """Stop after the messages already queued."""

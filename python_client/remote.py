@@ -200,10 +200,9 @@ class RemoteBackend:
             return
         for answer in message if isinstance(message, list) else [message]:
             if answer.get("method") == "snapshot":
-                for chosen in answer["params"]["subs"]:
-                    listener = self._listeners.get(chosen)
-                    if listener is not None:
-                        self.dispatcher.put(listener, answer["params"]["snapshot"])
+                listeners = [self._listeners.get(chosen) for chosen in answer["params"]["subs"]]
+                self.dispatcher.put([listener for listener in listeners if listener is not None],
+                                    answer["params"]["snapshot"])
                 continue
             pending = self._pending.pop(answer.get("id"), None)
             if pending is not None:
