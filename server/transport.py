@@ -36,8 +36,12 @@ __all__ = ["Limits", "MontybaseServer"]  # Limits re-exported for callers that b
 
 log = logging.getLogger("montybase.server")
 
-_FRAME_OVERHEAD = 16 * 1024  # GCM tag and JSON-RPC envelope
-CLOSE_LISTENER_OVERFLOW = 4008  # a listener fell too far behind; the client reconnects and resubscribes  # GCM tag and JSON-RPC envelope around a maximal message
+_FRAME_OVERHEAD = 16 * 1024  # GCM tag and JSON-RPC envelope around a maximal message
+CLOSE_LISTENER_OVERFLOW = 4008  # a listener fell too far behind; the client reconnects and resubscribes
+# A connection gets at most one notification frame this often (seconds): what comes sooner waits
+# and goes out in the next frame, so a stream of writes costs its listeners fewer, fuller frames
+# while a lone write is sent at once.
+NOTIFICATION_GAP = 0.005
 
 
 class MontybaseServer:
@@ -293,8 +297,10 @@ class MontybaseServer:
 class _Connection:
     """One authenticated connection: its listeners and its queue of outgoing frames.
 
-    Notifications of one moment (one commit, one subscription) go out as one frame, a JSON-RPC
-    batch. They never wait: a connection with `max_outgoing` notification frames still unsent
+    Notifications go out as one frame, a JSON-RPC batch: those of one moment (one commit, one
+    subscription), and those of every moment until NOTIFICATION_GAP has passed since the last
+    frame. Answers are not held back: one goes out at once, after the notifications before
+    it. Notifications never wait: a connection with `max_outgoing` notification frames still unsent
     is closed with 4008, so a slow subscriber never delays a writer or anyone else. Answers
     wait while the queue is that long, which stops reading from a client that does not read.
     """
@@ -310,7 +316,9 @@ class _Connection:
         self.subscriptions: dict[int, tuple[int | None, dict[str, Any]]] = {}
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._pending: list[tuple[int, dict[str, Any]]] = []  # (listener, message) of this moment
+        self._pending: list[tuple[int, dict[str, Any]]] = []  # (listener, message) not yet queued
+        self._flushing: asyncio.Handle | None = None  # the call of _flush that will queue them
+        self._flushed_at = -NOTIFICATION_GAP  # loop time of the last notification frame
 
     def sink(self, chosen: int) -> Callable[[int, dict[str, Any]], None]:
         def deliver(_: int, message: dict[str, Any]) -> None:
@@ -322,13 +330,17 @@ class _Connection:
         return deliver
 
     def _collect(self, chosen: int, message: dict[str, Any]) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
+        if self._flushing is None:
+            wait = self._flushed_at + NOTIFICATION_GAP - self._loop.time()
+            self._flushing = self._loop.call_later(wait, self._flush) if wait > 0 else self._loop.call_soon(self._flush)
         self._pending.append((chosen, message))
 
     def _flush(self) -> None:
-        """The notifications of this moment as one frame: one per distinct message, naming every
-        listener of this connection it is for (listeners of one query share one message)."""
+        """The notifications collected as one frame: one per distinct message, in order, naming
+        every listener of this connection it is for (listeners of one query share one message)."""
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
         pending, self._pending = self._pending, []
         if not pending:  # already sent ahead of an answer
             return
@@ -345,6 +357,7 @@ class _Connection:
             for message, subs in listeners.values()
         ]
         self.notifications += 1
+        self._flushed_at = self._loop.time()
         self._put(notifications[0] if len(notifications) == 1 else "[" + ",".join(notifications) + "]", True)
 
     def _put(self, frame: str, notification: bool) -> None:
@@ -373,16 +386,21 @@ class _Connection:
                 pass
 
 
-_last_encoded: tuple[Any, str] = (None, "")
+_recent: dict[int, tuple[dict[str, Any], str]] = {}  # id(message) → (message, its JSON), newest last
+_RECENT = 64
 
 
 def _encoded(message: dict[str, Any]) -> str:
-    """A message's JSON, encoded once however many connections it goes to (the connections
-    of one moment flush one after another on the loop thread)."""
-    global _last_encoded
-    if _last_encoded[0] is not message:
-        _last_encoded = (message, dumps(message))
-    return _last_encoded[1]
+    """A message's JSON, encoded once however many connections it goes to (they flush one after
+    another on the loop thread, within a few messages). Holding the message keeps its id unique."""
+    found = _recent.get(id(message))
+    if found is not None:
+        return found[1]
+    text = dumps(message)
+    _recent[id(message)] = (message, text)
+    if len(_recent) > _RECENT:
+        del _recent[next(iter(_recent))]
+    return text
 
 
 def _readable_id(text: bytes) -> Any:

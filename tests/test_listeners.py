@@ -32,6 +32,7 @@ from procs import Proc, free_port, server_command  # noqa: E402
 from python_client import Montybase, doc  # noqa: E402
 from python_client.listen import DocumentSnapshot, Listener, QuerySnapshot  # noqa: E402
 from server.channel import ClientHandshake  # noqa: E402
+from server import transport  # noqa: E402
 from server.transport import Limits  # noqa: E402
 
 CASES_FILE = Path(__file__).parent / "cases" / "listeners.json"
@@ -655,6 +656,28 @@ class RawSubscriber:
         except TimeoutError:
             return None
         return None
+
+
+def test_notifications_close_together_share_a_frame_and_an_answer_is_not_held_back(served, monkeypatch):
+    # A gap far longer than the waits below: what arrives within them was not held back by it.
+    monkeypatch.setattr(transport, "NOTIFICATION_GAP", 60.0)
+    raw = RawSubscriber(served)
+    writer = served.client()
+    try:
+        assert raw.subscribe(1, {"query": {"path": ["c"], "orderBy": [["n", "asc"]]}}) == {"docs": [], "changes": []}
+        for n in (1, 2):  # acknowledged, their notifications wait for the gap
+            doc(writer, "c").add({"n": n})
+        request = {"jsonrpc": "2.0", "id": 7, "method": "get", "params": {"path": ["c", "missing"]}}
+        raw.ws.send(raw.session.seal(json.dumps(request).encode()))
+        batch = json.loads(raw.session.open(raw.ws.recv(timeout=WAIT)))
+        assert isinstance(batch, list) and [m["method"] for m in batch] == ["snapshot", "snapshot"], batch
+        added = [m["params"]["snapshot"]["changes"][0]["value"]["n"] for m in batch]
+        assert added == [1, 2] and all(m["params"]["subs"] == [1] for m in batch)
+        answer = json.loads(raw.session.open(raw.ws.recv(timeout=WAIT)))
+        assert answer == {"jsonrpc": "2.0", "id": 7, "result": {"value": None}}
+    finally:
+        writer.close()
+        raw.ws.close()
 
 
 class _Records(logging.Handler):
