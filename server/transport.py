@@ -319,6 +319,7 @@ class _Connection:
         self._pending: list[tuple[int, dict[str, Any]]] = []  # (listener, message) not yet queued
         self._flushing: asyncio.Handle | None = None  # the call of _flush that will queue them
         self._flushed_at = -NOTIFICATION_GAP  # loop time of the last notification frame
+        self._sending = False  # send_all is sending a frame it took from the queue
 
     def sink(self, chosen: int) -> Callable[[int, dict[str, Any]], None]:
         def deliver(_: int, message: dict[str, Any]) -> None:
@@ -370,20 +371,29 @@ class _Connection:
         snapshot arrives before the answer to it)."""
         if self._pending:
             self._flush()
+        if not self._sending and self.outgoing.empty():  # nothing before it: send it now
+            await self._send(frame)
+            return
         await self.room.wait()
         self._put(frame, False)
 
     async def send_all(self) -> None:
-        """Send what is queued, in order; once the connection is gone, drop it."""
+        """Send what is queued, in order."""
         while True:
             frame, notification = await self.outgoing.get()
+            self._sending = True
             self.notifications -= notification
             if self.outgoing.qsize() < self.max_outgoing:
                 self.room.set()
-            try:
-                await self.ws.send(self.session.seal(frame.encode()))
-            except ConnectionClosed:
-                pass
+            await self._send(frame)
+            self._sending = False
+
+    async def _send(self, frame: str) -> None:
+        """Seal and send one frame; once the connection is gone, drop it."""
+        try:
+            await self.ws.send(self.session.seal(frame.encode()))
+        except ConnectionClosed:
+            pass
 
 
 _recent: dict[int, tuple[dict[str, Any], str]] = {}  # id(message) → (message, its JSON), newest last
