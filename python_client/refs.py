@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from server.errors import ConflictError, InvalidArgumentError
-from server.paths import check_key, simple_key
+from server.paths import MAX_PATH_SEGMENTS, CheckedPath, check_key, check_path, simple_key
 
 from .listen import DocumentSnapshot, QuerySnapshot
 
@@ -26,13 +26,14 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def _segments(parts: tuple[Any, ...]) -> tuple[str, ...]:
+def _segments(parts: tuple[Any, ...]) -> CheckedPath:
     """Segments from arguments; "users/alan" is shorthand for "users", "alan"."""
     for part in parts:
         if type(part) is not str or simple_key(part) is None:
             break
     else:  # the common case: every part a plain segment
-        return parts
+        if len(parts) <= MAX_PATH_SEGMENTS:
+            return CheckedPath(parts)
     out: list[str] = []
     for part in parts:
         if isinstance(part, str) and "/" in part:
@@ -41,10 +42,10 @@ def _segments(parts: tuple[Any, ...]) -> tuple[str, ...]:
             out.append(part)
     for i, segment in enumerate(out):
         check_key(segment, f"path segment {i}")
-    return tuple(out)
+    return check_path(out, "path")
 
 
-def make_reference(backend: Backend, segments: tuple[str, ...]) -> Reference:
+def make_reference(backend: Backend, segments: CheckedPath) -> Reference:
     """A collection reference at odd depths, a document reference at even ones."""
     kind = DocumentReference if segments and len(segments) % 2 == 0 else CollectionReference
     return kind(backend, segments)
@@ -177,7 +178,7 @@ class Reference:
 
     __slots__ = ("_backend", "segments")
 
-    def __init__(self, backend: Backend, segments: tuple[str, ...]):
+    def __init__(self, backend: Backend, segments: CheckedPath):
         self._backend = backend
         self.segments = segments
 
@@ -193,7 +194,7 @@ class Reference:
 
     def append(self, *segments: str) -> Reference:
         """A new reference, `segments` further down."""
-        return make_reference(self._backend, self.segments + _segments(segments))
+        return make_reference(self._backend, check_path(self.segments + _segments(segments), "path"))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
@@ -204,7 +205,7 @@ class Reference:
     def __hash__(self) -> int:
         return hash(self.segments)
 
-    def _target(self, key: str | None) -> list[str]:
+    def _target(self, key: str | None) -> CheckedPath:
         raise NotImplementedError
 
     # Writes
@@ -221,7 +222,7 @@ class Reference:
         """Merge fields into an existing document ("a.b" sets a nested field). Returns its id."""
         return self._backend.call("update", {"path": self._update_target(key), "fields": _fields(value)})["id"]
 
-    def _update_target(self, key: str | None) -> list[str]:
+    def _update_target(self, key: str | None) -> CheckedPath:
         return self._target(key)
 
     def delete(self, key: str | None = None) -> Any:
@@ -296,12 +297,12 @@ class CollectionReference(Reference):
 
     __slots__ = ()
 
-    def _target(self, key: str | None) -> list[str]:
+    def _target(self, key: str | None) -> CheckedPath:
         if key is None:
-            return list(self.segments)
-        return [*self.segments, check_key(key, "key")]
+            return self.segments
+        return CheckedPath((*self.segments, check_key(key, "key")))  # at most 63 + 1 segments
 
-    def _update_target(self, key: str | None) -> list[str]:
+    def _update_target(self, key: str | None) -> CheckedPath:
         if key is None:
             raise InvalidArgumentError("update on a collection needs key= (the document to merge into)", {"path": "key"})
         return self._target(key)
@@ -315,13 +316,13 @@ class DocumentReference(Reference):
     def on_snapshot(self, callback: Callable[[DocumentSnapshot], None]) -> Callable[[], None]:
         return self._backend.subscribe({"path": list(self.segments)}, callback)
 
-    def _target(self, key: str | None) -> list[str]:
+    def _target(self, key: str | None) -> CheckedPath:
         if key is not None:
             raise InvalidArgumentError(
                 f"key= is for collection references; {self.path} is a document (use append() for subcollections)",
                 {"path": "key"},
             )
-        return list(self.segments)
+        return self.segments
 
 
 class WriteBatch:

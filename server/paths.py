@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 import secrets
 import threading
@@ -14,6 +15,8 @@ from .errors import InvalidArgumentError, LimitExceededError
 __all__ = [
     "ID_ALPHABET",
     "MAX_KEY_BYTES",
+    "MAX_PATH_SEGMENTS",
+    "CheckedPath",
     "check_key",
     "check_path",
     "field_path",
@@ -68,8 +71,16 @@ def check_key(key: object, where: str = "key") -> str:
     return key
 
 
-def check_path(path: object, where: str = "path") -> tuple[str, ...]:
+class CheckedPath(tuple):
+    """A path check_path has passed: references hold one, and check_path takes it as it is."""
+
+    __slots__ = ()
+
+
+def check_path(path: object, where: str = "path") -> CheckedPath:
     """Validate a path (a list of segments) and return it as a tuple."""
+    if type(path) is CheckedPath:
+        return path
     if not isinstance(path, (list, tuple)):
         raise InvalidArgumentError(f"{where} must be a list of segments, got {type(path).__name__}", {"path": where})
     if len(path) > MAX_PATH_SEGMENTS:
@@ -77,7 +88,7 @@ def check_path(path: object, where: str = "path") -> tuple[str, ...]:
     for index, segment in enumerate(path):
         if type(segment) is not str or simple_key(segment) is None:
             check_key(segment, f"{where}[{index}]")
-    return tuple(path)
+    return CheckedPath(path)
 
 
 def is_document_path(path: Sequence[str]) -> bool:
@@ -103,6 +114,29 @@ _RANDOM_BITS = 72  # 12 characters of 6 bits
 _id_lock = threading.Lock()
 _last_ms = -1
 _last_random = 0
+# Random bytes from `secrets`, read 456 ids' worth at a time (one read costs about as much as
+# one id's). A forked child starts afresh: never on bytes, or a counter, its parent also uses.
+_POOL_BYTES = 9 * 456
+_pool = b""
+_pool_at = 0
+
+
+def _start_afresh() -> None:
+    global _pool, _pool_at, _last_ms, _last_random
+    _pool, _pool_at, _last_ms, _last_random = b"", 0, -1, 0
+
+
+os.register_at_fork(after_in_child=_start_afresh)
+
+
+def _random_part() -> int:
+    """72 random bits (under _id_lock)."""
+    global _pool, _pool_at
+    if _pool_at == len(_pool):
+        _pool, _pool_at = secrets.token_bytes(_POOL_BYTES), 0
+    start = _pool_at
+    _pool_at += 9
+    return int.from_bytes(_pool[start:_pool_at], "big")
 
 
 # base64 digits map value v to B64[v]; translating them to ID_ALPHABET[v] keeps the
@@ -125,9 +159,9 @@ def generate_id() -> str:
         if now <= _last_ms:
             now, random_part = _last_ms, _last_random + 1
             if random_part >> _RANDOM_BITS:  # 2^72 ids in one millisecond: borrow the next one
-                now, random_part = now + 1, secrets.randbits(_RANDOM_BITS)
+                now, random_part = now + 1, _random_part()
         else:
-            random_part = secrets.randbits(_RANDOM_BITS)
+            random_part = _random_part()
         _last_ms, _last_random = now, random_part
     # 48 bits of time then 72 random bits: 15 bytes, exactly 20 base64 characters.
     raw = ((now << _RANDOM_BITS) | random_part).to_bytes(15, "big")

@@ -103,9 +103,11 @@ class LocalFiles:
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        written = os.write(fd, data)
+        if written < len(data):  # a short write: the rest, piece by piece
+            view = memoryview(data)[written:]
+            while view:
+                view = view[os.write(fd, view):]
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)

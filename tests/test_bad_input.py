@@ -53,6 +53,16 @@ def test_unsafe_segment_is_refused_before_anything_happens(seeded, key):
     refused(seeded, lambda: doc(seeded, "users").add({"a": 1}, key=key))
 
 
+@pytest.mark.parametrize("make", [
+    lambda db: doc(db, *(["c", "d"] * 32), "c"),
+    lambda db: doc(db, "/".join(["c", "d"] * 32), "c"),
+    lambda db: doc(db, *(["c", "d"] * 31)).append("c", "d", "c"),
+], ids=["arguments", "slashes", "append"])
+def test_a_path_of_more_than_64_segments_is_refused(seeded, make):
+    error = refused(seeded, lambda: make(seeded).add({"a": 1}))
+    assert "64 segments" in str(error)
+
+
 @pytest.mark.parametrize("key", BAD_KEYS, ids=repr)
 def test_unsafe_object_key_is_refused(seeded, key):
     error = refused(seeded, lambda: doc(seeded, "users", "amor").set({key: 1}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -63,3 +64,25 @@ def test_generated_id_starts_with_the_time_in_milliseconds():
 
 def test_alphabet_is_in_ascii_order():
     assert list(ID_ALPHABET) == sorted(ID_ALPHABET) and len(ID_ALPHABET) == 64
+
+
+def test_a_forked_child_never_repeats_its_parents_ids():
+    """Parent and child draw on the same random bytes and counter unless the child starts afresh:
+    ids made by both in the same millisecond would then be equal."""
+    generate_id()  # the parent's random bytes and counter are in use
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: a burst of ids to the pipe, then out
+        try:
+            os.write(writer, "".join(generate_id() for _ in range(200)).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    parent_ids = {generate_id() for _ in range(200)}
+    with os.fdopen(reader, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(child, 0)
+    child_ids = {text[i:i + 20] for i in range(0, len(text), 20)}
+    assert len(child_ids) == 200
+    assert not child_ids & parent_ids
+    assert not {i[8:] for i in child_ids} & {i[8:] for i in parent_ids}, "shared random parts"
