@@ -875,8 +875,9 @@ Clients, in processes apart from the servers and the parent:
   handshake, then each request sealed, sent, and its answer received and opened in the calling
   thread (the protocol's own cost; compare with the echo server's cells in the row above).
 - {CLIENTS} threads: {CLIENTS} handles (echo: connections) used by {CLIENTS} threads of one process (one GIL).
-- {CLIENTS} threads on 1 handle: one Montybase handle called from {CLIENTS} threads (its reader thread
-  matches answers to callers), so up to {CLIENTS} requests are in flight on one connection.
+- {CLIENTS} threads on 1 handle: one Montybase handle called from {CLIENTS} threads (a caller that finds
+  the connection unread reads it and hands the others their answers), so up to {CLIENTS} requests
+  are in flight on one connection.
 - pipelined: a hand-driven connection (server.channel handshake and records) that sends {WINDOW}
   requests back to back, then reads their {WINDOW} answers; latency is from a request's send to
   its answer being read.

@@ -78,7 +78,7 @@ class CheckedPath(tuple):
 
 
 def check_path(path: object, where: str = "path") -> CheckedPath:
-    """Validate a path (a list of segments) and return it as a tuple."""
+    """Validate a path (a list or tuple of segments) and return it as a CheckedPath."""
     if type(path) is CheckedPath:
         return path
     if not isinstance(path, (list, tuple)):

@@ -319,7 +319,7 @@ class _Connection:
         self._pending: list[tuple[int, dict[str, Any]]] = []  # (listener, message) not yet queued
         self._flushing: asyncio.Handle | None = None  # the call of _flush that will queue them
         self._flushed_at = -NOTIFICATION_GAP  # loop time of the last notification frame
-        self._sending = False  # send_all is sending a frame it took from the queue
+        self._sending = asyncio.Lock()  # held while a frame is sealed and sent: records go out in counter order
 
     def sink(self, chosen: int) -> Callable[[int, dict[str, Any]], None]:
         def deliver(_: int, message: dict[str, Any]) -> None:
@@ -371,7 +371,7 @@ class _Connection:
         snapshot arrives before the answer to it)."""
         if self._pending:
             self._flush()
-        if not self._sending and self.outgoing.empty():  # nothing before it: send it now
+        if not self._sending.locked() and self.outgoing.empty():  # nothing before it: send it now
             await self._send(frame)
             return
         await self.room.wait()
@@ -381,19 +381,18 @@ class _Connection:
         """Send what is queued, in order."""
         while True:
             frame, notification = await self.outgoing.get()
-            self._sending = True
             self.notifications -= notification
             if self.outgoing.qsize() < self.max_outgoing:
                 self.room.set()
             await self._send(frame)
-            self._sending = False
 
     async def _send(self, frame: str) -> None:
         """Seal and send one frame; once the connection is gone, drop it."""
-        try:
-            await self.ws.send(self.session.seal(frame.encode()))
-        except ConnectionClosed:
-            pass
+        async with self._sending:
+            try:
+                await self.ws.send(self.session.seal(frame.encode()))
+            except ConnectionClosed:
+                pass
 
 
 _recent: dict[int, tuple[dict[str, Any], str]] = {}  # id(message) → (message, its JSON), newest last
