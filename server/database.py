@@ -370,7 +370,7 @@ class Database:
             if not guarded:
                 return new
             collection = path[:-1] if len(path) % 2 == 0 else path
-            if final:
+            if final and not principal.admin:
                 self.rates.take(principal, self.rules.match(collection), op)
             size = 0
             if op == "create":  # for maxDocs: the stored documents and those this batch adds
