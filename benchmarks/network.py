@@ -870,6 +870,8 @@ one ({{"name", "score"}}); the echo server gets the get request as plain JSON te
 (websockets asyncio server, json.loads + json.dumps per message; no encryption, rules or database).
 Clients, in processes apart from the servers and the parent:
 - 1 client: one Montybase(api=...) handle (echo: one websockets sync connection), a call at a time.
+  A handle drives websockets' sans-I/O protocol on its socket in the calling thread; a websockets
+  sync connection (echo, hand-driven) reads in a thread of its own and hands each message over.
 - {CLIENTS} processes: one such client in each of {CLIENTS} processes (no GIL shared between clients).
 - hand-driven: the same, without python_client: a websockets sync connection, the server.channel
   handshake, then each request sealed, sent, and its answer received and opened in the calling

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
-from websockets.sync.client import ClientConnection, connect
 
 from server.channel import ClientHandshake, Session
 from server.errors import ConnectionLostError, InvalidArgumentError, MontybaseError, UnavailableError, error_class
@@ -22,6 +20,7 @@ from server.query import parse_query
 from server.values import prepare
 
 from .listen import Dispatcher, Listener
+from .wire import WebSocket
 
 __all__ = ["RemoteBackend", "websocket_url"]
 
@@ -105,9 +104,9 @@ class RemoteBackend:
         self.dispatcher = Dispatcher()
         self._lock = threading.RLock()  # guards connecting and sending (record order = send order)
         self._reading = threading.Lock()  # held by the one thread reading the connection
-        self._ws: ClientConnection | None = None
+        self._ws: WebSocket | None = None
         self._session: Session | None = None
-        self._listening: ClientConnection | None = None  # the connection a listening thread reads
+        self._listening: WebSocket | None = None  # the connection a listening thread reads
         self._pending: dict[int, _Pending] = {}
         self._closed = False
         self.token: str | None = None  # a signed-in session, resumed on every new connection
@@ -120,10 +119,7 @@ class RemoteBackend:
         if self._closed:
             raise UnavailableError("this Montybase handle is closed")
         try:
-            ws = connect(
-                self.url, ssl=self.ssl_context, compression=None, proxy=None, max_size=_MAX_FRAME,
-                user_agent_header=None, open_timeout=self.timeout, legacy=True,
-            )
+            ws = WebSocket(self.url, ssl_context=self.ssl_context, timeout=self.timeout, max_size=_MAX_FRAME)
         except (OSError, TimeoutError) as exc:
             raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
         except Exception as exc:  # the server refused the upgrade (limits, origin)
@@ -148,7 +144,7 @@ class RemoteBackend:
             self._send(next(self._ids), "subscribe", {"sub": chosen, **listener.params})
         self._listen()
 
-    def _handshake_step(self, ws: ClientConnection, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _handshake_step(self, ws: WebSocket, method: str, params: dict[str, Any]) -> dict[str, Any]:
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": method, "params": params}))
         answer = json.loads(ws.recv(timeout=self.timeout))
         if "error" in answer:
@@ -164,7 +160,7 @@ class RemoteBackend:
             threading.Thread(target=self._listen_on, args=(ws, self._session), name="montybase-listen",
                              daemon=True).start()
 
-    def _listen_on(self, ws: ClientConnection, session: Session) -> None:
+    def _listen_on(self, ws: WebSocket, session: Session) -> None:
         while True:
             with self._lock:
                 if self._ws is not ws or not self._listeners or self._closed:
@@ -175,7 +171,7 @@ class RemoteBackend:
                 self._receive(ws, session, 0.5)
         self._hand_over()
 
-    def _receive(self, ws: ClientConnection, session: Session, timeout: float) -> None:
+    def _receive(self, ws: WebSocket, session: Session, timeout: float) -> None:
         """Read one message (or wait `timeout` for one) and deliver what it holds. The caller
         holds `_reading`."""
         try:
@@ -220,7 +216,7 @@ class RemoteBackend:
                 pending.wake()
                 return
 
-    def _lost(self, ws: ClientConnection, failure: ConnectionLostError) -> None:
+    def _lost(self, ws: WebSocket, failure: ConnectionLostError) -> None:
         """`ws` is gone: fail the calls sent on it; listeners make us connect again."""
         with self._lock:
             if self._ws is not ws:
@@ -267,7 +263,7 @@ class RemoteBackend:
         request_id = next(self._ids)
         pending = _Pending()
         with self._lock:
-            if self._ws is not None and self._ws.state is not State.OPEN:  # closed while idle
+            if self._ws is not None and not self._ws.open:  # closed while idle
                 self._lost(self._ws, ConnectionLostError("the connection to the server was lost"))
             if self._ws is None:
                 self._connect()
