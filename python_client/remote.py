@@ -278,8 +278,8 @@ class RemoteBackend:
         while pending.answer is None and (remaining := deadline - time.monotonic()) > 0:
             if self._reading.acquire(blocking=False):
                 try:
-                    while pending.answer is None and (remaining := deadline - time.monotonic()) > 0:
-                        self._receive(ws, session, remaining)
+                    while pending.answer is None and deadline > time.monotonic():
+                        self._receive(ws, session, self.timeout)  # the same wait each read: no change to set
                 finally:
                     self._reading.release()
                     self._hand_over()

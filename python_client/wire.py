@@ -11,6 +11,8 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -30,6 +32,14 @@ _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 _OPEN_OR_CLOSING = (State.OPEN, State.CLOSING)
 
 
+def _timeval(timeout: float | None) -> bytes:
+    """SO_RCVTIMEO's value for `timeout` seconds (None: wait without end)."""
+    seconds = 0.0 if timeout is None else max(timeout, 0.001)
+    if sys.platform == "win32":  # a DWORD of milliseconds
+        return struct.pack("<L", int(seconds * 1000))
+    return struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))  # struct timeval
+
+
 class WebSocket:
     """A client connection (no compression, no proxy): `send` a message, `recv` the next one."""
 
@@ -40,7 +50,11 @@ class WebSocket:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if uri.secure:
                 sock = (ssl_context or ssl.create_default_context()).wrap_socket(sock, server_hostname=uri.host)
+            # A blocking socket: one system call per send or read. Reads time out by the kernel's
+            # SO_RCVTIMEO, set only when it changes (Python's own timeouts poll before each call).
+            sock.settimeout(None)
             self._sock = sock
+            self._read_timeout: float | None = None
             self._protocol = ClientProtocol(uri, max_size=max_size)
             self._write_lock = threading.Lock()  # whole frames go out together
             self._read_lock = threading.Lock()  # one reader
@@ -84,19 +98,19 @@ class WebSocket:
                         pass
 
     def _fill(self, timeout: float | None) -> None:
-        """Read what arrives within `timeout` seconds (None: wait; 0: only what is there) into
-        the protocol; raises TimeoutError if nothing did."""
+        """Read what arrives within `timeout` seconds (None: wait) into the protocol; raises
+        TimeoutError if nothing did."""
         if self._eof:
             return
-        if timeout is not None and timeout < 0:
+        if timeout is not None and timeout <= 0:
             raise TimeoutError("no message within the timeout")
         try:
-            self._sock.settimeout(timeout)
+            if timeout != self._read_timeout:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+                self._read_timeout = timeout
             data = self._sock.recv(_READ_BYTES)
-        except BlockingIOError:  # timeout 0, nothing there
-            return
-        except TimeoutError:
-            raise
+        except (BlockingIOError, ssl.SSLWantReadError):  # SO_RCVTIMEO passed
+            raise TimeoutError("no message within the timeout") from None
         except OSError:  # reset, or closed by close(): the end of the connection
             data = b""
         self._last_read = time.monotonic()
@@ -146,17 +160,17 @@ class WebSocket:
                 raise ConnectionClosed(None, None) from exc
 
     def recv(self, timeout: float | None = None) -> bytes | str:
-        """The next message. TimeoutError after `timeout` seconds without one; ConnectionClosed
-        once the connection is closed and the messages that came before the close are taken."""
+        """The next message. TimeoutError when `timeout` seconds passed without one (each read
+        of the socket waits at most that long, so a slow trickle of bytes may take up to twice
+        it); ConnectionClosed once the connection is closed and what came before is taken."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._read_lock:
             while not self._messages:
                 if self._eof:
                     raise self._protocol.close_exc
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError("no message within the timeout")
-                self._fill(remaining)
+                self._fill(timeout)
                 self._take(self._protocol.events_received())
             return self._messages.popleft()
 
@@ -169,9 +183,10 @@ class WebSocket:
             self._protocol.state in _OPEN_OR_CLOSING and time.monotonic() - self._last_read > _IDLE
             and self._ready() and self._read_lock.acquire(blocking=False)
         ):
-            try:  # what is there now (another reader may have taken what select saw)
-                self._fill(0)
-                self._take(self._protocol.events_received())
+            try:
+                if self._ready():  # still (another reader may have taken what select saw)
+                    self._fill(None)
+                    self._take(self._protocol.events_received())
             finally:
                 self._read_lock.release()
         return self._protocol.state is State.OPEN
