@@ -454,3 +454,32 @@ def test_closing_a_handle_fails_a_call_waiting_on_it(served):
     held.result(5)
     assert not caller.is_alive() and len(outcome) == 1
     assert isinstance(outcome[0], ConnectionLostError), outcome
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_by_the_next_call(served, monkeypatch):
+    """The server ends idle connections (its keepalive, a restart of the listener): the next
+    call sees the close before sending and connects again, so it does not fail."""
+    from python_client import wire
+
+    monkeypatch.setattr(wire, "_IDLE", 0.0)
+    client = served.client()
+    try:
+        doc(client, "c", "a").set({"n": 1})
+        first = client._backend._ws
+
+        async def close_all() -> None:
+            for connection in list(served.server.server.connections):
+                await connection.close(1001, "going away")
+
+        # The server waits for each client's answer to its close; the client answers when it looks.
+        closing = asyncio.run_coroutine_threadsafe(close_all(), served.loop_thread.loop)
+        deadline = time.monotonic() + 10
+        while first.close_code is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            first.open  # noqa: B018 (looking reads what arrived)
+        assert first.close_code == 1001
+        assert doc(client, "c", "a").get() == {"n": 1}  # no ConnectionLostError: a new connection
+        assert client._backend._ws is not first
+        closing.result(10)
+    finally:
+        client.close()
