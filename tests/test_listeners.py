@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/procs.py
 from conftest import Served, json_equal  # noqa: E402
 from procs import Proc, free_port, server_command  # noqa: E402
 from python_client import Montybase, doc  # noqa: E402
-from python_client.listen import DocumentSnapshot, Listener, QuerySnapshot  # noqa: E402
+from python_client.listen import Dispatcher, DocumentSnapshot, Listener, QuerySnapshot  # noqa: E402
 from server.channel import ClientHandshake  # noqa: E402
 from server import transport  # noqa: E402
 from server.transport import Limits  # noqa: E402
@@ -434,11 +434,11 @@ def test_no_callback_starts_after_unsubscribe_returns(db, monkeypatch):
     entered, release = threading.Event(), threading.Event()
     original = Listener.snapshot
 
-    def slow_snapshot(self: Listener, message: dict[str, Any]) -> Any:
+    def slow_snapshot(self: Listener, message: dict[str, Any], *copy: Any) -> Any:
         if self.callback is got:
             entered.set()
             release.wait(WAIT)
-        return original(self, message)
+        return original(self, message, *copy)
 
     monkeypatch.setattr(Listener, "snapshot", slow_snapshot)
     doc(db, COLLECTION).set({"n": 1}, key="a")
@@ -571,6 +571,44 @@ def test_many_listeners_on_one_handle(db):
         for stop in stops.values():
             stop()
         marker.unsubscribe()
+
+
+@pytest.mark.parametrize("value", [{"score": 1, "name": "a"}, {"score": 1, "stats": {"games": [1, 2]}}], ids=["flat", "nested"])
+def test_listeners_sharing_a_message_get_values_of_their_own(value):
+    """One message for two listeners of a handle: what one callback changes in its snapshot, at
+    any depth, the other never sees, nor does the message."""
+    seen: dict[str, list[QuerySnapshot]] = {"a": [], "b": []}
+    done = threading.Event()
+
+    def mutate(snapshot: QuerySnapshot) -> None:
+        seen["a"].append(snapshot)
+        for item in [*snapshot.docs, *snapshot.changes]:
+            item["value"]["score"] = -1
+            for inner in item["value"].values():
+                if isinstance(inner, dict):
+                    inner["games"].append("mutated")
+
+    def keep(snapshot: QuerySnapshot) -> None:
+        seen["b"].append(snapshot)
+        if len(seen["b"]) == 2:
+            done.set()
+
+    a, b = Listener({}, mutate), Listener({}, keep)
+    message = {"docs": [{"id": "d", "value": value}], "changes": [{"type": "added", "id": "d", "value": value,
+                                                                  "oldIndex": -1, "newIndex": 0}]}
+    original = json.loads(json.dumps(message))
+    update = {"changes": [{"type": "modified", "id": "d", "value": value, "oldIndex": 0, "newIndex": 0}]}
+    dispatcher = Dispatcher()
+    try:
+        dispatcher.put([a, b], message)
+        dispatcher.put([a, b], update)
+        assert done.wait(WAIT)
+    finally:
+        dispatcher.close()
+    assert message == original and update["changes"][0]["value"] == original["docs"][0]["value"]
+    for snapshot in seen["b"]:
+        assert snapshot.docs == [{"id": "d", "value": original["docs"][0]["value"]}]
+    assert seen["a"][0].docs[0]["value"]["score"] == -1  # the mutation did happen, in a's copy
 
 
 def test_listeners_of_queries_equal_only_in_python_do_not_share_results(db):
