@@ -95,7 +95,7 @@ class WebSocket:
                     try:
                         self._sock.shutdown(socket.SHUT_WR)
                     except OSError:
-                        pass
+                        pass  # already closed
 
     def _fill(self, timeout: float | None) -> None:
         """Read what arrives within `timeout` seconds (None: wait) into the protocol; raises
@@ -153,11 +153,10 @@ class WebSocket:
                 self._protocol.send_text(message.encode())
             else:
                 self._protocol.send_binary(message)
-            try:
-                for data in self._protocol.data_to_send():
-                    self._sock.sendall(data)
-            except OSError as exc:
-                raise ConnectionClosed(None, None) from exc
+        try:
+            self._write()  # frames leave in the order the protocol took them
+        except OSError as exc:
+            raise ConnectionClosed(None, None) from exc
 
     def recv(self, timeout: float | None = None) -> bytes | str:
         """The next message. TimeoutError when `timeout` seconds passed without one (each read
