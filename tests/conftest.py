@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from python_client import Montybase
+from server.channel import ClientHandshake, Session
 from server.config import client_config, create_config, open_database
 from server.database import Database
 from server.transport import Limits, MontybaseServer
@@ -87,6 +88,21 @@ class Served:
 
     def stop(self) -> None:
         self.loop_thread.run(self.server.stop())
+
+
+def hand_handshake(ws: Any, kid: str, key: str, server_public: str | None = None,
+                   nonce: bytes | None = None) -> tuple[Session, dict[str, Any]]:
+    """The MBSC1 handshake driven by hand over a websockets sync connection: the session, and
+    hello's result (for tests that recompute the keys)."""
+    def step(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        ws.send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": method, "params": params}))
+        return json.loads(ws.recv(timeout=5))
+
+    client = ClientHandshake(kid, key, server_public, nonce=nonce)
+    hello = step("hello", client.hello())["result"]
+    auth, session = client.finish(hello)
+    client.confirm(step("auth", auth)["result"])
+    return session, hello
 
 
 @pytest.fixture

@@ -27,11 +27,10 @@ from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/procs.py
 
-from conftest import Served, json_equal  # noqa: E402
+from conftest import Served, hand_handshake, json_equal  # noqa: E402
 from procs import Proc, free_port, server_command  # noqa: E402
 from python_client import Montybase, doc  # noqa: E402
 from python_client.listen import Dispatcher, DocumentSnapshot, Listener, QuerySnapshot  # noqa: E402
-from server.channel import ClientHandshake  # noqa: E402
 from server import transport  # noqa: E402
 from server.transport import Limits  # noqa: E402
 
@@ -662,14 +661,7 @@ class RawSubscriber:
 
     def __init__(self, served: Served):
         self.ws = connect(served.url, compression=None, proxy=None, open_timeout=5, legacy=True)
-        handshake = ClientHandshake("client", served.config["apiKey"])
-        hello = self._text({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": handshake.hello()})
-        auth, self.session = handshake.finish(hello["result"])
-        handshake.confirm(self._text({"jsonrpc": "2.0", "id": 0, "method": "auth", "params": auth})["result"])
-
-    def _text(self, message: dict[str, Any]) -> dict[str, Any]:
-        self.ws.send(json.dumps(message))
-        return json.loads(self.ws.recv(timeout=5))
+        self.session, _ = hand_handshake(self.ws, "client", served.config["apiKey"])
 
     def subscribe(self, sub: int, params: dict[str, Any]) -> dict[str, Any]:
         request = {"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"sub": sub, **params}}

@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/procs.py
 
-from conftest import Served  # noqa: E402
+from conftest import Served, hand_handshake  # noqa: E402
 from procs import Proc, server_command  # noqa: E402
 from python_client import Montybase, Query, doc, increment  # noqa: E402
 from python_client.errors import (  # noqa: E402
@@ -34,7 +34,6 @@ from python_client.errors import (  # noqa: E402
     RateLimitedError,
     ValidationError,
 )
-from server.channel import ClientHandshake  # noqa: E402
 from server.config import DEFAULTS, OPEN_RULES, create_config, open_database, public_key  # noqa: E402
 from server.transport import Limits  # noqa: E402
 
@@ -750,14 +749,7 @@ class RawClient:
         from websockets.sync.client import connect
 
         self.ws = connect(served.url, compression=None, proxy=None, open_timeout=5, max_size=None, legacy=True)
-        handshake = ClientHandshake("client", served.config["apiKey"], public_key(served.config["serverKey"]))
-        hello = self._text({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": handshake.hello()})
-        auth, self.session = handshake.finish(hello["result"])
-        handshake.confirm(self._text({"jsonrpc": "2.0", "id": 0, "method": "auth", "params": auth})["result"])
-
-    def _text(self, message: dict[str, Any]) -> dict[str, Any]:
-        self.ws.send(json.dumps(message))
-        return json.loads(self.ws.recv(timeout=5))
+        self.session, _ = hand_handshake(self.ws, "client", served.config["apiKey"], public_key(served.config["serverKey"]))
 
     def call(self, raw: bytes) -> dict[str, Any]:
         self.ws.send(self.session.seal(raw))

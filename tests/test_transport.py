@@ -15,7 +15,7 @@ from referencing import Registry, Resource
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import Served
+from conftest import Served, hand_handshake
 from python_client import ConnectionLostError, PermissionDeniedError, doc
 from server.channel import ClientHandshake, Session, derive_psk, key_schedule
 from server.config import public_key
@@ -38,14 +38,12 @@ class Raw:
         if handshake:
             key = key or (served.config["apiKey"] if kid == "client" else served.config["adminKey"])
             nonce = secrets.token_bytes(32)
-            client = ClientHandshake(kid, key, public_key(served.config["serverKey"]) if pinned else None, nonce=nonce)
-            answer = self.text({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": client.hello()})
-            auth, self.session = client.finish(answer["result"])
+            server_public = public_key(served.config["serverKey"]) if pinned else None
+            self.session, hello = hand_handshake(self.ws, kid, key, server_public, nonce)
             if not pinned:  # psk keys can be recomputed here: a session sealing as the server would
-                ns = base64.urlsafe_b64decode(answer["result"]["ns"] + "=")
+                ns = base64.urlsafe_b64decode(hello["ns"] + "=")
                 keys = key_schedule("psk", kid, nonce, ns, derive_psk(key))
                 self.mirror = Session(role=kid, th=keys.th, send_key=keys.s2c, recv_key=keys.c2s, send_dir=2)
-            client.confirm(self.text({"jsonrpc": "2.0", "id": 0, "method": "auth", "params": auth})["result"])
 
     def text(self, message):
         self.ws.send(json.dumps(message))
