@@ -24,13 +24,16 @@ class EmbeddedBackend:
 
     def subscribe(self, params: dict[str, Any], callback: Callable[[Any], None]) -> Callable[[], None]:
         listener = Listener(params, callback)
-        subscription = self.database.watch(params, lambda _, message: self.dispatcher.put([listener], message))
+        subscription = self.database.watch(params, self._deliver, listener)
 
         def unsubscribe() -> None:
             listener.stop()
             self.database.unwatch(subscription)
 
         return unsubscribe
+
+    def _deliver(self, listeners: tuple[Listener, ...], message: dict[str, Any]) -> None:
+        self.dispatcher.put(listeners, message)
 
     def close(self) -> None:
         self.database.close()

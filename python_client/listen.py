@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,11 +80,11 @@ class Dispatcher:
     database lock or on a connection's reader thread; a callback's exception is logged."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[list[Listener], dict[str, Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Sequence[Listener], dict[str, Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def put(self, listeners: list[Listener], message: dict[str, Any]) -> None:
+    def put(self, listeners: Sequence[Listener], message: dict[str, Any]) -> None:
         """Queue `message` for each of `listeners` (one item: a message often goes to many)."""
         if self._thread is None:  # started on first use (checked again under the lock)
             with self._lock:

@@ -252,12 +252,12 @@ class Database:
 
     # Listeners
 
-    def watch(self, params: dict, sink: Sink, principal: Principal | None = None) -> int:
-        """Start a listener on {"path": document path} or {"query": query}; `sink(subscription,
-        message)` gets the current state at once, then every change (called under the database
-        lock: it must only enqueue). Returns the subscription id. A listener shows only what
-        `principal` may read: a query is narrowed like a list, a document it stops owning
-        reads as missing."""
+    def watch(self, params: dict, sink: Sink, tag: Any, principal: Principal | None = None) -> int:
+        """Start a listener on {"path": document path} or {"query": query}; `sink(tags, message)`
+        gets the current state at once (tags: `(tag,)`), then every change, once for all its
+        listeners of the same target (tags: theirs). It is called under the database lock: it
+        must only enqueue. Returns the subscription id. A listener shows only what `principal`
+        may read: a query is narrowed like a list, a document it stops owning reads as missing."""
         if params.get("query") is not None:
             target: Any = parse_query(params["query"])
         else:
@@ -276,17 +276,17 @@ class Database:
                     rule = self.rules.match(target[:-1])
                     if rule is not None and rule.grants["get"] == "owner" and rule.owner is not None:
                         owner = (rule.owner, principal.uid)
-                subscription, snapshot = self.watcher.watch_document(target, sink, owner)
+                subscription, snapshot = self.watcher.watch_document(target, sink, tag, owner)
             else:
                 if principal is not None and not principal.admin:
                     if len(target.path) % 2 == 0:
                         self.rules.check_read(principal, target.path, self.tree.document(target.path))
                     target = self.rules.narrow(principal, target)
-                subscription, snapshot = self.watcher.watch_query(target, sink)
+                subscription, snapshot = self.watcher.watch_query(target, sink, tag)
                 if principal is not None and len(snapshot["docs"]) > self.rules.max_results and not principal.admin:
                     self.watcher.unwatch(subscription)
                     self.rules.check_results(principal, len(snapshot["docs"]))
-            sink(subscription, snapshot)
+            sink((tag,), snapshot)
         return subscription
 
     def unwatch(self, subscription: int) -> bool:
@@ -332,8 +332,8 @@ class Database:
             changes = self._apply(operations)
             self._changes += 1
             # Under the lock, so every listener gets notifications in commit order; sinks only enqueue.
-            for sink, subscription, message in self.watcher.notify(changes):
-                sink(subscription, message)
+            for sink, tags, message in self.watcher.notify(changes):
+                sink(tags, message)
             if self._snapshot_due is None and self._changes >= self.snapshot_changes:
                 self._snapshot_due = time.monotonic() + self.snapshot_seconds
         return results, seq if self.hot else 0

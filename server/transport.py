@@ -10,7 +10,6 @@ import threading
 from collections import Counter
 from http import HTTPStatus
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -271,7 +270,7 @@ class MontybaseServer:
         if chosen in connection.subscriptions:
             raise InvalidArgumentError(f"listener {chosen} is already in use on this connection", {"path": "params.sub"})
         target = {key: call.params[key] for key in ("path", "query") if key in call.params}
-        subscription = self.database.watch(target, connection.sink(chosen), connection.principal)
+        subscription = self.database.watch(target, connection.deliver, chosen, connection.principal)
         connection.subscriptions[chosen] = (subscription, target)
         return {"sub": chosen}
 
@@ -281,16 +280,15 @@ class MontybaseServer:
         for chosen, (subscription, target) in list(connection.subscriptions.items()):
             if subscription is not None:
                 self.database.unwatch(subscription)
-            sink = connection.sink(chosen)
             try:
-                subscription = self.database.watch(target, sink, connection.principal)
+                subscription = self.database.watch(target, connection.deliver, chosen, connection.principal)
             except MontybaseError:
                 subscription = None
                 path = target.get("path")
                 if path is not None and len(path) % 2 == 0:
-                    sink(0, {"id": path[-1], "value": None, "exists": False})
+                    connection.deliver((chosen,), {"id": path[-1], "value": None, "exists": False})
                 else:
-                    sink(0, {"docs": [], "changes": []})
+                    connection.deliver((chosen,), {"docs": [], "changes": []})
             connection.subscriptions[chosen] = (subscription, target)
 
 
@@ -316,21 +314,19 @@ class _Connection:
         self.subscriptions: dict[int, tuple[int | None, dict[str, Any]]] = {}
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._pending: list[tuple[int, dict[str, Any]]] = []  # (listener, message) not yet queued
+        self._pending: list[tuple[tuple[int, ...], dict[str, Any]]] = []  # (listeners, message) not yet queued
         self._flushing: asyncio.Handle | None = None  # the call of _flush that will queue them
         self._flushed_at = -NOTIFICATION_GAP  # loop time of the last notification frame
         self._sending = asyncio.Lock()  # held while a frame is sealed and sent: records go out in counter order
 
-    def sink(self, chosen: int) -> Callable[[int, dict[str, Any]], None]:
-        def deliver(_: int, message: dict[str, Any]) -> None:
-            if threading.get_ident() == self._thread:
-                self._collect(chosen, message)
-            else:  # a write made outside the server's loop (an embedded user of the same database)
-                self._loop.call_soon_threadsafe(self._collect, chosen, message)
+    def deliver(self, chosen: tuple[int, ...], message: dict[str, Any]) -> None:
+        """The database's sink for this connection's listeners (`chosen`: the client's ids)."""
+        if threading.get_ident() == self._thread:
+            self._collect(chosen, message)
+        else:  # a write made outside the server's loop (an embedded user of the same database)
+            self._loop.call_soon_threadsafe(self._collect, chosen, message)
 
-        return deliver
-
-    def _collect(self, chosen: int, message: dict[str, Any]) -> None:
+    def _collect(self, chosen: tuple[int, ...], message: dict[str, Any]) -> None:
         if self._flushing is None:
             wait = self._flushed_at + NOTIFICATION_GAP - self._loop.time()
             self._flushing = self._loop.call_later(wait, self._flush) if wait > 0 else self._loop.call_soon(self._flush)
@@ -352,7 +348,7 @@ class _Connection:
             return
         listeners: dict[int, tuple[dict[str, Any], list[int]]] = {}
         for chosen, message in pending:
-            listeners.setdefault(id(message), (message, []))[1].append(chosen)
+            listeners.setdefault(id(message), (message, []))[1].extend(chosen)
         notifications = [
             f'{{"jsonrpc":"2.0","method":"snapshot","params":{{"subs":{dumps(subs)},"snapshot":{_encoded(message)}}}}}'
             for message, subs in listeners.values()

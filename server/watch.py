@@ -25,7 +25,7 @@ from .values import clone
 __all__ = ["Sink", "Watcher", "query_key"]
 
 Path = tuple[str, ...]
-Sink = Callable[[int, dict[str, Any]], None]  # (subscription id, snapshot or changes) → deliver it
+Sink = Callable[[tuple[Any, ...], dict[str, Any]], None]  # (tags of its listeners, snapshot or changes) → deliver it
 
 
 def query_key(query: Query) -> str:
@@ -39,10 +39,26 @@ def _change(kind: str, doc_id: str, document: Any, old_index: int, new_index: in
 
 
 class _Listeners:
-    """Everyone listening to one target."""
+    """Everyone listening to one target, grouped by sink: a sink gets each message once, with the
+    tags of all its listeners (a connection's, say), in the order they subscribed."""
 
     def __init__(self) -> None:
-        self.sinks: dict[int, Sink] = {}
+        self.sinks: dict[Sink, dict[int, Any]] = {}  # sink → subscription → tag
+        self.groups: list[tuple[Sink, tuple[Any, ...]]] = []
+
+    def add(self, subscription: int, sink: Sink, tag: Any) -> None:
+        self.sinks.setdefault(sink, {})[subscription] = tag
+        self._regroup()
+
+    def remove(self, subscription: int, sink: Sink) -> None:
+        tags = self.sinks[sink]
+        del tags[subscription]
+        if not tags:
+            del self.sinks[sink]
+        self._regroup()
+
+    def _regroup(self) -> None:
+        self.groups = [(sink, tuple(tags.values())) for sink, tags in self.sinks.items()]
 
 
 class _DocumentTarget(_Listeners):
@@ -70,6 +86,7 @@ class _WindowTarget(_Listeners):
         self.result = tree.select(query)
         self.ids = {doc_id for doc_id, _ in self.result}
         self.order = OrderIndex(query.order_by, {})
+        self.keys = [self.order.key(doc_id, doc) for doc_id, doc in self.result]  # sorted, ids last
 
     def docs(self) -> list[tuple[str, Any]]:
         return self.result
@@ -92,7 +109,7 @@ class _WindowTarget(_Listeners):
         full = query.limit is not None and len(self.result) >= query.limit
         if full and not (query.start or query.end) and self.result:
             key = self.order.key(change.id, change.new)
-            return key is not None and key < self.order.key(*self.result[-1])
+            return key is not None and key < self.keys[-1]
         return True
 
     def update(self, changes: list[Change], tree: Tree) -> list[dict[str, Any]]:
@@ -106,7 +123,7 @@ class _WindowTarget(_Listeners):
         affected = ({change.id for change in changes} & (old_docs.keys() | new_docs.keys())) | (
             old_docs.keys() ^ new_docs.keys()
         )
-        keys = [self.order.key(doc_id, doc) for doc_id, doc in self.result]  # sorted, ids last
+        keys = list(self.keys)  # becomes the new result's
         out = []
         for doc_id in sorted(affected, key=lambda i: (i in new_docs, position.get(i, 0))):  # leavers first
             old_index = new_index = -1
@@ -119,7 +136,7 @@ class _WindowTarget(_Listeners):
                 keys.insert(new_index, key)
             kind = "modified" if old_index >= 0 and new_index >= 0 else "removed" if new_index < 0 else "added"
             out.append(_change(kind, doc_id, new_docs.get(doc_id, old_docs.get(doc_id)), old_index, new_index))
-        self.result, self.ids = new, set(new_docs)
+        self.result, self.ids, self.keys = new, set(new_docs), keys
         return out
 
 
@@ -177,22 +194,23 @@ class Watcher:
         self._ids = itertools.count(1)
         self._documents: dict[Path, dict[Any, _DocumentTarget]] = {}  # path → owner filter → target
         self._queries: dict[str, _WindowTarget | _OrderedTarget] = {}  # by query_key
-        self._targets: dict[int, _Listeners] = {}
+        self._targets: dict[int, tuple[_Listeners, Sink]] = {}
 
     def __len__(self) -> int:
         return len(self._targets)
 
     def watch_document(
-        self, path: Path, sink: Sink, owner: tuple[tuple[str, ...], str | None] | None = None
+        self, path: Path, sink: Sink, tag: Any, owner: tuple[tuple[str, ...], str | None] | None = None
     ) -> tuple[int, dict[str, Any]]:
-        """Listen to one document: the subscription id and its snapshot {id, value, exists}."""
+        """Listen to one document: the subscription id and its snapshot {id, value, exists}.
+        `sink` gets every later snapshot, with `tag` among the tags it names."""
         targets = self._documents.setdefault(path, {})
         target = targets.get(owner)
         if target is None:
             target = targets[owner] = _DocumentTarget(path, owner)
-        return self._add(target, sink), target.snapshot(self.tree)
+        return self._add(target, sink, tag), target.snapshot(self.tree)
 
-    def watch_query(self, query: Query, sink: Sink) -> tuple[int, dict[str, Any]]:
+    def watch_query(self, query: Query, sink: Sink, tag: Any) -> tuple[int, dict[str, Any]]:
         """Listen to a query: the subscription id and {docs, changes} with every document added."""
         key = query_key(query)
         target = self._queries.get(key)
@@ -206,20 +224,21 @@ class Watcher:
             "docs": [{"id": doc_id, "value": clone(doc)} for doc_id, doc in docs],
             "changes": [_change("added", doc_id, doc, -1, j) for j, (doc_id, doc) in enumerate(docs)],
         }
-        return self._add(target, sink), snapshot
+        return self._add(target, sink, tag), snapshot
 
-    def _add(self, target: _Listeners, sink: Sink) -> int:
+    def _add(self, target: _Listeners, sink: Sink, tag: Any) -> int:
         subscription = next(self._ids)
-        target.sinks[subscription] = sink
-        self._targets[subscription] = target
+        target.add(subscription, sink, tag)
+        self._targets[subscription] = (target, sink)
         return subscription
 
     def unwatch(self, subscription: int) -> bool:
         """Stop one listener; False if it was not listening."""
-        target = self._targets.pop(subscription, None)
-        if target is None:
+        found = self._targets.pop(subscription, None)
+        if found is None:
             return False
-        del target.sinks[subscription]
+        target, sink = found
+        target.remove(subscription, sink)
         if not target.sinks:
             if isinstance(target, _DocumentTarget):
                 targets = self._documents[target.path]
@@ -230,9 +249,10 @@ class Watcher:
                 del self._queries[query_key(target.query)]
         return True
 
-    def notify(self, changes: Iterable[Change]) -> list[tuple[Sink, int, dict[str, Any]]]:
-        """What one committed write sends: a document snapshot, or {"changes": […]} per query."""
-        deliveries: list[tuple[Sink, int, dict[str, Any]]] = []
+    def notify(self, changes: Iterable[Change]) -> list[tuple[Sink, tuple[Any, ...], dict[str, Any]]]:
+        """What one committed write sends: a document snapshot, or {"changes": […]} per query,
+        once to each sink with the tags of its listeners."""
+        deliveries: list[tuple[Sink, tuple[Any, ...], dict[str, Any]]] = []
         if not self._targets:
             return deliveries
         by_collection: dict[Path, list[Change]] = {}
@@ -243,7 +263,7 @@ class Watcher:
             for path in touched & self._documents.keys():
                 for target in self._documents[path].values():
                     snapshot = target.snapshot(self.tree)
-                    deliveries.extend((sink, sub, snapshot) for sub, sink in target.sinks.items())
+                    deliveries.extend((sink, tags, snapshot) for sink, tags in target.groups)
         for target in self._queries.values():
             path = target.query.path
             relevant = by_collection.get(path if len(path) % 2 else path[:-1])
@@ -251,5 +271,5 @@ class Watcher:
                 found = target.update(relevant, self.tree)
                 if found:
                     message = {"changes": found}
-                    deliveries.extend((sink, sub, message) for sub, sink in target.sinks.items())
+                    deliveries.extend((sink, tags, message) for sink, tags in target.groups)
         return deliveries

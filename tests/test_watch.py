@@ -34,24 +34,30 @@ class Harness:
         self.messages: dict[int, list[dict[str, Any]]] = {}
         self.docs: dict[int, list[dict[str, Any]]] = {}
 
-    def _sink(self, subscription: int, message: dict[str, Any]) -> None:
-        self.messages.setdefault(subscription, []).append(message)
-        if "docs" in message:
-            self.docs[subscription] = message["docs"]
-        elif "changes" in message:
-            self.docs[subscription] = apply_changes(self.docs[subscription], message["changes"])
+    def _sink(self, tags: tuple[Any, ...], message: dict[str, Any]) -> None:
+        for tag in tags:
+            subscription = tag[0]
+            self.messages.setdefault(subscription, []).append(message)
+            if "docs" in message:
+                self.docs[subscription] = message["docs"]
+            elif "changes" in message:
+                self.docs[subscription] = apply_changes(self.docs[subscription], message["changes"])
 
     def watch(self, query: dict[str, Any]) -> int:
-        subscription, snapshot = self.watcher.watch_query(parse_query({"path": ["c"], **query}), self._sink)
-        self._sink(subscription, snapshot)
+        tag: list[int] = []  # a listener's tag: here, its subscription id, known once it is made
+        subscription, snapshot = self.watcher.watch_query(parse_query({"path": ["c"], **query}), self._sink, tag)
+        tag.append(subscription)
+        self._sink((tag,), snapshot)
         return subscription
 
     def watch_document(self, doc_id: str) -> int:
-        subscription, snapshot = self.watcher.watch_document(("c", doc_id), self._sink)
-        self._sink(subscription, snapshot)
+        tag: list[int] = []
+        subscription, snapshot = self.watcher.watch_document(("c", doc_id), self._sink, tag)
+        tag.append(subscription)
+        self._sink((tag,), snapshot)
         return subscription
 
-    def commit(self, *operations: tuple[str, str, Any]) -> list[tuple[Any, int, dict[str, Any]]]:
+    def commit(self, *operations: tuple[str, str, Any]) -> list[tuple[Any, tuple[Any, ...], dict[str, Any]]]:
         """Apply ("set", id, document) / ("delete", id, None) operations as one commit."""
         changes: list[Change] = []
         for op, doc_id, document in operations:
@@ -60,8 +66,8 @@ class Harness:
             else:
                 changes.extend(self.tree.remove(("c", doc_id)))
         deliveries = self.watcher.notify(changes)
-        for sink, subscription, message in deliveries:
-            sink(subscription, message)
+        for sink, tags, message in deliveries:
+            sink(tags, message)
         return deliveries
 
     def last(self, subscription: int) -> dict[str, Any]:
@@ -141,9 +147,8 @@ def test_equal_queries_share_one_computation_and_one_message():
     second = h.watch({"orderBy": [["s", "desc"]], "limit": 3})
     other = h.watch({"orderBy": [["s", "desc"]], "limit": 4})
     deliveries = h.commit(("set", "b", {"s": 2}))
-    by_sub = {sub: message for _, sub, message in deliveries}
-    assert set(by_sub) == {first, second, other}
-    assert by_sub[first] is by_sub[second] and by_sub[other] is not by_sub[first]
+    assert [[tag[0] for tag in tags] for _, tags, _ in deliveries] == [[first, second], [other]]
+    assert deliveries[0][2] is not deliveries[1][2]
     assert h.watcher.unwatch(first) and not h.watcher.unwatch(first)
     h.commit(("set", "c", {"s": 3}))
     assert h.count(first) == 2 and h.count(second) == 3
