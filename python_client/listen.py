@@ -16,7 +16,7 @@ __all__ = ["DocumentSnapshot", "Dispatcher", "Listener", "QuerySnapshot"]
 log = logging.getLogger("montybase.client")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DocumentSnapshot:
     """A document as it is now: `value` is None and `exists` False when there is none."""
 
@@ -25,7 +25,7 @@ class DocumentSnapshot:
     exists: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QuerySnapshot:
     """A collection or query result: `docs` in order ([{"id", "value"}]) and the `changes` since
     the last snapshot ({"type", "id", "value", "old_index", "new_index"}; the first snapshot
@@ -57,22 +57,20 @@ class Listener:
         unchanged documents."""
         if "exists" in message:
             return DocumentSnapshot(message["id"], copy(message["value"]), message["exists"])
-        changes = [
-            {"type": c["type"], "id": c["id"], "value": copy(c["value"]), "old_index": c["oldIndex"],
-             "new_index": c["newIndex"]}
-            for c in message["changes"]
-        ]
-        if "docs" in message:  # the full state: on subscribing, and again after a reconnect
-            docs = [{"id": d["id"], "value": copy(d["value"])} for d in message["docs"]]
-        else:  # Firestore's sequential indexes: remove at old_index, then insert at new_index
-            docs = list(self.docs)
-            for change in changes:
-                if change["old_index"] >= 0:
-                    docs.pop(change["old_index"])
-                if change["new_index"] >= 0:
-                    docs.insert(change["new_index"], {"id": change["id"], "value": change["value"]})
+        full = "docs" in message  # the full state: on subscribing, and again after a reconnect
+        docs = [{"id": d["id"], "value": copy(d["value"])} for d in message["docs"]] if full else self.docs.copy()
+        changes = []
+        for c in message["changes"]:
+            value, old_index, new_index = copy(c["value"]), c["oldIndex"], c["newIndex"]
+            changes.append({"type": c["type"], "id": c["id"], "value": value, "old_index": old_index,
+                            "new_index": new_index})
+            if not full:  # Firestore's sequential indexes: remove at old_index, then insert at new_index
+                if old_index >= 0:
+                    docs.pop(old_index)
+                if new_index >= 0:
+                    docs.insert(new_index, {"id": c["id"], "value": value})
         self.docs = docs
-        return QuerySnapshot(list(docs), changes)
+        return QuerySnapshot(docs.copy(), changes)
 
 
 class Dispatcher:

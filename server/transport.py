@@ -317,6 +317,7 @@ class _Connection:
         self._pending: list[tuple[tuple[int, ...], dict[str, Any]]] = []  # (listeners, message) not yet queued
         self._flushing: asyncio.Handle | None = None  # the call of _flush that will queue them
         self._flushed_at = -NOTIFICATION_GAP  # loop time of the last notification frame
+        self._subs_text: dict[tuple[int, ...], str] = {}
         self._sending = asyncio.Lock()  # held while a frame is sealed and sent: records go out in counter order
 
     def deliver(self, chosen: tuple[int, ...], message: dict[str, Any]) -> None:
@@ -346,16 +347,26 @@ class _Connection:
                 log.warning("connection %d closed: its listeners fell %d messages behind", self.number, self.max_outgoing)
                 self._loop.create_task(self.ws.close(CLOSE_LISTENER_OVERFLOW, "listener queue overflow"))
             return
-        listeners: dict[int, tuple[dict[str, Any], list[int]]] = {}
+        listeners: dict[int, tuple[dict[str, Any], tuple[int, ...]]] = {}
         for chosen, message in pending:
-            listeners.setdefault(id(message), (message, []))[1].extend(chosen)
+            found = listeners.get(id(message))
+            listeners[id(message)] = (message, chosen if found is None else found[1] + chosen)
         notifications = [
-            f'{{"jsonrpc":"2.0","method":"snapshot","params":{{"subs":{dumps(subs)},"snapshot":{_encoded(message)}}}}}'
-            for message, subs in listeners.values()
+            f'{{"jsonrpc":"2.0","method":"snapshot","params":{{"subs":{self._subs(chosen)},"snapshot":{_encoded(message)}}}}}'
+            for message, chosen in listeners.values()
         ]
         self.notifications += 1
         self._flushed_at = self._loop.time()
         self._put(notifications[0] if len(notifications) == 1 else "[" + ",".join(notifications) + "]", True)
+
+    def _subs(self, chosen: tuple[int, ...]) -> str:
+        """The JSON of a list of listener ids, kept for the lists this connection sends again."""
+        text = self._subs_text.get(chosen)
+        if text is None:
+            if len(self._subs_text) >= 64:
+                self._subs_text.clear()
+            text = self._subs_text[chosen] = dumps(chosen)
+        return text
 
     def _put(self, frame: str, notification: bool) -> None:
         self.outgoing.put_nowait((frame, notification))
