@@ -40,7 +40,7 @@ CLOSE_LISTENER_OVERFLOW = 4008  # a listener fell too far behind; the client rec
 # A connection gets at most one notification frame this often (seconds): what comes sooner waits
 # and goes out in the next frame, so a stream of writes costs its listeners fewer, fuller frames
 # while a lone write is sent at once.
-NOTIFICATION_GAP = 0.005
+NOTIFICATION_GAP = 0.01
 
 
 class MontybaseServer:
