@@ -1,4 +1,5 @@
-"""Subscriptions: the write path's changes in, one notification per affected listener out.
+"""Subscriptions: the write path's changes in, one message per affected target out, handed to
+each sink (a connection, an embedded handle) once with the tags of its listeners.
 
 A query listener first gets every document of the result; after that, only `changes`, each
 `{"type": "added"|"modified"|"removed", "id", "value", "oldIndex", "newIndex"}` with Firestore's

@@ -675,6 +675,13 @@ class RawSubscriber:
                 assert message.get("result") == {"sub": sub}, message
                 return first
 
+    def unsubscribe(self, sub: int) -> bool:
+        request = {"jsonrpc": "2.0", "id": 2, "method": "unsubscribe", "params": {"sub": sub}}
+        self.ws.send(self.session.seal(json.dumps(request).encode()))
+        answer = json.loads(self.session.open(self.ws.recv(timeout=5)))
+        assert answer.get("id") == 2, answer
+        return answer["result"]["found"]
+
     def drain(self, timeout: float) -> int | None:
         """Read (and drop) everything until the server's close; its close code."""
         deadline = time.monotonic() + timeout
@@ -705,6 +712,31 @@ def test_notifications_close_together_share_a_frame_and_an_answer_is_not_held_ba
         assert added == [1, 2] and all(m["params"]["subs"] == [1] for m in batch)
         answer = json.loads(raw.session.open(raw.ws.recv(timeout=WAIT)))
         assert answer == {"jsonrpc": "2.0", "id": 7, "result": {"value": None}}
+    finally:
+        writer.close()
+        raw.ws.close()
+
+
+def test_listeners_of_one_query_on_a_connection_get_one_notification_naming_them_all(served):
+    raw = RawSubscriber(served)
+    writer = served.client()
+    top = {"query": {"path": ["c"], "orderBy": [["n", "desc"]], "limit": 2}}
+    try:
+        for sub in (1, 2, 3):
+            raw.subscribe(sub, top)
+        raw.subscribe(4, {"query": {"path": ["c"]}})
+
+        def notifications() -> list[tuple[list[int], dict[str, Any]]]:
+            frame = json.loads(raw.session.open(raw.ws.recv(timeout=WAIT)))
+            return [(m["params"]["subs"], m["params"]["snapshot"]) for m in (frame if isinstance(frame, list) else [frame])]
+
+        doc(writer, "c").add({"n": 1}, key="a")
+        got = notifications()
+        assert [subs for subs, _ in got] == [[1, 2, 3], [4]], got
+        assert [c["id"] for c in got[0][1]["changes"]] == ["a"]
+        assert raw.unsubscribe(2)
+        doc(writer, "c").add({"n": 2}, key="b")
+        assert [subs for subs, _ in notifications()] == [[1, 3], [4]]
     finally:
         writer.close()
         raw.ws.close()
