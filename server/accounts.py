@@ -26,6 +26,7 @@ __all__ = ["ACCOUNTS", "SESSIONS", "Accounts"]
 ACCOUNTS = "__accounts__"
 SESSIONS = "__sessions__"
 SESSION_SECONDS = 30 * 24 * 3600
+SWEEP_SECONDS = 3600  # expired sessions are deleted at most this often, with a new session
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 _FAILURES_PER_MINUTE = 10
 
@@ -72,13 +73,28 @@ class Accounts:
     def __init__(self, database: Database):
         self.database = database
         self._failures: dict[str, list[float]] = {}
+        self._swept = float("-inf")  # monotonic time of the last sweep of expired sessions
         self.methods = {"signUp": self.sign_up, "signIn": self.sign_in, "resume": self.resume, "signOut": self.sign_out}
 
     def _session(self, account: dict[str, Any]) -> dict[str, Any]:
         token = secrets.token_urlsafe(32)
-        session = {"uid": account["uid"], "email": account["email"], "expires": int(time.time()) + SESSION_SECONDS}
-        self.database.commit([{"op": "set", "path": [SESSIONS, _token_key(token)], "value": session}], private=True)
+        now = time.time()
+        session = {"uid": account["uid"], "email": account["email"], "expires": int(now) + SESSION_SECONDS}
+        writes = [{"op": "set", "path": [SESSIONS, _token_key(token)], "value": session}, *self._expired(now)]
+        self.database.commit(writes, private=True)
         return {"uid": account["uid"], "email": account["email"], "token": token}
+
+    def _expired(self, now: float) -> list[dict[str, Any]]:
+        """Deletes of sessions past their expiry, to commit with a new session: once every
+        SWEEP_SECONDS, or again at once while more are left than one batch holds."""
+        if time.monotonic() - self._swept < SWEEP_SECONDS:
+            return []
+        room = self.database.max_batch - 1
+        with self.database._lock:
+            sessions = self.database.tree.collections.get((SESSIONS,), {})
+            expired = [key for key, session in sessions.items() if session["expires"] < now]
+        self._swept = time.monotonic() if len(expired) <= room else float("-inf")
+        return [{"op": "delete", "path": [SESSIONS, key]} for key in expired[:room]]
 
     def _throttle(self, keys: list[str]) -> None:
         now = time.monotonic()

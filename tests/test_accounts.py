@@ -396,6 +396,38 @@ def test_current_user_is_cleared_when_a_resumed_session_is_refused(accounts):
     assert handle.current_user is None
 
 
+def test_expired_sessions_are_deleted_with_a_later_sign_in(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    db = Montybase(storageBucket=str(tmp_path / "db.json"))
+    try:
+        db.sign_up("sweep@accounts.example", PASSWORD)  # a sweep, with nothing to sweep yet
+        database = db._database
+        now = int(time.time())
+        stale = {f"stale{i:03d}": {"uid": "u", "email": "e", "expires": now - 1 - i} for i in range(database.max_batch + 100)}
+        live = {"live": {"uid": "u", "email": "e", "expires": now + 3600}}
+        items = [*stale.items(), *live.items()]
+        for start in range(0, len(items), 250):
+            database.commit([{"op": "set", "path": ["__sessions__", key], "value": value}
+                             for key, value in items[start:start + 250]], private=True)
+        sessions = database.tree.collections[("__sessions__",)]
+        db.sign_in("sweep@accounts.example", PASSWORD)  # within the hour: no sweep
+        assert stale.keys() <= sessions.keys()
+        monkeypatch.setattr("server.accounts.SWEEP_SECONDS", 0)
+        db.sign_in("sweep@accounts.example", PASSWORD)  # one batch of deletes, with the new session
+        assert 0 < len(stale.keys() & sessions.keys()) <= 101
+        db.sign_in("sweep@accounts.example", PASSWORD)  # the rest
+        assert not stale.keys() & sessions.keys()
+        assert "live" in sessions and len(sessions) == 1 + 4  # live, and the four sessions made here
+        assert db.current_user is not None and db.current_user["email"] == "sweep@accounts.example"
+    finally:
+        db.close()
+    reopened = Montybase(storageBucket=str(tmp_path / "db.json"))  # the deletes went through the journal
+    try:
+        assert len(reopened._database.tree.collections[("__sessions__",)]) == 5
+    finally:
+        reopened.close()
+
+
 # Embedded
 
 
