@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ from .errors import InvalidArgumentError
 from .paths import check_path, field_path
 from .values import json_equal, prepare
 
-__all__ = ["OPERATORS", "OrderIndex", "Query", "aggregate", "field_value", "matches", "parse_query", "run"]
+__all__ = ["OPERATORS", "OrderIndex", "Query", "aggregate", "compile_where", "field_value", "matches", "parse_query", "run"]
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not-in", "array-contains", "array-contains-any")
 _LIST_OPERATORS = ("in", "not-in", "array-contains-any")
@@ -45,11 +46,14 @@ class Query:
 
     def admits(self, doc_id: str, document: Any) -> bool:
         """Whether a document passes the filters (not the window)."""
-        if self.owner is not None:
-            field, uid = self.owner
-            if (doc_id if field is None else field_value(document, field)) != uid:
-                return False
+        if self.owner is not None and not _owned(self.owner, doc_id, document):
+            return False
         return not self.where or matches(document, self.where)
+
+
+def _owned(owner: tuple[tuple[str, ...] | None, str], doc_id: str, document: Any) -> bool:
+    field, uid = owner
+    return (doc_id if field is None else field_value(document, field)) == uid
 
 
 def _integer(data: Mapping[str, Any], name: str, minimum: int) -> int | None:
@@ -232,6 +236,48 @@ def matches(document: Any, where: Iterable[tuple[tuple[str, ...], str, Any]]) ->
     return True
 
 
+_COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def compile_where(where: tuple[tuple[tuple[str, ...], str, Any], ...]) -> Callable[[dict], bool] | None:
+    """`matches(document, where)` as one function of a document (None when there is no clause),
+    for a scan that tests many documents against the same clauses."""
+    if not where:
+        return None
+    checks = [_clause(field, op, bound) for field, op, bound in where]
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda document: first(document) and second(document)
+    return lambda document: all(check(document) for check in checks)
+
+
+def _clause(field: tuple[str, ...], op: str, bound: Any) -> Callable[[dict], bool]:
+    """One clause on a document: a top-level field compared with a number or a string (or, for
+    == and !=, a boolean or null) is read and compared in place; any other through matches()."""
+    kind = type(bound)
+    simple = kind in _NUMBERS or kind is str or (op in ("==", "!=") and (kind is bool or bound is None))
+    if len(field) != 1 or not simple or op not in _COMPARE and op not in ("==", "!="):
+        clause = ((field, op, bound),)
+        return lambda document: matches(document, clause)
+    key = field[0]
+    if op in _COMPARE:  # numbers with numbers, strings with strings (as _range)
+        compare = _COMPARE[op]
+        if kind is str:
+            return lambda document: type(value := document.get(key)) is str and compare(value, bound)
+        return lambda document: ((t := type(value := document.get(key))) is int or t is float) and compare(value, bound)
+    if bound is None:  # JSON equality (as json_equal): null only equals null
+        equal: Callable[[Any], bool] = lambda value: value is None
+    elif kind is str or kind is bool:  # a string only equals a string, a boolean a boolean
+        equal = lambda value: type(value) is kind and value == bound
+    else:  # a number equals a number of the same value (1 == 1.0), never a boolean
+        equal = lambda value: ((t := type(value)) is int or t is float) and value == bound
+    if op == "==":
+        return lambda document: equal(document.get(key, _MISSING))
+    return lambda document: (value := document.get(key, _MISSING)) is not _MISSING and not equal(value)
+
+
 class OrderIndex:
     """Documents of one collection kept sorted by an order spec, then by id.
 
@@ -288,6 +334,17 @@ def run(query: Query, documents: Mapping[str, Any], index: OrderIndex | None) ->
     `documents` is the collection; `index` its OrderIndex for `query.order_by` (None when the
     query addresses a single document, whose id is the only key in `documents`).
     """
+    check, owner = compile_where(query.where), query.owner
+    filtered = check is not None or owner is not None
+    if filtered and not (query.order_by or query.start or query.end or query.offset) and (
+        query.limit is None and query.limit_to_last is None
+    ):  # every match in id order: filtering the collection, then sorting the matches beats walking the ids
+        selected = [
+            (doc_id, document) for doc_id, document in documents.items()
+            if (owner is None or _owned(owner, doc_id, document)) and (check is None or check(document))
+        ]
+        selected.sort(key=_first)
+        return selected
     if index is None:
         index = OrderIndex(query.order_by, documents)
     # limit_to_last walks the window backwards, unless an offset (counted from the front) forces a full pass.
@@ -300,7 +357,7 @@ def run(query: Query, documents: Mapping[str, Any], index: OrderIndex | None) ->
     for entry in _window(query, index, backwards):
         doc_id = entry[-1]
         document = documents[doc_id]
-        if (query.where or query.owner) and not query.admits(doc_id, document):
+        if (owner is not None and not _owned(owner, doc_id, document)) or (check is not None and not check(document)):
             continue
         if skip:
             skip -= 1
@@ -313,6 +370,10 @@ def run(query: Query, documents: Mapping[str, Any], index: OrderIndex | None) ->
     elif query.limit_to_last is not None:
         out = out[max(0, len(out) - query.limit_to_last):] if query.limit_to_last else []
     return out
+
+
+def _first(pair: tuple[str, Any]) -> str:
+    return pair[0]
 
 
 def aggregate(op: str, field: tuple[str, ...] | None, selected: list[tuple[str, Any]]) -> Any:

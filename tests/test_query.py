@@ -1,0 +1,66 @@
+"""Unit tests of server/query.py beyond the shared cases: the compiled filter of a scan
+(`compile_where`) against the clause-by-clause `matches`, over random documents and clauses."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from server.query import OPERATORS, compile_where, matches, parse_query
+
+SCALARS: list[Any] = [None, True, False, 0, 1, 1.0, -2, 2.5, 10**15, "", "1", "a", "b", "é", "zz"]
+VALUES: list[Any] = [*SCALARS, [], [1, "a"], [True, None], {"k": 1}, {"k": [1]}]
+FIELDS = ["a", "b", "c.d", "missing"]
+
+
+def random_value(rng: random.Random) -> Any:
+    return rng.choice(VALUES)
+
+
+def random_document(rng: random.Random) -> dict[str, Any]:
+    document = {key: random_value(rng) for key in ("a", "b") if rng.random() < 0.85}
+    if rng.random() < 0.5:
+        document["c"] = {"d": random_value(rng)} if rng.random() < 0.8 else random_value(rng)
+    return document
+
+
+def random_clause(rng: random.Random) -> list[Any]:
+    op = rng.choice(OPERATORS)
+    if op in ("in", "not-in", "array-contains-any"):
+        bound: Any = [random_value(rng) for _ in range(rng.randrange(1, 4))]
+    else:
+        bound = random_value(rng)
+    return [rng.choice(FIELDS), op, bound]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_compiled_filter_matches_exactly_what_matches_does(seed):
+    rng = random.Random(seed)
+    documents = [random_document(rng) for _ in range(60)]
+    for _ in range(150):
+        query = parse_query({"path": ["c"], "where": [random_clause(rng) for _ in range(rng.randrange(1, 4))]})
+        check = compile_where(query.where)
+        for document in documents:
+            assert check(document) == matches(document, query.where), (query.where, document)
+
+
+def test_no_clause_compiles_to_no_filter():
+    assert compile_where(()) is None
+
+
+@pytest.mark.parametrize(("clause", "document", "expected"), [
+    (["a", ">", 1], {"a": True}, False),  # a boolean is not a number
+    (["a", "==", 1], {"a": 1.0}, True),
+    (["a", "==", True], {"a": 1}, False),
+    (["a", "!=", None], {}, False),  # a document lacking the field never matches, != included
+    (["a", "!=", None], {"a": None}, False),
+    (["a", "!=", 120], {"a": "120"}, True),
+    (["a", "<", "b"], {"a": "a"}, True),
+    (["a", "<", "b"], {"a": 1}, False),  # strings compare with strings only
+])
+def test_compiled_clauses_keep_json_equality_and_range_rules(clause, document, expected):
+    query = parse_query({"path": ["c"], "where": [clause]})
+    assert compile_where(query.where)(document) is expected
+    assert matches(document, query.where) is expected
