@@ -30,6 +30,21 @@ class Tree:
     def __init__(self, collections: dict[Path, dict[str, Any]] | None = None):
         self.collections: dict[Path, dict[str, Any]] = collections or {}
         self._indexes: dict[Path, dict[tuple, OrderIndex]] = {}
+        # path → the collections nested below it, in the order they appeared (dicts as ordered sets)
+        self._nested: dict[Path, dict[Path, None]] = {}
+        for collection in self.collections:
+            self._nest(collection)
+
+    def _nest(self, collection: Path) -> None:
+        for depth in range(1, len(collection)):
+            self._nested.setdefault(collection[:depth], {})[collection] = None
+
+    def _unnest(self, collection: Path) -> None:
+        for depth in range(1, len(collection)):
+            below = self._nested[collection[:depth]]
+            del below[collection]
+            if not below:
+                del self._nested[collection[:depth]]
 
     # Reads (they return stored objects: callers copy before handing them out)
 
@@ -95,8 +110,7 @@ class Tree:
 
     def subcollections(self, path: Path) -> list[Path]:
         """Collections nested anywhere below a document or collection path."""
-        depth = len(path)
-        return [p for p in self.collections if len(p) > depth and p[:depth] == path]
+        return list(self._nested.get(path, ()))
 
     # Writes (the database calls these after journaling)
 
@@ -106,6 +120,7 @@ class Tree:
         docs = self.collections.get(collection)
         if docs is None:
             docs = self.collections[collection] = {}
+            self._nest(collection)
         old = docs.get(doc_id)
         docs[doc_id] = document
         for index in self._indexes.get(collection, {}).values():
@@ -136,4 +151,5 @@ class Tree:
         else:
             del self.collections[collection]
             self._indexes.pop(collection, None)
+            self._unnest(collection)
         return Change(collection, doc_id, old, None)
