@@ -27,6 +27,9 @@ __all__ = ["RemoteBackend", "websocket_url"]
 log = logging.getLogger("montybase.client")
 
 _MAX_FRAME = 16 * 1024 * 1024
+# How often an idle connection is looked at (seconds): what waits on it is read, so the server's
+# keepalive pings (every 20 s, answered within 20 s) are answered and its close is seen.
+_KEEPALIVE = 2.0
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
@@ -109,6 +112,7 @@ class RemoteBackend:
         self._listening: WebSocket | None = None  # the connection a listening thread reads
         self._pending: dict[int, _Pending] = {}
         self._closed = False
+        self._closing = threading.Event()  # set by close(): keepalive threads end at once
         self.token: str | None = None  # a signed-in session, resumed on every new connection
         self.user: dict[str, str] | None = None  # {"uid", "email"} of that session
         self._resume_id: int | None = None
@@ -143,6 +147,18 @@ class RemoteBackend:
         for chosen, listener in list(self._listeners.items()):  # a fresh full snapshot for each
             self._send(next(self._ids), "subscribe", {"sub": chosen, **listener.params})
         self._listen()
+        threading.Thread(target=self._keep_alive, args=(ws,), name="montybase-keepalive", daemon=True).start()
+
+    def _keep_alive(self, ws: WebSocket) -> None:
+        """While `ws` is this handle's connection, read what waits on it whenever it idles and
+        nobody else reads (WebSocket.open does): the server's pings get their pongs however long
+        the program makes no call, and a close is answered and seen."""
+        while not self._closing.wait(_KEEPALIVE):
+            if self._ws is not ws:
+                return
+            if not ws.open:
+                self._lost(ws, ConnectionLostError("the connection to the server was lost"))
+                return
 
     def _handshake_step(self, ws: WebSocket, method: str, params: dict[str, Any]) -> dict[str, Any]:
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": method, "params": params}))
@@ -322,6 +338,7 @@ class RemoteBackend:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._closing.set()
             ws = self._ws
         if ws is not None:
             ws.close()

@@ -61,6 +61,7 @@ class MontybaseServer:
         tls: ssl.SSLContext | None = None,
         client_config: dict[str, Any] | None = None,
         static: Path | None = None,
+        ping_interval: float = 20.0,
     ):
         self.database = database
         self.keys = {kid: key for kid, key in keys.items() if key}
@@ -70,6 +71,7 @@ class MontybaseServer:
         self.tls = tls
         self.client_config = client_config or {}
         self.static = static
+        self.ping_interval = ping_interval  # keepalive: a connection that leaves a ping unanswered this long is closed
         self.rpc = Rpc(max_batch=self.limits.maxBatch)
         self.server: Server | None = None
         self._numbers = itertools.count(1)
@@ -94,6 +96,8 @@ class MontybaseServer:
             max_size=2 * self.limits.maxMessageBytes + _FRAME_OVERHEAD,
             max_queue=self.limits.maxQueue,
             close_timeout=5,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_interval,
             ssl=self.tls,
         )
         bound = next(iter(self.server.sockets)).getsockname()

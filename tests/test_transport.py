@@ -454,6 +454,27 @@ def test_closing_a_handle_fails_a_call_waiting_on_it(served):
     assert isinstance(outcome[0], ConnectionLostError), outcome
 
 
+def test_an_idle_handle_answers_the_servers_keepalive_pings(loop_thread, tmp_path, monkeypatch):
+    """A program that makes no call for longer than the server's ping interval and timeout keeps
+    its connection: the handle answers pings while it idles."""
+    from python_client import remote, wire
+
+    monkeypatch.setattr(remote, "_KEEPALIVE", 0.05)
+    monkeypatch.setattr(wire, "_IDLE", 0.0)  # read what waits as soon as it waits (1 s against the usual 20 s pings)
+    served = Served(loop_thread, tmp_path, ping_interval=0.3)  # a ping every 0.3 s, answered within 0.3 s
+    client = served.client()
+    try:
+        doc(client, "c", "a").set({"n": 1})
+        first = client._backend._ws
+        time.sleep(2.0)  # more than 3 ping intervals without a call
+        assert first.open and first.close_code is None
+        assert doc(client, "c", "a").get() == {"n": 1}
+        assert client._backend._ws is first
+    finally:
+        client.close()
+        served.stop()
+
+
 def test_a_connection_the_server_closed_while_idle_is_replaced_by_the_next_call(served, monkeypatch):
     """The server ends idle connections (its keepalive, a restart of the listener): the next
     call sees the close before sending and connects again, so it does not fail."""
