@@ -308,11 +308,16 @@ class OrderIndex:
         return tuple(parts)
 
     def update(self, doc_id: str, old: Any, new: Any) -> None:
-        """Move a document's entry after a write (old or new is None when absent)."""
-        if old is not None and (key := self.key(doc_id, old)) is not None:
-            self.entries.remove(key)
-        if new is not None and (key := self.key(doc_id, new)) is not None:
-            self.entries.add(key)
+        """Move a document's entry after a write (old or new is None when absent); an entry
+        that stays the same (its order fields unchanged, the id index on every replace) stays."""
+        old_key = None if old is None else self.key(doc_id, old)
+        new_key = None if new is None else self.key(doc_id, new)
+        if old_key == new_key:
+            return
+        if old_key is not None:
+            self.entries.remove(old_key)
+        if new_key is not None:
+            self.entries.add(new_key)
 
 
 def _window(query: Query, index: OrderIndex, backwards: bool) -> Iterator[tuple[Any, ...]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from server.query import OPERATORS, compile_where, matches, parse_query
+from server.query import OPERATORS, OrderIndex, compile_where, matches, parse_query
 
 SCALARS: list[Any] = [None, True, False, 0, 1, 1.0, -2, 2.5, 10**15, "", "1", "a", "b", "é", "zz"]
 VALUES: list[Any] = [*SCALARS, [], [1, "a"], [True, None], {"k": 1}, {"k": [1]}]
@@ -64,3 +64,25 @@ def test_compiled_clauses_keep_json_equality_and_range_rules(clause, document, e
     query = parse_query({"path": ["c"], "where": [clause]})
     assert compile_where(query.where)(document) is expected
     assert matches(document, query.where) is expected
+
+
+@pytest.mark.parametrize("spec", [(), ((("s",), False),), ((("s",), True), (("t",), False))], ids=["id", "s", "s desc, t"])
+def test_an_order_index_kept_up_to_date_equals_one_built_afresh(spec):
+    rng = random.Random(7)
+    documents: dict[str, Any] = {}
+    index = OrderIndex(spec, documents)
+    for _ in range(600):
+        doc_id = f"d{rng.randrange(30)}"
+        old = documents.get(doc_id)
+        if rng.random() < 0.2:
+            new = None
+        elif old is not None and rng.random() < 0.4:  # a write that leaves the order fields as they are
+            new = {**old, "other": rng.random()}
+        else:
+            new = {key: rng.choice([1, 1.0, 2, "a", "b", None, True]) for key in ("s", "t") if rng.random() < 0.9}
+        if new is None:
+            documents.pop(doc_id, None)
+        else:
+            documents[doc_id] = new
+        index.update(doc_id, old, new)
+        assert list(index.entries) == list(OrderIndex(spec, documents).entries)
