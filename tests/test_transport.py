@@ -461,12 +461,12 @@ def test_an_idle_handle_answers_the_servers_keepalive_pings(loop_thread, tmp_pat
 
     monkeypatch.setattr(remote, "_KEEPALIVE", 0.05)
     monkeypatch.setattr(wire, "_IDLE", 0.0)  # read what waits as soon as it waits (1 s against the usual 20 s pings)
-    served = Served(loop_thread, tmp_path, ping_interval=0.3)  # a ping every 0.3 s, answered within 0.3 s
+    served = Served(loop_thread, tmp_path, ping_interval=0.5)  # a ping every 0.5 s, answered within 0.5 s
     client = served.client()
     try:
         doc(client, "c", "a").set({"n": 1})
         first = client._backend._ws
-        time.sleep(2.0)  # more than 3 ping intervals without a call
+        time.sleep(2.5)  # 5 ping intervals without a call
         assert first.open and first.close_code is None
         assert doc(client, "c", "a").get() == {"n": 1}
         assert client._backend._ws is first
