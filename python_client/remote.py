@@ -111,8 +111,7 @@ class RemoteBackend:
         self._session: Session | None = None
         self._listening: WebSocket | None = None  # the connection a listening thread reads
         self._pending: dict[int, _Pending] = {}
-        self._closed = False
-        self._closing = threading.Event()  # set by close(): keepalive threads end at once
+        self._closed = threading.Event()  # set by close(); keepalive threads waiting on it end at once
         self.token: str | None = None  # a signed-in session, resumed on every new connection
         self.user: dict[str, str] | None = None  # {"uid", "email"} of that session
         self._resume_id: int | None = None
@@ -120,7 +119,7 @@ class RemoteBackend:
     # Connection
 
     def _connect(self) -> None:
-        if self._closed:
+        if self._closed.is_set():
             raise UnavailableError("this Montybase handle is closed")
         try:
             ws = WebSocket(self.url, ssl_context=self.ssl_context, timeout=self.timeout, max_size=_MAX_FRAME)
@@ -153,12 +152,16 @@ class RemoteBackend:
         """While `ws` is this handle's connection, read what waits on it whenever it idles and
         nobody else reads (WebSocket.open does): the server's pings get their pongs however long
         the program makes no call, and a close is answered and seen."""
-        while not self._closing.wait(_KEEPALIVE):
-            if self._ws is not ws:
+        while not self._closed.wait(_KEEPALIVE):
+            if self._ws is not ws or not self._still_open(ws):
                 return
-            if not ws.open:
-                self._lost(ws, ConnectionLostError("the connection to the server was lost"))
-                return
+
+    def _still_open(self, ws: WebSocket) -> bool:
+        """Whether `ws` is open (looking reads what waits on it); if not, it is lost."""
+        if ws.open:
+            return True
+        self._lost(ws, ConnectionLostError("the connection to the server was lost"))
+        return False
 
     def _handshake_step(self, ws: WebSocket, method: str, params: dict[str, Any]) -> dict[str, Any]:
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": method, "params": params}))
@@ -179,7 +182,7 @@ class RemoteBackend:
     def _listen_on(self, ws: WebSocket, session: Session) -> None:
         while True:
             with self._lock:
-                if self._ws is not ws or not self._listeners or self._closed:
+                if self._ws is not ws or not self._listeners or self._closed.is_set():
                     if self._listening is ws:
                         self._listening = None
                     break
@@ -243,17 +246,17 @@ class RemoteBackend:
         for pending in stranded:
             pending.answer = failure
             pending.wake()
-        if self._listeners and not self._closed:
+        if self._listeners and not self._closed.is_set():
             threading.Thread(target=self._reconnect, name="montybase-reconnect", daemon=True).start()
 
     def _reconnect(self) -> None:
         """Listeners must not go stale: connect again by ourselves, backing off up to 2 s."""
         delay = 0.05
-        while not self._closed and self._listeners:
+        while not self._closed.is_set() and self._listeners:
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
             with self._lock:
-                if self._ws is not None or self._closed:
+                if self._ws is not None or self._closed.is_set():
                     return
                 try:
                     self._connect()
@@ -279,8 +282,8 @@ class RemoteBackend:
         request_id = next(self._ids)
         pending = _Pending()
         with self._lock:
-            if self._ws is not None and not self._ws.open:  # closed while idle
-                self._lost(self._ws, ConnectionLostError("the connection to the server was lost"))
+            if self._ws is not None:  # closed while idle?
+                self._still_open(self._ws)
             if self._ws is None:
                 self._connect()
             ws, session = self._ws, self._session
@@ -337,8 +340,7 @@ class RemoteBackend:
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
-            self._closing.set()
+            self._closed.set()
             ws = self._ws
         if ws is not None:
             ws.close()

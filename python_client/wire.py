@@ -207,5 +207,5 @@ class WebSocket:
             self._write()
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
-            pass
+            pass  # already reset or shut: the socket is closed below either way
         self._sock.close()
