@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.config import DEFAULTS, load_config, open_database, public_key, storage_path
+from server.config import DEFAULTS, Limits, load_config, open_database, public_key, storage_path
 from server.errors import InvalidArgumentError
 
 from .embedded import EmbeddedBackend
@@ -83,7 +83,7 @@ class Montybase:
             self.config, self._created = load_config(self._config_path)
             bucket = storageBucket if storageBucket is not None else storage_path(self.config, self._config_path)
         self._database = open_database(self.config, bucket, hot=hot, store_min=storeMin, update_time=updateTime)
-        self._backend = EmbeddedBackend(self._database)
+        self._backend = EmbeddedBackend(self._database, Limits.from_config(self.config.get("limits")))
 
     @staticmethod
     def _remote(api: str, config: dict[str, Any], ssl_context: ssl.SSLContext | None) -> RemoteBackend:

@@ -1,11 +1,13 @@
-"""The embedded backend: the database engine in this process, no server."""
+"""The embedded backend: the server's own session in this process, as the admin, with no socket."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from server.config import Limits
 from server.database import Database
+from server.session import Service
 
 from .listen import Dispatcher, Listener
 
@@ -13,28 +15,28 @@ __all__ = ["EmbeddedBackend"]
 
 
 class EmbeddedBackend:
-    """Calls the engine directly with the same method names and params as the network protocol."""
+    """Runs every call through a Session of the database, as a remote admin's would be run: the
+    same validation, limits and errors (httpx's ASGITransport: the real app in-process)."""
 
-    def __init__(self, database: Database):
+    def __init__(self, database: Database, limits: Limits | None = None):
         self.database = database
         self.dispatcher = Dispatcher()
+        self.session = Service(database, limits=limits).admin(self.dispatcher.put)
         self.user: dict[str, str] | None = None  # {"uid", "email"} once signed in
         self.token: str | None = None
-        self.call: Callable[[str, dict[str, Any]], dict[str, Any]] = database.call  # no layer in between
+        self.call: Callable[[str, dict[str, Any]], dict[str, Any]] = self.session.call
 
     def subscribe(self, params: dict[str, Any], callback: Callable[[Any], None]) -> Callable[[], None]:
         listener = Listener(params, callback)
-        subscription = self.database.watch(params, self._deliver, listener)
+        self.session.subscribe(params, listener)
 
         def unsubscribe() -> None:
             listener.stop()
-            self.database.unwatch(subscription)
+            self.session.unsubscribe(listener)
 
         return unsubscribe
 
-    def _deliver(self, listeners: tuple[Listener, ...], message: dict[str, Any]) -> None:
-        self.dispatcher.put(listeners, message)
-
     def close(self) -> None:
+        self.session.close()
         self.database.close()
         self.dispatcher.close()

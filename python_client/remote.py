@@ -13,7 +13,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from server.channel import ClientHandshake, Session
+from server.channel import ClientHandshake, Records
 from server.errors import ConnectionLostError, InvalidArgumentError, MontybaseError, UnavailableError, error_class
 from server.paths import field_path
 from server.query import parse_query
@@ -108,7 +108,7 @@ class RemoteBackend:
         self._lock = threading.RLock()  # guards connecting and sending (record order = send order)
         self._reading = threading.Lock()  # held by the one thread reading the connection
         self._ws: WebSocket | None = None
-        self._session: Session | None = None
+        self._session: Records | None = None
         self._listening: WebSocket | None = None  # the connection a listening thread reads
         self._pending: dict[int, _Pending] = {}
         self._closed = threading.Event()  # set by close(); keepalive threads waiting on it end at once
@@ -179,7 +179,7 @@ class RemoteBackend:
             threading.Thread(target=self._listen_on, args=(ws, self._session), name="montybase-listen",
                              daemon=True).start()
 
-    def _listen_on(self, ws: WebSocket, session: Session) -> None:
+    def _listen_on(self, ws: WebSocket, session: Records) -> None:
         while True:
             with self._lock:
                 if self._ws is not ws or not self._listeners or self._closed.is_set():
@@ -190,7 +190,7 @@ class RemoteBackend:
                 self._receive(ws, session, 0.5)
         self._hand_over()
 
-    def _receive(self, ws: WebSocket, session: Session, timeout: float) -> None:
+    def _receive(self, ws: WebSocket, session: Records, timeout: float) -> None:
         """Read one message (or wait `timeout` for one) and deliver what it holds. The caller
         holds `_reading`."""
         try:

@@ -12,14 +12,11 @@ import hashlib
 import hmac
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .database import Database
 from .errors import AlreadyExistsError, InvalidArgumentError, RateLimitedError, UnauthenticatedError
 from .paths import check_key, generate_id
-from .rules import Principal
-
-if TYPE_CHECKING:
-    from .database import Database
 
 __all__ = ["ACCOUNTS", "SESSIONS", "Accounts"]
 
@@ -68,13 +65,12 @@ def _token_key(token: Any) -> str:
 
 
 class Accounts:
-    """The `signUp`, `signIn`, `resume` and `signOut` methods of a database."""
+    """Accounts and sessions of one database, kept through its public write path."""
 
     def __init__(self, database: Database):
         self.database = database
         self._failures: dict[str, list[float]] = {}
         self._swept = float("-inf")  # monotonic time of the last sweep of expired sessions
-        self.methods = {"signUp": self.sign_up, "signIn": self.sign_in, "resume": self.resume, "signOut": self.sign_out}
 
     def _session(self, account: dict[str, Any]) -> dict[str, Any]:
         token = secrets.token_urlsafe(32)
@@ -90,9 +86,8 @@ class Accounts:
         if time.monotonic() - self._swept < SWEEP_SECONDS:
             return []
         room = self.database.max_batch - 1
-        with self.database._lock:
-            sessions = self.database.tree.collections.get((SESSIONS,), {})
-            expired = [key for key, session in sessions.items() if session["expires"] < now]
+        sessions = self.database.documents((SESSIONS,))
+        expired = [key for key, session in sessions.items() if session["expires"] < now]
         self._swept = time.monotonic() if len(expired) <= room else float("-inf")
         return [{"op": "delete", "path": [SESSIONS, key]} for key in expired[:room]]
 
@@ -105,21 +100,22 @@ class Accounts:
                 wait_ms = int((60 - (now - recent[0])) * 1000) + 1
                 raise RateLimitedError(f"too many failed sign-ins; retry in {wait_ms} ms", {"retryAfterMs": wait_ms})
 
-    def sign_up(self, params: dict[str, Any], principal: Principal | None) -> tuple[dict[str, Any], int]:
+    def sign_up(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A new account, signed in: {uid, email, token}."""
         email, password = _credentials(params)
         account = {"uid": generate_id(), "email": email, "hash": hash_password(password), "created": int(time.time() * 1000)}
         try:
             self.database.commit([{"op": "add", "path": [ACCOUNTS, email], "value": account}], private=True)
         except AlreadyExistsError:
             raise AlreadyExistsError("an account with this email exists", {"path": "params.email"}) from None
-        return self._session(account), 0
+        return self._session(account)
 
-    def sign_in(self, params: dict[str, Any], principal: Principal | None) -> tuple[dict[str, Any], int]:
+    def sign_in(self, params: dict[str, Any], address: str) -> dict[str, Any]:
+        """A new session of an account: {uid, email, token}; failures are counted per email and address."""
         email, password = _credentials(params)
-        keys = [f"email:{email}", f"address:{principal.address if principal else ''}"]
+        keys = [f"email:{email}", f"address:{address}"]
         self._throttle(keys)
-        with self.database._lock:
-            account = self.database.tree.document((ACCOUNTS, email))
+        account = self.database.document((ACCOUNTS, email))
         # The same work and the same answer whether or not the email has an account.
         if not _verify(password, account["hash"] if account else _DUMMY_HASH) or account is None:
             now = time.monotonic()
@@ -128,17 +124,18 @@ class Accounts:
             if len(self._failures) > 100_000:
                 self._failures = {k: v for k, v in self._failures.items() if v and now - v[-1] < 60}
             raise UnauthenticatedError("wrong email or password")
-        return self._session(account), 0
+        return self._session(account)
 
-    def resume(self, params: dict[str, Any], principal: Principal | None) -> tuple[dict[str, Any], int]:
+    def resume(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The account of a session token: {uid, email}."""
         key = _token_key(params.get("token"))
-        with self.database._lock:
-            session = self.database.tree.document((SESSIONS, key))
+        session = self.database.document((SESSIONS, key))
         if session is None or session["expires"] < time.time():
             raise UnauthenticatedError("the session is over; sign in again")
-        return {"uid": session["uid"], "email": session["email"]}, 0
+        return {"uid": session["uid"], "email": session["email"]}
 
-    def sign_out(self, params: dict[str, Any], principal: Principal | None) -> tuple[dict[str, Any], int]:
+    def sign_out(self, params: dict[str, Any]) -> dict[str, Any]:
+        """End the session of `token`, if one is given."""
         if params.get("token") is not None:
             self.database.commit([{"op": "delete", "path": [SESSIONS, _token_key(params["token"])]}], private=True)
-        return {}, 0
+        return {}

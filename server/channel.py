@@ -23,7 +23,6 @@ from .errors import UnauthenticatedError
 __all__ = [
     "CLOSE_AUTH_FAILED",
     "CLOSE_BAD_RECORD",
-    "CLOSE_HANDSHAKE_TIMEOUT",
     "CLOSE_LIMIT",
     "MAX_BYTES",
     "MAX_RECORDS",
@@ -31,7 +30,7 @@ __all__ = [
     "ClientHandshake",
     "Keys",
     "ServerHandshake",
-    "Session",
+    "Records",
     "derive_psk",
     "key_schedule",
 ]
@@ -46,7 +45,6 @@ C2S, S2C = 0x01, 0x02
 
 CLOSE_AUTH_FAILED = 1008  # failed handshake (after one UNAUTHENTICATED error)
 CLOSE_LIMIT = 4000  # record or byte limit reached: reconnect for fresh keys
-CLOSE_HANDSHAKE_TIMEOUT = 4001  # the caller's deadline; nothing here raises it
 CLOSE_BAD_RECORD = 4002  # a record failed to open
 
 MAX_RECORDS = 2**24  # per direction and session
@@ -197,7 +195,7 @@ def _check_nonce(nonce: bytes | None) -> bytes:
 # --- records ---------------------------------------------------------------------------------
 
 
-class Session:
+class Records:
     """The record layer of one connection: `seal` what you send, `open` what you receive.
     Sequence numbers are implicit and per direction; after any failure every call raises."""
 
@@ -336,8 +334,8 @@ class ServerHandshake:
         self._state = "auth"
         return result
 
-    def auth(self, params: Any) -> tuple[dict[str, Any], Session]:
-        """Check the client's cmac (constant time); answer {role, session} and the Session."""
+    def auth(self, params: Any) -> tuple[dict[str, Any], Records]:
+        """Check the client's cmac (constant time); answer {role, session} and the connection's Records."""
         if self._state != "auth" or self._pending is None:
             raise self._fail(f"auth in state {self._state}")
         kid, keys = self._pending
@@ -350,7 +348,7 @@ class ServerHandshake:
             raise self._fail(f"auth: cmac does not verify for kid {kid!r}")
         self._state = "done"
         self._pending = None
-        session = Session(role=kid, th=keys.th, send_key=keys.s2c, recv_key=keys.c2s, send_dir=S2C)
+        session = Records(role=kid, th=keys.th, send_key=keys.s2c, recv_key=keys.c2s, send_dir=S2C)
         return {"role": kid, "session": session.id}, session
 
 
@@ -383,7 +381,7 @@ class ClientHandshake:
         self._nc = _check_nonce(nonce)
         self._ephemeral = _check_ephemeral(ephemeral) if self.mode == "nk" else None
         self._state = "hello"
-        self._session: Session | None = None
+        self._session: Records | None = None
 
     def _fail(self, detail: str) -> ChannelError:
         self._state = "failed"
@@ -401,8 +399,8 @@ class ClientHandshake:
         self._state = "finish"
         return params
 
-    def finish(self, result: Any) -> tuple[dict[str, Any], Session]:
-        """Check the hello result and its smac (constant time); the auth params and the Session."""
+    def finish(self, result: Any) -> tuple[dict[str, Any], Records]:
+        """Check the hello result and its smac (constant time); the auth params and the connection's Records."""
         if self._state != "finish":
             raise self._fail(f"finish in state {self._state}")
         try:
@@ -428,7 +426,7 @@ class ClientHandshake:
         if not hmac.compare_digest(smac, _mac(keys.sfin, keys.th)):
             raise self._fail("hello result: smac does not verify (wrong key, or not our server)")
         self._state = "confirm"
-        self._session = Session(role=self.kid, th=keys.th, send_key=keys.c2s, recv_key=keys.s2c, send_dir=C2S)
+        self._session = Records(role=self.kid, th=keys.th, send_key=keys.c2s, recv_key=keys.s2c, send_dir=C2S)
         return {"cmac": _b64e(_mac(keys.cfin, keys.th))}, self._session
 
     def confirm(self, result: Any) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 from .errors import (
@@ -15,12 +14,10 @@ from .errors import (
     ConflictError,
     InvalidArgumentError,
     LimitExceededError,
-    MethodNotFoundError,
     NotFoundError,
     PermissionDeniedError,
     UnavailableError,
 )
-from .accounts import Accounts
 from .paths import check_path, field_path, generate_id
 from .query import Query, aggregate, parse_query
 from .rules import Principal, RateLimiter, Rules
@@ -140,46 +137,21 @@ class Database:
                 target=self._tick, args=(sync_interval,), name="montybase-storage", daemon=True
             )
             self._ticker.start()
-        self.methods: dict[str, Callable[[dict, Principal | None], tuple[dict, int]]] = {
-            "get": self._get,
-            "query": self._query,
-            "aggregate": self._aggregate,
-            "commit": self._commit,
-            **{op: partial(self._write, op) for op in WRITE_OPS},
-        }
-        self.accounts = Accounts(self)
-        self.methods.update(self.accounts.methods)
 
-    # The method table shared by the embedded client and the network server
-
-    def call(self, method: str, params: dict, principal: Principal | None = None) -> dict:
-        """Run one method with its params (the same dicts that cross the wire). `principal`
-        None is the program that owns the database: no rules apply."""
-        handler = self.methods.get(method)  # execute(), inlined: this is every embedded call
-        if handler is None:
-            raise MethodNotFoundError(f"unknown method {method!r}")
-        result, seq = handler(params, principal)
-        if seq:
-            self.storage.sync(seq)
-        return result
-
-    def execute(self, method: str, params: dict, principal: Principal | None = None) -> tuple[dict, int]:
-        """Run one method; also return the journal record that must be durable before the
-        result may be acknowledged (0 if none). The server waits for it off its event loop."""
-        handler = self.methods.get(method)
-        if handler is None:
-            raise MethodNotFoundError(f"unknown method {method!r}")
-        return handler(params, principal)
+    # Requests, as the session routes them: each returns the result and the journal record that
+    # must be durable before the result may be acknowledged (0 if none; see `wait_durable`).
 
     def wait_durable(self, seq: int) -> None:
         """Block until journal record `seq` is fsynced (group commit)."""
         self.storage.sync(seq)
 
-    def _write(self, op: str, params: dict, principal: Principal | None) -> tuple[dict, int]:
+    def write(self, op: str, params: dict, principal: Principal | None) -> tuple[dict, int]:
+        """One `add`, `set`, `update` or `delete`."""
         results, seq = self._commit_writes([{**params, "op": op}], None, principal)
         return results[0], seq
 
-    def _commit(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+    def transact(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+        """A batch or transaction: `writes`, all or none, if the `reads` still hold."""
         results, seq = self._commit_writes(params.get("writes"), params.get("reads"), principal)
         return {"results": results}, seq
 
@@ -189,9 +161,10 @@ class Database:
         that document exists (no existence oracle)."""
         return len(path) % 2 == 1 and (len(path) == 1 or path in self.tree.collections)
 
-    def _get(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+    def get(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+        """A document, a collection, or a field inside a document."""
         path = check_path(params.get("path"))
-        if principal is None:  # the program that owns the database: the hot path of embedded reads
+        if principal is None or principal.admin:  # the hot path of embedded reads
             if len(path) % 2 == 0 and path:
                 # Stored documents are replaced, never changed in place, and a dict lookup is
                 # atomic: reading one document needs no lock.
@@ -201,19 +174,28 @@ class Database:
             with self._lock:
                 return {"value": clone(self.tree.read(path))}, 0
         with self._lock:
-            if not principal.admin:
-                if not path:
-                    raise PermissionDeniedError("only the admin key may read the root", {"path": []})
-                if self._reads_collection(path):
-                    query = self.rules.narrow(principal, parse_query({"path": list(path)}))
-                    self.rates.take(principal, self.rules.match(path), "list")
-                    selected = self.tree.select(query)
-                    self.rules.check_results(principal, len(selected))
-                    return {"value": {doc_id: clone(doc) for doc_id, doc in selected}}, 0
-                doc_path, document = self.tree.addressed(path)
-                self.rules.check_read(principal, doc_path, document)
-                self.rates.take(principal, self.rules.match(doc_path[:-1]), "get")
+            if not path:
+                raise PermissionDeniedError("only the admin key may read the root", {"path": []})
+            if self._reads_collection(path):
+                query = self.rules.narrow(principal, parse_query({"path": list(path)}))
+                self.rates.take(principal, self.rules.match(path), "list")
+                selected = self.tree.select(query)
+                self.rules.check_results(principal, len(selected))
+                return {"value": {doc_id: clone(doc) for doc_id, doc in selected}}, 0
+            doc_path, document = self.tree.addressed(path)
+            self.rules.check_read(principal, doc_path, document)
+            self.rates.take(principal, self.rules.match(doc_path[:-1]), "get")
             return {"value": clone(self.tree.read(path))}, 0
+
+    def document(self, path: Path) -> Any:
+        """The stored document at `path` or None, for the layers above that keep collections of
+        their own (accounts). Not a copy: stored documents are replaced, never changed in place."""
+        return self.tree.collections.get(path[:-1], _NO_DOCUMENTS).get(path[-1])
+
+    def documents(self, collection: Path) -> dict[str, Any]:
+        """The documents of a collection by id (a shallow copy, with the same caveat)."""
+        with self._lock:
+            return dict(self.tree.collections.get(collection, _NO_DOCUMENTS))
 
     def _select(self, query: Query, principal: Principal | None) -> list[tuple[str, Any]]:
         """Run a query as `principal` may (under the lock)."""
@@ -225,7 +207,7 @@ class Database:
             self.rates.take(principal, self.rules.match(query.path[:-1] if one_document else query.path), "list")
         return self.tree.select(query)
 
-    def _query(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+    def query(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         query = parse_query(params.get("query"))
         with self._lock:
             selected = self._select(query, principal)
@@ -234,7 +216,7 @@ class Database:
             docs = [{"id": doc_id, "value": clone(doc)} for doc_id, doc in selected]
         return {"docs": docs}, 0
 
-    def _aggregate(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+    def aggregate(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         op = params.get("op")
         if op not in AGGREGATES:
             raise InvalidArgumentError(f"aggregate op must be one of {', '.join(AGGREGATES)}, got {op!r}", {"path": "op"})
@@ -273,9 +255,7 @@ class Database:
                 owner = None
                 if principal is not None and not principal.admin:
                     self.rules.check_read(principal, target, self.tree.document(target))
-                    rule = self.rules.match(target[:-1])
-                    if rule is not None and rule.grants["get"] == "owner" and rule.owner is not None:
-                        owner = (rule.owner, principal.uid)
+                    owner = self.rules.owner_filter(principal, target)
                 subscription, snapshot = self.watcher.watch_document(target, sink, tag, owner)
             else:
                 if principal is not None and not principal.admin:

@@ -5,22 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import fastjsonschema
 
-from .errors import InternalError, InvalidArgumentError, InvalidRequestError, LimitExceededError, MontybaseError, ParseError
+from .errors import (
+    InternalError, InvalidArgumentError, InvalidRequestError, LimitExceededError, MontybaseError, ParseError,
+)
 from .schemas import load_schema
 
-__all__ = ["ACCOUNT_METHODS", "DATA_METHODS", "HANDSHAKE_METHODS", "LISTENER_METHODS", "Call", "Rpc", "compile_params", "dumps", "loads"]
+__all__ = ["Call", "Rpc", "compile_params", "dumps", "internal", "loads"]
 
 log = logging.getLogger("montybase.rpc")
-
-HANDSHAKE_METHODS = ("hello", "auth")
-DATA_METHODS = ("get", "query", "aggregate", "add", "set", "update", "delete", "commit")
-LISTENER_METHODS = ("subscribe", "unsubscribe")
-ACCOUNT_METHODS = ("signUp", "signIn", "resume", "signOut")
 
 
 def _reject_constant(name: str) -> None:
@@ -65,15 +63,12 @@ def compile_params(method: str) -> Any:
 
 
 class Rpc:
-    """Validators compiled once from the method schemas (local references only), and the
+    """Validators compiled once from the schemas of `methods` (local references only), and the
     shapes of answers. Pure: values in, values out."""
 
-    def __init__(self, *, max_batch: int = 50):
+    def __init__(self, methods: Iterable[str], *, max_batch: int = 50):
         self.max_batch = max_batch
-        self.validators = {
-            method: compile_params(method)
-            for method in (*HANDSHAKE_METHODS, *DATA_METHODS, *LISTENER_METHODS, *ACCOUNT_METHODS)
-        }
+        self.validators = {method: compile_params(method) for method in methods}
 
     def parse(self, data: str | bytes) -> tuple[list[Any], bool]:
         """The messages in a frame and whether it was a batch."""
@@ -108,15 +103,20 @@ class Rpc:
         if not isinstance(params, dict):
             raise InvalidArgumentError("params must be an object", {"path": "params"})
         method = message["method"]
-        validator = self.validators.get(method)
-        if validator is not None:
-            try:
-                validator(params)
-            except fastjsonschema.JsonSchemaValueException as exc:
-                where = _json_path(exc.path)
-                message = exc.message.split(" ", 1)[1] if " " in exc.message else exc.message
-                raise InvalidArgumentError(f"{where} {message}", {"path": where}) from None
+        self.check(method, params)
         return Call(request_id, method, params, notification)
+
+    def check(self, method: str, params: Any) -> None:
+        """Check params against the method's schema (a method without one is for the router to refuse)."""
+        validator = self.validators.get(method)
+        if validator is None:
+            return
+        try:
+            validator(params)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            where = _json_path(exc.path)
+            message = exc.message.split(" ", 1)[1] if " " in exc.message else exc.message
+            raise InvalidArgumentError(f"{where} {message}", {"path": where}) from None
 
     @staticmethod
     def request_id(message: Any) -> Any:
@@ -133,9 +133,14 @@ class Rpc:
 
     @staticmethod
     def error(request_id: Any, exc: BaseException) -> dict[str, Any]:
-        """The error answer; an unexpected exception is logged with an id, never sent."""
+        """The error answer; an unexpected exception becomes INTERNAL (see `internal`)."""
         if not isinstance(exc, MontybaseError):
-            error_id = secrets.token_hex(6)
-            log.error("internal error %s", error_id, exc_info=exc)
-            exc = InternalError(f"internal error {error_id}", {"errorId": error_id})
+            exc = internal(exc)
         return {"jsonrpc": "2.0", "id": request_id, "error": exc.to_error()}
+
+
+def internal(exc: BaseException) -> InternalError:
+    """An unexpected exception as the caller sees it: INTERNAL with an id; the log has the traceback."""
+    error_id = secrets.token_hex(6)
+    log.error("internal error %s", error_id, exc_info=exc)
+    return InternalError(f"internal error {error_id}", {"errorId": error_id})

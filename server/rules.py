@@ -253,6 +253,16 @@ class Rules:
         if rule is None or not rule.allows(principal, "get", path[-1], document):
             raise PermissionDeniedError(f"{principal.role} may not get {'/'.join(path)}", {"path": list(path)})
 
+    def owner_filter(self, principal: Principal, path: tuple[str, ...]) -> tuple[tuple[str, ...], str | None] | None:
+        """For a listener of the document at `path` that `principal` may read only while it owns
+        it: the owner field and the uid it must hold; None when ownership does not matter."""
+        if principal.admin:
+            return None
+        rule = self.match(path[:-1])
+        if rule is not None and rule.grants["get"] == "owner" and rule.owner is not None:
+            return rule.owner, principal.uid
+        return None
+
     def narrow(self, principal: Principal, query: Query) -> Query:
         """A `list`: the query limited to what the caller may read, or PERMISSION_DENIED."""
         if principal.admin:

@@ -23,7 +23,7 @@ from .query import OrderIndex, Query, field_value
 from .tree import Change, Tree
 from .values import clone
 
-__all__ = ["Sink", "Watcher", "query_key"]
+__all__ = ["Sink", "Watcher", "nothing_readable", "query_key"]
 
 Path = tuple[str, ...]
 Sink = Callable[[tuple[Any, ...], dict[str, Any]], None]  # (tags of its listeners, snapshot or changes) → deliver it
@@ -33,6 +33,15 @@ def query_key(query: Query) -> str:
     """Equal for queries that select the same documents: JSON keeps true and 1 apart (Python's
     == does not) and holds lists and objects (which Python cannot hash)."""
     return json.dumps([getattr(query, name) for name in query.__slots__], default=repr, sort_keys=True)
+
+
+def nothing_readable(target: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot of a listener whose caller may read nothing of its target ({"path"} or
+    {"query"}, as subscribed): a missing document, or an empty result."""
+    path = target.get("path")
+    if path is not None and len(path) % 2 == 0:
+        return {"id": path[-1], "value": None, "exists": False}
+    return {"docs": [], "changes": []}
 
 
 def _change(kind: str, doc_id: str, document: Any, old_index: int, new_index: int) -> dict[str, Any]:

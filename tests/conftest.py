@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from python_client import Montybase
-from server.channel import ClientHandshake, Session
+from server.channel import ClientHandshake, Records
 from server.config import client_config, create_config, open_database
 from server.database import Database
 from server.transport import Limits, MontybaseServer
@@ -91,7 +91,7 @@ class Served:
 
 
 def hand_handshake(ws: Any, kid: str, key: str, server_public: str | None = None,
-                   nonce: bytes | None = None) -> tuple[Session, dict[str, Any]]:
+                   nonce: bytes | None = None) -> tuple[Records, dict[str, Any]]:
     """The MBSC1 handshake driven by hand over a websockets sync connection: the session, and
     hello's result (for tests that recompute the keys)."""
     def step(method: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from python_client.errors import (
     UnauthenticatedError,
 )
 from server.config import DEFAULTS, create_config, open_database
+from server.transport import MontybaseServer
 
 PASSWORD = "correct horse battery"
 WAIT = 10.0
@@ -345,7 +346,9 @@ def test_a_session_is_resumed_after_a_reconnect(loop_thread, tmp_path, restart):
         with pytest.raises(ConnectionLostError):
             doc(handle, "notes", note_id).get()
         if restart == "reopened from disk":
-            served.server.database = served.database = open_database({**DEFAULTS, "rules": RULES}, bucket)
+            service = served.server.service  # a new server over the store reopened, with the same keys
+            served.database = open_database({**DEFAULTS, "rules": RULES}, bucket)
+            served.server = MontybaseServer(served.database, keys=service.keys, server_key=service.server_key)
         loop_thread.run(served.server.start("127.0.0.1", port))
         # The same handle, no new sign-in: the owner-only write and read work.
         note = doc(handle, "notes", note_id)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from server import channel
-from server.channel import ChannelError, ClientHandshake, ServerHandshake, Session, derive_psk, key_schedule
+from server.channel import ChannelError, ClientHandshake, ServerHandshake, Records, derive_psk, key_schedule
 from server.config import _fresh_keys, public_key
 from server.errors import MontybaseError, UnauthenticatedError
 
@@ -59,7 +59,7 @@ def vector_handshakes(case: dict) -> tuple[ClientHandshake, ServerHandshake]:
     return client, server
 
 
-def vector_sessions(case: dict) -> dict[str, Session]:
+def vector_sessions(case: dict) -> dict[str, Records]:
     """The two ends of a vector connection, named by the direction they receive."""
     client, server = vector_handshakes(case)
     auth, client_session = client.finish(server.hello(client.hello()))

@@ -396,7 +396,7 @@ def test_power_loss_loses_no_acknowledged_write(tmp_path, seed, hot, caplog):
                 allowed = states[floor : acked + 1 + in_flight]
                 assert recovered in allowed, f"{where}: recovered state is not the acknowledged history (+ in flight)"
                 if variant == 0 and number % 4 == 0:  # the recovered storage keeps working
-                    db.call("set", {"path": ["after", "x"], "value": {"n": number}})
+                    db.commit([{"op": "set", "path": ["after", "x"], "value": {"n": number}}])
                     recovered = read_all(db)
             finally:
                 db.close()
@@ -529,11 +529,11 @@ def test_fsync_failure_in_background_flush_refuses_later_writes(tmp_path):
     db = Database(FileStorage(path, files=files), sync_interval=QUIET)
     try:
         for i in range(5):
-            db.call("set", {"path": ["c", f"k{i}"], "value": {"n": i}})
+            db.commit([{"op": "set", "path": ["c", f"k{i}"], "value": {"n": i}}])
         with pytest.raises(UnavailableError):
             db.storage.flush()  # what the tick does
         with pytest.raises(UnavailableError, match="storage failed"):
-            db.call("set", {"path": ["c", "late"], "value": {"n": -1}})
+            db.commit([{"op": "set", "path": ["c", "late"], "value": {"n": -1}}])
     finally:
         try:
             db.close()
@@ -566,16 +566,16 @@ def test_failed_snapshot_loses_nothing_and_writes_continue(tmp_path, caplog):
     files = FailingSnapshotFiles()
     db = Database(FileStorage(path, files=files), hot=True, sync_interval=QUIET)
     try:
-        db.call("set", {"path": ["c", "a"], "value": {"n": 1}})
+        db.commit([{"op": "set", "path": ["c", "a"], "value": {"n": 1}}])
         db.snapshot()
         good = path.read_bytes()
-        db.call("set", {"path": ["c", "b"], "value": {"n": 2}})
+        db.commit([{"op": "set", "path": ["c", "b"], "value": {"n": 2}}])
         files.fail = True
         with caplog.at_level(logging.ERROR, logger="montybase.storage"):
             db.snapshot()
         assert "snapshot at record 2 failed" in caplog.text
         assert path.read_bytes() == good
-        db.call("set", {"path": ["c", "c"], "value": {"n": 3}})  # writes go on
+        db.commit([{"op": "set", "path": ["c", "c"], "value": {"n": 3}}])  # writes go on
         files.fail = False
     finally:
         db.close()

@@ -20,6 +20,7 @@ from python_client import Montybase, doc
 from python_client.errors import MontybaseError as ClientError
 from server.database import Database
 from server.errors import MontybaseError
+from server.session import Service, Session
 
 CASES_FILE = Path(__file__).parent / "cases" / "queries.json"
 COLLECTION = ["c"]
@@ -73,25 +74,25 @@ def test_cases_file_is_well_formed():
             assert isinstance(case["expect"], list) and all(i in case["documents"] for i in case["expect"]), name
 
 
-# Through the engine's method table
+# Through the session's method table, with no client in between
 
 
 @pytest.fixture
 def engine():
     database = Database()
-    yield database
+    yield Service(database).admin(lambda tags, message: None)
     database.close()
 
 
-def _load(database: Database, documents: dict[str, Any]) -> None:
+def _load(session: Session, documents: dict[str, Any]) -> None:
     for doc_id, document in documents.items():
-        database.call("add", {"path": [*COLLECTION, doc_id], "value": document})
+        session.call("add", {"path": [*COLLECTION, doc_id], "value": document})
 
 
-def _engine_run(database: Database, case: dict[str, Any]) -> Any:
+def _engine_run(session: Session, case: dict[str, Any]) -> Any:
     if "aggregate" in case:
-        return database.call("aggregate", {"query": _params(case), **case["aggregate"]})["value"]
-    return database.call("query", {"query": _params(case)})["docs"]
+        return session.call("aggregate", {"query": _params(case), **case["aggregate"]})["value"]
+    return session.call("query", {"query": _params(case)})["docs"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])

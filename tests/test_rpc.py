@@ -9,10 +9,11 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from server.errors import InvalidArgumentError, InvalidRequestError, LimitExceededError, NotFoundError, ParseError
-from server.rpc import DATA_METHODS, HANDSHAKE_METHODS, LISTENER_METHODS, Rpc
+from server.rpc import Rpc
 from server.schemas import load_schema
+from server.session import HANDSHAKE, METHODS
 
-rpc = Rpc(max_batch=3)
+rpc = Rpc((*HANDSHAKE, *METHODS), max_batch=3)
 
 
 def request(method, params, request_id=1):
@@ -134,7 +135,7 @@ def test_compiled_validators_agree_with_the_reference_validator(method):
 
 
 def test_every_method_has_a_schema_file_that_is_valid_2020_12():
-    for method in (*HANDSHAKE_METHODS, *DATA_METHODS, *LISTENER_METHODS):
+    for method in (*HANDSHAKE, *METHODS):
         schema = load_schema(method)
         Draft202012Validator.check_schema(schema)
         assert set(schema["properties"]) == {"params", "result"}

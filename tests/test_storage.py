@@ -153,8 +153,8 @@ def test_close_writes_snapshot_and_drops_journals(tmp_path):
     path = tmp_path / "db.json"
     db = open_db(path, snapshot_changes=1000, snapshot_seconds=300)
     for i in range(10):
-        db.call("set", {"path": ["c", f"k{i}"], "value": {"n": i}})
-    db.call("set", {"path": ["c", "k0", "sub"], "value": {"deep": True}})  # a generated id in a subcollection
+        db.commit([{"op": "set", "path": ["c", f"k{i}"], "value": {"n": i}}])
+    db.commit([{"op": "set", "path": ["c", "k0", "sub"], "value": {"deep": True}}])  # a generated id in a subcollection
     assert not path.exists(), "no snapshot before the policy or close asks for one"
     assert len(record_offsets(journals(tmp_path)[0].read_bytes())) == 11
     expected = read_all(db)
@@ -204,7 +204,7 @@ def test_snapshot_policy_seconds(tmp_path):
     path = tmp_path / "db.json"
     db = open_db(path, snapshot_changes=1, snapshot_seconds=0.8, sync_interval=0.05)
     try:
-        db.call("set", {"path": ["c", "a"], "value": {"n": 1}})
+        db.commit([{"op": "set", "path": ["c", "a"], "value": {"n": 1}}])
         start = time.monotonic()
         time.sleep(0.4)
         assert not path.exists()
@@ -419,7 +419,7 @@ def test_torn_tail_of_newest_journal_is_cut_with_warning(tmp_path, caplog, tear)
         assert read_all(db) == {"c": docs_of(range(1, keep + 1))}
         assert newest.read_bytes() == data[:good_end], "the torn end was not cut off exactly"
         assert journals(tmp_path)[0].read_bytes() == older
-        db.call("set", {"path": ["c", "after"], "value": {"n": -1}})
+        db.commit([{"op": "set", "path": ["c", "after"], "value": {"n": -1}}])
     finally:
         db.close()
     caplog.clear()
@@ -479,7 +479,7 @@ def test_second_process_is_refused_and_named(tmp_path):
         holder.stderr.close()
     db = open_db(path)  # the dead holder's lock is gone
     try:
-        db.call("set", {"path": ["c", "k"], "value": {"n": 1}})
+        db.commit([{"op": "set", "path": ["c", "k"], "value": {"n": 1}}])
     finally:
         db.close()
 
@@ -488,11 +488,11 @@ def test_second_open_in_same_process_is_refused(tmp_path):
     path = tmp_path / "db.json"
     first = open_db(path)
     try:
-        first.call("set", {"path": ["c", "k"], "value": {"n": 1}})
+        first.commit([{"op": "set", "path": ["c", "k"], "value": {"n": 1}}])
         with pytest.raises(UnavailableError) as caught:
             open_db(path)
         assert f"process {os.getpid()} " in str(caught.value)
-        first.call("set", {"path": ["c", "k2"], "value": {"n": 2}})  # the first one still works
+        first.commit([{"op": "set", "path": ["c", "k2"], "value": {"n": 2}}])  # the first one still works
     finally:
         first.close()
     second = open_db(path)

@@ -17,10 +17,10 @@ from websockets.sync.client import connect
 
 from conftest import Served, hand_handshake
 from python_client import ConnectionLostError, PermissionDeniedError, doc
-from server.channel import ClientHandshake, Session, derive_psk, key_schedule
-from server.config import public_key
+from server.channel import ClientHandshake, Records, derive_psk, key_schedule
+from server.config import open_database, public_key
 from server.schemas import load_schema
-from server.transport import Limits
+from server.transport import Limits, MontybaseServer
 
 _registry = Registry().with_resource("montybase:common", Resource.from_contents(load_schema("common")))
 
@@ -43,7 +43,7 @@ class Raw:
             if not pinned:  # psk keys can be recomputed here: a session sealing as the server would
                 ns = base64.urlsafe_b64decode(hello["ns"] + "=")
                 keys = key_schedule("psk", kid, nonce, ns, derive_psk(key))
-                self.mirror = Session(role=kid, th=keys.th, send_key=keys.s2c, recv_key=keys.c2s, send_dir=2)
+                self.mirror = Records(role=kid, th=keys.th, send_key=keys.s2c, recv_key=keys.c2s, send_dir=2)
 
     def text(self, message):
         self.ws.send(json.dumps(message))
@@ -69,7 +69,7 @@ class Raw:
 
 
 def everything(served):
-    return served.database.call("get", {"path": []})["value"]
+    return served.database.get({"path": []}, None)[0]["value"]
 
 
 # Handshake and records
@@ -204,7 +204,7 @@ def test_wrong_keys_do_not_disturb_other_clients(served):
 
 def test_bad_frames_get_the_documented_errors_and_change_nothing(served):
     doc_path = {"path": ["c", "d"], "value": {"n": 1}}
-    served.database.call("set", doc_path)
+    served.database.write("set", doc_path, None)
     before = everything(served)
     raw = Raw(served)
     raw.send(b"this is not json")
@@ -365,8 +365,9 @@ def test_in_flight_calls_fail_with_connection_lost_and_the_next_call_reconnects(
     with pytest.raises(ConnectionLostError):
         doc(client, "c", "a").get()
     # A new server on the same port: the client connects again by itself.
-    served.server.database = served.database = __import__("server.config", fromlist=["x"]).open_database(
-        served.config, ":memory:")
+    service = served.server.service  # a new server with the same keys
+    served.database = open_database(served.config, ":memory:")
+    served.server = MontybaseServer(served.database, keys=service.keys, server_key=service.server_key)
     served.loop_thread.run(served.server.start("127.0.0.1", port))
     try:
         doc(client, "c", "a").set({"n": 2})

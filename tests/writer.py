@@ -114,12 +114,15 @@ def workload(seed: int, namespace: str, keys: int = 24) -> Iterator[list[dict]]:
 
 
 def apply_write(db: Any, item: list[dict]) -> None:
-    """Send one workload item to a `server.database.Database` the way clients do."""
+    """Apply one workload item to a `server.database.Database` as a session does: the write,
+    then the wait for its durability."""
     if len(item) == 1:
         params = {key: value for key, value in item[0].items() if key != "op"}
-        db.call(item[0]["op"], copy.deepcopy(params))
+        _, seq = db.write(item[0]["op"], copy.deepcopy(params), None)
     else:
-        db.call("commit", {"writes": copy.deepcopy(item)})
+        _, seq = db.transact({"writes": copy.deepcopy(item)}, None)
+    if seq:
+        db.wait_durable(seq)
 
 
 def expected_states(seed: int, namespace: str, count: int) -> tuple[Collections, Collections]:

@@ -1,0 +1,332 @@
+"""One client's conversation with the database, free of I/O: the handshake, the principal, its
+listeners, and the one router from a JSON-RPC request to a database call and back.
+
+The transport hands a session the frames it reads and sends what the session returns (websockets'
+sans-I/O protocol is the model); the embedded backend calls the same session directly, as the
+admin, so embedded and served databases check, limit and answer alike (httpx's ASGITransport).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from .accounts import Accounts
+from .channel import CLOSE_AUTH_FAILED, Records, ServerHandshake
+from .config import Limits
+from .database import Database
+from .errors import (
+    InvalidArgumentError, InvalidRequestError, LimitExceededError, MethodNotFoundError, MontybaseError, UnauthenticatedError,
+)
+from .rpc import Call, Rpc, dumps, internal, loads
+from .rules import Principal
+from .watch import Sink, nothing_readable
+
+__all__ = ["METHODS", "Reply", "Service", "Session", "Work"]
+
+log = logging.getLogger("montybase.session")
+
+HANDSHAKE = ("hello", "auth")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What to send for one frame: `text` (None: nothing) once `sync` has returned (a write's
+    fsync, which blocks: run it off the event loop); then close with `close` (code, reason)."""
+
+    text: str | None = None
+    sync: Callable[[], None] | None = None
+    close: tuple[int, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """The requests of one frame: `run()` answers them; `blocking` says that it may take long
+    (hashing a password) and belongs off the event loop."""
+
+    run: Callable[[], Reply]
+    blocking: bool = False
+
+
+class Service:
+    """What the sessions of one database share: the database, its accounts, the compiled request
+    validators, the keys and the limits."""
+
+    def __init__(
+        self, database: Database, *, limits: Limits | None = None, keys: dict[str, str] | None = None,
+        server_key: str | None = None,
+    ):
+        self.database = database
+        self.limits = limits or Limits()
+        self.keys = {kid: key for kid, key in (keys or {}).items() if key}
+        self.server_key = server_key
+        self.accounts = Accounts(database)
+        self.rpc = Rpc((*HANDSHAKE, *METHODS), max_batch=self.limits.maxBatch)
+
+    def session(self, deliver: Sink, *, number: int = 0, address: str = "") -> Session:
+        """A network client's session: anonymous until its handshake proves a key."""
+        return Session(self, deliver, None, number=number, address=address)
+
+    def admin(self, deliver: Sink) -> Session:
+        """The session of the program that owns the database (the embedded backend)."""
+        return Session(self, deliver, Principal("admin"))
+
+
+class Session:
+    """One client: `handshake` frames until `records` is set, then `receive` (remote), or `call`
+    (embedded); `notification` builds the frames of its listeners; `close` stops them."""
+
+    def __init__(self, service: Service, deliver: Sink, principal: Principal | None, *, number: int = 0, address: str = ""):
+        self.service, self.database, self.deliver = service, service.database, deliver
+        self.principal = principal
+        self.number, self.address = number, address
+        self.records: Records | None = None  # the record keys, once the handshake is done
+        self._handshake = ServerHandshake(service.keys, service.server_key) if principal is None else None
+        self._said_hello = False
+        # a listener's tag (the client's id for it) → (the database's subscription, or None while
+        # nothing there may be read; its target)
+        self._listeners: dict[Any, tuple[int | None, dict[str, Any]]] = {}
+        self._subs_text: dict[tuple[Any, ...], str] = {}
+
+    # The handshake (MBSC1, server/channel.py)
+
+    def handshake(self, frame: str | bytes) -> Reply:
+        """Answer one handshake frame: `hello`, then `auth`. A refusal says only "authentication
+        failed" and closes; the log says why."""
+        answered = None
+        try:
+            if not isinstance(frame, str):
+                raise UnauthenticatedError("handshake frames are text")
+            messages, batch = self.service.rpc.parse(frame)
+            answered = Rpc.request_id(messages[0])
+            call = self.service.rpc.call(messages[0])
+            expected = "auth" if self._said_hello else "hello"
+            if batch or call.method != expected or call.notification:
+                raise UnauthenticatedError(f"expected the {expected!r} handshake request, got {call.method[:64]!r}")
+            if expected == "hello":
+                self._said_hello = True
+                return Reply(dumps(Rpc.result(call.id, self._handshake.hello(call.params))))
+            result, records = self._handshake.auth(call.params)
+        except MontybaseError as exc:
+            log.warning("connection %d refused: %s", self.number, exc)
+            refusal = UnauthenticatedError("authentication failed")
+            return Reply(dumps(Rpc.error(answered, refusal)), close=(CLOSE_AUTH_FAILED, "authentication failed"))
+        self.records, self.principal = records, Principal(records.role, None, self.number, self.address)
+        return Reply(dumps(Rpc.result(call.id, result)))
+
+    # Requests
+
+    def receive(self, text: bytes) -> Work:
+        """The work one decrypted frame asks for (a request or a batch of them)."""
+        limit = self.service.limits.maxMessageBytes
+        if len(text) > limit:
+            error = LimitExceededError(f"the message is {len(text)} bytes; at most {limit} are allowed",
+                                       {"limit": limit, "actual": len(text)})
+            return _answered(Rpc.error(_readable_id(text), error))
+        try:
+            messages, batch = self.service.rpc.parse(text)
+        except MontybaseError as exc:
+            return _answered(Rpc.error(None, exc))
+        blocking = False
+        for message in messages:
+            route = METHODS.get(message.get("method")) if isinstance(message, dict) else None
+            blocking = blocking or (route is not None and route[1])
+        return Work(partial(self._answer_all, messages, batch), blocking)
+
+    def _answer_all(self, messages: list[Any], batch: bool) -> Reply:
+        answers, durable = [], 0
+        for message in messages:
+            answer, seq = self._answer(message)
+            durable = max(durable, seq)
+            if answer is not None:
+                answers.append(answer)
+        text = dumps(answers if batch else answers[0]) if answers else None
+        return Reply(text, partial(self.database.wait_durable, durable) if durable else None)
+
+    def _answer(self, message: Any) -> tuple[dict[str, Any] | None, int]:
+        try:
+            call: Call = self.service.rpc.call(message)
+        except MontybaseError as exc:
+            return Rpc.error(Rpc.request_id(message), exc), 0
+        if call.notification:  # JSON-RPC: never answered; a write could not be acknowledged
+            log.info("connection %d: ignored a notification", self.number)
+            return None, 0
+        try:
+            result, seq = _route(call.method)[0](self, call.params)
+            return Rpc.result(call.id, result), seq
+        except Exception as exc:  # Rpc.error turns anything unexpected into INTERNAL with a log id
+            return Rpc.error(call.id, exc), 0
+
+    def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run one request in this thread (the embedded backend): its result, once durable, or
+        the MontybaseError a remote caller would get."""
+        route = _route(method)
+        self.service.rpc.check(method, params)
+        try:
+            result, seq = route[0](self, params)
+        except MontybaseError:
+            raise
+        except Exception as exc:  # INTERNAL with a log id, as a remote caller would see it
+            raise internal(exc) from None
+        if seq:
+            self.database.wait_durable(seq)
+        return result
+
+    # Methods: each takes the params and returns the result and the journal record to wait for
+
+    def _get(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return self.database.get(params, self.principal)
+
+    def _query(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return self.database.query(params, self.principal)
+
+    def _aggregate(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return self.database.aggregate(params, self.principal)
+
+    def _write(self, params: dict[str, Any], *, op: str) -> tuple[dict[str, Any], int]:
+        return self.database.write(op, params, self.principal)
+
+    def _commit(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return self.database.transact(params, self.principal)
+
+    def _subscribe(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        self.subscribe({key: params[key] for key in ("path", "query") if key in params}, params["sub"])
+        return {"sub": params["sub"]}, 0
+
+    def _unsubscribe(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return {"found": self.unsubscribe(params["sub"])}, 0
+
+    def _sign_up(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return self._signed_in(self.service.accounts.sign_up(params)), 0
+
+    def _sign_in(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return self._signed_in(self.service.accounts.sign_in(params, self.address)), 0
+
+    def _resume(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return self._signed_in(self.service.accounts.resume(params)), 0
+
+    def _sign_out(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        result = self.service.accounts.sign_out(params)
+        self._become(None)
+        return result, 0
+
+    def _signed_in(self, result: dict[str, Any]) -> dict[str, Any]:
+        self._become(result["uid"])
+        return result
+
+    # Listeners
+
+    def subscribe(self, target: dict[str, Any], tag: Any) -> None:
+        """Listen to {"path": …} or {"query": …}; the session's sink gets its snapshots with `tag`."""
+        if tag in self._listeners:
+            raise InvalidArgumentError(f"listener {tag} is already in use on this connection", {"path": "params.sub"})
+        subscription = self.database.watch(target, self.deliver, tag, self.principal)
+        self._listeners[tag] = (subscription, target)
+
+    def unsubscribe(self, tag: Any) -> bool:
+        """Stop the listener `tag`; False if there was none."""
+        found = self._listeners.pop(tag, None)
+        return found is not None and (found[0] is None or self.database.unwatch(found[0]))
+
+    def _become(self, uid: str | None) -> None:
+        """After a sign-in or sign-out, every listener shows what the new principal may read: a
+        fresh full snapshot, or nothing at all if it may read nothing there."""
+        if uid == self.principal.uid:
+            return
+        self.principal.uid = uid
+        for tag, (subscription, target) in list(self._listeners.items()):
+            if subscription is not None:
+                self.database.unwatch(subscription)
+            try:
+                subscription = self.database.watch(target, self.deliver, tag, self.principal)
+            except MontybaseError:
+                subscription = None
+                self.deliver((tag,), nothing_readable(target))
+            self._listeners[tag] = (subscription, target)
+
+    def notification(self, pending: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> str:
+        """The frame for messages delivered to this session's sink, in order: one notification per
+        distinct message, naming every listener it is for (listeners of one query share one)."""
+        listeners: dict[int, tuple[dict[str, Any], tuple[Any, ...]]] = {}
+        for tags, message in pending:
+            found = listeners.get(id(message))
+            listeners[id(message)] = (message, tags if found is None else found[1] + tags)
+        notifications = [
+            f'{{"jsonrpc":"2.0","method":"snapshot","params":{{"subs":{self._subs(tags)},"snapshot":{_encoded(message)}}}}}'
+            for message, tags in listeners.values()
+        ]
+        return notifications[0] if len(notifications) == 1 else "[" + ",".join(notifications) + "]"
+
+    def _subs(self, tags: tuple[Any, ...]) -> str:
+        """The JSON of a list of listener ids, kept for the lists this session sends again."""
+        text = self._subs_text.get(tags)
+        if text is None:
+            if len(self._subs_text) >= 64:
+                self._subs_text.clear()
+            text = self._subs_text[tags] = dumps(tags)
+        return text
+
+    def close(self) -> None:
+        """Stop every listener of this session."""
+        for subscription, _ in self._listeners.values():
+            if subscription is not None:
+                self.database.unwatch(subscription)
+        self._listeners.clear()
+
+
+# The one routing table: method → (handler, whether it blocks: password hashing runs off the loop)
+METHODS: dict[str, tuple[Callable[[Session, dict[str, Any]], tuple[dict[str, Any], int]], bool]] = {
+    "get": (Session._get, False),
+    "query": (Session._query, False),
+    "aggregate": (Session._aggregate, False),
+    **{op: (partial(Session._write, op=op), False) for op in ("add", "set", "update", "delete")},
+    "commit": (Session._commit, False),
+    "subscribe": (Session._subscribe, False),
+    "unsubscribe": (Session._unsubscribe, False),
+    "signUp": (Session._sign_up, True),
+    "signIn": (Session._sign_in, True),
+    "resume": (Session._resume, False),
+    "signOut": (Session._sign_out, False),
+}
+
+
+def _route(method: str) -> tuple[Callable[[Session, dict[str, Any]], tuple[dict[str, Any], int]], bool]:
+    route = METHODS.get(method)
+    if route is None:
+        if method in HANDSHAKE:
+            raise InvalidRequestError("the handshake is already done")
+        raise MethodNotFoundError(f"unknown method {method[:64]!r}")
+    return route
+
+
+def _answered(answer: dict[str, Any]) -> Work:
+    reply = Reply(dumps(answer))
+    return Work(lambda: reply)
+
+
+_recent: dict[int, tuple[dict[str, Any], str]] = {}  # id(message) → (message, its JSON), newest last
+_RECENT = 64
+
+
+def _encoded(message: dict[str, Any]) -> str:
+    """A message's JSON, encoded once however many sessions it goes to (they flush one after
+    another on the loop thread, within a few messages). Holding the message keeps its id unique."""
+    found = _recent.get(id(message))
+    if found is not None:
+        return found[1]
+    text = dumps(message)
+    _recent[id(message)] = (message, text)
+    if len(_recent) > _RECENT:
+        del _recent[next(iter(_recent))]
+    return text
+
+
+def _readable_id(text: bytes) -> Any:
+    """The id of a refused request, so its caller gets the answer (null if it cannot be read)."""
+    try:
+        return Rpc.request_id(loads(text))
+    except (ValueError, RecursionError):
+        return None
