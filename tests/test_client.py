@@ -6,8 +6,11 @@ import threading
 
 import pytest
 
+from conftest import Served
 from python_client import (
     AlreadyExistsError,
+    LimitExceededError,
+    Montybase,
     CollectionReference,
     ConflictError,
     DocumentReference,
@@ -23,6 +26,7 @@ from python_client import (
     minimum,
     server_timestamp,
 )
+from server.config import load_config, open_database, storage_path
 
 
 # References
@@ -447,3 +451,45 @@ def test_every_error_is_a_montybase_error_with_code_reason_data(db):
         doc(db, "c", "x").update({"a": 1})
     error = caught.value
     assert (error.code, error.reason) == (-32002, "NOT_FOUND") and error.data["path"] == ["c", "x"]
+
+
+# Limits: a program embedded gets those of a remote admin (the same session, only no socket)
+
+
+def test_a_document_over_max_doc_bytes_is_limit_exceeded_and_not_written(db):
+    with pytest.raises(LimitExceededError) as caught:
+        doc(db, "c").add({"text": "x" * 65536}, key="big")
+    assert (caught.value.data["limit"], caught.value.data["actual"]) == (65536, 65536 + len('{"text":""}'))
+    assert doc(db, "c", "big").get() is None
+    doc(db, "c", "fits").set({"text": "x" * 60000})
+    with pytest.raises(LimitExceededError):
+        doc(db, "c", "fits").update({"more": "x" * 6000})
+    assert len(doc(db, "c", "fits").get()["text"]) == 60000
+
+
+def test_a_batch_over_max_writes_is_limit_exceeded_and_writes_nothing(db):
+    batch = db.batch()
+    for i in range(501):
+        batch.set(doc(db, "c", f"k{i}"), {"i": i})
+    with pytest.raises(LimitExceededError) as caught:
+        batch.commit()
+    assert (caught.value.data["limit"], caught.value.data["actual"]) == (500, 501)
+    assert doc(db, "c").count() == 0
+
+
+def test_what_embedded_accepts_a_server_on_the_same_files_serves_and_updates(loop_thread, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with Montybase() as embedded:
+        doc(embedded, "c", "near").set({"text": "x" * 65000})
+        with pytest.raises(LimitExceededError):
+            doc(embedded, "c", "over").set({"text": "x" * 70000})
+    config, _ = load_config(tmp_path / "montybase.json")
+    served = Served(loop_thread, tmp_path / "server", database=open_database(config, storage_path(config, tmp_path / "montybase.json")))
+    remote = served.client(admin=True)
+    try:
+        assert len(doc(remote, "c", "near").get()["text"]) == 65000
+        doc(remote, "c", "near").update({"n": 1})
+        assert doc(remote, "c", "near").get()["n"] == 1 and doc(remote, "c", "over").get() is None
+    finally:
+        remote.close()
+        served.stop()

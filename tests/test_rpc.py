@@ -139,3 +139,13 @@ def test_every_method_has_a_schema_file_that_is_valid_2020_12():
         schema = load_schema(method)
         Draft202012Validator.check_schema(schema)
         assert set(schema["properties"]) == {"params", "result"}
+
+
+def test_a_path_check_path_passed_is_not_checked_again_and_any_other_is():
+    from server.paths import CheckedPath
+
+    trusted = CheckedPath(("c", "$not-a-key"))  # only check_path makes these; this one is forged to see the skip
+    rpc.check("get", {"path": trusted})
+    with pytest.raises(InvalidArgumentError) as caught:
+        rpc.check("get", {"path": ["c", "$not-a-key"]})
+    assert caught.value.data["path"] == "params.path[1]"
