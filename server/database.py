@@ -60,6 +60,12 @@ class _Batch:
                 docs[doc_path[-1]] = doc
         return docs
 
+    def below(self, path: Path) -> list[tuple[Path, Any]]:
+        """Every document in the collections below the document at `path`: what deleting it deletes too."""
+        collections = dict.fromkeys(self.tree.subcollections(path))
+        collections.update(dict.fromkeys(p[:-1] for p in self.docs if len(p) > len(path) and p[: len(path)] == path))
+        return [(collection + (doc_id,), doc) for collection in collections for doc_id, doc in self.collection(collection).items()]
+
     def remove(self, path: Path) -> None:
         self.docs = {p: d for p, d in self.docs.items() if p[: len(path)] != path}
         self.removed.append(path)
@@ -390,8 +396,11 @@ class Database:
             is_collection = len(path) % 2 == 1
             if op == "delete":
                 old = batch.collection(path) if is_collection else batch.document(path)
+                below = [] if is_collection else batch.below(path)
                 check("delete", path, old, None)
-                if (old if is_collection else old is not None) or self.tree.subcollections(path):
+                if guarded:  # a document's delete takes its subcollections along: each must allow it
+                    self.rules.check_cascade(principal, path, below)
+                if (old or self.tree.subcollections(path)) if is_collection else (old is not None or below):
                     operations.append(["delete", list(path)])
                     batch.remove(path)
                 results.append({"value": clone(old) if old is not None else None})

@@ -461,6 +461,94 @@ def test_a_batch_with_one_refused_write_writes_nothing(owned):
     quiet.close()
 
 
+# Every door: what a delete takes along, what a transaction reads
+
+
+DOOR_RULES = {
+    "profiles": {"read": "owner", "write": "owner"},  # the document id is the owner's uid
+    "profiles/*/badges": {"read": "owner", "owner": "holder"},  # only the admin key writes badges
+    "profiles/*/notes": {"read": "owner", "write": "owner", "owner": "author"},
+    "rooms": {"read": "public", "write": "public"},
+    "rooms/*/messages": {"read": "public", "create": "public"},
+    "rooms/*/drafts": {"create": "public"},  # nobody reads them
+    "notes": {"read": "owner", "write": "owner", "owner": "author"},
+    "marker": {"read": "public", "write": "public"},
+}
+
+
+@pytest.fixture
+def doors(loop_thread, tmp_path):
+    """A server with DOOR_RULES: an admin handle, two signed-in handles and an anonymous one."""
+    served = serve(loop_thread, tmp_path, DOOR_RULES)
+    admin, alice, bob, anonymous = served.client(admin=True), served.client(), served.client(), served.client()
+    uids = {"alice": alice.sign_up("alice@rules.example", PASSWORD)["uid"],
+            "bob": bob.sign_up("bob@rules.example", PASSWORD)["uid"]}
+    yield admin, alice, bob, anonymous, uids
+    for handle in (admin, alice, bob, anonymous):
+        handle.close()
+    served.stop()
+
+
+def _denied(fn) -> PermissionDeniedError:
+    with pytest.raises(PermissionDeniedError) as caught:
+        fn()
+    return caught.value
+
+
+def test_a_delete_that_would_take_a_protected_document_along_is_refused_and_deletes_nothing(doors):
+    admin, alice, bob, _, uids = doors
+    alice_id, bob_id = uids["alice"], uids["bob"]
+    doc(admin, "profiles").set({"name": "Alice"}, key=alice_id)
+    doc(admin, "profiles", alice_id, "notes").set({"author": alice_id}, key="n1")
+    doc(admin, "profiles", alice_id, "badges").set({"holder": alice_id, "why": "spam"}, key="banned")
+    doc(admin, "profiles", bob_id, "badges").set({"holder": bob_id}, key="banned")  # bob has no profile
+    before = {name: doc(admin, "profiles", uid).get() for name, uid in uids.items()}
+    below = {(uid, sub): doc(admin, "profiles", uid, sub).get() for uid in uids.values() for sub in ("badges", "notes")}
+    quiet = Quiet(admin, doc(admin, "profiles", alice_id, "badges"))
+    refused = _denied(doc(alice, "profiles", alice_id).delete)
+    assert refused.data["document"] == ["profiles", alice_id, "badges", "banned"]
+    assert f"profiles/{alice_id}/badges/banned" in str(refused)
+    refused = _denied(doc(bob, "profiles", bob_id).delete)  # whether or not the profile exists
+    assert refused.data["document"] == ["profiles", bob_id, "badges", "banned"]
+    assert {name: doc(admin, "profiles", uid).get() for name, uid in uids.items()} == before
+    assert {(uid, sub): doc(admin, "profiles", uid, sub).get() for uid in uids.values() for sub in ("badges", "notes")} == below
+    quiet.check()
+    quiet.close()
+
+
+def test_a_public_delete_of_a_room_leaves_its_create_only_messages(doors):
+    admin, _, _, anonymous, _ = doors
+    doc(anonymous, "rooms").set({"name": "r1"}, key="r1")
+    doc(anonymous, "rooms", "r1", "messages").add({"text": "hi"}, key="m1")
+    doc(anonymous, "rooms", "r2", "messages").add({"text": "yo"}, key="m2")  # room r2 does not exist
+    for room, message in (("r1", "m1"), ("r2", "m2")):
+        refused = _denied(doc(anonymous, "rooms", room).delete)
+        assert refused.data["document"] == ["rooms", room, "messages", message]
+    batch = anonymous.batch()  # what the batch itself wrote is taken along too
+    batch.set(doc(anonymous, "rooms", "r3", "messages", "m3"), {"text": "new"})
+    batch.delete(doc(anonymous, "rooms", "r3"))
+    assert _denied(batch.commit).data["document"] == ["rooms", "r3", "messages", "m3"]
+    assert doc(admin, "rooms").get() == {"r1": {"name": "r1"}}
+    assert doc(admin, "rooms", "r1", "messages").get() == {"m1": {"text": "hi"}}
+    assert doc(admin, "rooms", "r2", "messages").get() == {"m2": {"text": "yo"}}
+    assert doc(admin, "rooms", "r3", "messages").get() == {}
+
+
+def test_a_delete_whose_subcollections_allow_it_takes_them_along(doors):
+    admin, alice, _, _, uids = doors
+    alice_id, bob_id = uids["alice"], uids["bob"]
+    doc(alice, "profiles").set({"name": "Alice"}, key=alice_id)
+    doc(alice, "profiles", alice_id, "notes").add({"author": alice_id}, key="n1")
+    doc(alice, "profiles", alice_id, "notes").add({"author": alice_id}, key="n2")
+    assert doc(alice, "profiles", alice_id).delete() == {"name": "Alice"}
+    assert doc(admin, "profiles", alice_id).get() is None
+    assert doc(admin, "profiles", alice_id, "notes").get() == {}
+    doc(admin, "profiles").set({"name": "Bob"}, key=bob_id)
+    doc(admin, "profiles", bob_id, "badges").set({"holder": bob_id}, key="banned")
+    doc(admin, "profiles", bob_id).delete()  # the admin key passes every rule
+    assert doc(admin, "profiles", bob_id, "badges").get() == {}
+
+
 # Data type rules
 
 
