@@ -353,9 +353,10 @@ class Database:
             if not isinstance(read, dict):
                 raise InvalidArgumentError(f"reads[{i}] must be an object {{path, value}}", {"path": f"reads[{i}]"})
             path = check_path(read.get("path"), f"reads[{i}].path")
-            if principal is not None and not principal.admin:
-                self.rules.check_read(principal, *self.tree.addressed(path))
-            if not json_equal(self.tree.read(path), read.get("value")):
+            # A read is compared with what a get would answer this principal, after the same
+            # rules: a refused read is PERMISSION_DENIED, never a comparison (no value oracle).
+            seen = self.tree.read(path) if principal is None else self._get({"path": path}, principal)[0]["value"]
+            if not json_equal(seen, read.get("value")):
                 raise ConflictError(
                     f"{'/'.join(path)} changed after the transaction read it", {"path": list(path)}
                 )

@@ -549,6 +549,62 @@ def test_a_delete_whose_subcollections_allow_it_takes_them_along(doors):
     assert doc(admin, "profiles", bob_id, "badges").get() == {}
 
 
+def _commit_reading(handle: Montybase, path: list[str], value: Any) -> Any:
+    """A transaction's commit as it crosses the wire: one read, one write to the marker."""
+    return lambda: handle._backend.call("commit", {"reads": [{"path": path, "value": value}],
+                                                   "writes": [{"op": "set", "path": ["marker", "tx"], "value": {}}]})
+
+
+def test_a_transaction_read_of_what_the_reader_may_not_read_is_refused_right_or_wrong(doors):
+    admin, alice, _, anonymous, uids = doors
+    doc(admin, "rooms").set({"name": "r1"}, key="r1")
+    doc(admin, "rooms", "r1", "drafts").set({"text": "secret"}, key="d1")
+    doc(admin, "notes").set({"author": uids["alice"], "text": "alice's"}, key="n1")
+    right = {"d1": {"text": "secret"}}
+    assert reason(doc(anonymous, "rooms", "r1", "drafts").get) == "PERMISSION_DENIED"
+    for value in (right, {}, {"d1": {"text": "guess"}}):
+        assert reason(_commit_reading(anonymous, ["rooms", "r1", "drafts"], value)) == "PERMISSION_DENIED"
+        assert reason(_commit_reading(alice, ["rooms", "r1", "drafts"], value)) == "PERMISSION_DENIED"
+    for value in ({"author": uids["alice"], "text": "alice's"}, None):
+        assert reason(_commit_reading(anonymous, ["notes", "n1"], value)) == "PERMISSION_DENIED"
+    assert doc(admin, "marker").get() == {}
+
+
+def test_a_transaction_reads_a_collection_as_a_get_does_only_what_the_reader_may_list(doors):
+    admin, alice, _, _, uids = doors
+    doc(admin, "notes").set({"author": uids["alice"], "n": 1}, key="a1")
+    doc(admin, "notes").set({"author": uids["bob"], "n": 2}, key="b1")
+    attempts: list[Any] = []
+
+    def count_mine(tx: Any) -> int:
+        mine = tx.get(doc(alice, "notes"))
+        attempts.append(sorted(mine))
+        doc(admin, "notes").set({"author": uids["bob"], "n": len(attempts)}, key=f"b{len(attempts) + 1}")  # not hers
+        if len(attempts) == 1:
+            doc(admin, "notes").set({"author": uids["alice"], "n": 3}, key="a2")  # hers: the read changed
+        tx.set(doc(alice, "marker", "tx"), {"mine": len(mine)})
+        return len(mine)
+
+    assert alice.transaction(count_mine) == 2
+    assert attempts == [["a1"], ["a1", "a2"]]
+    assert doc(admin, "marker", "tx").get() == {"mine": 2}
+
+
+def test_a_transaction_read_of_the_root_or_a_top_level_collection_is_answered_under_the_open_rule(served):
+    client, admin = served.client(), served.client(admin=True)
+    try:
+        doc(admin, "c").set({"n": 1}, key="a")
+        assert reason(_commit_reading(client, [], {})) == "PERMISSION_DENIED"
+        assert reason(_commit_reading(client, [], {"c": {"a": {"n": 1}}})) == "PERMISSION_DENIED"
+        assert doc(admin, "marker").get() == {}
+        assert reason(_commit_reading(client, ["c"], {})) == "CONFLICT"
+        assert reason(_commit_reading(client, ["c"], {"a": {"n": 1}})) == "allowed"
+        assert reason(_commit_reading(admin, [], {"c": {"a": {"n": 1}}, "marker": {"tx": {}}})) == "allowed"
+    finally:
+        client.close()
+        admin.close()
+
+
 # Data type rules
 
 
@@ -940,6 +996,15 @@ def test_creates_are_rate_limited_per_connection_and_per_address(rated):
     assert "b0" in doc(admin, "limited").get()
     # Other operations have their own budget (update has none here).
     doc(first, "limited", "a0").update({"i": 10})
+
+
+def test_a_transaction_read_spends_a_get_of_the_rate_as_a_get_does(rated):
+    first, _, admin = rated
+    doc(admin, "limited").set({"n": 1}, key="x")
+    read = {"path": ["limited", "x"], "value": {"n": 1}}
+    _rate_limited(lambda: first._backend.call("commit", {"reads": [read] * 3, "writes": [
+        {"op": "set", "path": ["limited", "x"], "value": {"n": 2}}]}))  # get: 2/s
+    assert doc(admin, "limited", "x").get() == {"n": 1}
 
 
 def test_gets_are_rate_limited_and_work_again_after_the_wait(rated):
