@@ -64,7 +64,8 @@ class _Batch:
         """Every document in the collections below the document at `path`: what deleting it deletes too."""
         collections = dict.fromkeys(self.tree.subcollections(path))
         collections.update(dict.fromkeys(p[:-1] for p in self.docs if len(p) > len(path) and p[: len(path)] == path))
-        return [(collection + (doc_id,), doc) for collection in collections for doc_id, doc in self.collection(collection).items()]
+        return [(collection + (doc_id,), doc)
+                for collection in collections for doc_id, doc in self.collection(collection).items()]
 
     def remove(self, path: Path) -> None:
         self.docs = {p: d for p, d in self.docs.items() if p[: len(path)] != path}
