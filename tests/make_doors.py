@@ -84,7 +84,8 @@ DESCRIPTION = (
     "`op` (see `ops`) under `grant` and must get `expect`: \"allowed\" or the error reason. An allowed list, "
     "query, aggregate, listen or transactionList returns (or reads) exactly the documents `ids`. After a refused write every seed document "
     "and the collections docs and log are as they were; after an allowed one the admin key reads each `after` "
-    "path of the op as given (null: missing) and, for transactionRead, log holds one more document."
+    "path of the op as given (null: missing) and, after transactionRead or transactionList, log holds one "
+    "more document."
 )
 
 
