@@ -57,6 +57,13 @@ class _Batch:
                 docs[doc_path[-1]] = doc
         return docs
 
+    def below(self, path: Path) -> list[tuple[Path, Any]]:
+        """Every document in the collections below the document at `path`: what deleting it deletes too."""
+        collections = dict.fromkeys(self.tree.subcollections(path))
+        collections.update(dict.fromkeys(p[:-1] for p in self.docs if len(p) > len(path) and p[: len(path)] == path))
+        return [(collection + (doc_id,), doc)
+                for collection in collections for doc_id, doc in self.collection(collection).items()]
+
     def remove(self, path: Path) -> None:
         self.docs = {p: d for p, d in self.docs.items() if p[: len(path)] != path}
         self.removed.append(path)
@@ -327,9 +334,10 @@ class Database:
             if not isinstance(read, dict):
                 raise InvalidArgumentError(f"reads[{i}] must be an object {{path, value}}", {"path": f"reads[{i}]"})
             path = check_path(read.get("path"), f"reads[{i}].path")
-            if principal is not None and not principal.admin:
-                self.rules.check_read(principal, *self.tree.addressed(path))
-            if not json_equal(self.tree.read(path), read.get("value")):
+            # A read is compared with what a get would answer this principal, after the same
+            # rules: a refused read is PERMISSION_DENIED, never a comparison (no value oracle).
+            seen = self.tree.read(path) if principal is None else self._get({"path": path}, principal)[0]["value"]
+            if not json_equal(seen, read.get("value")):
                 raise ConflictError(
                     f"{'/'.join(path)} changed after the transaction read it", {"path": list(path)}
                 )
@@ -370,8 +378,11 @@ class Database:
             is_collection = len(path) % 2 == 1
             if op == "delete":
                 old = batch.collection(path) if is_collection else batch.document(path)
+                below = [] if is_collection else batch.below(path)
                 check("delete", path, old, None)
-                if (old if is_collection else old is not None) or self.tree.subcollections(path):
+                if guarded:  # a document's delete takes its subcollections along: each must allow it
+                    self.rules.check_cascade(principal, path, below)
+                if (old or self.tree.subcollections(path)) if is_collection else (old is not None or below):
                     operations.append(["delete", list(path)])
                     batch.remove(path)
                 results.append({"value": clone(old) if old is not None else None})

@@ -332,6 +332,20 @@ class Rules:
                                       {"errors": errors})
         return self._sized(new, rule)
 
+    def check_cascade(self, principal: Principal, path: tuple[str, ...], below: list[tuple[tuple[str, ...], Any]]) -> None:
+        """A delete of the document at `path` also deletes `below` (every document of its
+        subcollections, [(path, document)]): each must pass its own `delete` rule, whether or
+        not the document at `path` exists."""
+        if principal.admin:
+            return
+        for doc_path, document in below:
+            rule = self.match(doc_path[:-1])
+            if rule is None or not rule.allows(principal, "delete", doc_path[-1], document):
+                raise PermissionDeniedError(
+                    f"{principal.role} may not delete {'/'.join(path)}: it would also delete {'/'.join(doc_path)}, "
+                    "which the rules protect", {"document": list(doc_path)},
+                )
+
     def _sized(self, document: Any, rule: Rule | None) -> Any:
         if document is None:
             return document

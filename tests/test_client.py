@@ -377,6 +377,14 @@ def test_batch_applies_all_writes(db):
     assert doc(db, "c").get() == {"a": {"n": 11}, "b": {"n": 2}}
 
 
+def test_a_batch_that_writes_below_a_missing_document_then_deletes_it_leaves_nothing_below(db):
+    batch = db.batch()
+    batch.set(doc(db, "users", "ghost", "posts", "p1"), {"title": "hi"})
+    batch.delete(doc(db, "users", "ghost"))
+    assert batch.commit() == ["p1", None]
+    assert doc(db, "users", "ghost", "posts").get() == {}
+
+
 def test_batch_with_one_failing_write_applies_none(db):
     doc(db, "c", "taken").set({"n": 0})
     batch = db.batch()

@@ -461,6 +461,162 @@ def test_a_batch_with_one_refused_write_writes_nothing(owned):
     quiet.close()
 
 
+# Every door: what a delete takes along, what a transaction reads
+
+
+DOOR_RULES = {
+    "profiles": {"read": "owner", "write": "owner"},  # the document id is the owner's uid
+    "profiles/*/badges": {"read": "owner", "owner": "holder"},  # only the admin key writes badges
+    "profiles/*/notes": {"read": "owner", "write": "owner", "owner": "author"},
+    "rooms": {"read": "public", "write": "public"},
+    "rooms/*/messages": {"read": "public", "create": "public"},
+    "rooms/*/drafts": {"create": "public"},  # nobody reads them
+    "notes": {"read": "owner", "write": "owner", "owner": "author"},
+    "marker": {"read": "public", "write": "public"},
+}
+
+
+@pytest.fixture
+def doors(loop_thread, tmp_path):
+    """A server with DOOR_RULES: an admin handle, two signed-in handles and an anonymous one."""
+    served = serve(loop_thread, tmp_path, DOOR_RULES)
+    admin, alice, bob, anonymous = served.client(admin=True), served.client(), served.client(), served.client()
+    uids = {"alice": alice.sign_up("alice@rules.example", PASSWORD)["uid"],
+            "bob": bob.sign_up("bob@rules.example", PASSWORD)["uid"]}
+    yield admin, alice, bob, anonymous, uids
+    for handle in (admin, alice, bob, anonymous):
+        handle.close()
+    served.stop()
+
+
+def _denied(fn) -> PermissionDeniedError:
+    with pytest.raises(PermissionDeniedError) as caught:
+        fn()
+    return caught.value
+
+
+def test_a_delete_that_would_take_a_protected_document_along_is_refused_and_deletes_nothing(doors):
+    admin, alice, bob, _, uids = doors
+    alice_id, bob_id = uids["alice"], uids["bob"]
+    doc(admin, "profiles").set({"name": "Alice"}, key=alice_id)
+    doc(admin, "profiles", alice_id, "notes").set({"author": alice_id}, key="n1")
+    doc(admin, "profiles", alice_id, "badges").set({"holder": alice_id, "why": "spam"}, key="banned")
+    doc(admin, "profiles", bob_id, "badges").set({"holder": bob_id}, key="banned")  # bob has no profile
+    before = {name: doc(admin, "profiles", uid).get() for name, uid in uids.items()}
+    below = {(uid, sub): doc(admin, "profiles", uid, sub).get() for uid in uids.values() for sub in ("badges", "notes")}
+    quiet = Quiet(admin, doc(admin, "profiles", alice_id, "badges"))
+    refused = _denied(doc(alice, "profiles", alice_id).delete)
+    assert refused.data["document"] == ["profiles", alice_id, "badges", "banned"]
+    assert f"profiles/{alice_id}/badges/banned" in str(refused)
+    refused = _denied(doc(bob, "profiles", bob_id).delete)  # whether or not the profile exists
+    assert refused.data["document"] == ["profiles", bob_id, "badges", "banned"]
+    assert {name: doc(admin, "profiles", uid).get() for name, uid in uids.items()} == before
+    assert {(uid, sub): doc(admin, "profiles", uid, sub).get() for uid in uids.values() for sub in ("badges", "notes")} == below
+    quiet.check()
+    quiet.close()
+
+
+def test_a_public_delete_of_a_room_leaves_its_create_only_messages(doors):
+    admin, _, _, anonymous, _ = doors
+    doc(anonymous, "rooms").set({"name": "r1"}, key="r1")
+    doc(anonymous, "rooms", "r1", "messages").add({"text": "hi"}, key="m1")
+    doc(anonymous, "rooms", "r2", "messages").add({"text": "yo"}, key="m2")  # room r2 does not exist
+    for room, message in (("r1", "m1"), ("r2", "m2")):
+        refused = _denied(doc(anonymous, "rooms", room).delete)
+        assert refused.data["document"] == ["rooms", room, "messages", message]
+    batch = anonymous.batch()  # what the batch itself wrote is taken along too
+    batch.set(doc(anonymous, "rooms", "r3", "messages", "m3"), {"text": "new"})
+    batch.delete(doc(anonymous, "rooms", "r3"))
+    assert _denied(batch.commit).data["document"] == ["rooms", "r3", "messages", "m3"]
+    assert doc(admin, "rooms").get() == {"r1": {"name": "r1"}}
+    assert doc(admin, "rooms", "r1", "messages").get() == {"m1": {"text": "hi"}}
+    assert doc(admin, "rooms", "r2", "messages").get() == {"m2": {"text": "yo"}}
+    assert doc(admin, "rooms", "r3", "messages").get() == {}
+
+
+def test_a_delete_whose_subcollections_allow_it_takes_them_along(doors):
+    admin, alice, _, _, uids = doors
+    alice_id, bob_id = uids["alice"], uids["bob"]
+    doc(alice, "profiles").set({"name": "Alice"}, key=alice_id)
+    doc(alice, "profiles", alice_id, "notes").add({"author": alice_id}, key="n1")
+    doc(alice, "profiles", alice_id, "notes").add({"author": alice_id}, key="n2")
+    assert doc(alice, "profiles", alice_id).delete() == {"name": "Alice"}
+    assert doc(admin, "profiles", alice_id).get() is None
+    assert doc(admin, "profiles", alice_id, "notes").get() == {}
+    doc(admin, "profiles").set({"name": "Bob"}, key=bob_id)
+    doc(admin, "profiles", bob_id, "badges").set({"holder": bob_id}, key="banned")
+    doc(admin, "profiles", bob_id).delete()  # the admin key passes every rule
+    assert doc(admin, "profiles", bob_id, "badges").get() == {}
+
+
+@pytest.mark.xfail(strict=True, reason="reported, not fixed here: a get below a readable document falls back to "
+                   "a field read of that document when the path names nothing, so it tells what exists")
+def test_a_get_below_a_readable_document_is_no_existence_oracle(doors):
+    admin, _, _, anonymous, _ = doors
+    doc(admin, "rooms").set({"name": "r1"}, key="r1")
+    doc(admin, "rooms", "r1", "drafts").set({"text": "secret"}, key="d1")
+    doc(admin, "rooms").set({"name": "r2"}, key="r2")  # no drafts
+    answers = {path: reason(doc(anonymous, *path.split("/")).get) for path in (
+        "rooms/r1/drafts/d1", "rooms/r1/drafts/d9", "rooms/r1/drafts", "rooms/r2/drafts")}
+    assert set(answers.values()) == {"PERMISSION_DENIED"}, answers
+
+
+def _commit_reading(handle: Montybase, path: list[str], value: Any) -> Any:
+    """A transaction's commit as it crosses the wire: one read, one write to the marker."""
+    return lambda: handle._backend.call("commit", {"reads": [{"path": path, "value": value}],
+                                                   "writes": [{"op": "set", "path": ["marker", "tx"], "value": {}}]})
+
+
+def test_a_transaction_read_of_what_the_reader_may_not_read_is_refused_right_or_wrong(doors):
+    admin, alice, _, anonymous, uids = doors
+    doc(admin, "rooms").set({"name": "r1"}, key="r1")
+    doc(admin, "rooms", "r1", "drafts").set({"text": "secret"}, key="d1")
+    doc(admin, "notes").set({"author": uids["alice"], "text": "alice's"}, key="n1")
+    right = {"d1": {"text": "secret"}}
+    assert reason(doc(anonymous, "rooms", "r1", "drafts").get) == "PERMISSION_DENIED"
+    for value in (right, {}, {"d1": {"text": "guess"}}):
+        assert reason(_commit_reading(anonymous, ["rooms", "r1", "drafts"], value)) == "PERMISSION_DENIED"
+        assert reason(_commit_reading(alice, ["rooms", "r1", "drafts"], value)) == "PERMISSION_DENIED"
+    for value in ({"author": uids["alice"], "text": "alice's"}, None):
+        assert reason(_commit_reading(anonymous, ["notes", "n1"], value)) == "PERMISSION_DENIED"
+    assert doc(admin, "marker").get() == {}
+
+
+def test_a_transaction_reads_a_collection_as_a_get_does_only_what_the_reader_may_list(doors):
+    admin, alice, _, _, uids = doors
+    doc(admin, "notes").set({"author": uids["alice"], "n": 1}, key="a1")
+    doc(admin, "notes").set({"author": uids["bob"], "n": 2}, key="b1")
+    attempts: list[Any] = []
+
+    def count_mine(tx: Any) -> int:
+        mine = tx.get(doc(alice, "notes"))
+        attempts.append(sorted(mine))
+        doc(admin, "notes").set({"author": uids["bob"], "n": len(attempts)}, key=f"b{len(attempts) + 1}")  # not hers
+        if len(attempts) == 1:
+            doc(admin, "notes").set({"author": uids["alice"], "n": 3}, key="a2")  # hers: the read changed
+        tx.set(doc(alice, "marker", "tx"), {"mine": len(mine)})
+        return len(mine)
+
+    assert alice.transaction(count_mine) == 2
+    assert attempts == [["a1"], ["a1", "a2"]]
+    assert doc(admin, "marker", "tx").get() == {"mine": 2}
+
+
+def test_a_transaction_read_of_the_root_or_a_top_level_collection_is_answered_under_the_open_rule(served):
+    client, admin = served.client(), served.client(admin=True)
+    try:
+        doc(admin, "c").set({"n": 1}, key="a")
+        assert reason(_commit_reading(client, [], {})) == "PERMISSION_DENIED"
+        assert reason(_commit_reading(client, [], {"c": {"a": {"n": 1}}})) == "PERMISSION_DENIED"
+        assert doc(admin, "marker").get() == {}
+        assert reason(_commit_reading(client, ["c"], {})) == "CONFLICT"
+        assert reason(_commit_reading(client, ["c"], {"a": {"n": 1}})) == "allowed"
+        assert reason(_commit_reading(admin, [], {"c": {"a": {"n": 1}}, "marker": {"tx": {}}})) == "allowed"
+    finally:
+        client.close()
+        admin.close()
+
+
 # Data type rules
 
 
@@ -852,6 +1008,15 @@ def test_creates_are_rate_limited_per_connection_and_per_address(rated):
     assert "b0" in doc(admin, "limited").get()
     # Other operations have their own budget (update has none here).
     doc(first, "limited", "a0").update({"i": 10})
+
+
+def test_a_transaction_read_spends_a_get_of_the_rate_as_a_get_does(rated):
+    first, _, admin = rated
+    doc(admin, "limited").set({"n": 1}, key="x")
+    read = {"path": ["limited", "x"], "value": {"n": 1}}
+    _rate_limited(lambda: first._backend.call("commit", {"reads": [read] * 3, "writes": [
+        {"op": "set", "path": ["limited", "x"], "value": {"n": 2}}]}))  # get: 2/s
+    assert doc(admin, "limited", "x").get() == {"n": 1}
 
 
 def test_gets_are_rate_limited_and_work_again_after_the_wait(rated):

@@ -216,6 +216,101 @@ async function validationErrors(promise) {
 const pairs = (errors) => errors.map((e) => `${e.path} ${e.keyword}`).sort();
 const docBytes = (value) => new TextEncoder().encode(JSON.stringify(value)).length;
 
+// Every door: what a delete takes along, what a transaction reads (the Python twins are in tests/test_rules.py).
+const DOOR_RULES = {
+  profiles: { read: "owner", write: "owner" }, // the document id is the owner's uid
+  "profiles/*/badges": { read: "owner", owner: "holder" }, // only the admin key writes badges
+  "profiles/*/notes": { read: "owner", write: "owner", owner: "author" },
+  rooms: { read: "public", write: "public" },
+  "rooms/*/messages": { read: "public", create: "public" },
+  "rooms/*/drafts": { create: "public" }, // nobody reads them
+  notes: { read: "owner", write: "owner", owner: "author" },
+  marker: { read: "public", write: "public" },
+};
+
+describe("every door: deletes and their subcollections, transaction reads", () => {
+  let server;
+  let admin;
+  let alice;
+  let anonymous;
+  let uids;
+
+  before(async () => {
+    server = await serve(DOOR_RULES);
+    let all;
+    ({ handles: all, uids } = await handles(server, ["alice", "bob"]));
+    ({ admin, alice, anonymous } = all);
+  });
+
+  after(async () => {
+    await Promise.all([admin, alice, anonymous].map((handle) => handle?.close()));
+    await server?.cleanup();
+  });
+
+  /** A transaction's commit as it crosses the wire: one read, one write to the marker. */
+  const commitReading = (handle, path, value) =>
+    handle._backend.call("commit", { reads: [{ path, value }], writes: [{ op: "set", path: ["marker", "tx"], value: {} }] });
+
+  test("a delete that would take a protected document along is PERMISSION_DENIED naming it, and deletes nothing", async () => {
+    const me = uids.alice;
+    await doc(admin, "profiles").set({ name: "Alice" }, me);
+    await doc(admin, "profiles", me, "notes").set({ author: me }, "n1");
+    await doc(admin, "profiles", me, "badges").set({ holder: me, why: "spam" }, "banned");
+    await doc(anonymous, "rooms", "r2", "messages").add({ text: "yo" }, "m2"); // room r2 does not exist
+    const quiet = await Quiet.open(admin, doc(admin, "profiles", me, "badges"), "cascade");
+    let error = await refusal(doc(alice, "profiles", me).delete(), PermissionDeniedError);
+    assert.deepEqual(error.data.document, ["profiles", me, "badges", "banned"]);
+    error = await refusal(doc(anonymous, "rooms", "r2").delete(), PermissionDeniedError);
+    assert.deepEqual(error.data.document, ["rooms", "r2", "messages", "m2"]);
+    assert.deepEqual(await doc(admin, "profiles", me).get(), { name: "Alice" });
+    assert.deepEqual(await doc(admin, "profiles", me, "notes").get(), { n1: { author: me } });
+    assert.deepEqual(await doc(admin, "profiles", me, "badges").get(), { banned: { holder: me, why: "spam" } });
+    assert.deepEqual(await doc(admin, "rooms", "r2", "messages").get(), { m2: { text: "yo" } });
+    await quiet.check();
+    quiet.close();
+  });
+
+  test("a delete whose subcollections allow it takes them along", async () => {
+    const me = uids.alice;
+    await doc(admin, "profiles", me, "badges").delete(); // the admin key passes every rule
+    assert.deepEqual(await doc(admin, "profiles", me, "badges").get(), {});
+    await doc(alice, "profiles").set({ name: "Alice" }, me);
+    await doc(alice, "profiles", me, "notes").add({ author: me }, "n2");
+    await doc(alice, "profiles", me).delete();
+    assert.equal(await doc(admin, "profiles", me).get(), null);
+    assert.deepEqual(await doc(admin, "profiles", me, "notes").get(), {});
+  });
+
+  test("a transaction read of what the reader may not read is PERMISSION_DENIED, right or wrong", async () => {
+    await doc(admin, "rooms").set({ name: "r1" }, "r1");
+    await doc(admin, "rooms", "r1", "drafts").set({ text: "secret" }, "d1");
+    for (const value of [{ d1: { text: "secret" } }, {}, { d1: { text: "guess" } }]) {
+      for (const handle of [anonymous, alice]) {
+        assert.equal(await reason(commitReading(handle, ["rooms", "r1", "drafts"], value)), "PERMISSION_DENIED");
+      }
+    }
+    assert.equal(await reason(commitReading(anonymous, [], {})), "PERMISSION_DENIED"); // the root
+    assert.equal(await doc(admin, "marker", "tx").get(), null);
+  });
+
+  test("a transaction reads a collection as a get does: only what the reader may list", async () => {
+    await doc(admin, "notes").set({ author: uids.alice, n: 1 }, "a1");
+    await doc(admin, "notes").set({ author: uids.bob, n: 2 }, "b1");
+    const seen = [];
+    const mine = await alice.transaction(async (tx) => {
+      const notes = await tx.get(doc(alice, "notes"));
+      seen.push(Object.keys(notes).sort());
+      await doc(admin, "notes").set({ author: uids.bob, n: seen.length }, `b${seen.length + 1}`); // not hers
+      if (seen.length === 1) await doc(admin, "notes").set({ author: uids.alice, n: 3 }, "a2"); // hers: a conflict
+      tx.set(doc(alice, "marker", "tx"), { mine: Object.keys(notes).length });
+      return Object.keys(notes).length;
+    });
+    assert.equal(mine, 2);
+    assert.deepEqual(seen, [["a1"], ["a1", "a2"]]);
+    assert.deepEqual(await doc(admin, "marker", "tx").get(), { mine: 2 });
+  });
+});
+
 // Data type rules, size limits and rate limits, on one server.
 const DATA_RULES = {
   scores: {
