@@ -19,7 +19,7 @@ from .errors import (
     UnavailableError,
 )
 from .paths import check_path, field_path, generate_id
-from .query import Query, aggregate, parse_query
+from .query import _MISSING, Query, aggregate, field_value, parse_query
 from .rules import Principal, RateLimiter, Rules
 from .storage import Storage
 from .tree import Change, Tree
@@ -191,8 +191,16 @@ class Database:
                 return {"value": {doc_id: clone(doc) for doc_id, doc in selected}}, 0
             doc_path, document = self.tree.addressed(path)
             self.rules.check_read(principal, doc_path, document)
+            if len(doc_path) < len(path) and (document is None or field_value(document, path[len(doc_path):]) is _MISSING):
+                # Nothing there, not even a field of a document above: the path's own rule decides
+                # too, so what is missing answers as what exists would (no existence oracle).
+                if len(path) % 2:
+                    self.rules.narrow(principal, parse_query({"path": list(path)}))
+                else:
+                    self.rules.check_read(principal, path, None)
+            value = self.tree.read(path)
             self.rates.take(principal, self.rules.match(doc_path[:-1]), "get")
-            return {"value": clone(self.tree.read(path))}, 0
+            return {"value": clone(value)}, 0
 
     def document(self, path: Path) -> Any:
         """The stored document at `path` or None, for the layers above that keep collections of
@@ -336,7 +344,7 @@ class Database:
             path = check_path(read.get("path"), f"reads[{i}].path")
             # A read is compared with what a get would answer this principal, after the same
             # rules: a refused read is PERMISSION_DENIED, never a comparison (no value oracle).
-            seen = self.tree.read(path) if principal is None else self._get({"path": path}, principal)[0]["value"]
+            seen = self.tree.read(path) if principal is None else self.get({"path": path}, principal)[0]["value"]
             if not json_equal(seen, read.get("value")):
                 raise ConflictError(
                     f"{'/'.join(path)} changed after the transaction read it", {"path": list(path)}

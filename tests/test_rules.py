@@ -549,8 +549,6 @@ def test_a_delete_whose_subcollections_allow_it_takes_them_along(doors):
     assert doc(admin, "profiles", bob_id, "badges").get() == {}
 
 
-@pytest.mark.xfail(strict=True, reason="reported, not fixed here: a get below a readable document falls back to "
-                   "a field read of that document when the path names nothing, so it tells what exists")
 def test_a_get_below_a_readable_document_is_no_existence_oracle(doors):
     admin, _, _, anonymous, _ = doors
     doc(admin, "rooms").set({"name": "r1"}, key="r1")
