@@ -35,14 +35,6 @@ export const MAX_RECORDS = 2 ** 24;
 export const MAX_BYTES = 2 ** 36;
 
 const P256 = { name: "ECDH", namedCurve: "P-256" };
-
-// Node's own crypto module, where it exists: its AES-GCM is synchronous, several times cheaper
-// per record than WebCrypto's promise, which makes a round trip through a thread pool. Browsers
-// use WebCrypto.
-const nodeCrypto =
-  typeof process === "object" && process.versions && process.versions.node
-    ? await import("node:crypto").catch(() => null)
-    : null;
 const encoder = new TextEncoder();
 const EMPTY = new Uint8Array(0);
 
@@ -377,34 +369,38 @@ function nonceAad(direction, seq) {
  */
 
 /**
- * AES-256-GCM under a raw 32-byte key, in one direction.
- * @param {Uint8Array} key
- * @param {"encrypt" | "decrypt"} usage
- * @returns {Promise<AesGcm>}
+ * What makes an `AesGcm` from a raw 32-byte key and a usage.
+ * @typedef {(key: Uint8Array, usage: "encrypt" | "decrypt") => AesGcm | Promise<AesGcm>} RecordCipher
  */
-async function aesGcm(key, usage) {
-  const bytesOf = (buffer) => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
-  if (nodeCrypto) {
-    const secret = nodeCrypto.createSecretKey(key);
-    const options = { authTagLength: TAG_BYTES };
-    if (usage === "encrypt") {
-      return (nonce, aad, input) => {
-        const cipher = nodeCrypto.createCipheriv("aes-256-gcm", secret, nonce, options).setAAD(aad);
-        const head = cipher.update(input);
-        const tail = cipher.final();
-        return bytesOf(Buffer.concat([head, tail, cipher.getAuthTag()]));
-      };
-    }
-    return (nonce, aad, input) => {
-      const decipher = nodeCrypto.createDecipheriv("aes-256-gcm", secret, nonce, options).setAAD(aad);
-      decipher.setAuthTag(input.subarray(input.length - TAG_BYTES));
-      const head = decipher.update(input.subarray(0, input.length - TAG_BYTES));
-      return bytesOf(Buffer.concat([head, decipher.final()]));
-    };
-  }
+
+/**
+ * AES-256-GCM by WebCrypto: browsers, and Node through the default entry (index.js).
+ * @type {RecordCipher}
+ */
+export async function webAesGcm(key, usage) {
   const cryptoKey = await subtle().importKey("raw", key, "AES-GCM", false, [usage]);
   const run = usage === "encrypt" ? subtle().encrypt.bind(subtle()) : subtle().decrypt.bind(subtle());
   return async (nonce, aad, input) => new Uint8Array(await run({ name: "AES-GCM", iv: nonce, additionalData: aad }, cryptoKey, input));
+}
+
+let defaultCipher = webAesGcm;
+
+/**
+ * The records' AES-256-GCM of the sessions made from now on, chosen by the entry that loaded
+ * the client (package.json "exports"): WebCrypto's by default, node:crypto's under the "node"
+ * condition (js_client/node.js).
+ * @param {RecordCipher} cipher
+ */
+export function setRecordCipher(cipher) {
+  defaultCipher = cipher;
+}
+
+/**
+ * The records' AES-256-GCM that new sessions use.
+ * @returns {RecordCipher}
+ */
+export function recordCipher() {
+  return defaultCipher;
 }
 
 /**
@@ -446,11 +442,12 @@ export class Session {
 
   /**
    * A session from raw keys: a client sends with k_c2s (dir C2S) and receives with k_s2c.
-   * @param {{role: string, th: Uint8Array, sendKey: Uint8Array, recvKey: Uint8Array, sendDir: number}} options
+   * `cipher` defaults to `recordCipher()`.
+   * @param {{role: string, th: Uint8Array, sendKey: Uint8Array, recvKey: Uint8Array, sendDir: number, cipher?: RecordCipher}} options
    * @returns {Promise<Session>}
    */
-  static async create({ role, th, sendKey, recvKey, sendDir }) {
-    const [send, recv] = await Promise.all([aesGcm(sendKey, "encrypt"), aesGcm(recvKey, "decrypt")]);
+  static async create({ role, th, sendKey, recvKey, sendDir, cipher = defaultCipher }) {
+    const [send, recv] = await Promise.all([cipher(sendKey, "encrypt"), cipher(recvKey, "decrypt")]);
     return new Session({ role, th, send, recv, sendDir });
   }
 
@@ -527,12 +524,14 @@ export class Session {
 /**
  * One connection's client side: `hello()`, then `finish(result)`, then `confirm(result)`.
  * Mode nk iff `serverPublic` (the pinned base64url 65-byte point) is given; such a client
- * accepts nothing else. `nonce` and `ephemeral` exist only to reproduce test vectors.
+ * accepts nothing else. `nonce` and `ephemeral` exist only to reproduce test vectors; `cipher`
+ * (default `recordCipher()`) is the session's AES-256-GCM.
  */
 export class ClientHandshake {
   #psk;
   #nc;
   #ephemeral;
+  #cipher;
   #serverPublic;
   #static = null;
   #sPub = EMPTY;
@@ -544,10 +543,10 @@ export class ClientHandshake {
    * @param {string} kid "client" or "admin"
    * @param {string} key the key string
    * @param {string | null} [serverPublic] the pinned server key (mode nk)
-   * @param {{nonce?: Uint8Array, ephemeral?: CryptoKeyPair}} [options]
+   * @param {{nonce?: Uint8Array, ephemeral?: CryptoKeyPair, cipher?: RecordCipher}} [options]
    * @throws {MontybaseError} InvalidArgumentError
    */
-  constructor(kid, key, serverPublic = null, { nonce, ephemeral } = {}) {
+  constructor(kid, key, serverPublic = null, { nonce, ephemeral, cipher = defaultCipher } = {}) {
     if (typeof kid !== "string" || !kid || typeof key !== "string" || !key) {
       throw new InvalidArgumentError("kid and key must be non-empty strings", { path: "apiKey" });
     }
@@ -563,6 +562,7 @@ export class ClientHandshake {
     this.#serverPublic = serverPublic || null;
     this.#nc = nonce ?? randomBytes(NONCE_BYTES);
     this.#ephemeral = ephemeral ?? null;
+    this.#cipher = cipher;
   }
 
   #fail(detail) {
@@ -630,7 +630,7 @@ export class ClientHandshake {
     if (!(await verifyHmac(keys.sfin, keys.th, smac))) {
       throw this.#fail("hello result: smac does not verify (wrong key, or not our server)");
     }
-    const session = await Session.create({ role: this.kid, th: keys.th, sendKey: keys.c2s, recvKey: keys.s2c, sendDir: C2S });
+    const session = await Session.create({ role: this.kid, th: keys.th, sendKey: keys.c2s, recvKey: keys.s2c, sendDir: C2S, cipher: this.#cipher });
     const cmac = await hmac(keys.cfin, keys.th);
     this.#session = session;
     this.#state = "confirm";
