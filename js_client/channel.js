@@ -56,16 +56,22 @@ export class ChannelError extends UnauthenticatedError {
   }
 }
 
+/** What to do without WebCrypto: the message of the error `subtle()` throws. */
+export const NO_WEBCRYPTO =
+  "WebCrypto (crypto.subtle) is not available here, and the channel needs it. Browsers give it only to " +
+  "secure contexts: open this page over https (see README \"TLS\"), or from localhost or 127.0.0.1, " +
+  "not over plain http from another address";
+
 /**
  * WebCrypto's SubtleCrypto, which exists only in secure contexts (https, localhost) and Node.
+ * Every use of it starts here, outside any `try`, so its absence is never reported as something
+ * else (such as a pinned key that is "not a point on P-256").
  * @returns {SubtleCrypto}
- * @throws {MontybaseError} UnavailableError
+ * @throws {MontybaseError} UnavailableError saying what to do
  */
 export function subtle() {
   const value = globalThis.crypto && globalThis.crypto.subtle;
-  if (!value) {
-    throw new UnavailableError("WebCrypto (crypto.subtle) is not available: serve the page over https or from localhost");
-  }
+  if (!value) throw new UnavailableError(NO_WEBCRYPTO);
   return value;
 }
 
@@ -302,8 +308,9 @@ export async function keySchedule(mode, kid, nc, ns, ikm, eC = EMPTY, eS = EMPTY
 export async function importPoint(value, field) {
   const raw = b64d(value, POINT_BYTES, field);
   if (raw[0] !== 0x04) throw new ChannelError(`${field}: not an uncompressed point`);
+  const webCrypto = subtle();
   try {
-    return { key: await subtle().importKey("raw", raw, P256, true, []), raw };
+    return { key: await webCrypto.importKey("raw", raw, P256, true, []), raw };
   } catch {
     throw new ChannelError(`${field}: not a point on P-256`);
   }
@@ -345,10 +352,11 @@ export async function exportPoint(publicKey) {
  */
 export async function publicKeyFromPkcs8(serverKey) {
   const der = b64decode(typeof serverKey === "string" ? serverKey.replace(/=+$/, "") : "");
+  const webCrypto = subtle();
   try {
     if (der === null) throw new Error("not base64url");
-    const key = await subtle().importKey("pkcs8", der, P256, true, ["deriveBits"]);
-    const jwk = await subtle().exportKey("jwk", key);
+    const key = await webCrypto.importKey("pkcs8", der, P256, true, ["deriveBits"]);
+    const jwk = await webCrypto.exportKey("jwk", key);
     return b64e(concat(new Uint8Array([4]), b64decode(jwk.x), b64decode(jwk.y)));
   } catch (error) {
     throw new InvalidArgumentError(`serverKey is not a base64url PKCS#8 P-256 private key: ${error.message}`, { path: "serverKey" });
@@ -544,9 +552,10 @@ export class ClientHandshake {
    * @param {string} key the key string
    * @param {string | null} [serverPublic] the pinned server key (mode nk)
    * @param {{nonce?: Uint8Array, ephemeral?: CryptoKeyPair, cipher?: RecordCipher}} [options]
-   * @throws {MontybaseError} InvalidArgumentError
+   * @throws {MontybaseError} UnavailableError without WebCrypto, InvalidArgumentError
    */
   constructor(kid, key, serverPublic = null, { nonce, ephemeral, cipher = defaultCipher } = {}) {
+    subtle(); // before anything is sent: without it, no handshake can finish
     if (typeof kid !== "string" || !kid || typeof key !== "string" || !key) {
       throw new InvalidArgumentError("kid and key must be non-empty strings", { path: "apiKey" });
     }
@@ -586,6 +595,7 @@ export class ClientHandshake {
         ({ key: this.#static, raw: this.#sPub } = await importPoint(this.#serverPublic, "serverKey"));
       } catch (error) {
         this.#fail(error.message);
+        if (!(error instanceof ChannelError)) throw error;
         throw new InvalidArgumentError(`the pinned serverKey is invalid: ${error.message}`, { path: "serverKey" });
       }
       this.#ephemeral ??= await generateEphemeral();

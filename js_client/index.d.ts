@@ -70,7 +70,10 @@ export interface MontybaseOptions {
 
 /** A database handle on a Montybase server. */
 export class Montybase {
-  /** @throws {InvalidArgumentError} a config without key or endpoint, or no WebSocket */
+  /**
+   * @throws {InvalidArgumentError} a config without key or endpoint, or no WebSocket
+   * @throws {UnavailableError} no WebCrypto: a page that is not a secure context (not https, not localhost)
+   */
   constructor(config: ClientConfig, options?: MontybaseOptions);
   readonly projectName: string | null;
   /** The ws:// or wss:// URL of the server. */

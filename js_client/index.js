@@ -14,6 +14,7 @@
  * @module
  */
 
+import { subtle } from "./channel.js";
 import { RemoteBackend, websocketUrl } from "./connection.js";
 import { InvalidArgumentError } from "./errors.js";
 import { Transaction, WriteBatch, makeReference, runTransaction } from "./refs.js";
@@ -70,7 +71,8 @@ export class Montybase {
    *   WebSocket class (used instead of `globalThis.WebSocket`, or where there is none);
    *   `endpoint`: overrides `config.endpoint` (`http(s)://` means `ws(s)://`); `timeout`:
    *   milliseconds to wait for an answer (default 60000).
-   * @throws {MontybaseError} InvalidArgumentError for a config without key or endpoint, or no WebSocket
+   * @throws {MontybaseError} InvalidArgumentError for a config without key or endpoint, or no
+   *   WebSocket; UnavailableError without WebCrypto (a page that is not a secure context)
    */
   constructor(config, options = {}) {
     if (config === null || typeof config !== "object" || Array.isArray(config)) {
@@ -97,6 +99,7 @@ export class Montybase {
     if (typeof WebSocketClass !== "function") {
       throw new InvalidArgumentError("no WebSocket here: pass one, new Montybase(config, { WebSocket })", { path: "WebSocket" });
     }
+    subtle(); // a page opened over plain http from another address than localhost learns it here
     const timeout = options && options.timeout !== undefined ? options.timeout : 60_000;
     if (typeof timeout !== "number" || !(timeout > 0)) {
       throw new InvalidArgumentError("timeout must be a positive number of milliseconds", { path: "timeout" });

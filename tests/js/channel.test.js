@@ -27,12 +27,13 @@ import {
   hmac,
   importPoint,
   keySchedule,
+  NO_WEBCRYPTO,
   publicKeyFromPkcs8,
   toHex,
   verifyHmac,
   webAesGcm,
 } from "../../js_client/channel.js";
-import { UnauthenticatedError } from "../../js_client/index.js";
+import { InvalidArgumentError, Montybase, UnauthenticatedError, UnavailableError } from "../../js_client/index.js";
 import { nodeAesGcm } from "../../js_client/records-node.js";
 import { ROOT, readJson } from "./helpers.js";
 
@@ -265,5 +266,57 @@ describe("the records' AES-256-GCM is chosen by package.json exports conditions"
     const [node, web] = [await import("montybase"), await import("../../js_client/index.js")];
     assert.deepEqual(Object.keys(node).sort(), Object.keys(web).sort());
     for (const name of Object.keys(web)) assert.equal(node[name], web[name], name);
+  });
+});
+
+describe("without WebCrypto (a page over plain http from a LAN address is not a secure context)", () => {
+  const pinned = VECTORS.server.serverKey.public;
+  const noWebCrypto = (error) => error instanceof UnavailableError && error.message === NO_WEBCRYPTO;
+
+  /** Run `fn` with a `crypto` that has getRandomValues but no `subtle`, as such a page has. */
+  async function insecure(fn) {
+    const real = Object.getOwnPropertyDescriptor(globalThis, "crypto");
+    const random = globalThis.crypto.getRandomValues.bind(globalThis.crypto);
+    Object.defineProperty(globalThis, "crypto", { value: { getRandomValues: random }, configurable: true });
+    try {
+      await fn();
+    } finally {
+      Object.defineProperty(globalThis, "crypto", real);
+    }
+  }
+
+  test("the message says so and what to do: https, or localhost", () => {
+    assert.match(NO_WEBCRYPTO, /crypto\.subtle/);
+    assert.match(NO_WEBCRYPTO, /secure context/);
+    assert.match(NO_WEBCRYPTO, /https/);
+    assert.match(NO_WEBCRYPTO, /localhost/);
+  });
+
+  test("a handshake with a pinned server key says WebCrypto is missing, not that the key is bad", async () => {
+    await insecure(async () => {
+      assert.throws(() => new ClientHandshake("client", "mb-some-key", pinned), noWebCrypto);
+      assert.throws(() => new ClientHandshake("client", "mb-some-key"), noWebCrypto);
+      await assert.rejects(importPoint(pinned, "serverKey"), noWebCrypto);
+      await assert.rejects(publicKeyFromPkcs8(VECTORS.server.serverKey.pkcs8), noWebCrypto);
+    });
+  });
+
+  test("new Montybase says so at once, before anything connects", async () => {
+    let constructed = 0;
+    const WebSocket = class {
+      constructor() {
+        constructed += 1;
+      }
+    };
+    await insecure(async () => {
+      assert.throws(() => new Montybase({ apiKey: "mb-some-key", endpoint: "ws://127.0.0.1:9", serverKey: pinned }, { WebSocket }), noWebCrypto);
+    });
+    assert.equal(constructed, 0);
+  });
+
+  test("with WebCrypto, a bad pinned key is still INVALID_ARGUMENT", async () => {
+    const offCurve = `${pinned.slice(0, 60)}${pinned[60] === "A" ? "B" : "A"}${pinned.slice(61)}`; // y changed
+    const client = new ClientHandshake("client", "mb-some-key", offCurve);
+    await assert.rejects(client.hello(), (error) => error instanceof InvalidArgumentError && /the pinned serverKey is invalid/.test(error.message));
   });
 });
