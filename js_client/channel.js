@@ -359,7 +359,7 @@ export async function publicKeyFromPkcs8(serverKey) {
     const jwk = await webCrypto.exportKey("jwk", key);
     return b64e(concat(new Uint8Array([4]), b64decode(jwk.x), b64decode(jwk.y)));
   } catch (error) {
-    throw new InvalidArgumentError(`serverKey is not a base64url PKCS#8 P-256 private key: ${error.message}`, { path: "serverKey" });
+    throw new InvalidArgumentError(`serverKey is not a base64url PKCS#8 P-256 private key: ${error.message}`);
   }
 }
 
@@ -557,10 +557,10 @@ export class ClientHandshake {
   constructor(kid, key, serverPublic = null, { nonce, ephemeral, cipher = defaultCipher } = {}) {
     subtle(); // before anything is sent: without it, no handshake can finish
     if (typeof kid !== "string" || !kid || typeof key !== "string" || !key) {
-      throw new InvalidArgumentError("kid and key must be non-empty strings", { path: "apiKey" });
+      throw new InvalidArgumentError("kid and key must be non-empty strings");
     }
     if (nonce !== undefined && (!(nonce instanceof Uint8Array) || nonce.length !== NONCE_BYTES)) {
-      throw new InvalidArgumentError(`nonce must be ${NONCE_BYTES} bytes`, { path: "nonce" });
+      throw new InvalidArgumentError(`nonce must be ${NONCE_BYTES} bytes`);
     }
     /** "client" or "admin". */
     this.kid = kid;
@@ -596,7 +596,7 @@ export class ClientHandshake {
       } catch (error) {
         this.#fail(error.message);
         if (!(error instanceof ChannelError)) throw error;
-        throw new InvalidArgumentError(`the pinned serverKey is invalid: ${error.message}`, { path: "serverKey" });
+        throw new InvalidArgumentError(`the pinned serverKey is invalid: ${error.message}`);
       }
       this.#ephemeral ??= await generateEphemeral();
       this.#eC = await exportPoint(this.#ephemeral.publicKey);

@@ -142,7 +142,7 @@ export class RemoteBackend {
     try {
       return { id, bytes: encoder.encode(JSON.stringify({ jsonrpc: "2.0", id, method, params })) };
     } catch (error) {
-      throw new InvalidArgumentError(`params are not JSON: ${error.message}`, { path: "params" });
+      throw new InvalidArgumentError(`params are not JSON: ${error.message}`, { path: "" });
     }
   }
 
@@ -328,7 +328,7 @@ export class RemoteBackend {
     try {
       ws = new this.#WebSocket(this.url);
     } catch (error) {
-      throw new InvalidArgumentError(`cannot connect to ${this.url}: ${error.message}`, { path: "endpoint" });
+      throw new InvalidArgumentError(`cannot connect to ${this.url}: ${error.message}`);
     }
     ws.binaryType = "arraybuffer";
     const inbox = frames(ws, this.url, this.timeout);

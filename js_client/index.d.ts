@@ -228,7 +228,7 @@ export class MontybaseError extends Error {
   code: number;
   /** The stable reason to branch on, e.g. "NOT_FOUND". */
   reason: string;
-  /** Details, e.g. `path` (the field at fault), `limit` and `actual`, `closeCode`. */
+  /** Details, e.g. `path` (the JSON Pointer of the faulty value in the request's params, "/value/score"), `limit` and `actual`, `closeCode`. */
   data: Record<string, any>;
 }
 export class ParseError extends MontybaseError {}

@@ -74,9 +74,9 @@ export class Listener {
    * @param {((error: MontybaseError) => void) | undefined} onError
    */
   constructor(params, onNext, onError) {
-    if (typeof onNext !== "function") throw new InvalidArgumentError("onSnapshot(callback) takes a function", { path: "callback" });
+    if (typeof onNext !== "function") throw new InvalidArgumentError("onSnapshot(callback) takes a function");
     if (onError !== undefined && onError !== null && typeof onError !== "function") {
-      throw new InvalidArgumentError("onSnapshot(callback, onError): onError must be a function", { path: "onError" });
+      throw new InvalidArgumentError("onSnapshot(callback, onError): onError must be a function");
     }
     /** The subscribe params, sent again after every reconnect. */
     this.params = params;

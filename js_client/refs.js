@@ -5,7 +5,7 @@
  */
 
 import { ConflictError, InvalidArgumentError } from "./errors.js";
-import { checkKey, splitSegments, updateFields, wireField } from "./values.js";
+import { checkKey, pointer, splitSegments, updateFields, wireField } from "./values.js";
 
 /**
  * @typedef {object} Backend where calls go
@@ -118,7 +118,8 @@ export class Query {
   orderBy(field, direction = "asc") {
     const normalized = typeof direction === "string" ? DIRECTIONS.get(direction.toLowerCase()) : undefined;
     if (normalized === undefined) {
-      throw new InvalidArgumentError(`direction must be 'asc' or 'desc', got ${JSON.stringify(direction)}`, { path: "direction" });
+      const at = pointer("/query/orderBy", (this.#spec.orderBy ?? []).length, 1);
+      throw new InvalidArgumentError(`${at}: a direction is 'asc' or 'desc', got ${JSON.stringify(direction)}`, { path: at });
     }
     return this.#with([], "orderBy", [wireField(field), normalized]);
   }
@@ -312,7 +313,7 @@ export class Reference {
    * @throws {MontybaseError} InvalidArgumentError for a bad segment
    */
   append(...segments) {
-    return makeReference(this._backend, [...this.segments, ...splitSegments(segments)]);
+    return makeReference(this._backend, [...this.segments, ...splitSegments(segments, this.segments.length)]);
   }
 
   /** @returns {string} e.g. `DocumentReference('users/amor')` */
@@ -335,14 +336,19 @@ export class Reference {
     );
   }
 
-  /** @param {string | undefined | null} key @returns {string[]} */
-  _target(key) {
+  /**
+   * The path a write with `key` addresses.
+   * @param {string | undefined | null} key
+   * @param {string} [where] the JSON Pointer of the request's path (for errors)
+   * @returns {string[]}
+   */
+  _target(key, where) {
     throw new Error("abstract");
   }
 
-  /** @param {string | undefined | null} key @returns {string[]} */
-  _updateTarget(key) {
-    return this._target(key);
+  /** @param {string | undefined | null} key @param {string} [where] @returns {string[]} */
+  _updateTarget(key, where) {
+    return this._target(key, where);
   }
 
   // Writes
@@ -504,18 +510,18 @@ export class Reference {
  * A collection: `key` names one of its documents.
  */
 export class CollectionReference extends Reference {
-  /** @param {string | undefined | null} key @returns {string[]} */
-  _target(key) {
+  /** @param {string | undefined | null} key @param {string} [where] @returns {string[]} */
+  _target(key, where = "/path") {
     if (key === undefined || key === null) return [...this.segments];
-    return [...this.segments, checkKey(key, "key")];
+    return [...this.segments, checkKey(key, pointer(where, this.segments.length))];
   }
 
-  /** @param {string | undefined | null} key @returns {string[]} */
-  _updateTarget(key) {
+  /** @param {string | undefined | null} key @param {string} [where] @returns {string[]} */
+  _updateTarget(key, where = "/path") {
     if (key === undefined || key === null) {
-      throw new InvalidArgumentError("update on a collection needs a key (the document to merge into)", { path: "key" });
+      throw new InvalidArgumentError(`${where}: update on a collection needs a key (the document to merge into)`, { path: where });
     }
-    return this._target(key);
+    return this._target(key, where);
   }
 }
 
@@ -538,13 +544,11 @@ export class DocumentReference extends Reference {
     return this._backend.subscribe({ path: [...this.segments] }, onNext, onError);
   }
 
-  /** @param {string | undefined | null} key @returns {string[]} */
-  _target(key) {
+  /** @param {string | undefined | null} key @param {string} [where] @returns {string[]} */
+  _target(key, where = "/path") {
     if (key !== undefined && key !== null) {
-      throw new InvalidArgumentError(
-        `key is for collection references; ${this.path} is a document (use append() for subcollections)`,
-        { path: "key" },
-      );
+      const at = pointer(where, this.segments.length);
+      throw new InvalidArgumentError(`${at}: key is for collection references; ${this.path} is a document (use append() for subcollections)`, { path: at });
     }
     return [...this.segments];
   }
@@ -554,6 +558,11 @@ export class DocumentReference extends Reference {
  * Writes collected, then applied all or nothing by `commit()` (one journal record).
  */
 export class WriteBatch {
+  /** The JSON Pointer of `member` of the next write in the commit's params (for errors). */
+  #at(member) {
+    return pointer("/writes", this._writes.length, member);
+  }
+
   /** @param {Backend} backend */
   constructor(backend) {
     Object.defineProperty(this, "_backend", { value: backend });
@@ -569,7 +578,7 @@ export class WriteBatch {
    * @throws {MontybaseError} InvalidArgumentError
    */
   add(ref, value, key) {
-    this._writes.push({ op: "add", path: ref._target(key), value });
+    this._writes.push({ op: "add", path: ref._target(key, this.#at("path")), value });
     return this;
   }
 
@@ -581,7 +590,7 @@ export class WriteBatch {
    * @throws {MontybaseError} InvalidArgumentError
    */
   set(ref, value, key) {
-    this._writes.push({ op: "set", path: ref._target(key), value });
+    this._writes.push({ op: "set", path: ref._target(key, this.#at("path")), value });
     return this;
   }
 
@@ -593,7 +602,7 @@ export class WriteBatch {
    * @throws {MontybaseError} InvalidArgumentError
    */
   update(ref, fields, key) {
-    this._writes.push({ op: "update", path: ref._updateTarget(key), fields: updateFields(fields) });
+    this._writes.push({ op: "update", path: ref._updateTarget(key, this.#at("path")), fields: updateFields(fields, this.#at("fields")) });
     return this;
   }
 
@@ -604,7 +613,7 @@ export class WriteBatch {
    * @throws {MontybaseError} InvalidArgumentError
    */
   delete(ref, key) {
-    this._writes.push({ op: "delete", path: ref._target(key) });
+    this._writes.push({ op: "delete", path: ref._target(key, this.#at("path")) });
     return this;
   }
 
@@ -644,7 +653,10 @@ export class Transaction extends WriteBatch {
    * @throws {MontybaseError}
    */
   async get(ref) {
-    if (this._writes.length) throw new InvalidArgumentError("a transaction reads before it writes", { path: ref.path });
+    if (this._writes.length) {
+      const at = pointer("/reads", this._reads.length);
+      throw new InvalidArgumentError(`${at}: a transaction reads before it writes (${ref.path})`, { path: at });
+    }
     const value = await ref.get();
     this._reads.push({ path: [...ref.segments], value });
     return value;
@@ -667,7 +679,7 @@ export class Transaction extends WriteBatch {
  */
 export async function runTransaction(backend, fn, maxAttempts) {
   if (!Number.isSafeInteger(maxAttempts) || maxAttempts < 1) {
-    throw new InvalidArgumentError("maxAttempts must be an integer of at least 1", { path: "maxAttempts" });
+    throw new InvalidArgumentError("maxAttempts must be an integer of at least 1");
   }
   for (let attempt = 1; ; attempt++) {
     const transaction = new Transaction(backend);

@@ -78,7 +78,7 @@ test("a page loads the client from the server, connects with the client config, 
   ]);
   assert.deepEqual(result.missing, [true, -32002, "NOT_FOUND"]);
   assert.equal(result.bad[0], true);
-  assert.match(result.bad[1], /value\.a: NaN/);
+  assert.match(result.bad[1], /^\/value\/a: NaN/);
   assert.equal(result.clean, true);
   assert.deepEqual(result.refusals, ["UNAUTHENTICATED", "UNAUTHENTICATED"]);
   assert.equal(result.secure, true);

@@ -529,3 +529,30 @@ test("every error is a MontybaseError with code, reason and data", async () => {
     return true;
   });
 });
+
+test("client-side errors carry the JSON Pointer the request would have in data.path", async () => {
+  const c = unique("c");
+  const at = (path) => (error) => error instanceof InvalidArgumentError && error.data.path === path && error.message.startsWith(`${path}: `);
+  await assert.rejects(doc(db, c).add({ name: "Amor", score: NaN }), at("/value/score"));
+  await assert.rejects(doc(db, c).add({ a: 1 }, "$key"), at("/path/1"));
+  await assert.rejects(doc(db, c, "x").add({ a: 1 }, "key"), at("/path/2"));
+  await assert.rejects(doc(db, c, "x").update({ "stats.best": Infinity }), at("/fields/0/1"));
+  await assert.rejects(doc(db, c).where("score", ">", 1).where("score", "<", NaN).stream(), at("/query/where/1/2"));
+  await assert.rejects(doc(db, c).orderBy("score").startAfter(NaN).get(), at("/query/startAfter/0"));
+  await assert.rejects(doc(db, c).sum("$x"), at("/field"));
+  assert.throws(() => doc(db, c).orderBy("score").orderBy("name", "sideways"), at("/query/orderBy/1/1"));
+  assert.throws(() => doc(db, c, "x").append("posts", "$p"), at("/path/3"));
+  const batch = db.batch().set(doc(db, c, "a"), { n: 1 }).update(doc(db, c), { n: 2 }, "b");
+  assert.throws(() => batch.delete(doc(db, c), "__x__"), at("/writes/2/path/1"));
+  batch.add(doc(db, c), { list: [1, { n: NaN }] });
+  await assert.rejects(batch.commit(), at("/writes/2/value/list/1/n"));
+  await assert.rejects(
+    db.transaction(async (tx) => {
+      await tx.get(doc(db, c, "a"));
+      tx.set(doc(db, c, "a"), { n: 1 });
+      await tx.get(doc(db, c, "b"));
+    }),
+    at("/reads/1"),
+  );
+  assert.equal(await doc(db, c).count(), 0); // nothing was written
+});
