@@ -11,7 +11,7 @@
 import { ChannelError, ClientHandshake, CLOSE_AUTH_FAILED, CLOSE_BAD_RECORD, publicKeyFromPkcs8 } from "./channel.js";
 import { ConnectionLostError, InvalidArgumentError, MontybaseError, UnavailableError, fromRpcError } from "./errors.js";
 import { Listener, report } from "./listen.js";
-import { checkParams } from "./values.js";
+import { checkParams, stringify } from "./values.js";
 
 const OPEN = 1;
 const CLOSE_GRACE = 1000; // ms that close() waits for the server's side of the closing handshake
@@ -140,7 +140,7 @@ export class RemoteBackend {
   #frame(method, params) {
     const id = this.#nextId++;
     try {
-      return { id, bytes: encoder.encode(JSON.stringify({ jsonrpc: "2.0", id, method, params })) };
+      return { id, bytes: encoder.encode(stringify({ jsonrpc: "2.0", id, method, params })) };
     } catch (error) {
       throw new InvalidArgumentError(`params are not JSON: ${error.message}`, { path: "" });
     }

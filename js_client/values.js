@@ -145,10 +145,9 @@ export function wireField(field) {
 }
 
 function number(value, where) {
+  // Every JavaScript number is a double, as a Python float is: any finite one may be stored
+  // (`stringify` sends those beyond ±(2^53−1) as floats, which the server accepts).
   if (!Number.isFinite(value)) throw invalid(`${where}: ${value} is not a finite number`, where);
-  if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
-    throw invalid(`${where}: integer ${value} is outside ±(2^53-1), which JavaScript cannot hold exactly`, where);
-  }
   return Object.is(value, -0) ? 0 : value;
 }
 
@@ -190,9 +189,8 @@ function transform(name, operand, where, mode, depth) {
 }
 
 /**
- * Check a JSON value and return a fresh copy of it: null, booleans, finite numbers (integers
- * within ±(2^53−1)), well-formed strings, arrays and plain objects with valid keys, nested at
- * most 32 deep. With `mode` ("set" or "update"), one-key objects like `{"$increment": 1}` are
+ * Check a JSON value and return a fresh copy of it: null, booleans, finite numbers, well-formed
+ * strings, arrays and plain objects with valid keys, nested at most 32 deep. With `mode` ("set" or "update"), one-key objects like `{"$increment": 1}` are
  * transforms (outside arrays); "update" also allows `{"$delete": true}`.
  * @param {unknown} value
  * @param {string} [where] its JSON Pointer in the params ("/value", "/fields/0/1", …)
@@ -257,6 +255,24 @@ export function prepareDocument(value, where = "/value") {
     throw invalid(`${where}: a whole document cannot be a transform`, where);
   }
   return prepareValue(value, where, "set");
+}
+
+// A JSON string, or an integer token of 16 or more digits (2^53 has 16) with neither fraction
+// nor exponent, not inside another number.
+const LONG_INTEGER = /"(?:[^"\\]|\\.)*"|(?<![\d.eE+-])-?\d{16,}(?![\d.eE])/g;
+
+/**
+ * The JSON text of checked params: `JSON.stringify`'s, except that a number beyond ±(2^53−1)
+ * that it would write as an integer (9007199254740992) gets a fraction part (9007199254740992.0).
+ * The server refuses integers JavaScript cannot hold exactly but takes floats, and a number that
+ * is not a safe integer is a float to both clients: what Python writes, JavaScript writes back.
+ * @param {unknown} value
+ * @returns {string}
+ */
+export function stringify(value) {
+  const text = JSON.stringify(value);
+  if (!/\d{16}/.test(text)) return text;
+  return text.replace(LONG_INTEGER, (token) => (token[0] === '"' || Number.isSafeInteger(Number(token)) ? token : `${token}.0`));
 }
 
 /**

@@ -2,6 +2,7 @@
 // cases that make sense for a client key; the admin key where a client key may not).
 
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import WebSocket from "ws";
 
@@ -25,7 +26,7 @@ import {
   minimum,
   serverTimestamp,
 } from "../../js_client/index.js";
-import { closeServer, openServer, unique } from "./helpers.js";
+import { closeServer, openServer, runPython, unique } from "./helpers.js";
 
 let server;
 let db; // the client key, as a web page has it
@@ -555,4 +556,47 @@ test("client-side errors carry the JSON Pointer the request would have in data.p
     at("/reads/1"),
   );
   assert.equal(await doc(db, c).count(), 0); // nothing was written
+});
+
+describe("numbers", () => {
+  /** Run Python with an admin handle on the test server (remote); `db` and `doc` are in scope. */
+  const python = (code) =>
+    runPython(
+      [
+        "import json",
+        "from python_client import Montybase, doc",
+        `db = Montybase(api=${JSON.stringify(server.endpoint)}, config=${JSON.stringify(join(server.dir, "montybase.json"))})`,
+        code,
+        "db.close()",
+      ].join("\n"),
+    );
+  /** Python's view of a stored document: each field's repr and type. */
+  const seenByPython = async (c, id) =>
+    JSON.parse(await python(`print(json.dumps({k: [repr(v), type(v).__name__] for k, v in doc(db, ${JSON.stringify(c)}, ${JSON.stringify(id)}).get().items()}))`));
+
+  test("floats Python writes (1e300, 2.0**53), JavaScript reads and writes back, and Python reads the same", async () => {
+    const c = unique("floats");
+    await python(`doc(db, ${JSON.stringify(c)}, "py").set({"big": 1e300, "two53": 2.0**53, "neg": -(2.0**60), "small": 1.5, "int": 7})`);
+    const value = await doc(db, c, "py").get();
+    assert.deepEqual(value, { big: 1e300, two53: 2 ** 53, neg: -(2 ** 60), small: 1.5, int: 7 });
+    await doc(db, c, "js").set(value);
+    await doc(db, c, "py").update({ two53: value.two53, big: increment(value.big) });
+    const original = {
+      big: ["1e+300", "float"], two53: ["9007199254740992.0", "float"], neg: ["-1.152921504606847e+18", "float"],
+      small: ["1.5", "float"], int: ["7", "int"],
+    };
+    assert.deepEqual(await seenByPython(c, "js"), original);
+    assert.deepEqual(await seenByPython(c, "py"), { ...original, big: ["2e+300", "float"] });
+  });
+
+  test("a JavaScript number beyond ±(2^53−1) is stored as a float; NaN, Infinity and BigInt stay refused", async () => {
+    const c = unique("floats");
+    await doc(db, c, "x").set({ n: 2 ** 53, list: [-(2 ** 53)], safe: 2 ** 53 - 1 });
+    assert.deepEqual(await seenByPython(c, "x"), {
+      n: ["9007199254740992.0", "float"], list: ["[-9007199254740992.0]", "list"], safe: ["9007199254740991", "int"],
+    });
+    assert.equal(await doc(db, c).where("n", "==", 2 ** 53).count(), 1);
+    for (const bad of [NaN, Infinity, -Infinity, 10n]) await assert.rejects(doc(db, c, "x").set({ n: bad }), InvalidArgumentError);
+    assert.deepEqual(await doc(db, c, "x").get(), { n: 2 ** 53, list: [-(2 ** 53)], safe: 2 ** 53 - 1 });
+  });
 });

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import { InvalidArgumentError, LimitExceededError, arrayRemove, arrayUnion, deleteField, increment, maximum, minimum, serverTimestamp } from "../../js_client/index.js";
-import { checkKey, checkParams, checkQuery, fieldPath, pointer, prepareDocument, prepareValue, splitSegments, updateFields } from "../../js_client/values.js";
+import { checkKey, checkParams, checkQuery, fieldPath, pointer, prepareDocument, prepareValue, splitSegments, stringify, updateFields } from "../../js_client/values.js";
 
 function refused(fn, message, path) {
   let caught;
@@ -88,9 +88,6 @@ describe("values", () => {
     ["NaN", { a: NaN }, /NaN is not a finite number/, "/value/a"],
     ["Infinity", { a: Infinity }, /Infinity is not a finite number/, "/value/a"],
     ["-Infinity", { a: -Infinity }, /not a finite number/, "/value/a"],
-    ["unsafe integer", { a: 2 ** 53 }, /integer 9007199254740992 is outside/, "/value/a"],
-    ["unsafe negative integer", { a: -(2 ** 53) }, /outside ±\(2\^53-1\)/, "/value/a"],
-    ["huge float that is an integer", { a: 1e300 }, /outside/, "/value/a"],
     ["undefined", { a: undefined }, /undefined is not a JSON value/, "/value/a"],
     ["function", { a() {} }, /function is not a JSON value/, "/value/a"],
     ["symbol", { a: Symbol("x") }, /symbol is not a JSON value/, "/value/a"],
@@ -158,6 +155,12 @@ describe("values", () => {
     assert.deepEqual(prepareValue({ a: -0, b: 2 ** 53 - 1, c: -(2 ** 53 - 1) }), { a: 0, b: 2 ** 53 - 1, c: -(2 ** 53 - 1) });
   });
 
+  test("every finite number passes, as Python takes every finite float: 1e300, 2**53, -(2**60), 5e-324", () => {
+    const value = { a: 1e300, b: 2 ** 53, c: -(2 ** 60), d: 5e-324, e: Number.MAX_VALUE, list: [2 ** 53 + 2] };
+    assert.deepEqual(prepareDocument(value), value);
+    assert.deepEqual(checkQuery({ path: ["c"], where: [["n", "==", 2 ** 53]] }).where, [["n", "==", 2 ** 53]]);
+  });
+
   test("a getter is read once: what is sent is what was checked", () => {
     let reads = 0;
     const value = {
@@ -186,7 +189,8 @@ describe("transforms", () => {
   test("transform operands are checked", () => {
     refused(() => prepareDocument({ a: increment(NaN) }), /NaN/, "/value/a/$increment");
     refused(() => prepareDocument({ a: arrayUnion(undefined) }), /undefined/, "/value/a/$arrayUnion/0");
-    refused(() => prepareDocument({ a: maximum(2 ** 60) }), /outside/, "/value/a/$maximum");
+    refused(() => prepareDocument({ a: maximum(Infinity) }), /Infinity/, "/value/a/$maximum");
+    assert.deepEqual(prepareDocument({ a: maximum(2 ** 60) }), { a: { $maximum: 2 ** 60 } });
   });
 });
 
@@ -233,7 +237,6 @@ describe("queries", () => {
     ["proto field in a list of keys", { where: [[["a", "__proto__"], "==", 1]] }, /key '__proto__'/, "/query/where/0/0/1"],
     ["NaN value", { where: [["score", "==", 1], ["score", "==", NaN]] }, /NaN/, "/query/where/1/2"],
     ["NaN inside a list value", { where: [["score", "in", [1, NaN]]] }, /NaN/, "/query/where/0/2/1"],
-    ["unsafe integer value", { where: [["score", "==", 2 ** 53]] }, /outside/, "/query/where/0/2"],
     ["bad path segment", { path: ["c", "d", "$e"] }, /\$e/, "/query/path/2"],
   ];
   for (const [name, query, message, pointerTo] of bad) {
@@ -257,5 +260,25 @@ describe("queries", () => {
     refused(() => checkParams("subscribe", { sub: 1, path: ["c", "$x"] }), /\$x/, "/path/1");
     refused(() => checkParams("subscribe", { sub: 1, query: { path, limit: -1 } }), /limit/, "/query/limit");
     refused(() => checkParams("subscribe", { sub: 1 }), /a path or a query/, "");
+  });
+});
+
+describe("the JSON that is sent", () => {
+  test("a number that is not a safe integer goes as a float (a fraction part or an exponent), so Python reads a float", () => {
+    assert.equal(stringify({ a: 2 ** 53, b: -(2 ** 53), c: [2 ** 60] }), '{"a":9007199254740992.0,"b":-9007199254740992.0,"c":[1152921504606847000.0]}');
+    assert.equal(stringify({ big: 1e300, huge: 1e21, tiny: 5e-324 }), '{"big":1e+300,"huge":1e+21,"tiny":5e-324}');
+  });
+
+  test("everything else is JSON.stringify's: safe integers, fractions, and digits inside strings and keys", () => {
+    const value = {
+      edge: 2 ** 53 - 1, negative: -(2 ** 53 - 1), fraction: 1.2345678901234567, small: 0.1, zero: 0,
+      text: "9007199254740993", quoted: 'say "12345678901234567890" \\ 9007199254740993', "99999999999999999": 1,
+    };
+    assert.equal(stringify(value), JSON.stringify(value));
+  });
+
+  test("what is sent parses back to the same numbers", () => {
+    const value = { list: [2 ** 53, -(2 ** 60), 1e300, 12345678901234567890, 2 ** 53 - 1, 3.5], s: "2 ** 53 = 9007199254740992" };
+    assert.deepEqual(JSON.parse(stringify(value)), value);
   });
 });
