@@ -19,11 +19,40 @@ import { checkKey, pointer, splitSegments, updateFields, wireField } from "./val
  *   accepted the listener (or it was stopped first) and rejects with the error `onError` gets.
  */
 
-/** Builds `{id: value}` with own properties only, whatever the ids are. */
-function byId(docs) {
-  const out = {};
-  for (const doc of docs) Object.defineProperty(out, doc.id, { value: doc.value, enumerable: true, writable: true, configurable: true });
-  return out;
+/**
+ * Python's order of strings (by code point), which is the server's id order. JavaScript's `<`
+ * compares UTF-16 units, which puts a code point above U+FFFF (a surrogate pair) before
+ * U+E000–U+FFFF.
+ * @param {string} a
+ * @param {string} b
+ * @returns {number}
+ */
+export function compareCodePoints(a, b) {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    let x = a.charCodeAt(i);
+    let y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x >= 0xd800 && y >= 0xd800) {
+      // Surrogates (0xD800–0xDFFF) after 0xE000–0xFFFF, as the code points they start.
+      x = x >= 0xe000 ? x - 0x800 : x + 0x2000;
+      y = y >= 0xe000 ? y - 0x800 : y + 0x2000;
+    }
+    return x - y;
+  }
+  return a.length - b.length;
+}
+
+/**
+ * A collection's `{id: document}` as the server sent it, as a Map in id order. An object lists
+ * integer-like keys first ("2" before "10"), so its own order cannot be kept; the ids are sorted
+ * again. Anything that is not an object (a field read through the path) comes back as it is.
+ * @param {unknown} value
+ * @returns {Map<string, any> | unknown}
+ */
+function inIdOrder(value) {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return value;
+  return new Map(Object.keys(value).sort(compareCodePoints).map((id) => [id, value[id]]));
 }
 
 /**
@@ -199,13 +228,13 @@ export class Query {
   }
 
   /**
-   * The matching documents as `{id: value}`. (A JavaScript object lists integer-like keys
-   * such as "42" first; `stream()` keeps the order in every case.)
-   * @returns {Promise<Record<string, Record<string, unknown>>>}
+   * The matching documents as a Map (id → document), in the query's order (an object would
+   * list integer-like ids such as "2" before "10").
+   * @returns {Promise<Map<string, Record<string, unknown>>>}
    * @throws {MontybaseError}
    */
   async get() {
-    return byId(await this.stream());
+    return new Map((await this.stream()).map(({ id, value }) => [id, value]));
   }
 
   async #aggregate(op, field) {
@@ -401,13 +430,23 @@ export class Reference {
   // Reads
 
   /**
-   * A document's value (null if missing), a collection as `{id: document}` (`{}` if empty), or
-   * the value of a field when the path goes into a document.
+   * A document's value (null if missing), a collection as a Map (id → document) in id order
+   * (empty if it has none), or the value of a field when the path goes into a document.
    * @returns {Promise<any>}
    * @throws {MontybaseError}
    */
   async get() {
+    return this._shape(await this._read());
+  }
+
+  /** The value `get` reads, as the server sent it (a transaction records it so). @returns {Promise<any>} */
+  async _read() {
     return (await this._backend.call("get", { path: [...this.segments] })).value;
+  }
+
+  /** What `get` makes of the value read. @param {unknown} value @returns {any} */
+  _shape(value) {
+    return value;
   }
 
   /**
@@ -510,6 +549,27 @@ export class Reference {
  * A collection: `key` names one of its documents.
  */
 export class CollectionReference extends Reference {
+  /**
+   * The collection as a Map (id → document) in id order, empty if it has none. On the root
+   * (admin key): a Map of the top-level collections by name, each such a Map. Where the path
+   * goes into a document instead (`doc(db, "users", uid, "stats")` reads that user's `stats`
+   * field), the field's value: an object as a Map in key order, anything else as it is.
+   * @returns {Promise<Map<string, any>>}
+   * @throws {MontybaseError}
+   */
+  get() {
+    return super.get();
+  }
+
+  /** @param {unknown} value @returns {any} */
+  _shape(value) {
+    const shaped = inIdOrder(value);
+    if (!this.segments.length && shaped instanceof Map) {
+      for (const [name, docs] of shaped) shaped.set(name, inIdOrder(docs));
+    }
+    return shaped;
+  }
+
   /** @param {string | undefined | null} key @param {string} [where] @returns {string[]} */
   _target(key, where = "/path") {
     if (key === undefined || key === null) return [...this.segments];
@@ -657,9 +717,9 @@ export class Transaction extends WriteBatch {
       const at = pointer("/reads", this._reads.length);
       throw new InvalidArgumentError(`${at}: a transaction reads before it writes (${ref.path})`, { path: at });
     }
-    const value = await ref.get();
+    const value = await ref._read();
     this._reads.push({ path: [...ref.segments], value });
-    return value;
+    return ref._shape(value);
   }
 
   /** @returns {Record<string, unknown>} */

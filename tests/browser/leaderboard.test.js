@@ -60,7 +60,7 @@ test("a page loads the client from the server, connects with the client config, 
     const missing = await doc(db, name, "ghost").update({ a: 1 }).catch((error) => [error instanceof NotFoundError, error.code, error.reason]);
     const bad = await doc(db, name).add({ a: NaN }).catch((error) => [error instanceof InvalidArgumentError, error.message]);
     const polluted = await doc(db, name, "constructor").set({ prototype: { polluted: true } }).then(() => doc(db, name).get());
-    const clean = {}.polluted === undefined && Object.hasOwn(polluted, "constructor");
+    const clean = {}.polluted === undefined && polluted instanceof Map && Object.hasOwn(polluted.get("constructor"), "prototype");
     await db.close();
     const config = await (await fetch("/client-config.json")).json();
     const refusals = [];
