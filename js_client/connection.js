@@ -465,6 +465,41 @@ export class RemoteBackend {
 }
 
 /**
+ * The error for a WebSocket that closed before it opened, as python_client/remote.py names it:
+ * UnavailableError when the server answered the upgrade with a refusal (an Origin it does not
+ * allow, too many connections from this address or in all), ConnectionLostError when it could not
+ * be reached (nothing listens, no route, a certificate that is not trusted). Node's `ws` names the
+ * cause in its error event; a browser hides it, so an HTTP GET of the same address, which a
+ * Montybase server answers, tells a refusal (an answer) from an unreachable server (none).
+ * @param {string} url
+ * @param {any} failure the error event, if any
+ * @param {number} timeout
+ * @returns {Promise<MontybaseError>}
+ */
+async function notOpened(url, failure, timeout) {
+  const detail = String(failure?.message || failure?.error?.message || "");
+  const status = /Unexpected server response: (\d{3})/.exec(detail);
+  const refused = (why) => new UnavailableError(`cannot connect to ${url}: ${why}`);
+  if (status) return refused(`server rejected WebSocket connection: HTTP ${status[1]}`);
+  if (await answersHttp(url, timeout)) return refused("the server refused the WebSocket connection (an Origin it does not allow, or too many connections)");
+  return new ConnectionLostError(`cannot connect to ${url}: ${detail || "the server cannot be reached, or its certificate is not trusted"}`, { closeCode: 1006 });
+}
+
+/** Whether a plain HTTP GET of the WebSocket's address gets an answer (any status) in time. */
+async function answersHttp(url, timeout) {
+  if (typeof fetch !== "function") return false;
+  const address = url.replace(/^ws(s?):/, "http$1:");
+  try {
+    // no-cors: a page may ask another origin; the (opaque) answer is enough.
+    const response = await fetch(address, { mode: "no-cors", cache: "no-store", credentials: "omit", signal: AbortSignal.timeout(Math.min(timeout, 5000)) });
+    await response.body?.cancel().catch(() => {});
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * The frames of a WebSocket during the handshake, read one at a time with a deadline; `hand`
  * then passes every later frame (and buffered ones first) to the record layer.
  */
@@ -487,15 +522,26 @@ function frames(ws, url, timeout) {
         : `cannot connect to ${url} (code ${event ? event.code : 1006})`,
       { closeCode: event ? event.code : 1006 },
     );
+  let isOpen = false;
+  let failure = null; // the error event before the close, which may say why
   const opened = new Promise((resolve, reject) => {
-    ws.onopen = () => resolve();
-    ws.onerror = () => {}; // a close event follows, with its code
+    const fail = (error) => {
+      closed ??= error;
+      reject(closed);
+      if (waiter) waiter.reject(closed);
+    };
+    ws.onopen = () => {
+      isOpen = true;
+      resolve();
+    };
+    ws.onerror = (event) => {
+      failure = event; // a close event follows, with its code
+    };
     ws.onclose = (event) => {
       clearTimeout(deadline);
       if (onClose) return onClose(event);
-      closed ??= lost(event);
-      reject(closed);
-      if (waiter) waiter.reject(closed);
+      if (isOpen || closed) fail(lost(event));
+      else notOpened(url, failure, timeout).then(fail);
     };
   });
   opened.catch(() => {});
