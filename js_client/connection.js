@@ -481,8 +481,11 @@ async function notOpened(url, failure, timeout) {
   const status = /Unexpected server response: (\d{3})/.exec(detail);
   const refused = (why) => new UnavailableError(`cannot connect to ${url}: ${why}`);
   if (status) return refused(`server rejected WebSocket connection: HTTP ${status[1]}`);
-  if (await answersHttp(url, timeout)) return refused("the server refused the WebSocket connection (an Origin it does not allow, or too many connections)");
-  return new ConnectionLostError(`cannot connect to ${url}: ${detail || "the server cannot be reached, or its certificate is not trusted"}`, { closeCode: 1006 });
+  if (await answersHttp(url, timeout)) {
+    return refused("the server refused the WebSocket connection (an Origin it does not allow, or too many connections)");
+  }
+  const why = detail || "the server cannot be reached, or its certificate is not trusted";
+  return new ConnectionLostError(`cannot connect to ${url}: ${why}`, { closeCode: 1006 });
 }
 
 /** Whether a plain HTTP GET of the WebSocket's address gets an answer (any status) in time. */
@@ -491,7 +494,8 @@ async function answersHttp(url, timeout) {
   const address = url.replace(/^ws(s?):/, "http$1:");
   try {
     // no-cors: a page may ask another origin; the (opaque) answer is enough.
-    const response = await fetch(address, { mode: "no-cors", cache: "no-store", credentials: "omit", signal: AbortSignal.timeout(Math.min(timeout, 5000)) });
+    const signal = AbortSignal.timeout(Math.min(timeout, 5000));
+    const response = await fetch(address, { mode: "no-cors", cache: "no-store", credentials: "omit", signal });
     await response.body?.cancel().catch(() => {});
     return true;
   } catch {

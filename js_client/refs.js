@@ -27,7 +27,7 @@ import { checkKey, pointer, splitSegments, updateFields, wireField } from "./val
  * @param {string} b
  * @returns {number}
  */
-export function compareCodePoints(a, b) {
+function compareCodePoints(a, b) {
   const n = Math.min(a.length, b.length);
   for (let i = 0; i < n; i++) {
     let x = a.charCodeAt(i);
@@ -608,7 +608,8 @@ export class DocumentReference extends Reference {
   _target(key, where = "/path") {
     if (key !== undefined && key !== null) {
       const at = pointer(where, this.segments.length);
-      throw new InvalidArgumentError(`${at}: key is for collection references; ${this.path} is a document (use append() for subcollections)`, { path: at });
+      const why = `key is for collection references; ${this.path} is a document (use append() for subcollections)`;
+      throw new InvalidArgumentError(`${at}: ${why}`, { path: at });
     }
     return [...this.segments];
   }
@@ -662,7 +663,8 @@ export class WriteBatch {
    * @throws {MontybaseError} InvalidArgumentError
    */
   update(ref, fields, key) {
-    this._writes.push({ op: "update", path: ref._updateTarget(key, this.#at("path")), fields: updateFields(fields, this.#at("fields")) });
+    const path = ref._updateTarget(key, this.#at("path"));
+    this._writes.push({ op: "update", path, fields: updateFields(fields, this.#at("fields")) });
     return this;
   }
 

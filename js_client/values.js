@@ -190,8 +190,9 @@ function transform(name, operand, where, mode, depth) {
 
 /**
  * Check a JSON value and return a fresh copy of it: null, booleans, finite numbers, well-formed
- * strings, arrays and plain objects with valid keys, nested at most 32 deep. With `mode` ("set" or "update"), one-key objects like `{"$increment": 1}` are
- * transforms (outside arrays); "update" also allows `{"$delete": true}`.
+ * strings, arrays and plain objects with valid keys, nested at most 32 deep. With `mode` ("set"
+ * or "update"), one-key objects like `{"$increment": 1}` are transforms (outside arrays);
+ * "update" also allows `{"$delete": true}`.
  * @param {unknown} value
  * @param {string} [where] its JSON Pointer in the params ("/value", "/fields/0/1", …)
  * @param {"set" | "update" | null} [mode]
