@@ -35,14 +35,6 @@ export const MAX_RECORDS = 2 ** 24;
 export const MAX_BYTES = 2 ** 36;
 
 const P256 = { name: "ECDH", namedCurve: "P-256" };
-
-// Node's own crypto module, where it exists: its AES-GCM is synchronous, several times cheaper
-// per record than WebCrypto's promise, which makes a round trip through a thread pool. Browsers
-// use WebCrypto.
-const nodeCrypto =
-  typeof process === "object" && process.versions && process.versions.node
-    ? await import("node:crypto").catch(() => null)
-    : null;
 const encoder = new TextEncoder();
 const EMPTY = new Uint8Array(0);
 
@@ -64,16 +56,22 @@ export class ChannelError extends UnauthenticatedError {
   }
 }
 
+/** What to do without WebCrypto: the message of the error `subtle()` throws. */
+export const NO_WEBCRYPTO =
+  "WebCrypto (crypto.subtle) is not available here, and the channel needs it. Browsers give it only to " +
+  "secure contexts: open this page over https (see README \"TLS\"), or from localhost or 127.0.0.1, " +
+  "not over plain http from another address";
+
 /**
  * WebCrypto's SubtleCrypto, which exists only in secure contexts (https, localhost) and Node.
+ * Every use of it starts here, outside any `try`, so its absence is never reported as something
+ * else (such as a pinned key that is "not a point on P-256").
  * @returns {SubtleCrypto}
- * @throws {MontybaseError} UnavailableError
+ * @throws {MontybaseError} UnavailableError saying what to do
  */
 export function subtle() {
   const value = globalThis.crypto && globalThis.crypto.subtle;
-  if (!value) {
-    throw new UnavailableError("WebCrypto (crypto.subtle) is not available: serve the page over https or from localhost");
-  }
+  if (!value) throw new UnavailableError(NO_WEBCRYPTO);
   return value;
 }
 
@@ -310,8 +308,9 @@ export async function keySchedule(mode, kid, nc, ns, ikm, eC = EMPTY, eS = EMPTY
 export async function importPoint(value, field) {
   const raw = b64d(value, POINT_BYTES, field);
   if (raw[0] !== 0x04) throw new ChannelError(`${field}: not an uncompressed point`);
+  const webCrypto = subtle();
   try {
-    return { key: await subtle().importKey("raw", raw, P256, true, []), raw };
+    return { key: await webCrypto.importKey("raw", raw, P256, true, []), raw };
   } catch {
     throw new ChannelError(`${field}: not a point on P-256`);
   }
@@ -353,13 +352,14 @@ export async function exportPoint(publicKey) {
  */
 export async function publicKeyFromPkcs8(serverKey) {
   const der = b64decode(typeof serverKey === "string" ? serverKey.replace(/=+$/, "") : "");
+  const webCrypto = subtle();
   try {
     if (der === null) throw new Error("not base64url");
-    const key = await subtle().importKey("pkcs8", der, P256, true, ["deriveBits"]);
-    const jwk = await subtle().exportKey("jwk", key);
+    const key = await webCrypto.importKey("pkcs8", der, P256, true, ["deriveBits"]);
+    const jwk = await webCrypto.exportKey("jwk", key);
     return b64e(concat(new Uint8Array([4]), b64decode(jwk.x), b64decode(jwk.y)));
   } catch (error) {
-    throw new InvalidArgumentError(`serverKey is not a base64url PKCS#8 P-256 private key: ${error.message}`, { path: "serverKey" });
+    throw new InvalidArgumentError(`serverKey is not a base64url PKCS#8 P-256 private key: ${error.message}`);
   }
 }
 
@@ -377,34 +377,38 @@ function nonceAad(direction, seq) {
  */
 
 /**
- * AES-256-GCM under a raw 32-byte key, in one direction.
- * @param {Uint8Array} key
- * @param {"encrypt" | "decrypt"} usage
- * @returns {Promise<AesGcm>}
+ * What makes an `AesGcm` from a raw 32-byte key and a usage.
+ * @typedef {(key: Uint8Array, usage: "encrypt" | "decrypt") => AesGcm | Promise<AesGcm>} RecordCipher
  */
-async function aesGcm(key, usage) {
-  const bytesOf = (buffer) => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
-  if (nodeCrypto) {
-    const secret = nodeCrypto.createSecretKey(key);
-    const options = { authTagLength: TAG_BYTES };
-    if (usage === "encrypt") {
-      return (nonce, aad, input) => {
-        const cipher = nodeCrypto.createCipheriv("aes-256-gcm", secret, nonce, options).setAAD(aad);
-        const head = cipher.update(input);
-        const tail = cipher.final();
-        return bytesOf(Buffer.concat([head, tail, cipher.getAuthTag()]));
-      };
-    }
-    return (nonce, aad, input) => {
-      const decipher = nodeCrypto.createDecipheriv("aes-256-gcm", secret, nonce, options).setAAD(aad);
-      decipher.setAuthTag(input.subarray(input.length - TAG_BYTES));
-      const head = decipher.update(input.subarray(0, input.length - TAG_BYTES));
-      return bytesOf(Buffer.concat([head, decipher.final()]));
-    };
-  }
+
+/**
+ * AES-256-GCM by WebCrypto: browsers, and Node through the default entry (index.js).
+ * @type {RecordCipher}
+ */
+export async function webAesGcm(key, usage) {
   const cryptoKey = await subtle().importKey("raw", key, "AES-GCM", false, [usage]);
   const run = usage === "encrypt" ? subtle().encrypt.bind(subtle()) : subtle().decrypt.bind(subtle());
   return async (nonce, aad, input) => new Uint8Array(await run({ name: "AES-GCM", iv: nonce, additionalData: aad }, cryptoKey, input));
+}
+
+let defaultCipher = webAesGcm;
+
+/**
+ * The records' AES-256-GCM of the sessions made from now on, chosen by the entry that loaded
+ * the client (package.json "exports"): WebCrypto's by default, node:crypto's under the "node"
+ * condition (js_client/node.js).
+ * @param {RecordCipher} cipher
+ */
+export function setRecordCipher(cipher) {
+  defaultCipher = cipher;
+}
+
+/**
+ * The records' AES-256-GCM that new sessions use.
+ * @returns {RecordCipher}
+ */
+export function recordCipher() {
+  return defaultCipher;
 }
 
 /**
@@ -446,11 +450,12 @@ export class Session {
 
   /**
    * A session from raw keys: a client sends with k_c2s (dir C2S) and receives with k_s2c.
-   * @param {{role: string, th: Uint8Array, sendKey: Uint8Array, recvKey: Uint8Array, sendDir: number}} options
+   * `cipher` defaults to `recordCipher()`.
+   * @param {{role: string, th: Uint8Array, sendKey: Uint8Array, recvKey: Uint8Array, sendDir: number, cipher?: RecordCipher}} options
    * @returns {Promise<Session>}
    */
-  static async create({ role, th, sendKey, recvKey, sendDir }) {
-    const [send, recv] = await Promise.all([aesGcm(sendKey, "encrypt"), aesGcm(recvKey, "decrypt")]);
+  static async create({ role, th, sendKey, recvKey, sendDir, cipher = defaultCipher }) {
+    const [send, recv] = await Promise.all([cipher(sendKey, "encrypt"), cipher(recvKey, "decrypt")]);
     return new Session({ role, th, send, recv, sendDir });
   }
 
@@ -527,12 +532,14 @@ export class Session {
 /**
  * One connection's client side: `hello()`, then `finish(result)`, then `confirm(result)`.
  * Mode nk iff `serverPublic` (the pinned base64url 65-byte point) is given; such a client
- * accepts nothing else. `nonce` and `ephemeral` exist only to reproduce test vectors.
+ * accepts nothing else. `nonce` and `ephemeral` exist only to reproduce test vectors; `cipher`
+ * (default `recordCipher()`) is the session's AES-256-GCM.
  */
 export class ClientHandshake {
   #psk;
   #nc;
   #ephemeral;
+  #cipher;
   #serverPublic;
   #static = null;
   #sPub = EMPTY;
@@ -544,15 +551,16 @@ export class ClientHandshake {
    * @param {string} kid "client" or "admin"
    * @param {string} key the key string
    * @param {string | null} [serverPublic] the pinned server key (mode nk)
-   * @param {{nonce?: Uint8Array, ephemeral?: CryptoKeyPair}} [options]
-   * @throws {MontybaseError} InvalidArgumentError
+   * @param {{nonce?: Uint8Array, ephemeral?: CryptoKeyPair, cipher?: RecordCipher}} [options]
+   * @throws {MontybaseError} UnavailableError without WebCrypto, InvalidArgumentError
    */
-  constructor(kid, key, serverPublic = null, { nonce, ephemeral } = {}) {
+  constructor(kid, key, serverPublic = null, { nonce, ephemeral, cipher = defaultCipher } = {}) {
+    subtle(); // before anything is sent: without it, no handshake can finish
     if (typeof kid !== "string" || !kid || typeof key !== "string" || !key) {
-      throw new InvalidArgumentError("kid and key must be non-empty strings", { path: "apiKey" });
+      throw new InvalidArgumentError("kid and key must be non-empty strings");
     }
     if (nonce !== undefined && (!(nonce instanceof Uint8Array) || nonce.length !== NONCE_BYTES)) {
-      throw new InvalidArgumentError(`nonce must be ${NONCE_BYTES} bytes`, { path: "nonce" });
+      throw new InvalidArgumentError(`nonce must be ${NONCE_BYTES} bytes`);
     }
     /** "client" or "admin". */
     this.kid = kid;
@@ -563,6 +571,7 @@ export class ClientHandshake {
     this.#serverPublic = serverPublic || null;
     this.#nc = nonce ?? randomBytes(NONCE_BYTES);
     this.#ephemeral = ephemeral ?? null;
+    this.#cipher = cipher;
   }
 
   #fail(detail) {
@@ -586,7 +595,8 @@ export class ClientHandshake {
         ({ key: this.#static, raw: this.#sPub } = await importPoint(this.#serverPublic, "serverKey"));
       } catch (error) {
         this.#fail(error.message);
-        throw new InvalidArgumentError(`the pinned serverKey is invalid: ${error.message}`, { path: "serverKey" });
+        if (!(error instanceof ChannelError)) throw error;
+        throw new InvalidArgumentError(`the pinned serverKey is invalid: ${error.message}`);
       }
       this.#ephemeral ??= await generateEphemeral();
       this.#eC = await exportPoint(this.#ephemeral.publicKey);
@@ -630,7 +640,7 @@ export class ClientHandshake {
     if (!(await verifyHmac(keys.sfin, keys.th, smac))) {
       throw this.#fail("hello result: smac does not verify (wrong key, or not our server)");
     }
-    const session = await Session.create({ role: this.kid, th: keys.th, sendKey: keys.c2s, recvKey: keys.s2c, sendDir: C2S });
+    const session = await Session.create({ role: this.kid, th: keys.th, sendKey: keys.c2s, recvKey: keys.s2c, sendDir: C2S, cipher: this.#cipher });
     const cmac = await hmac(keys.cfin, keys.th);
     this.#session = session;
     this.#state = "confirm";

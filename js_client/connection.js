@@ -11,7 +11,7 @@
 import { ChannelError, ClientHandshake, CLOSE_AUTH_FAILED, CLOSE_BAD_RECORD, publicKeyFromPkcs8 } from "./channel.js";
 import { ConnectionLostError, InvalidArgumentError, MontybaseError, UnavailableError, fromRpcError } from "./errors.js";
 import { Listener, report } from "./listen.js";
-import { checkParams } from "./values.js";
+import { checkParams, stringify } from "./values.js";
 
 const OPEN = 1;
 const CLOSE_GRACE = 1000; // ms that close() waits for the server's side of the closing handshake
@@ -140,9 +140,9 @@ export class RemoteBackend {
   #frame(method, params) {
     const id = this.#nextId++;
     try {
-      return { id, bytes: encoder.encode(JSON.stringify({ jsonrpc: "2.0", id, method, params })) };
+      return { id, bytes: encoder.encode(stringify({ jsonrpc: "2.0", id, method, params })) };
     } catch (error) {
-      throw new InvalidArgumentError(`params are not JSON: ${error.message}`, { path: "params" });
+      throw new InvalidArgumentError(`params are not JSON: ${error.message}`, { path: "" });
     }
   }
 
@@ -328,7 +328,7 @@ export class RemoteBackend {
     try {
       ws = new this.#WebSocket(this.url);
     } catch (error) {
-      throw new InvalidArgumentError(`cannot connect to ${this.url}: ${error.message}`, { path: "endpoint" });
+      throw new InvalidArgumentError(`cannot connect to ${this.url}: ${error.message}`);
     }
     ws.binaryType = "arraybuffer";
     const inbox = frames(ws, this.url, this.timeout);
@@ -465,6 +465,45 @@ export class RemoteBackend {
 }
 
 /**
+ * The error for a WebSocket that closed before it opened, as python_client/remote.py names it:
+ * UnavailableError when the server answered the upgrade with a refusal (an Origin it does not
+ * allow, too many connections from this address or in all), ConnectionLostError when it could not
+ * be reached (nothing listens, no route, a certificate that is not trusted). Node's `ws` names the
+ * cause in its error event; a browser hides it, so an HTTP GET of the same address, which a
+ * Montybase server answers, tells a refusal (an answer) from an unreachable server (none).
+ * @param {string} url
+ * @param {any} failure the error event, if any
+ * @param {number} timeout
+ * @returns {Promise<MontybaseError>}
+ */
+async function notOpened(url, failure, timeout) {
+  const detail = String(failure?.message || failure?.error?.message || "");
+  const status = /Unexpected server response: (\d{3})/.exec(detail);
+  const refused = (why) => new UnavailableError(`cannot connect to ${url}: ${why}`);
+  if (status) return refused(`server rejected WebSocket connection: HTTP ${status[1]}`);
+  if (await answersHttp(url, timeout)) {
+    return refused("the server refused the WebSocket connection (an Origin it does not allow, or too many connections)");
+  }
+  const why = detail || "the server cannot be reached, or its certificate is not trusted";
+  return new ConnectionLostError(`cannot connect to ${url}: ${why}`, { closeCode: 1006 });
+}
+
+/** Whether a plain HTTP GET of the WebSocket's address gets an answer (any status) in time. */
+async function answersHttp(url, timeout) {
+  if (typeof fetch !== "function") return false;
+  const address = url.replace(/^ws(s?):/, "http$1:");
+  try {
+    // no-cors: a page may ask another origin; the (opaque) answer is enough.
+    const signal = AbortSignal.timeout(Math.min(timeout, 5000));
+    const response = await fetch(address, { mode: "no-cors", cache: "no-store", credentials: "omit", signal });
+    await response.body?.cancel().catch(() => {});
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * The frames of a WebSocket during the handshake, read one at a time with a deadline; `hand`
  * then passes every later frame (and buffered ones first) to the record layer.
  */
@@ -487,15 +526,26 @@ function frames(ws, url, timeout) {
         : `cannot connect to ${url} (code ${event ? event.code : 1006})`,
       { closeCode: event ? event.code : 1006 },
     );
+  let isOpen = false;
+  let failure = null; // the error event before the close, which may say why
   const opened = new Promise((resolve, reject) => {
-    ws.onopen = () => resolve();
-    ws.onerror = () => {}; // a close event follows, with its code
+    const fail = (error) => {
+      closed ??= error;
+      reject(closed);
+      if (waiter) waiter.reject(closed);
+    };
+    ws.onopen = () => {
+      isOpen = true;
+      resolve();
+    };
+    ws.onerror = (event) => {
+      failure = event; // a close event follows, with its code
+    };
     ws.onclose = (event) => {
       clearTimeout(deadline);
       if (onClose) return onClose(event);
-      closed ??= lost(event);
-      reject(closed);
-      if (waiter) waiter.reject(closed);
+      if (isOpen || closed) fail(lost(event));
+      else notOpened(url, failure, timeout).then(fail);
     };
   });
   opened.catch(() => {});

@@ -1,31 +1,10 @@
 /**
  * Montybase errors: `MontybaseError` (with `code`, `reason`, `data`) and one subclass per
- * entry of the shared error table (`schemas/errors.json`, mirrored here; a test checks they agree).
+ * entry of the shared error table. The table and the classes between the "generated" lines are
+ * written from `schemas/errors.json` by `scripts/gen-errors.mjs` (`npm run gen:errors`); a test
+ * fails when they differ.
  * @module
  */
-
-/**
- * The error table: JSON-RPC code, stable reason, class name, whether a retry may succeed.
- * Same content as `schemas/errors.json` "errors" (the `when` texts included).
- * @type {ReadonlyArray<Readonly<{code: number, reason: string, class: string, retry: boolean, when: string}>>}
- */
-export const ERRORS = Object.freeze([
-  { code: -32700, reason: "PARSE_ERROR", class: "ParseError", retry: false, when: "the frame is not UTF-8 JSON" },
-  { code: -32600, reason: "INVALID_REQUEST", class: "InvalidRequestError", retry: false, when: "not a JSON-RPC 2.0 request object, or an empty or oversized batch" },
-  { code: -32601, reason: "METHOD_NOT_FOUND", class: "MethodNotFoundError", retry: false, when: "unknown method" },
-  { code: -32602, reason: "INVALID_ARGUMENT", class: "InvalidArgumentError", retry: false, when: "params or values break the contract: bad path, unsafe key, NaN, unsafe integer, wrong type" },
-  { code: -32603, reason: "INTERNAL", class: "InternalError", retry: false, when: "a bug; data.errorId names the log line" },
-  { code: -32000, reason: "UNAUTHENTICATED", class: "UnauthenticatedError", retry: true, when: "no or failed handshake, or the session is over" },
-  { code: -32001, reason: "PERMISSION_DENIED", class: "PermissionDeniedError", retry: false, when: "a rule denies the operation (also hides existence)" },
-  { code: -32002, reason: "NOT_FOUND", class: "NotFoundError", retry: false, when: "update of a missing document" },
-  { code: -32003, reason: "ALREADY_EXISTS", class: "AlreadyExistsError", retry: false, when: "add with an id that is taken" },
-  { code: -32004, reason: "VALIDATION_FAILED", class: "ValidationError", retry: false, when: "a data type rule rejects the document; data.errors lists {path, keyword, message}" },
-  { code: -32005, reason: "LIMIT_EXCEEDED", class: "LimitExceededError", retry: false, when: "a size limit is exceeded; data.limit and data.actual" },
-  { code: -32006, reason: "RATE_LIMITED", class: "RateLimitedError", retry: true, when: "a rate limit is exceeded; data.retryAfterMs" },
-  { code: -32007, reason: "CONFLICT", class: "ConflictError", retry: true, when: "a transaction read a document that changed before it committed" },
-  { code: -32008, reason: "UNAVAILABLE", class: "UnavailableError", retry: true, when: "the database is closed, shutting down, or its storage failed" },
-  { code: -32009, reason: "CONNECTION_LOST", class: "ConnectionLostError", retry: true, when: "the connection dropped before the answer arrived (raised by clients, never sent)" },
-].map((entry) => Object.freeze(entry)));
 
 /** A copy of `data` as own properties only (so a key like "__proto__" stays a plain key). */
 function ownData(data, omit) {
@@ -63,47 +42,93 @@ export class MontybaseError extends Error {
 }
 
 const byReason = new Map();
-const byClass = new Map();
-for (const entry of ERRORS) {
+
+/**
+ * The class of one table entry, registered under its reason.
+ * @param {Readonly<{code: number, reason: string, class: string, retry: boolean}>} entry
+ * @returns {typeof MontybaseError}
+ */
+function defineClass(entry) {
   // A computed name gives each class its own `name` (seen in stack traces and `error.name`).
   const cls = { [entry.class]: class extends MontybaseError {} }[entry.class];
   cls.code = entry.code;
   cls.reason = entry.reason;
   cls.retry = entry.retry;
   byReason.set(entry.reason, cls);
-  byClass.set(entry.class, cls);
+  return cls;
 }
 
-/** @type {typeof MontybaseError} -32700: the frame is not UTF-8 JSON. */
-export const ParseError = byClass.get("ParseError");
-/** @type {typeof MontybaseError} -32600: not a JSON-RPC 2.0 request, or a bad batch. */
-export const InvalidRequestError = byClass.get("InvalidRequestError");
-/** @type {typeof MontybaseError} -32601: unknown method. */
-export const MethodNotFoundError = byClass.get("MethodNotFoundError");
-/** @type {typeof MontybaseError} -32602: a bad path, key, value, query or argument; `data.path` names it. */
-export const InvalidArgumentError = byClass.get("InvalidArgumentError");
-/** @type {typeof MontybaseError} -32603: a bug on the server; `data.errorId` names its log line. */
-export const InternalError = byClass.get("InternalError");
-/** @type {typeof MontybaseError} -32000: the handshake failed, or the session is over. */
-export const UnauthenticatedError = byClass.get("UnauthenticatedError");
-/** @type {typeof MontybaseError} -32001: the key may not do this. */
-export const PermissionDeniedError = byClass.get("PermissionDeniedError");
-/** @type {typeof MontybaseError} -32002: update of a missing document. */
-export const NotFoundError = byClass.get("NotFoundError");
-/** @type {typeof MontybaseError} -32003: add with an id that is taken. */
-export const AlreadyExistsError = byClass.get("AlreadyExistsError");
-/** @type {typeof MontybaseError} -32004: a data type rule rejects the document. */
-export const ValidationError = byClass.get("ValidationError");
-/** @type {typeof MontybaseError} -32005: a size limit is exceeded (`data.limit`, `data.actual`). */
-export const LimitExceededError = byClass.get("LimitExceededError");
-/** @type {typeof MontybaseError} -32006: a rate limit is exceeded (`data.retryAfterMs`). */
-export const RateLimitedError = byClass.get("RateLimitedError");
-/** @type {typeof MontybaseError} -32007: a transaction's reads changed before it committed. */
-export const ConflictError = byClass.get("ConflictError");
-/** @type {typeof MontybaseError} -32008: the database is closed, shutting down, or failed. */
-export const UnavailableError = byClass.get("UnavailableError");
-/** @type {typeof MontybaseError} -32009: the connection dropped before the answer arrived. */
-export const ConnectionLostError = byClass.get("ConnectionLostError");
+// --- generated by scripts/gen-errors.mjs from schemas/errors.json: do not edit ---
+
+/**
+ * The error table: JSON-RPC code, stable reason, class name, whether a retry may succeed, and
+ * when it is raised; `schemas/errors.json` "errors".
+ * @type {ReadonlyArray<Readonly<{code: number, reason: string, class: string, retry: boolean, when: string}>>}
+ */
+export const ERRORS = Object.freeze([
+  { code: -32700, reason: "PARSE_ERROR", class: "ParseError", retry: false, when: "the frame is not UTF-8 JSON" },
+  { code: -32600, reason: "INVALID_REQUEST", class: "InvalidRequestError", retry: false, when: "not a JSON-RPC 2.0 request object, or an empty or oversized batch" },
+  { code: -32601, reason: "METHOD_NOT_FOUND", class: "MethodNotFoundError", retry: false, when: "unknown method" },
+  { code: -32602, reason: "INVALID_ARGUMENT", class: "InvalidArgumentError", retry: false, when: "params or values break the contract: bad path, unsafe key, NaN, unsafe integer, wrong type" },
+  { code: -32603, reason: "INTERNAL", class: "InternalError", retry: false, when: "a bug; data.errorId names the log line" },
+  { code: -32000, reason: "UNAUTHENTICATED", class: "UnauthenticatedError", retry: true, when: "no or failed handshake, or the session is over" },
+  { code: -32001, reason: "PERMISSION_DENIED", class: "PermissionDeniedError", retry: false, when: "a rule denies the operation (also hides existence)" },
+  { code: -32002, reason: "NOT_FOUND", class: "NotFoundError", retry: false, when: "update of a missing document" },
+  { code: -32003, reason: "ALREADY_EXISTS", class: "AlreadyExistsError", retry: false, when: "add with an id that is taken" },
+  { code: -32004, reason: "VALIDATION_FAILED", class: "ValidationError", retry: false, when: "a data type rule rejects the document; data.errors lists {path, keyword, message}" },
+  { code: -32005, reason: "LIMIT_EXCEEDED", class: "LimitExceededError", retry: false, when: "a size limit is exceeded; data.limit and data.actual" },
+  { code: -32006, reason: "RATE_LIMITED", class: "RateLimitedError", retry: true, when: "a rate limit is exceeded; data.retryAfterMs" },
+  { code: -32007, reason: "CONFLICT", class: "ConflictError", retry: true, when: "a transaction read a document that changed before it committed" },
+  { code: -32008, reason: "UNAVAILABLE", class: "UnavailableError", retry: true, when: "the database is closed, shutting down, or its storage failed" },
+  { code: -32009, reason: "CONNECTION_LOST", class: "ConnectionLostError", retry: true, when: "the connection dropped before the answer arrived (raised by clients, never sent)" },
+].map((entry) => Object.freeze(entry)));
+
+/** @type {typeof MontybaseError} -32700 PARSE_ERROR: the frame is not UTF-8 JSON. */
+export const ParseError = defineClass(ERRORS[0]);
+
+/** @type {typeof MontybaseError} -32600 INVALID_REQUEST: not a JSON-RPC 2.0 request object, or an empty or oversized batch. */
+export const InvalidRequestError = defineClass(ERRORS[1]);
+
+/** @type {typeof MontybaseError} -32601 METHOD_NOT_FOUND: unknown method. */
+export const MethodNotFoundError = defineClass(ERRORS[2]);
+
+/** @type {typeof MontybaseError} -32602 INVALID_ARGUMENT: params or values break the contract: bad path, unsafe key, NaN, unsafe integer, wrong type. */
+export const InvalidArgumentError = defineClass(ERRORS[3]);
+
+/** @type {typeof MontybaseError} -32603 INTERNAL: a bug; data.errorId names the log line. */
+export const InternalError = defineClass(ERRORS[4]);
+
+/** @type {typeof MontybaseError} -32000 UNAUTHENTICATED: no or failed handshake, or the session is over. */
+export const UnauthenticatedError = defineClass(ERRORS[5]);
+
+/** @type {typeof MontybaseError} -32001 PERMISSION_DENIED: a rule denies the operation (also hides existence). */
+export const PermissionDeniedError = defineClass(ERRORS[6]);
+
+/** @type {typeof MontybaseError} -32002 NOT_FOUND: update of a missing document. */
+export const NotFoundError = defineClass(ERRORS[7]);
+
+/** @type {typeof MontybaseError} -32003 ALREADY_EXISTS: add with an id that is taken. */
+export const AlreadyExistsError = defineClass(ERRORS[8]);
+
+/** @type {typeof MontybaseError} -32004 VALIDATION_FAILED: a data type rule rejects the document; data.errors lists {path, keyword, message}. */
+export const ValidationError = defineClass(ERRORS[9]);
+
+/** @type {typeof MontybaseError} -32005 LIMIT_EXCEEDED: a size limit is exceeded; data.limit and data.actual. */
+export const LimitExceededError = defineClass(ERRORS[10]);
+
+/** @type {typeof MontybaseError} -32006 RATE_LIMITED: a rate limit is exceeded; data.retryAfterMs. */
+export const RateLimitedError = defineClass(ERRORS[11]);
+
+/** @type {typeof MontybaseError} -32007 CONFLICT: a transaction read a document that changed before it committed. */
+export const ConflictError = defineClass(ERRORS[12]);
+
+/** @type {typeof MontybaseError} -32008 UNAVAILABLE: the database is closed, shutting down, or its storage failed. */
+export const UnavailableError = defineClass(ERRORS[13]);
+
+/** @type {typeof MontybaseError} -32009 CONNECTION_LOST: the connection dropped before the answer arrived (raised by clients, never sent). */
+export const ConnectionLostError = defineClass(ERRORS[14]);
+
+// --- end of generated code ---
 
 /**
  * The error class for a reason; an unknown reason gives `MontybaseError`.

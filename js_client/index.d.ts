@@ -70,7 +70,10 @@ export interface MontybaseOptions {
 
 /** A database handle on a Montybase server. */
 export class Montybase {
-  /** @throws {InvalidArgumentError} a config without key or endpoint, or no WebSocket */
+  /**
+   * @throws {InvalidArgumentError} a config without key or endpoint, or no WebSocket
+   * @throws {UnavailableError} no WebCrypto: a page that is not a secure context (not https, not localhost)
+   */
   constructor(config: ClientConfig, options?: MontybaseOptions);
   readonly projectName: string | null;
   /** The ws:// or wss:// URL of the server. */
@@ -111,7 +114,8 @@ export class Query<T = DocumentData> {
   endAt(...values: unknown[]): Query<T>;
   endBefore(...values: unknown[]): Query<T>;
   stream(): Promise<StreamedDocument<T>[]>;
-  get(): Promise<Record<string, T>>;
+  /** The matching documents, id → document, in the query's order (a Map keeps "2" before "10" where an object would not). */
+  get(): Promise<Map<string, T>>;
   exists(): Promise<boolean>;
   exist(): Promise<boolean>;
   count(): Promise<number>;
@@ -135,6 +139,7 @@ export abstract class Reference<T = DocumentData> {
   set(value: DocumentData, key?: string): Promise<string>;
   update(fields: UpdateFields, key?: string): Promise<string>;
   delete(key?: string): Promise<any>;
+  /** A document, a collection (a Map), or a field read through the path. */
   get(): Promise<any>;
   query(): Query<T>;
   stream(): Promise<StreamedDocument<T>[]>;
@@ -157,8 +162,12 @@ export abstract class Reference<T = DocumentData> {
 
 /** A collection: `key` names one of its documents. */
 export class CollectionReference<T = DocumentData> extends Reference<T> {
-  /** {id: document} in id order ({} if empty). */
-  get(): Promise<Record<string, T>>;
+  /**
+   * id → document, in id order (empty if none). A path into a document reads that field
+   * instead: an object field as a Map too, any other value as it is. The root (admin key): a
+   * Map of the top-level collections, each such a Map.
+   */
+  get(): Promise<Map<string, T>>;
   /** Without key, the whole collection (admin key only); returns what was deleted. */
   delete(key?: string): Promise<Record<string, T> | T | null>;
   /** The collection now, then one snapshot per change. */
@@ -189,6 +198,7 @@ export class WriteBatch {
 
 /** A batch that records its reads; the commit fails with CONFLICT if any of them changed. */
 export class Transaction extends WriteBatch {
+  /** What ref.get() gives (a collection as a Map), recorded for the commit's check. */
   get(ref: Reference): Promise<any>;
 }
 
@@ -225,7 +235,7 @@ export class MontybaseError extends Error {
   code: number;
   /** The stable reason to branch on, e.g. "NOT_FOUND". */
   reason: string;
-  /** Details, e.g. `path` (the field at fault), `limit` and `actual`, `closeCode`. */
+  /** Details, e.g. `path` (the JSON Pointer of the faulty value in the request's params, "/value/score"), `limit` and `actual`, `closeCode`. */
   data: Record<string, any>;
 }
 export class ParseError extends MontybaseError {}

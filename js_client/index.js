@@ -14,6 +14,7 @@
  * @module
  */
 
+import { subtle } from "./channel.js";
 import { RemoteBackend, websocketUrl } from "./connection.js";
 import { InvalidArgumentError } from "./errors.js";
 import { Transaction, WriteBatch, makeReference, runTransaction } from "./refs.js";
@@ -70,11 +71,12 @@ export class Montybase {
    *   WebSocket class (used instead of `globalThis.WebSocket`, or where there is none);
    *   `endpoint`: overrides `config.endpoint` (`http(s)://` means `ws(s)://`); `timeout`:
    *   milliseconds to wait for an answer (default 60000).
-   * @throws {MontybaseError} InvalidArgumentError for a config without key or endpoint, or no WebSocket
+   * @throws {MontybaseError} InvalidArgumentError for a config without key or endpoint, or no
+   *   WebSocket; UnavailableError without WebCrypto (a page that is not a secure context)
    */
   constructor(config, options = {}) {
     if (config === null || typeof config !== "object" || Array.isArray(config)) {
-      throw new InvalidArgumentError("new Montybase(config) takes the parsed client-config.json", { path: "config" });
+      throw new InvalidArgumentError("new Montybase(config) takes the parsed client-config.json");
     }
     const own = (name) => (Object.hasOwn(config, name) && typeof config[name] === "string" && config[name] ? config[name] : null);
     let kid;
@@ -87,19 +89,20 @@ export class Montybase {
     } else if (own("apiKey")) {
       [kid, key, serverKey] = ["client", own("apiKey"), own("serverKey")];
     } else {
-      throw new InvalidArgumentError("the client config holds no apiKey", { path: "apiKey" });
+      throw new InvalidArgumentError("the client config holds no apiKey");
     }
     const endpoint = (options && options.endpoint) || own("endpoint");
     if (typeof endpoint !== "string" || !endpoint) {
-      throw new InvalidArgumentError("the client config holds no endpoint (or pass { endpoint })", { path: "endpoint" });
+      throw new InvalidArgumentError("the client config holds no endpoint (or pass { endpoint })");
     }
     const WebSocketClass = (options && options.WebSocket) || globalThis.WebSocket;
     if (typeof WebSocketClass !== "function") {
-      throw new InvalidArgumentError("no WebSocket here: pass one, new Montybase(config, { WebSocket })", { path: "WebSocket" });
+      throw new InvalidArgumentError("no WebSocket here: pass one, new Montybase(config, { WebSocket })");
     }
+    subtle(); // a page opened over plain http from another address than localhost learns it here
     const timeout = options && options.timeout !== undefined ? options.timeout : 60_000;
     if (typeof timeout !== "number" || !(timeout > 0)) {
-      throw new InvalidArgumentError("timeout must be a positive number of milliseconds", { path: "timeout" });
+      throw new InvalidArgumentError("timeout must be a positive number of milliseconds");
     }
     /** The project name from the config (if any). */
     this.projectName = own("projectName");
@@ -198,6 +201,6 @@ export class Montybase {
  * @throws {MontybaseError} InvalidArgumentError for a bad segment
  */
 export function doc(db, ...segments) {
-  if (!(db instanceof Montybase)) throw new InvalidArgumentError("doc(db, ...segments) takes a Montybase handle first", { path: "db" });
+  if (!(db instanceof Montybase)) throw new InvalidArgumentError("doc(db, ...segments) takes a Montybase handle first");
   return makeReference(db._backend, splitSegments(segments));
 }

@@ -8,9 +8,9 @@
 import { InvalidArgumentError, MontybaseError } from "./errors.js";
 
 /**
- * The docs after `changes`, with Firestore's sequential indexes (server/watch.py
- * `apply_changes`): for each change in order, remove at `oldIndex` when ≥ 0, then insert at
- * `newIndex` when ≥ 0.
+ * The docs after `changes`, with Firestore's sequential indexes (the rule of server/watch.py's
+ * module docstring, applied as python_client/listen.py `Listener.snapshot` does): for each
+ * change in order, remove at `oldIndex` when ≥ 0, then insert at `newIndex` when ≥ 0.
  * @param {ReadonlyArray<{id: string, value: any}>} docs
  * @param {ReadonlyArray<{id: string, value: any, oldIndex: number, newIndex: number}>} changes
  * @returns {Array<{id: string, value: any}>} a new array
@@ -74,9 +74,9 @@ export class Listener {
    * @param {((error: MontybaseError) => void) | undefined} onError
    */
   constructor(params, onNext, onError) {
-    if (typeof onNext !== "function") throw new InvalidArgumentError("onSnapshot(callback) takes a function", { path: "callback" });
+    if (typeof onNext !== "function") throw new InvalidArgumentError("onSnapshot(callback) takes a function");
     if (onError !== undefined && onError !== null && typeof onError !== "function") {
-      throw new InvalidArgumentError("onSnapshot(callback, onError): onError must be a function", { path: "onError" });
+      throw new InvalidArgumentError("onSnapshot(callback, onError): onError must be a function");
     }
     /** The subscribe params, sent again after every reconnect. */
     this.params = params;

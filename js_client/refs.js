@@ -5,7 +5,7 @@
  */
 
 import { ConflictError, InvalidArgumentError } from "./errors.js";
-import { checkKey, splitSegments, updateFields, wireField } from "./values.js";
+import { checkKey, pointer, splitSegments, updateFields, wireField } from "./values.js";
 
 /**
  * @typedef {object} Backend where calls go
@@ -19,11 +19,40 @@ import { checkKey, splitSegments, updateFields, wireField } from "./values.js";
  *   accepted the listener (or it was stopped first) and rejects with the error `onError` gets.
  */
 
-/** Builds `{id: value}` with own properties only, whatever the ids are. */
-function byId(docs) {
-  const out = {};
-  for (const doc of docs) Object.defineProperty(out, doc.id, { value: doc.value, enumerable: true, writable: true, configurable: true });
-  return out;
+/**
+ * Python's order of strings (by code point), which is the server's id order. JavaScript's `<`
+ * compares UTF-16 units, which puts a code point above U+FFFF (a surrogate pair) before
+ * U+E000–U+FFFF.
+ * @param {string} a
+ * @param {string} b
+ * @returns {number}
+ */
+function compareCodePoints(a, b) {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    let x = a.charCodeAt(i);
+    let y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x >= 0xd800 && y >= 0xd800) {
+      // Surrogates (0xD800–0xDFFF) after 0xE000–0xFFFF, as the code points they start.
+      x = x >= 0xe000 ? x - 0x800 : x + 0x2000;
+      y = y >= 0xe000 ? y - 0x800 : y + 0x2000;
+    }
+    return x - y;
+  }
+  return a.length - b.length;
+}
+
+/**
+ * A collection's `{id: document}` as the server sent it, as a Map in id order. An object lists
+ * integer-like keys first ("2" before "10"), so its own order cannot be kept; the ids are sorted
+ * again. Anything that is not an object (a field read through the path) comes back as it is.
+ * @param {unknown} value
+ * @returns {Map<string, any> | unknown}
+ */
+function inIdOrder(value) {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return value;
+  return new Map(Object.keys(value).sort(compareCodePoints).map((id) => [id, value[id]]));
 }
 
 /**
@@ -118,7 +147,8 @@ export class Query {
   orderBy(field, direction = "asc") {
     const normalized = typeof direction === "string" ? DIRECTIONS.get(direction.toLowerCase()) : undefined;
     if (normalized === undefined) {
-      throw new InvalidArgumentError(`direction must be 'asc' or 'desc', got ${JSON.stringify(direction)}`, { path: "direction" });
+      const at = pointer("/query/orderBy", (this.#spec.orderBy ?? []).length, 1);
+      throw new InvalidArgumentError(`${at}: a direction is 'asc' or 'desc', got ${JSON.stringify(direction)}`, { path: at });
     }
     return this.#with([], "orderBy", [wireField(field), normalized]);
   }
@@ -198,13 +228,13 @@ export class Query {
   }
 
   /**
-   * The matching documents as `{id: value}`. (A JavaScript object lists integer-like keys
-   * such as "42" first; `stream()` keeps the order in every case.)
-   * @returns {Promise<Record<string, Record<string, unknown>>>}
+   * The matching documents as a Map (id → document), in the query's order (an object would
+   * list integer-like ids such as "2" before "10").
+   * @returns {Promise<Map<string, Record<string, unknown>>>}
    * @throws {MontybaseError}
    */
   async get() {
-    return byId(await this.stream());
+    return new Map((await this.stream()).map(({ id, value }) => [id, value]));
   }
 
   async #aggregate(op, field) {
@@ -312,7 +342,7 @@ export class Reference {
    * @throws {MontybaseError} InvalidArgumentError for a bad segment
    */
   append(...segments) {
-    return makeReference(this._backend, [...this.segments, ...splitSegments(segments)]);
+    return makeReference(this._backend, [...this.segments, ...splitSegments(segments, this.segments.length)]);
   }
 
   /** @returns {string} e.g. `DocumentReference('users/amor')` */
@@ -335,14 +365,19 @@ export class Reference {
     );
   }
 
-  /** @param {string | undefined | null} key @returns {string[]} */
-  _target(key) {
+  /**
+   * The path a write with `key` addresses.
+   * @param {string | undefined | null} key
+   * @param {string} [where] the JSON Pointer of the request's path (for errors)
+   * @returns {string[]}
+   */
+  _target(key, where) {
     throw new Error("abstract");
   }
 
-  /** @param {string | undefined | null} key @returns {string[]} */
-  _updateTarget(key) {
-    return this._target(key);
+  /** @param {string | undefined | null} key @param {string} [where] @returns {string[]} */
+  _updateTarget(key, where) {
+    return this._target(key, where);
   }
 
   // Writes
@@ -395,13 +430,23 @@ export class Reference {
   // Reads
 
   /**
-   * A document's value (null if missing), a collection as `{id: document}` (`{}` if empty), or
-   * the value of a field when the path goes into a document.
+   * A document's value (null if missing), a collection as a Map (id → document) in id order
+   * (empty if it has none), or the value of a field when the path goes into a document.
    * @returns {Promise<any>}
    * @throws {MontybaseError}
    */
   async get() {
+    return this._shape(await this._read());
+  }
+
+  /** The value `get` reads, as the server sent it (a transaction records it so). @returns {Promise<any>} */
+  async _read() {
     return (await this._backend.call("get", { path: [...this.segments] })).value;
+  }
+
+  /** What `get` makes of the value read. @param {unknown} value @returns {any} */
+  _shape(value) {
+    return value;
   }
 
   /**
@@ -504,18 +549,39 @@ export class Reference {
  * A collection: `key` names one of its documents.
  */
 export class CollectionReference extends Reference {
-  /** @param {string | undefined | null} key @returns {string[]} */
-  _target(key) {
-    if (key === undefined || key === null) return [...this.segments];
-    return [...this.segments, checkKey(key, "key")];
+  /**
+   * The collection as a Map (id → document) in id order, empty if it has none. On the root
+   * (admin key): a Map of the top-level collections by name, each such a Map. Where the path
+   * goes into a document instead (`doc(db, "users", uid, "stats")` reads that user's `stats`
+   * field), the field's value: an object as a Map in key order, anything else as it is.
+   * @returns {Promise<Map<string, any>>}
+   * @throws {MontybaseError}
+   */
+  get() {
+    return super.get();
   }
 
-  /** @param {string | undefined | null} key @returns {string[]} */
-  _updateTarget(key) {
-    if (key === undefined || key === null) {
-      throw new InvalidArgumentError("update on a collection needs a key (the document to merge into)", { path: "key" });
+  /** @param {unknown} value @returns {any} */
+  _shape(value) {
+    const shaped = inIdOrder(value);
+    if (!this.segments.length && shaped instanceof Map) {
+      for (const [name, docs] of shaped) shaped.set(name, inIdOrder(docs));
     }
-    return this._target(key);
+    return shaped;
+  }
+
+  /** @param {string | undefined | null} key @param {string} [where] @returns {string[]} */
+  _target(key, where = "/path") {
+    if (key === undefined || key === null) return [...this.segments];
+    return [...this.segments, checkKey(key, pointer(where, this.segments.length))];
+  }
+
+  /** @param {string | undefined | null} key @param {string} [where] @returns {string[]} */
+  _updateTarget(key, where = "/path") {
+    if (key === undefined || key === null) {
+      throw new InvalidArgumentError(`${where}: update on a collection needs a key (the document to merge into)`, { path: where });
+    }
+    return this._target(key, where);
   }
 }
 
@@ -538,13 +604,12 @@ export class DocumentReference extends Reference {
     return this._backend.subscribe({ path: [...this.segments] }, onNext, onError);
   }
 
-  /** @param {string | undefined | null} key @returns {string[]} */
-  _target(key) {
+  /** @param {string | undefined | null} key @param {string} [where] @returns {string[]} */
+  _target(key, where = "/path") {
     if (key !== undefined && key !== null) {
-      throw new InvalidArgumentError(
-        `key is for collection references; ${this.path} is a document (use append() for subcollections)`,
-        { path: "key" },
-      );
+      const at = pointer(where, this.segments.length);
+      const why = `key is for collection references; ${this.path} is a document (use append() for subcollections)`;
+      throw new InvalidArgumentError(`${at}: ${why}`, { path: at });
     }
     return [...this.segments];
   }
@@ -554,6 +619,11 @@ export class DocumentReference extends Reference {
  * Writes collected, then applied all or nothing by `commit()` (one journal record).
  */
 export class WriteBatch {
+  /** The JSON Pointer of `member` of the next write in the commit's params (for errors). */
+  #at(member) {
+    return pointer("/writes", this._writes.length, member);
+  }
+
   /** @param {Backend} backend */
   constructor(backend) {
     Object.defineProperty(this, "_backend", { value: backend });
@@ -569,7 +639,7 @@ export class WriteBatch {
    * @throws {MontybaseError} InvalidArgumentError
    */
   add(ref, value, key) {
-    this._writes.push({ op: "add", path: ref._target(key), value });
+    this._writes.push({ op: "add", path: ref._target(key, this.#at("path")), value });
     return this;
   }
 
@@ -581,7 +651,7 @@ export class WriteBatch {
    * @throws {MontybaseError} InvalidArgumentError
    */
   set(ref, value, key) {
-    this._writes.push({ op: "set", path: ref._target(key), value });
+    this._writes.push({ op: "set", path: ref._target(key, this.#at("path")), value });
     return this;
   }
 
@@ -593,7 +663,8 @@ export class WriteBatch {
    * @throws {MontybaseError} InvalidArgumentError
    */
   update(ref, fields, key) {
-    this._writes.push({ op: "update", path: ref._updateTarget(key), fields: updateFields(fields) });
+    const path = ref._updateTarget(key, this.#at("path"));
+    this._writes.push({ op: "update", path, fields: updateFields(fields, this.#at("fields")) });
     return this;
   }
 
@@ -604,7 +675,7 @@ export class WriteBatch {
    * @throws {MontybaseError} InvalidArgumentError
    */
   delete(ref, key) {
-    this._writes.push({ op: "delete", path: ref._target(key) });
+    this._writes.push({ op: "delete", path: ref._target(key, this.#at("path")) });
     return this;
   }
 
@@ -644,10 +715,13 @@ export class Transaction extends WriteBatch {
    * @throws {MontybaseError}
    */
   async get(ref) {
-    if (this._writes.length) throw new InvalidArgumentError("a transaction reads before it writes", { path: ref.path });
-    const value = await ref.get();
+    if (this._writes.length) {
+      const at = pointer("/reads", this._reads.length);
+      throw new InvalidArgumentError(`${at}: a transaction reads before it writes (${ref.path})`, { path: at });
+    }
+    const value = await ref._read();
     this._reads.push({ path: [...ref.segments], value });
-    return value;
+    return ref._shape(value);
   }
 
   /** @returns {Record<string, unknown>} */
@@ -667,7 +741,7 @@ export class Transaction extends WriteBatch {
  */
 export async function runTransaction(backend, fn, maxAttempts) {
   if (!Number.isSafeInteger(maxAttempts) || maxAttempts < 1) {
-    throw new InvalidArgumentError("maxAttempts must be an integer of at least 1", { path: "maxAttempts" });
+    throw new InvalidArgumentError("maxAttempts must be an integer of at least 1");
   }
   for (let attempt = 1; ; attempt++) {
     const transaction = new Transaction(backend);

@@ -1,7 +1,9 @@
 /**
- * Checks made before anything is sent, with the server's rules and messages (server/paths.py,
+ * Checks made before anything is sent, with the server's rules (server/paths.py,
  * server/values.py, server/query.py): keys and segments, field paths, JSON values, queries.
  * Values are copied into fresh objects as they are checked, so what is sent is what was checked.
+ * An error's `data.path` (and its message's start) is the JSON Pointer (RFC 6901) of the faulty
+ * value in the params the request would carry: "/value/score", "/query/where/0/2".
  * @module
  */
 
@@ -61,17 +63,28 @@ function invalid(message, path) {
 }
 
 /**
+ * `base` followed by `parts`, each escaped as RFC 6901 says ("~" → "~0", "/" → "~1"):
+ * `pointer("/value", "a/b", 0)` is "/value/a~1b/0".
+ * @param {string} base a JSON Pointer ("" is the params object itself)
+ * @param {...(string | number)} parts
+ * @returns {string}
+ */
+export function pointer(base, ...parts) {
+  return base + parts.map((part) => `/${String(part).replaceAll("~", "~0").replaceAll("/", "~1")}`).join("");
+}
+
+/**
  * Return `key` if it is a valid segment or object key, else throw InvalidArgumentError.
  * A key is a non-empty string of at most 128 UTF-8 bytes, without `/` or control characters,
  * not `.` or `..`, not `__…__` (covers `__proto__`), not starting with `$`.
  * @param {unknown} key
- * @param {string} [where] what the key is, for the message and `data.path`
+ * @param {string} where the JSON Pointer of the key in the params (the message starts with it)
  * @returns {string}
  * @throws {MontybaseError} InvalidArgumentError; LimitExceededError for a key over 128 UTF-8 bytes
  */
-export function checkKey(key, where = "key") {
+export function checkKey(key, where) {
   if (typeof key !== "string") {
-    throw invalid(`${where} must be a string, got ${typeName(key)} ${quote(key)}`, where);
+    throw invalid(`${where}: a key must be a string, got ${typeName(key)} ${quote(key)}`, where);
   }
   let problem = null;
   if (!key) problem = "is empty";
@@ -82,44 +95,44 @@ export function checkKey(key, where = "key") {
   else if (key.length > MAX_KEY_BYTES / 4) {
     const size = encoder.encode(key).length;
     if (size > MAX_KEY_BYTES) {
-      throw new LimitExceededError(`${where} ${quote(key)} is longer than ${MAX_KEY_BYTES} UTF-8 bytes (${size})`,
+      throw new LimitExceededError(`${where}: key ${quote(key)} is longer than ${MAX_KEY_BYTES} UTF-8 bytes (${size})`,
         { path: where, limit: MAX_KEY_BYTES, actual: size });
     }
   }
-  if (problem) throw invalid(`${where} ${quote(key)} ${problem}`, where);
+  if (problem) throw invalid(`${where}: key ${quote(key)} ${problem}`, where);
   return key;
 }
 
 /**
- * Segments from arguments: "users/alan" is shorthand for "users", "alan". Each is checked.
+ * Segments from arguments: "users/alan" is shorthand for "users", "alan". Each is checked, as
+ * the request's `path` would carry it after `offset` segments.
  * @param {ReadonlyArray<unknown>} parts
+ * @param {number} [offset] segments before these
  * @returns {string[]}
  * @throws {MontybaseError} InvalidArgumentError
  */
-export function splitSegments(parts) {
+export function splitSegments(parts, offset = 0) {
   const out = [];
   for (const part of parts) {
     if (typeof part === "string" && part.includes("/")) out.push(...part.split("/"));
     else out.push(part);
   }
-  out.forEach((segment, index) => checkKey(segment, `path segment ${index}`));
-  if (out.length > MAX_PATH_SEGMENTS) throw invalid(`path has more than ${MAX_PATH_SEGMENTS} segments`, "path");
+  out.forEach((segment, index) => checkKey(segment, pointer("/path", offset + index)));
+  if (offset + out.length > MAX_PATH_SEGMENTS) throw invalid(`/path: more than ${MAX_PATH_SEGMENTS} segments`, "/path");
   return out;
 }
 
 /**
  * A field path as keys: `"a.b"` splits on dots; an array of keys is taken literally.
  * @param {unknown} field
- * @param {string} [where]
+ * @param {string} where its JSON Pointer in the params
  * @returns {string[]}
  * @throws {MontybaseError} InvalidArgumentError
  */
-export function fieldPath(field, where = "field") {
-  let parts;
-  if (typeof field === "string") parts = field.split(".");
-  else if (Array.isArray(field) && field.length) parts = field;
-  else throw invalid(`${where} must be a dotted string or a non-empty list of keys, got ${quote(field)}`, where);
-  return parts.map((part) => checkKey(part, where));
+export function fieldPath(field, where) {
+  if (typeof field === "string") return field.split(".").map((part) => checkKey(part, where));
+  if (Array.isArray(field) && field.length) return field.map((part, i) => checkKey(part, pointer(where, i)));
+  throw invalid(`${where}: a field is a dotted string or a non-empty list of keys, got ${quote(field)}`, where);
 }
 
 /**
@@ -132,10 +145,9 @@ export function wireField(field) {
 }
 
 function number(value, where) {
+  // Every JavaScript number is a double, as a Python float is: any finite one may be stored
+  // (`stringify` sends those beyond ±(2^53−1) as floats, which the server accepts).
   if (!Number.isFinite(value)) throw invalid(`${where}: ${value} is not a finite number`, where);
-  if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
-    throw invalid(`${where}: integer ${value} is outside ±(2^53-1), which JavaScript cannot hold exactly`, where);
-  }
   return Object.is(value, -0) ? 0 : value;
 }
 
@@ -154,39 +166,41 @@ function define(target, key, value) {
   Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
 }
 
+/** A transform `{name: operand}` at `where`; the operand's pointer is `where` + "/" + name. */
 function transform(name, operand, where, mode, depth) {
+  const at = pointer(where, name);
   switch (name) {
     case "$increment":
     case "$maximum":
     case "$minimum":
-      return { [name]: expectNumber(operand, where) };
+      return { [name]: expectNumber(operand, at) };
     case "$arrayUnion":
     case "$arrayRemove":
-      if (!Array.isArray(operand)) throw invalid(`${where}: ${name} takes a list of items`, where);
-      return { [name]: prepareValue(operand, where, null, depth + 1) };
+      if (!Array.isArray(operand)) throw invalid(`${at}: ${name} takes a list of items`, at);
+      return { [name]: prepareValue(operand, at, null, depth + 1) };
     case "$serverTimestamp":
-      return { [name]: prepareValue(operand, where, null, depth + 1) };
+      return { [name]: prepareValue(operand, at, null, depth + 1) };
     case "$delete":
       if (mode !== "update") throw invalid(`${where}: deleteField() is only allowed in update`, where);
-      return { [name]: prepareValue(operand, where, null, depth + 1) };
+      return { [name]: prepareValue(operand, at, null, depth + 1) };
     default:
       throw invalid(`${where}: unknown transform ${quote(name)}`, where);
   }
 }
 
 /**
- * Check a JSON value and return a fresh copy of it: null, booleans, finite numbers (integers
- * within ±(2^53−1)), well-formed strings, arrays and plain objects with valid keys, nested at
- * most 32 deep. With `mode` ("set" or "update"), one-key objects like `{"$increment": 1}` are
- * transforms (outside arrays); "update" also allows `{"$delete": true}`.
+ * Check a JSON value and return a fresh copy of it: null, booleans, finite numbers, well-formed
+ * strings, arrays and plain objects with valid keys, nested at most 32 deep. With `mode` ("set"
+ * or "update"), one-key objects like `{"$increment": 1}` are transforms (outside arrays);
+ * "update" also allows `{"$delete": true}`.
  * @param {unknown} value
- * @param {string} [where] the name of the value in messages ("value", "value.a.b", …)
+ * @param {string} [where] its JSON Pointer in the params ("/value", "/fields/0/1", …)
  * @param {"set" | "update" | null} [mode]
  * @param {number} [depth]
  * @returns {unknown}
  * @throws {MontybaseError} InvalidArgumentError naming the field
  */
-export function prepareValue(value, where = "value", mode = null, depth = 1) {
+export function prepareValue(value, where = "/value", mode = null, depth = 1) {
   if (value === null || typeof value === "boolean") return value;
   if (typeof value === "string") {
     if (!isWellFormed(value)) throw invalid(`${where}: string holds a lone surrogate`, where);
@@ -202,8 +216,9 @@ export function prepareValue(value, where = "value", mode = null, depth = 1) {
   if (Array.isArray(value)) {
     const out = [];
     for (let i = 0; i < value.length; i++) {
-      if (!Object.hasOwn(value, i)) throw invalid(`${where}[${i}]: an array hole is not a JSON value`, `${where}[${i}]`);
-      out.push(prepareValue(value[i], `${where}[${i}]`, null, depth + 1));
+      const at = pointer(where, i);
+      if (!Object.hasOwn(value, i)) throw invalid(`${at}: an array hole is not a JSON value`, at);
+      out.push(prepareValue(value[i], at, null, depth + 1));
     }
     return out;
   }
@@ -217,8 +232,9 @@ export function prepareValue(value, where = "value", mode = null, depth = 1) {
   }
   const out = {};
   for (const key of keys) {
-    checkKey(key, `key in ${where}`);
-    define(out, key, prepareValue(value[key], `${where}.${key}`, mode, depth + 1));
+    const at = pointer(where, key);
+    checkKey(key, at);
+    define(out, key, prepareValue(value[key], at, mode, depth + 1));
   }
   return out;
 }
@@ -227,11 +243,11 @@ export function prepareValue(value, where = "value", mode = null, depth = 1) {
  * Check a document (a plain object; it cannot itself be a transform) and return a fresh copy;
  * transforms may appear in its fields.
  * @param {unknown} value
- * @param {string} [where]
+ * @param {string} [where] its JSON Pointer in the params
  * @returns {Record<string, unknown>}
  * @throws {MontybaseError} InvalidArgumentError naming the field
  */
-export function prepareDocument(value, where = "value") {
+export function prepareDocument(value, where = "/value") {
   if (value === null || typeof value !== "object" || Array.isArray(value) || !isPlainObject(value)) {
     throw invalid(`${where}: a document is an object, got ${typeName(value)}`, where);
   }
@@ -242,33 +258,52 @@ export function prepareDocument(value, where = "value") {
   return prepareValue(value, where, "set");
 }
 
+// A JSON string, or an integer token of 16 or more digits (2^53 has 16) with neither fraction
+// nor exponent, not inside another number.
+const LONG_INTEGER = /"(?:[^"\\]|\\.)*"|(?<![\d.eE+-])-?\d{16,}(?![\d.eE])/g;
+
+/**
+ * The JSON text of checked params: `JSON.stringify`'s, except that a number beyond ±(2^53−1)
+ * that it would write as an integer (9007199254740992) gets a fraction part (9007199254740992.0).
+ * The server refuses integers JavaScript cannot hold exactly but takes floats, and a number that
+ * is not a safe integer is a float to both clients: what Python writes, JavaScript writes back.
+ * @param {unknown} value
+ * @returns {string}
+ */
+export function stringify(value) {
+  const text = JSON.stringify(value);
+  if (!/\d{16}/.test(text)) return text;
+  return text.replace(LONG_INTEGER, (token) => (token[0] === '"' || Number.isSafeInteger(Number(token)) ? token : `${token}.0`));
+}
+
 /**
  * `update` fields as [field, value] pairs: an object's keys ("a.b" names a nested field), or
  * an array of [field, value] pairs whose field may be an array of keys (for keys with dots).
  * @param {unknown} fields
+ * @param {string} [where] the JSON Pointer of the request's `fields`
  * @returns {Array<[string | string[], unknown]>}
  * @throws {MontybaseError} InvalidArgumentError
  */
-export function updateFields(fields) {
+export function updateFields(fields, where = "/fields") {
   if (Array.isArray(fields)) {
     return fields.map((pair, i) => {
       if (!Array.isArray(pair) || pair.length !== 2) {
-        throw invalid(`update fields[${i}] must be a [field, value] pair`, `fields[${i}]`);
+        throw invalid(`${pointer(where, i)}: an update field is a [field, value] pair`, pointer(where, i));
       }
       return [wireField(pair[0]), pair[1]];
     });
   }
   if (fields === null || typeof fields !== "object" || !isPlainObject(fields)) {
-    throw invalid(`update takes an object of fields, got ${typeName(fields)}`, "value");
+    throw invalid(`${where}: update takes an object of fields, got ${typeName(fields)}`, where);
   }
   return Object.keys(fields).map((key) => [key, fields[key]]);
 }
 
-function integer(query, name, minimum) {
+function integer(query, name, minimum, where) {
   if (!Object.hasOwn(query, name) || query[name] === null || query[name] === undefined) return null;
   const value = query[name];
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value < minimum) {
-    throw invalid(`query.${name} must be an integer ≥ ${minimum}, got ${quote(value)}`, `query.${name}`);
+    throw invalid(`${pointer(where, name)}: ${name} must be an integer ≥ ${minimum}, got ${quote(value)}`, pointer(where, name));
   }
   return value;
 }
@@ -281,63 +316,69 @@ function present(query, name) {
  * Check the wire form of a query as the server does (server/query.py `parse_query`); return a
  * fresh copy of it.
  * @param {unknown} query
+ * @param {string} [at] its JSON Pointer in the params
  * @returns {Record<string, unknown>}
  * @throws {MontybaseError} InvalidArgumentError naming the member at fault
  */
-export function checkQuery(query) {
-  if (query === null || typeof query !== "object" || Array.isArray(query)) throw invalid("query must be an object", "query");
+export function checkQuery(query, at = "/query") {
+  if (query === null || typeof query !== "object" || Array.isArray(query)) throw invalid(`${at}: a query is an object`, at);
   const unknown = Object.keys(query).filter((name) => !QUERY_MEMBERS.includes(name)).sort();
-  if (unknown.length) throw invalid(`query has unknown members ${quote(unknown)}`, "query");
-  if (!Array.isArray(query.path)) throw invalid(`query.path must be a list of segments, got ${typeName(query.path)}`, "query.path");
-  if (query.path.length > MAX_PATH_SEGMENTS) throw invalid(`query.path has more than ${MAX_PATH_SEGMENTS} segments`, "query.path");
-  const out = { path: query.path.map((segment, i) => checkKey(segment, `query.path[${i}]`)) };
+  if (unknown.length) throw invalid(`${at}: the query has unknown members ${quote(unknown)}`, at);
+  const pathAt = pointer(at, "path");
+  if (!Array.isArray(query.path)) throw invalid(`${pathAt}: a path is a list of segments, got ${typeName(query.path)}`, pathAt);
+  if (query.path.length > MAX_PATH_SEGMENTS) throw invalid(`${pathAt}: more than ${MAX_PATH_SEGMENTS} segments`, pathAt);
+  const out = { path: query.path.map((segment, i) => checkKey(segment, pointer(pathAt, i))) };
   const where = present(query, "where") ? query.where : [];
-  if (!Array.isArray(where)) throw invalid("query.where must be a list of [field, op, value]", "query.where");
+  if (!Array.isArray(where)) throw invalid(`${pointer(at, "where")}: where is a list of [field, op, value]`, pointer(at, "where"));
   if (where.length) {
     out.where = where.map((clause, i) => {
-      const at = `query.where[${i}]`;
-      if (!Array.isArray(clause) || clause.length !== 3) throw invalid(`${at} must be [field, op, value]`, at);
+      const clauseAt = pointer(at, "where", i);
+      if (!Array.isArray(clause) || clause.length !== 3) throw invalid(`${clauseAt}: a where clause is [field, op, value]`, clauseAt);
       const [field, op, value] = clause;
-      if (!OPERATORS.includes(op)) throw invalid(`${at}: unknown operator ${quote(op)}; use one of ${OPERATORS.join(", ")}`, at);
-      const copy = prepareValue(value, `${at}.value`, null);
-      if (LIST_OPERATORS.includes(op) && !Array.isArray(copy)) throw invalid(`${at}: ${quote(op)} needs a list of values`, at);
-      fieldPath(field, `${at}.field`);
+      if (!OPERATORS.includes(op)) {
+        throw invalid(`${pointer(clauseAt, 1)}: unknown operator ${quote(op)}; use one of ${OPERATORS.join(", ")}`, pointer(clauseAt, 1));
+      }
+      const copy = prepareValue(value, pointer(clauseAt, 2), null);
+      if (LIST_OPERATORS.includes(op) && !Array.isArray(copy)) throw invalid(`${pointer(clauseAt, 2)}: ${quote(op)} needs a list of values`, pointer(clauseAt, 2));
+      fieldPath(field, pointer(clauseAt, 0));
       return [wireField(field), op, copy];
     });
   }
   const orderBy = present(query, "orderBy") ? query.orderBy : [];
-  if (!Array.isArray(orderBy)) throw invalid("query.orderBy must be a list of [field, direction]", "query.orderBy");
+  if (!Array.isArray(orderBy)) throw invalid(`${pointer(at, "orderBy")}: orderBy is a list of [field, direction]`, pointer(at, "orderBy"));
   if (orderBy.length) {
     out.orderBy = orderBy.map((clause, i) => {
-      const at = `query.orderBy[${i}]`;
-      if (!Array.isArray(clause) || clause.length !== 2 || (clause[1] !== "asc" && clause[1] !== "desc")) {
-        throw invalid(`${at} must be [field, 'asc' | 'desc']`, at);
+      const clauseAt = pointer(at, "orderBy", i);
+      if (!Array.isArray(clause) || clause.length !== 2) throw invalid(`${clauseAt}: an order is [field, 'asc' | 'desc']`, clauseAt);
+      if (clause[1] !== "asc" && clause[1] !== "desc") {
+        throw invalid(`${pointer(clauseAt, 1)}: a direction is 'asc' or 'desc', got ${quote(clause[1])}`, pointer(clauseAt, 1));
       }
-      fieldPath(clause[0], `${at}.field`);
+      fieldPath(clause[0], pointer(clauseAt, 0));
       return [wireField(clause[0]), clause[1]];
     });
   }
-  const limit = integer(query, "limit", 0);
-  const limitToLast = integer(query, "limitToLast", 0);
-  if (limit !== null && limitToLast !== null) throw invalid("query has both limit and limitToLast", "query.limitToLast");
-  const offset = integer(query, "offset", 0);
+  const limit = integer(query, "limit", 0, at);
+  const limitToLast = integer(query, "limitToLast", 0, at);
+  if (limit !== null && limitToLast !== null) throw invalid(`${pointer(at, "limitToLast")}: the query has both limit and limitToLast`, pointer(at, "limitToLast"));
+  const offset = integer(query, "offset", 0, at);
   if (limit !== null) out.limit = limit;
   if (limitToLast !== null) out.limitToLast = limitToLast;
   if (offset !== null) out.offset = offset;
   for (const names of [["startAt", "startAfter"], ["endAt", "endBefore"]]) {
     const given = names.filter((name) => present(query, name));
-    if (given.length > 1) throw invalid(`query has both ${given[0]} and ${given[1]}`, `query.${given[1]}`);
+    if (given.length > 1) throw invalid(`${pointer(at, given[1])}: the query has both ${given[0]} and ${given[1]}`, pointer(at, given[1]));
     if (!given.length) continue;
     const name = given[0];
+    const cursorAt = pointer(at, name);
     const values = query[name];
     const orders = out.orderBy ? out.orderBy.length : 0;
     if (!Array.isArray(values) || !values.length || values.length > orders + 1) {
-      throw invalid(`query.${name} takes 1 to ${orders + 1} values (one per order_by field, then an id)`, `query.${name}`);
+      throw invalid(`${cursorAt}: ${name} takes 1 to ${orders + 1} values (one per orderBy field, then an id)`, cursorAt);
     }
     out[name] = values.map((value, i) => {
-      const copy = prepareValue(value, `query.${name}[${i}]`, null);
+      const copy = prepareValue(value, pointer(cursorAt, i), null);
       if (i >= orders && typeof copy !== "string") {
-        throw invalid(`query.${name}[${i}]: the value after the order fields is an id, a string`, `query.${name}`);
+        throw invalid(`${pointer(cursorAt, i)}: the value after the order fields is an id, a string`, pointer(cursorAt, i));
       }
       return copy;
     });
@@ -345,18 +386,19 @@ export function checkQuery(query) {
   return out;
 }
 
-function checkWrite(write, where) {
+/** A write's params checked and copied; `at` is its pointer ("" for add, set, …; "/writes/0" in a commit). */
+function checkWrite(write, at) {
   if (write === null || typeof write !== "object") return write;
   const out = { ...write };
   if (Object.hasOwn(write, "path") && Array.isArray(write.path)) {
-    out.path = write.path.map((segment, i) => checkKey(segment, `${where}path[${i}]`));
+    out.path = write.path.map((segment, i) => checkKey(segment, pointer(at, "path", i)));
   }
-  if (Object.hasOwn(write, "value")) out.value = prepareDocument(write.value, "value");
+  if (Object.hasOwn(write, "value")) out.value = prepareDocument(write.value, pointer(at, "value"));
   if (Object.hasOwn(write, "fields") && Array.isArray(write.fields)) {
-    out.fields = write.fields.map((pair) => {
+    out.fields = write.fields.map((pair, i) => {
       if (!Array.isArray(pair) || pair.length !== 2) return pair;
-      const keys = fieldPath(pair[0], "field");
-      return [wireField(pair[0]), prepareValue(pair[1], `value.${keys.join(".")}`, "update")];
+      fieldPath(pair[0], pointer(at, "fields", i, 0));
+      return [wireField(pair[0]), prepareValue(pair[1], pointer(at, "fields", i, 1), "update")];
     });
   }
   return out;
@@ -380,22 +422,22 @@ export function checkParams(method, params) {
     case "commit":
       return {
         ...params,
-        writes: Array.isArray(params.writes) ? params.writes.map((write, i) => checkWrite(write, `writes[${i}].`)) : params.writes,
+        writes: Array.isArray(params.writes) ? params.writes.map((write, i) => checkWrite(write, pointer("/writes", i))) : params.writes,
       };
     case "query":
       return { query: checkQuery(params.query) };
     case "subscribe": {
       if (Object.hasOwn(params, "query")) return { sub: params.sub, query: checkQuery(params.query) };
-      if (!Array.isArray(params.path) || !params.path.length) throw invalid("a listener needs a path or a query", "path");
-      return { sub: params.sub, path: params.path.map((segment, i) => checkKey(segment, `path[${i}]`)) };
+      if (!Array.isArray(params.path) || !params.path.length) throw invalid("a listener needs a path or a query", "");
+      return { sub: params.sub, path: params.path.map((segment, i) => checkKey(segment, pointer("/path", i))) };
     }
     case "aggregate": {
       if (!AGGREGATES.includes(params.op)) {
-        throw invalid(`aggregate op must be one of ${AGGREGATES.join(", ")}, got ${quote(params.op)}`, "op");
+        throw invalid(`/op: an aggregation is one of ${AGGREGATES.join(", ")}, got ${quote(params.op)}`, "/op");
       }
       const out = { query: checkQuery(params.query), op: params.op };
       if (params.op === "sum" || params.op === "avg") {
-        fieldPath(params.field, "field");
+        fieldPath(params.field, "/field");
         out.field = wireField(params.field);
       }
       return out;

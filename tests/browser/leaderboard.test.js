@@ -60,7 +60,7 @@ test("a page loads the client from the server, connects with the client config, 
     const missing = await doc(db, name, "ghost").update({ a: 1 }).catch((error) => [error instanceof NotFoundError, error.code, error.reason]);
     const bad = await doc(db, name).add({ a: NaN }).catch((error) => [error instanceof InvalidArgumentError, error.message]);
     const polluted = await doc(db, name, "constructor").set({ prototype: { polluted: true } }).then(() => doc(db, name).get());
-    const clean = {}.polluted === undefined && Object.hasOwn(polluted, "constructor");
+    const clean = {}.polluted === undefined && polluted instanceof Map && Object.hasOwn(polluted.get("constructor"), "prototype");
     await db.close();
     const config = await (await fetch("/client-config.json")).json();
     const refusals = [];
@@ -78,12 +78,40 @@ test("a page loads the client from the server, connects with the client config, 
   ]);
   assert.deepEqual(result.missing, [true, -32002, "NOT_FOUND"]);
   assert.equal(result.bad[0], true);
-  assert.match(result.bad[1], /value\.a: NaN/);
+  assert.match(result.bad[1], /^\/value\/a: NaN/);
   assert.equal(result.clean, true);
   assert.deepEqual(result.refusals, ["UNAUTHENTICATED", "UNAUTHENTICATED"]);
   assert.equal(result.secure, true);
   assert.deepEqual(errors, []);
   await close();
+});
+
+test("a page whose Origin the server does not allow gets UNAVAILABLE, as Python does; an address where nothing listens CONNECTION_LOST", async () => {
+  const dir = await tempDir();
+  await writeConfig(dir, { origins: ["https://game.example"] });
+  const guarded = await Server.start({ dir });
+  try {
+    // The page comes from the server (GETs are not checked); its WebSocket carries its Origin.
+    const { page, close } = await openBrowserPage(browser, `${guarded.http}/client-config.json`);
+    const outcome = await page.evaluate(async () => {
+      const { Montybase, doc } = await import("/montybase.js");
+      const config = await (await fetch("/client-config.json")).json();
+      const attempt = async (endpoint) => {
+        const db = new Montybase({ ...config, endpoint });
+        const got = await doc(db, "c", "x").get().then(() => ["accepted"], (error) => [error.name, error.reason, error.message]);
+        await db.close();
+        return got;
+      };
+      return { refused: await attempt(config.endpoint), unreachable: await attempt("ws://127.0.0.1:9"), origin: location.origin };
+    });
+    assert.deepEqual(outcome.refused.slice(0, 2), ["UnavailableError", "UNAVAILABLE"]);
+    assert.match(outcome.refused[2], /refused the WebSocket connection/);
+    assert.deepEqual(outcome.unreachable.slice(0, 2), ["ConnectionLostError", "CONNECTION_LOST"]);
+    assert.equal(outcome.origin, guarded.http);
+    await close();
+  } finally {
+    await guarded.cleanup();
+  }
 });
 
 test("the channel vectors hold in Chromium's WebCrypto too", async () => {

@@ -1,8 +1,13 @@
-// Every vector of tests/cases/channel.json, with WebCrypto only: keys, MACs, the client's
-// handshake, records in both directions, bad streams, bad hello results, limits.
+// Every vector of tests/cases/channel.json: keys, MACs, the client's handshake, records in both
+// directions, bad streams, bad hello results, limits. Records run through both AES-256-GCMs:
+// WebCrypto's (browsers, and the default entry) and node:crypto's (the "node" entry).
 
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { join } from "node:path";
 import { describe, test } from "node:test";
+import { pathToFileURL } from "node:url";
+import { promisify } from "node:util";
 
 import {
   C2S,
@@ -22,15 +27,19 @@ import {
   hmac,
   importPoint,
   keySchedule,
+  NO_WEBCRYPTO,
   publicKeyFromPkcs8,
   toHex,
   verifyHmac,
+  webAesGcm,
 } from "../../js_client/channel.js";
-import { UnauthenticatedError } from "../../js_client/index.js";
-import { readJson } from "./helpers.js";
+import { InvalidArgumentError, Montybase, UnauthenticatedError, UnavailableError } from "../../js_client/index.js";
+import { nodeAesGcm } from "../../js_client/records-node.js";
+import { ROOT, readJson } from "./helpers.js";
 
 const VECTORS = await readJson("tests", "cases", "channel.json");
 const P256 = { name: "ECDH", namedCurve: "P-256" };
+const CIPHERS = [["WebCrypto", webAesGcm], ["node:crypto", nodeAesGcm]];
 
 function importPrivate(key) {
   return crypto.subtle.importKey("jwk", key.jwk, P256, true, ["deriveBits"]);
@@ -40,18 +49,18 @@ async function importPair(key) {
   return { privateKey: await importPrivate(key), publicKey: (await importPoint(key.public, "public")).key };
 }
 
-async function handshake(vector) {
+async function handshake(vector, cipher = webAesGcm) {
   const ephemeral = vector.clientEphemeral ? await importPair(vector.clientEphemeral) : undefined;
   const pinned = vector.mode === "nk" ? VECTORS.server.serverKey.public : null;
-  return new ClientHandshake(vector.kid, vector.key, pinned, { nonce: fromHex(vector.nc), ephemeral });
+  return new ClientHandshake(vector.kid, vector.key, pinned, { nonce: fromHex(vector.nc), ephemeral, cipher });
 }
 
 /** The two sessions of a vector: the client's (sends c2s) and the server's (sends s2c). */
-async function sessions(vector) {
+async function sessions(vector, cipher) {
   const { expected: x } = vector;
   const th = fromHex(x.th);
-  const client = await Session.create({ role: vector.kid, th, sendKey: fromHex(x.k_c2s), recvKey: fromHex(x.k_s2c), sendDir: C2S });
-  const server = await Session.create({ role: vector.kid, th, sendKey: fromHex(x.k_s2c), recvKey: fromHex(x.k_c2s), sendDir: S2C });
+  const client = await Session.create({ role: vector.kid, th, sendKey: fromHex(x.k_c2s), recvKey: fromHex(x.k_s2c), sendDir: C2S, cipher });
+  const server = await Session.create({ role: vector.kid, th, sendKey: fromHex(x.k_s2c), recvKey: fromHex(x.k_c2s), sendDir: S2C, cipher });
   return { client, server };
 }
 
@@ -121,47 +130,51 @@ for (const vector of VECTORS.cases) {
       assert.deepEqual(vector.authResult, { role: vector.kid, session: x.session });
     });
 
-    test("the handshake's session seals c2s records and opens s2c records", async () => {
-      const client = await handshake(vector);
-      await client.hello();
-      const { session } = await client.finish(vector.helloResult);
-      for (const record of vector.records.c2s) assert.equal(toHex(await session.seal(fromHex(record.plaintext))), record.record);
-      for (const record of vector.records.s2c) assert.equal(toHex(await session.open(fromHex(record.record))), record.plaintext);
-    });
+    for (const [cipherName, cipher] of CIPHERS) {
+      describe(`records with ${cipherName}`, () => {
+        test("the handshake's session seals c2s records and opens s2c records", async () => {
+          const client = await handshake(vector, cipher);
+          await client.hello();
+          const { session } = await client.finish(vector.helloResult);
+          for (const record of vector.records.c2s) assert.equal(toHex(await session.seal(fromHex(record.plaintext))), record.record);
+          for (const record of vector.records.s2c) assert.equal(toHex(await session.open(fromHex(record.record))), record.plaintext);
+        });
 
-    test("records in both directions (a server-side session too)", async () => {
-      const { client, server } = await sessions(vector);
-      for (const record of vector.records.c2s) {
-        assert.equal(toHex(await client.seal(fromHex(record.plaintext))), record.record);
-        assert.equal(toHex(await server.open(fromHex(record.record))), record.plaintext);
-      }
-      for (const record of vector.records.s2c) {
-        assert.equal(toHex(await server.seal(fromHex(record.plaintext))), record.record);
-        assert.equal(toHex(await client.open(fromHex(record.record))), record.plaintext);
-      }
-    });
-
-    test("records given in a burst are still opened in order", async () => {
-      const { client } = await sessions(vector);
-      const opened = await Promise.all(vector.records.s2c.map((record) => client.open(fromHex(record.record))));
-      assert.deepEqual(opened.map(toHex), vector.records.s2c.map((record) => record.plaintext));
-    });
-
-    for (const stream of vector.badStreams) {
-      test(`bad stream: ${stream.name}`, async () => {
-        const both = await sessions(vector);
-        const receiver = stream.receiver === "c2s" ? both.server : both.client;
-        for (const [index, record] of stream.stream.entries()) {
-          if (index < stream.failsAt) {
-            await receiver.open(fromHex(record));
-          } else {
-            await assert.rejects(receiver.open(fromHex(record)), isChannelError(CLOSE_BAD_RECORD), `record ${index}`);
-            assert.ok(receiver.closed);
+        test("records in both directions (a server-side session too)", async () => {
+          const { client, server } = await sessions(vector, cipher);
+          for (const record of vector.records.c2s) {
+            assert.equal(toHex(await client.seal(fromHex(record.plaintext))), record.record);
+            assert.equal(toHex(await server.open(fromHex(record.record))), record.plaintext);
           }
+          for (const record of vector.records.s2c) {
+            assert.equal(toHex(await server.seal(fromHex(record.plaintext))), record.record);
+            assert.equal(toHex(await client.open(fromHex(record.record))), record.plaintext);
+          }
+        });
+
+        test("records given in a burst are still opened in order", async () => {
+          const { client } = await sessions(vector, cipher);
+          const opened = await Promise.all(vector.records.s2c.map((record) => client.open(fromHex(record.record))));
+          assert.deepEqual(opened.map(toHex), vector.records.s2c.map((record) => record.plaintext));
+        });
+
+        for (const stream of vector.badStreams) {
+          test(`bad stream: ${stream.name}`, async () => {
+            const both = await sessions(vector, cipher);
+            const receiver = stream.receiver === "c2s" ? both.server : both.client;
+            for (const [index, record] of stream.stream.entries()) {
+              if (index < stream.failsAt) {
+                await receiver.open(fromHex(record));
+              } else {
+                await assert.rejects(receiver.open(fromHex(record)), isChannelError(CLOSE_BAD_RECORD), `record ${index}`);
+                assert.ok(receiver.closed);
+              }
+            }
+            // Dead: even a record that would have been valid next is refused, and nothing is sealed.
+            await assert.rejects(receiver.open(fromHex(vector.records[stream.receiver][0].record)), ChannelError);
+            await assert.rejects(receiver.seal(new Uint8Array(1)), ChannelError);
+          });
         }
-        // Dead: even a record that would have been valid next is refused, and nothing is sealed.
-        await assert.rejects(receiver.open(fromHex(vector.records[stream.receiver][0].record)), ChannelError);
-        await assert.rejects(receiver.seal(new Uint8Array(1)), ChannelError);
       });
     }
 
@@ -208,38 +221,102 @@ for (const vector of VECTORS.cases) {
   });
 }
 
-test("a session refuses to seal or open past its record limit (close code 4000)", async () => {
-  const vector = VECTORS.cases[0];
-  const { client, server } = await sessions(vector);
-  client.maxRecords = 2;
-  await client.seal(new Uint8Array(1));
-  await client.seal(new Uint8Array(1));
-  await assert.rejects(client.seal(new Uint8Array(1)), isChannelError(CLOSE_LIMIT));
-  server.maxRecords = 1;
-  await server.open(fromHex(vector.records.c2s[0].record));
-  await assert.rejects(server.open(fromHex(vector.records.c2s[1].record)), isChannelError(CLOSE_LIMIT));
-});
-
-test("a session refuses to seal past its byte limit (close code 4000)", async () => {
-  const { client } = await sessions(VECTORS.cases[0]);
-  client.maxBytes = 10;
-  await client.seal(new Uint8Array(10));
-  await assert.rejects(client.seal(new Uint8Array(1)), isChannelError(CLOSE_LIMIT));
-});
-
-describe("strict base64url", () => {
-  test("round trips every length", () => {
-    for (let n = 0; n < 70; n++) {
-      const bytes = crypto.getRandomValues(new Uint8Array(n));
-      assert.deepEqual(b64decode(b64e(bytes)), bytes);
-      assert.deepEqual(b64d(b64e(bytes), n, "f"), bytes);
-    }
+for (const [cipherName, cipher] of CIPHERS) {
+  test(`a session refuses to seal or open past its record limit (close code 4000), with ${cipherName}`, async () => {
+    const vector = VECTORS.cases[0];
+    const { client, server } = await sessions(vector, cipher);
+    client.maxRecords = 2;
+    await client.seal(new Uint8Array(1));
+    await client.seal(new Uint8Array(1));
+    await assert.rejects(client.seal(new Uint8Array(1)), isChannelError(CLOSE_LIMIT));
+    server.maxRecords = 1;
+    await server.open(fromHex(vector.records.c2s[0].record));
+    await assert.rejects(server.open(fromHex(vector.records.c2s[1].record)), isChannelError(CLOSE_LIMIT));
   });
 
-  test("refuses padding, the standard alphabet, wrong lengths and non-canonical forms", () => {
-    const good = b64e(new Uint8Array(32).fill(0xfb));
-    for (const bad of [`${good}=`, good.replaceAll("-", "+").replaceAll("_", "/"), good.slice(1), `${good}A`, `${good.slice(0, -1)}9`, 5, null]) {
-      assert.throws(() => b64d(bad, 32, "nc"), ChannelError, String(bad));
+  test(`a session refuses to seal past its byte limit (close code 4000), with ${cipherName}`, async () => {
+    const { client } = await sessions(VECTORS.cases[0], cipher);
+    client.maxBytes = 10;
+    await client.seal(new Uint8Array(10));
+    await assert.rejects(client.seal(new Uint8Array(1)), isChannelError(CLOSE_LIMIT));
+  });
+}
+
+describe("the records' AES-256-GCM is chosen by package.json exports conditions", () => {
+  /** What a fresh Node process prints for `code` (an ES module run in the repository). */
+  const run = async (code, ...conditions) => {
+    const args = [...conditions.map((name) => `--conditions=${name}`), "--input-type=module", "-e", code];
+    return (await promisify(execFile)(process.execPath, args, { cwd: ROOT })).stdout.trim();
+  };
+  const entry = (name) => pathToFileURL(join(ROOT, "js_client", name)).href;
+  const cipherAfter = (specifier) =>
+    run(`import ${JSON.stringify(specifier)}; const { recordCipher } = await import("./js_client/channel.js"); console.log(recordCipher().name);`);
+
+  test("Node resolves the package to js_client/node.js, a browser bundler to js_client/index.js", async () => {
+    assert.equal(await run('console.log(import.meta.resolve("montybase"))'), entry("node.js"));
+    assert.equal(await run('console.log(import.meta.resolve("montybase"))', "browser"), entry("index.js"));
+  });
+
+  test("the default entry keeps WebCrypto; the Node entry makes node:crypto the sessions' cipher", async () => {
+    assert.equal(await cipherAfter("./js_client/index.js"), webAesGcm.name);
+    assert.equal(await cipherAfter("montybase"), nodeAesGcm.name);
+  });
+
+  test("the Node entry exports what the default entry exports, the same objects", async () => {
+    const [node, web] = [await import("montybase"), await import("../../js_client/index.js")];
+    assert.deepEqual(Object.keys(node).sort(), Object.keys(web).sort());
+    for (const name of Object.keys(web)) assert.equal(node[name], web[name], name);
+  });
+});
+
+describe("without WebCrypto (a page over plain http from a LAN address is not a secure context)", () => {
+  const pinned = VECTORS.server.serverKey.public;
+  const noWebCrypto = (error) => error instanceof UnavailableError && error.message === NO_WEBCRYPTO;
+
+  /** Run `fn` with a `crypto` that has getRandomValues but no `subtle`, as such a page has. */
+  async function insecure(fn) {
+    const real = Object.getOwnPropertyDescriptor(globalThis, "crypto");
+    const random = globalThis.crypto.getRandomValues.bind(globalThis.crypto);
+    Object.defineProperty(globalThis, "crypto", { value: { getRandomValues: random }, configurable: true });
+    try {
+      await fn();
+    } finally {
+      Object.defineProperty(globalThis, "crypto", real);
     }
+  }
+
+  test("the message says so and what to do: https, or localhost", () => {
+    assert.match(NO_WEBCRYPTO, /crypto\.subtle/);
+    assert.match(NO_WEBCRYPTO, /secure context/);
+    assert.match(NO_WEBCRYPTO, /https/);
+    assert.match(NO_WEBCRYPTO, /localhost/);
+  });
+
+  test("a handshake with a pinned server key says WebCrypto is missing, not that the key is bad", async () => {
+    await insecure(async () => {
+      assert.throws(() => new ClientHandshake("client", "mb-some-key", pinned), noWebCrypto);
+      assert.throws(() => new ClientHandshake("client", "mb-some-key"), noWebCrypto);
+      await assert.rejects(importPoint(pinned, "serverKey"), noWebCrypto);
+      await assert.rejects(publicKeyFromPkcs8(VECTORS.server.serverKey.pkcs8), noWebCrypto);
+    });
+  });
+
+  test("new Montybase says so at once, before anything connects", async () => {
+    let constructed = 0;
+    const WebSocket = class {
+      constructor() {
+        constructed += 1;
+      }
+    };
+    await insecure(async () => {
+      assert.throws(() => new Montybase({ apiKey: "mb-some-key", endpoint: "ws://127.0.0.1:9", serverKey: pinned }, { WebSocket }), noWebCrypto);
+    });
+    assert.equal(constructed, 0);
+  });
+
+  test("with WebCrypto, a bad pinned key is still INVALID_ARGUMENT", async () => {
+    const offCurve = `${pinned.slice(0, 60)}${pinned[60] === "A" ? "B" : "A"}${pinned.slice(61)}`; // y changed
+    const client = new ClientHandshake("client", "mb-some-key", offCurve);
+    await assert.rejects(client.hello(), (error) => error instanceof InvalidArgumentError && /the pinned serverKey is invalid/.test(error.message));
   });
 });

@@ -2,6 +2,7 @@
 // cases that make sense for a client key; the admin key where a client key may not).
 
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import WebSocket from "ws";
 
@@ -25,7 +26,7 @@ import {
   minimum,
   serverTimestamp,
 } from "../../js_client/index.js";
-import { closeServer, openServer, unique } from "./helpers.js";
+import { closeServer, openServer, runPython, unique } from "./helpers.js";
 
 let server;
 let db; // the client key, as a web page has it
@@ -174,7 +175,7 @@ describe("add / set / update / delete", () => {
     await rejects(ref.set({}, "x"), InvalidArgumentError);
     await rejects(ref.update({}, "x"), InvalidArgumentError);
     await rejects(ref.delete("x"), InvalidArgumentError);
-    assert.deepEqual(await users.get(), {});
+    assert.deepEqual(await users.get(), new Map());
   });
 
   test("delete returns the deleted document", async () => {
@@ -192,7 +193,7 @@ describe("add / set / update / delete", () => {
     await assert.rejects(doc(db, name).delete(), (error) => error instanceof PermissionDeniedError && error.code === -32001);
     assert.equal(await doc(db, name).count(), 2);
     assert.deepEqual(await doc(admin, name).delete(), { [a]: { n: 1 }, [b]: { n: 2 } });
-    assert.deepEqual(await doc(db, name).get(), {});
+    assert.deepEqual(await doc(db, name).get(), new Map());
     assert.equal(await doc(db, name).count(), 0);
   });
 
@@ -201,7 +202,7 @@ describe("add / set / update / delete", () => {
     await doc(db, users, "amor").set({ name: "Amor" });
     await doc(db, users, "amor", "posts").add({ title: "hi" }, "p1");
     await doc(db, users, "amor").delete();
-    assert.deepEqual(await doc(db, users, "amor", "posts").get(), {});
+    assert.deepEqual(await doc(db, users, "amor", "posts").get(), new Map());
     assert.equal(await doc(db, users, "amor", "posts", "p1").get(), null);
   });
 
@@ -219,7 +220,7 @@ describe("reads", () => {
   test("a missing document is null and an empty collection is empty", async () => {
     const users = unique("users");
     assert.equal(await doc(db, users, "nobody").get(), null);
-    assert.deepEqual(await doc(db, users).get(), {});
+    assert.deepEqual(await doc(db, users).get(), new Map());
     assert.deepEqual(await doc(db, users).stream(), []);
     assert.deepEqual(await doc(db, users, "nobody").stream(), []);
   });
@@ -227,8 +228,63 @@ describe("reads", () => {
   test("a collection's get is ordered by id", async () => {
     const ref = doc(db, unique("c"));
     for (const key of ["b", "c", "a"]) await ref.set({ k: key }, key);
-    assert.deepEqual(Object.keys(await ref.get()), ["a", "b", "c"]);
+    assert.deepEqual([...(await ref.get()).keys()], ["a", "b", "c"]);
     assert.deepEqual((await ref.stream()).map((d) => d.id), ["a", "b", "c"]);
+  });
+
+  test("a collection's get is a Map in Python's id order, integer-like ids included: 10, 2, B", async () => {
+    const c = unique("c");
+    const ref = doc(db, c);
+    // By code point, as Python sorts: "ｚ" (U+FF5A) before "😀" (U+1F600), which UTF-16 order reverses.
+    for (const key of ["B", "2", "😀", "10", "ｚ"]) await ref.set({ k: key }, key);
+    const got = await ref.get();
+    assert.ok(got instanceof Map);
+    const order = ["10", "2", "B", "ｚ", "😀"];
+    assert.deepEqual([...got.keys()], order);
+    assert.deepEqual(got.get("2"), { k: "2" });
+    assert.deepEqual((await ref.stream()).map((d) => d.id), order);
+    assert.deepEqual([...(await ref.query().get()).keys()], order);
+    const python = await runPython(
+      `import json\nfrom python_client import Montybase, doc\ndb = Montybase(api=${JSON.stringify(server.endpoint)}, config=${JSON.stringify(join(server.dir, "montybase.json"))})\nprint(json.dumps(list(doc(db, ${JSON.stringify(c)}).get())))\ndb.close()`,
+    );
+    assert.deepEqual(JSON.parse(python), order);
+  });
+
+  test("a query's get is a Map in the query's order (orderBy, limitToLast), integer-like ids included", async () => {
+    const ref = doc(db, unique("c"));
+    for (const [key, score] of [["2", 30], ["10", 10], ["B", 20], ["7", 40]]) await ref.set({ score }, key);
+    const desc = await ref.orderBy("score", "desc").get();
+    assert.ok(desc instanceof Map);
+    assert.deepEqual([...desc.keys()], ["7", "2", "B", "10"]);
+    assert.deepEqual([...desc.values()].map((value) => value.score), [40, 30, 20, 10]);
+    assert.deepEqual([...(await ref.orderBy("score").limitToLast(2).get()).keys()], ["2", "7"]);
+    assert.deepEqual([...(await ref.where("score", ">", 15).get()).keys()], ["2", "7", "B"]);
+  });
+
+  test("a transaction's read of a collection is a Map too, and its commit checks what was read", async () => {
+    // The admin key: with the client key the server answers a commit whose reads name a
+    // top-level collection with an internal error (the rules check that read as a document).
+    const ref = doc(admin, unique("c"));
+    await ref.set({ n: 1 }, "2");
+    await ref.set({ n: 2 }, "10");
+    const seen = await admin.transaction(async (tx) => {
+      const docs = await tx.get(ref);
+      tx.set(ref.append("sum"), { n: [...docs.values()].reduce((sum, value) => sum + value.n, 0) });
+      return [...docs.keys()];
+    });
+    assert.deepEqual(seen, ["10", "2"]);
+    assert.deepEqual(await ref.append("sum").get(), { n: 3 });
+    await assert.rejects(
+      admin.transaction(
+        async (tx) => {
+          await tx.get(ref);
+          await ref.set({ n: 5 }, "2"); // changes what the transaction read
+          tx.set(ref.append("sum"), { n: 0 });
+        },
+        { maxAttempts: 1 },
+      ),
+      ConflictError,
+    );
   });
 
   test("a document's stream is a one-element list", async () => {
@@ -240,9 +296,10 @@ describe("reads", () => {
   test("a path into a document reads its field", async () => {
     const users = unique("users");
     await doc(db, users, "amor").set({ stats: { wins: 3 }, name: "Amor" });
-    assert.deepEqual(await doc(db, users, "amor", "stats").get(), { wins: 3 });
+    assert.deepEqual(await doc(db, users, "amor", "stats").get(), new Map([["wins", 3]])); // read as if a collection
     assert.equal(await doc(db, users, "amor", "stats", "wins").get(), 3);
-    assert.deepEqual(await doc(db, users, "amor", "nothing").get(), {});
+    assert.equal(await doc(db, users, "amor", "name").get(), "Amor");
+    assert.deepEqual(await doc(db, users, "amor", "nothing").get(), new Map());
   });
 
   test("subcollections are not fields of their document", async () => {
@@ -250,7 +307,7 @@ describe("reads", () => {
     await doc(db, users, "amor").set({ name: "Amor" });
     await doc(db, users, "amor", "posts").add({ t: 1 }, "p");
     assert.deepEqual(await doc(db, users, "amor").get(), { name: "Amor" });
-    assert.deepEqual(await doc(db, users, "amor", "posts").get(), { p: { t: 1 } });
+    assert.deepEqual(await doc(db, users, "amor", "posts").get(), new Map([["p", { t: 1 }]]));
   });
 
   test("returned values are copies", async () => {
@@ -286,7 +343,9 @@ describe("reads", () => {
     await doc(db, name, "x").set({ a: 1 });
     await rejects(doc(db).get(), PermissionDeniedError, "PERMISSION_DENIED");
     const root = await doc(admin).get();
-    assert.deepEqual(root[name], { x: { a: 1 } });
+    assert.ok(root instanceof Map);
+    assert.deepEqual(root.get(name), new Map([["x", { a: 1 }]]));
+    assert.deepEqual([...root.keys()], [...root.keys()].sort());
   });
 
   test("every terminal returns a Promise", () => {
@@ -307,8 +366,8 @@ describe("queries", () => {
   });
 
   test("where filters and several wheres are ANDed", async () => {
-    assert.deepEqual(Object.keys(await scores.where("score", ">", 100).get()), ["isaac", "toriel"]);
-    assert.deepEqual(Object.keys(await scores.where("score", ">", 95).where("score", "<", 125).get()), ["amor", "toriel"]);
+    assert.deepEqual([...(await scores.where("score", ">", 100).get()).keys()], ["isaac", "toriel"]);
+    assert.deepEqual([...(await scores.where("score", ">", 95).where("score", "<", 125).get()).keys()], ["amor", "toriel"]);
   });
 
   test("where on a document reference matches the document itself", async () => {
@@ -330,11 +389,11 @@ describe("queries", () => {
 
   test("limitToLast, startAfter, startAt, endAt, endBefore and offset", async () => {
     const ordered = scores.orderBy("score");
-    assert.deepEqual(Object.keys(await ordered.get()), ["nil", "zed", "amor", "toriel", "isaac"]);
-    assert.deepEqual(Object.keys(await ordered.limitToLast(2).get()), ["toriel", "isaac"]);
-    assert.deepEqual(Object.keys(await ordered.startAfter(100).get()), ["toriel", "isaac"]);
-    assert.deepEqual(Object.keys(await ordered.startAt(100).endAt(120).get()), ["amor", "toriel"]);
-    assert.deepEqual(Object.keys(await ordered.endBefore(100).offset(1).get()), ["zed"]);
+    assert.deepEqual([...(await ordered.get()).keys()], ["nil", "zed", "amor", "toriel", "isaac"]);
+    assert.deepEqual([...(await ordered.limitToLast(2).get()).keys()], ["toriel", "isaac"]);
+    assert.deepEqual([...(await ordered.startAfter(100).get()).keys()], ["toriel", "isaac"]);
+    assert.deepEqual([...(await ordered.startAt(100).endAt(120).get()).keys()], ["amor", "toriel"]);
+    assert.deepEqual([...(await ordered.endBefore(100).offset(1).get()).keys()], ["zed"]);
   });
 
   test("sum and avg read numbers", async () => {
@@ -355,11 +414,11 @@ describe("queries", () => {
     const ref = doc(db, unique("scores"));
     for (const [name, score] of [["Amor", 100], ["Toriel", 120], ["Isaac", 130], ["Zed", 90]]) await ref.add({ name, score }, name.toLowerCase());
     const top = ref.orderBy("score", "desc").limit(2);
-    assert.deepEqual(Object.keys(await top.get()), ["isaac", "toriel"]);
+    assert.deepEqual([...(await top.get()).keys()], ["isaac", "toriel"]);
     await ref.update({ score: 200 }, "zed");
     await ref.delete("isaac");
     await ref.add({ name: "New", score: 150 }, "new");
-    assert.deepEqual(Object.keys(await top.get()), ["zed", "new"]);
+    assert.deepEqual([...(await top.get()).keys()], ["zed", "new"]);
   });
 });
 
@@ -429,7 +488,7 @@ describe("batches and transactions", () => {
     batch.update(doc(db, c, "a"), { n: increment(10) });
     batch.delete(doc(db, c, "gone"));
     assert.deepEqual(await batch.commit(), ["a", "b", "a", null]);
-    assert.deepEqual(await doc(db, c).get(), { a: { n: 11 }, b: { n: 2 } });
+    assert.deepEqual(await doc(db, c).get(), new Map([["a", { n: 11 }], ["b", { n: 2 }]]));
     assert.deepEqual(await db.batch().commit(), []);
   });
 
@@ -438,7 +497,7 @@ describe("batches and transactions", () => {
     await doc(db, c, "taken").set({ n: 0 });
     const batch = db.batch().set(doc(db, c, "a"), { n: 1 }).add(doc(db, c, "taken"), { n: 2 });
     await rejects(batch.commit(), AlreadyExistsError);
-    assert.deepEqual(await doc(db, c).get(), { taken: { n: 0 } });
+    assert.deepEqual(await doc(db, c).get(), new Map([["taken", { n: 0 }]]));
   });
 
   test("a batch may not delete a whole collection with the client key", async () => {
@@ -527,5 +586,75 @@ test("every error is a MontybaseError with code, reason and data", async () => {
     assert.equal(error.reason, "NOT_FOUND");
     assert.deepEqual(error.data.path, [c, "x"]);
     return true;
+  });
+});
+
+test("client-side errors carry the JSON Pointer the request would have in data.path", async () => {
+  const c = unique("c");
+  const at = (path) => (error) => error instanceof InvalidArgumentError && error.data.path === path && error.message.startsWith(`${path}: `);
+  await assert.rejects(doc(db, c).add({ name: "Amor", score: NaN }), at("/value/score"));
+  await assert.rejects(doc(db, c).add({ a: 1 }, "$key"), at("/path/1"));
+  await assert.rejects(doc(db, c, "x").add({ a: 1 }, "key"), at("/path/2"));
+  await assert.rejects(doc(db, c, "x").update({ "stats.best": Infinity }), at("/fields/0/1"));
+  await assert.rejects(doc(db, c).where("score", ">", 1).where("score", "<", NaN).stream(), at("/query/where/1/2"));
+  await assert.rejects(doc(db, c).orderBy("score").startAfter(NaN).get(), at("/query/startAfter/0"));
+  await assert.rejects(doc(db, c).sum("$x"), at("/field"));
+  assert.throws(() => doc(db, c).orderBy("score").orderBy("name", "sideways"), at("/query/orderBy/1/1"));
+  assert.throws(() => doc(db, c, "x").append("posts", "$p"), at("/path/3"));
+  const batch = db.batch().set(doc(db, c, "a"), { n: 1 }).update(doc(db, c), { n: 2 }, "b");
+  assert.throws(() => batch.delete(doc(db, c), "__x__"), at("/writes/2/path/1"));
+  batch.add(doc(db, c), { list: [1, { n: NaN }] });
+  await assert.rejects(batch.commit(), at("/writes/2/value/list/1/n"));
+  await assert.rejects(
+    db.transaction(async (tx) => {
+      await tx.get(doc(db, c, "a"));
+      tx.set(doc(db, c, "a"), { n: 1 });
+      await tx.get(doc(db, c, "b"));
+    }),
+    at("/reads/1"),
+  );
+  assert.equal(await doc(db, c).count(), 0); // nothing was written
+});
+
+describe("numbers", () => {
+  /** Run Python with an admin handle on the test server (remote); `db` and `doc` are in scope. */
+  const python = (code) =>
+    runPython(
+      [
+        "import json",
+        "from python_client import Montybase, doc",
+        `db = Montybase(api=${JSON.stringify(server.endpoint)}, config=${JSON.stringify(join(server.dir, "montybase.json"))})`,
+        code,
+        "db.close()",
+      ].join("\n"),
+    );
+  /** Python's view of a stored document: each field's repr and type. */
+  const seenByPython = async (c, id) =>
+    JSON.parse(await python(`print(json.dumps({k: [repr(v), type(v).__name__] for k, v in doc(db, ${JSON.stringify(c)}, ${JSON.stringify(id)}).get().items()}))`));
+
+  test("floats Python writes (1e300, 2.0**53), JavaScript reads and writes back, and Python reads the same", async () => {
+    const c = unique("floats");
+    await python(`doc(db, ${JSON.stringify(c)}, "py").set({"big": 1e300, "two53": 2.0**53, "neg": -(2.0**60), "small": 1.5, "int": 7})`);
+    const value = await doc(db, c, "py").get();
+    assert.deepEqual(value, { big: 1e300, two53: 2 ** 53, neg: -(2 ** 60), small: 1.5, int: 7 });
+    await doc(db, c, "js").set(value);
+    await doc(db, c, "py").update({ two53: value.two53, big: increment(value.big) });
+    const original = {
+      big: ["1e+300", "float"], two53: ["9007199254740992.0", "float"], neg: ["-1.152921504606847e+18", "float"],
+      small: ["1.5", "float"], int: ["7", "int"],
+    };
+    assert.deepEqual(await seenByPython(c, "js"), original);
+    assert.deepEqual(await seenByPython(c, "py"), { ...original, big: ["2e+300", "float"] });
+  });
+
+  test("a JavaScript number beyond ±(2^53−1) is stored as a float; NaN, Infinity and BigInt stay refused", async () => {
+    const c = unique("floats");
+    await doc(db, c, "x").set({ n: 2 ** 53, list: [-(2 ** 53)], safe: 2 ** 53 - 1 });
+    assert.deepEqual(await seenByPython(c, "x"), {
+      n: ["9007199254740992.0", "float"], list: ["[-9007199254740992.0]", "list"], safe: ["9007199254740991", "int"],
+    });
+    assert.equal(await doc(db, c).where("n", "==", 2 ** 53).count(), 1);
+    for (const bad of [NaN, Infinity, -Infinity, 10n]) await assert.rejects(doc(db, c, "x").set({ n: bad }), InvalidArgumentError);
+    assert.deepEqual(await doc(db, c, "x").get(), { n: 2 ** 53, list: [-(2 ** 53)], safe: 2 ** 53 - 1 });
   });
 });

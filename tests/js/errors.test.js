@@ -1,11 +1,13 @@
 // The error table and classes: the same as schemas/errors.json and the Python client's.
 
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import { test } from "node:test";
 
 import * as montybase from "../../js_client/index.js";
 import { ERRORS, MontybaseError, errorClass } from "../../js_client/index.js";
 import { fromRpcError } from "../../js_client/errors.js";
+import { TARGET, expected, generate } from "../../scripts/gen-errors.mjs";
 import { readJson } from "./helpers.js";
 
 test("the error table equals schemas/errors.json", async () => {
@@ -13,17 +15,33 @@ test("the error table equals schemas/errors.json", async () => {
   assert.deepEqual(ERRORS.map((entry) => ({ ...entry })), schema.errors);
 });
 
+test("js_client/errors.js is what scripts/gen-errors.mjs writes from schemas/errors.json (npm run gen:errors)", async () => {
+  assert.equal(await readFile(TARGET, "utf8"), await expected());
+});
+
+test("the generator follows an edit of the table: a new entry, a changed text", async () => {
+  const schema = await readJson("schemas", "errors.json");
+  const source = await readFile(TARGET, "utf8");
+  const entry = { code: -32010, reason: "SOMETHING_NEW", class: "SomethingNewError", retry: false, when: "a test says so" };
+  const edited = { errors: [...schema.errors.slice(0, -1), { ...schema.errors.at(-1), when: "changed" }, entry] };
+  const written = generate(source, edited);
+  assert.notEqual(written, source);
+  assert.match(written, /export const SomethingNewError = defineClass\(ERRORS\[15\]\);/);
+  assert.match(written, /reason: "CONNECTION_LOST", class: "ConnectionLostError", retry: true, when: "changed" \}/);
+  assert.equal(generate(written, schema), source); // and back
+});
+
 test("every entry has an exported class with its code, reason and name", () => {
   for (const entry of ERRORS) {
     const cls = montybase[entry.class];
     assert.equal(typeof cls, "function", entry.class);
-    const error = new cls("boom", { path: "value.a" });
+    const error = new cls("boom", { path: "/value/a" });
     assert.ok(error instanceof MontybaseError && error instanceof Error, entry.class);
     assert.equal(error.code, entry.code);
     assert.equal(error.reason, entry.reason);
     assert.equal(error.name, entry.class);
     assert.equal(error.message, "boom");
-    assert.deepEqual(error.data, { path: "value.a" });
+    assert.deepEqual(error.data, { path: "/value/a" });
     assert.equal(errorClass(entry.reason), cls);
   }
 });

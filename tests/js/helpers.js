@@ -10,7 +10,9 @@ import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
 
 import { publicKeyFromPkcs8 } from "../../js_client/channel.js";
-import { Montybase } from "../../js_client/index.js";
+// The Node entry (package.json "exports", condition "node"), as Node programs load it: every test
+// process that uses these helpers seals its records with node:crypto. The browser tests run WebCrypto.
+import { Montybase } from "montybase";
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const PYTHON = process.env.PYTHON || "python3";

@@ -9,6 +9,7 @@
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import WebSocket from "ws";
@@ -183,6 +184,23 @@ describe("delivery", () => {
     ];
     assert.deepEqual(applyChanges(docs, changes), [{ id: "d", value: 4 }, { id: "b", value: 2 }, { id: "a", value: 5 }]);
     assert.deepEqual(ids(docs), ["a", "b", "c"]);
+  });
+
+  test("every Python function or class that a js_client comment names exists in the file it names", async () => {
+    // "server/x.py `name`" or "python_client/x.py `Class.method`", possibly across a comment's line break.
+    const reference = /((?:server|python_client)\/\w+\.py)(?:'s)?[\s*]*`([\w.]+)`/g;
+    let checked = 0;
+    for (const file of (await readdir(join(ROOT, "js_client"))).filter((name) => name.endsWith(".js"))) {
+      const source = await readFile(join(ROOT, "js_client", file), "utf8");
+      for (const [, python, name] of source.matchAll(reference)) {
+        const text = await readFile(join(ROOT, python), "utf8");
+        for (const part of name.split(".")) {
+          assert.match(text, new RegExp(`^\\s*(?:async )?(?:def|class) ${part}\\b`, "m"), `js_client/${file} names ${python} \`${name}\``);
+        }
+        checked += 1;
+      }
+    }
+    assert.ok(checked >= 2, `only ${checked} references found`);
   });
 
   test("the first callback carries the current state: a query, a collection, a document, a missing one", async () => {

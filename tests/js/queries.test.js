@@ -9,6 +9,9 @@ import { closeServer, openServer, readJson } from "./helpers.js";
 
 const { cases: CASES } = await readJson("tests", "cases", "queries.json");
 const QUERY_MEMBERS = ["where", "orderBy", "limit", "limitToLast", "offset", "startAt", "startAfter", "endAt", "endBefore"];
+// Cases about Python's integers, which JavaScript has not: its 9007199254740992 is a double, sent
+// as the float 9007199254740992.0, which the server takes (as it takes Python's 2.0**53).
+const FLOAT_IN_JAVASCRIPT = ["error-value-beyond-safe-integer"];
 
 let server;
 let db;
@@ -76,6 +79,10 @@ describe("query cases", () => {
       const ref = doc(db, collection);
       const wire = { path: [collection], ...c.query };
 
+      if (FLOAT_IN_JAVASCRIPT.includes(c.name)) {
+        assert.deepEqual(await build(ref, c.query).query.stream(), []);
+        return;
+      }
       if ("error" in c) {
         // The client refuses before sending …
         const params = c.aggregate ? { query: wire, ...c.aggregate } : { query: wire };
@@ -104,9 +111,9 @@ describe("query cases", () => {
       } else {
         assert.deepEqual(result.map((d) => d.id), c.expect);
         for (const d of result) assert.ok(jsonEqual(d.value, c.documents[d.id]), d.id);
-        // get() holds the same documents (in order where no id looks like an array index).
+        // get() holds the same documents in the same order.
         const got = await query.get();
-        assert.deepEqual(new Set(Object.keys(got)), new Set(c.expect));
+        assert.deepEqual([...got.keys()], c.expect);
       }
     });
   }

@@ -3,6 +3,7 @@
 // a man-in-the-middle proxy), timeouts and close().
 
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import WebSocket, { WebSocketServer } from "ws";
 
@@ -15,7 +16,7 @@ import {
   UnavailableError,
   doc,
 } from "../../js_client/index.js";
-import { Server, readJson, unique } from "./helpers.js";
+import { Server, readJson, runPython, tempDir, unique, writeConfig } from "./helpers.js";
 
 const VECTORS = await readJson("tests", "cases", "channel.json");
 
@@ -365,6 +366,120 @@ describe("lost connections and reconnects", () => {
       server.child.kill("SIGCONT");
     }
     await db.close();
+  });
+});
+
+describe("refused connections: UNAVAILABLE, as in Python", () => {
+  const GAME = "https://game.example";
+  let guarded; // a server that allows one Origin and one connection per address
+  let config;
+
+  before(async () => {
+    const dir = await tempDir();
+    await writeConfig(dir, { origins: [GAME], limits: { maxConnectionsPerAddress: 1 } });
+    guarded = await Server.start({ dir });
+    config = await guarded.clientConfig();
+  });
+
+  after(async () => {
+    await guarded?.cleanup();
+  });
+
+  /** A WebSocket class that sends `origin` (Node's sends none, which this server refuses too). */
+  const from = (origin) =>
+    class extends WebSocket {
+      constructor(url) {
+        super(url, origin ? { origin } : {});
+      }
+    };
+
+  /** As a browser's: its error event does not say why it failed to open. */
+  const silent = (origin) =>
+    class extends from(origin) {
+      get onerror() {
+        return super.onerror;
+      }
+
+      set onerror(listener) {
+        super.onerror = () => listener(new Event("error"));
+      }
+    };
+
+  /** [class, reason, message] of the error Python's remote client raises for a first call. */
+  async function python() {
+    const code = [
+      "import json",
+      "from python_client import Montybase, doc",
+      "from python_client.errors import MontybaseError",
+      `db = Montybase(api=${JSON.stringify(guarded.endpoint)}, config=${JSON.stringify(join(guarded.dir, "montybase.json"))})`,
+      "try:",
+      "    doc(db, 'c', 'x').get()",
+      "    print(json.dumps(None))",
+      "except MontybaseError as exc:",
+      "    print(json.dumps([type(exc).__name__, exc.reason, str(exc)]))",
+      "db.close()",
+    ].join("\n");
+    return JSON.parse(await runPython(code));
+  }
+
+  async function javascript(WebSocketClass) {
+    const db = new Montybase(config, { WebSocket: WebSocketClass });
+    try {
+      await doc(db, "c", "x").get();
+      return null;
+    } catch (error) {
+      return [error.constructor.name, error.reason, error.message];
+    } finally {
+      await db.close();
+    }
+  }
+
+  test("an Origin the server does not allow: UnavailableError, with Python's message", async () => {
+    const refused = `cannot connect to ${guarded.endpoint}: server rejected WebSocket connection: HTTP 403`;
+    assert.deepEqual(await python(), ["UnavailableError", "UNAVAILABLE", refused]); // Python sends no Origin
+    assert.deepEqual(await javascript(from(null)), ["UnavailableError", "UNAVAILABLE", refused]);
+    assert.deepEqual(await javascript(from("https://evil.example")), ["UnavailableError", "UNAVAILABLE", refused]);
+    assert.equal(await javascript(from(GAME)), null);
+  });
+
+  test("the per-address cap reached: UnavailableError, with Python's message", async () => {
+    const first = new Montybase(config, { WebSocket: from(GAME) });
+    try {
+      await doc(first, "c", "x").get(); // holds the address's one connection
+      const refused = `cannot connect to ${guarded.endpoint}: server rejected WebSocket connection: HTTP 429`;
+      assert.deepEqual(await javascript(from(GAME)), ["UnavailableError", "UNAVAILABLE", refused]);
+      assert.deepEqual(await python(), ["UnavailableError", "UNAVAILABLE", refused]);
+    } finally {
+      await first.close();
+    }
+    assert.equal(await javascript(from(GAME)), null);
+  });
+
+  test("where the WebSocket hides why (a browser), an HTTP answer tells a refusal from an unreachable server", async () => {
+    const [kind, reason] = await javascript(silent("https://evil.example"));
+    assert.deepEqual([kind, reason], ["UnavailableError", "UNAVAILABLE"]);
+    const db = new Montybase({ ...config, endpoint: "ws://127.0.0.1:9" }, { WebSocket: silent(GAME) });
+    await assert.rejects(doc(db, "c", "x").get(), (error) => lost(error) && error.message.startsWith("cannot connect to ws://127.0.0.1:9"));
+    await db.close();
+  });
+
+  test("a listener is refused by the cap, then subscribed once the connection is free", async () => {
+    const first = new Montybase(config, { WebSocket: from(GAME) });
+    const second = new Montybase(config, { WebSocket: from(GAME) });
+    try {
+      await doc(first, "c", "x").set({ n: 1 });
+      const seen = [];
+      const stop = doc(second, "c", "x").onSnapshot((snapshot) => seen.push(snapshot));
+      await new Promise((resolve) => setTimeout(resolve, 200)); // refused, retried with backoff
+      assert.deepEqual(seen, []);
+      await first.close();
+      await stop.ready;
+      assert.deepEqual(seen[0], { id: "x", value: { n: 1 }, exists: true });
+      stop();
+    } finally {
+      await first.close();
+      await second.close();
+    }
   });
 });
 
