@@ -263,9 +263,9 @@ describe("every door: deletes and their subcollections, transaction reads", () =
     error = await refusal(doc(anonymous, "rooms", "r2").delete(), PermissionDeniedError);
     assert.deepEqual(error.data.document, ["rooms", "r2", "messages", "m2"]);
     assert.deepEqual(await doc(admin, "profiles", me).get(), { name: "Alice" });
-    assert.deepEqual(await doc(admin, "profiles", me, "notes").get(), { n1: { author: me } });
-    assert.deepEqual(await doc(admin, "profiles", me, "badges").get(), { banned: { holder: me, why: "spam" } });
-    assert.deepEqual(await doc(admin, "rooms", "r2", "messages").get(), { m2: { text: "yo" } });
+    assert.deepEqual(await doc(admin, "profiles", me, "notes").get(), new Map([["n1", { author: me }]]));
+    assert.deepEqual(await doc(admin, "profiles", me, "badges").get(), new Map([["banned", { holder: me, why: "spam" }]]));
+    assert.deepEqual(await doc(admin, "rooms", "r2", "messages").get(), new Map([["m2", { text: "yo" }]]));
     await quiet.check();
     quiet.close();
   });
@@ -273,12 +273,12 @@ describe("every door: deletes and their subcollections, transaction reads", () =
   test("a delete whose subcollections allow it takes them along", async () => {
     const me = uids.alice;
     await doc(admin, "profiles", me, "badges").delete(); // the admin key passes every rule
-    assert.deepEqual(await doc(admin, "profiles", me, "badges").get(), {});
+    assert.deepEqual(await doc(admin, "profiles", me, "badges").get(), new Map());
     await doc(alice, "profiles").set({ name: "Alice" }, me);
     await doc(alice, "profiles", me, "notes").add({ author: me }, "n2");
     await doc(alice, "profiles", me).delete();
     assert.equal(await doc(admin, "profiles", me).get(), null);
-    assert.deepEqual(await doc(admin, "profiles", me, "notes").get(), {});
+    assert.deepEqual(await doc(admin, "profiles", me, "notes").get(), new Map());
   });
 
   test("a transaction read of what the reader may not read is PERMISSION_DENIED, right or wrong", async () => {
@@ -299,11 +299,11 @@ describe("every door: deletes and their subcollections, transaction reads", () =
     const seen = [];
     const mine = await alice.transaction(async (tx) => {
       const notes = await tx.get(doc(alice, "notes"));
-      seen.push(Object.keys(notes).sort());
+      seen.push([...notes.keys()].sort());
       await doc(admin, "notes").set({ author: uids.bob, n: seen.length }, `b${seen.length + 1}`); // not hers
       if (seen.length === 1) await doc(admin, "notes").set({ author: uids.alice, n: 3 }, "a2"); // hers: a conflict
-      tx.set(doc(alice, "marker", "tx"), { mine: Object.keys(notes).length });
-      return Object.keys(notes).length;
+      tx.set(doc(alice, "marker", "tx"), { mine: notes.size });
+      return notes.size;
     });
     assert.equal(mine, 2);
     assert.deepEqual(seen, [["a1"], ["a1", "a2"]]);
