@@ -284,6 +284,67 @@ def test_limit_to_last_start_after_and_end_at(scores):
     assert list(ordered.end_before(100).offset(1).get()) == ["zed"]
 
 
+def _page_through(first_page, size: int, pages: int = 1000) -> list[str]:
+    """Every id a query returns, read page by page, each page starting after the last document."""
+    ids, query = [], first_page
+    for _ in range(pages):  # bounded: more pages than documents means paging is stuck
+        page = query.limit(size).stream()
+        ids += [d["id"] for d in page]
+        if len(page) < size:
+            return ids
+        query = first_page.start_after(page[-1])
+    raise AssertionError("paging never reached the end")
+
+
+@pytest.fixture
+def ties(db):
+    """300 documents sharing 7 scores, in one batch (a later id is not a later score)."""
+    batch = db.batch()
+    for i in range(300):
+        batch.add(doc(db, "ties"), {"score": (i * 5) % 7, "n": i}, key=f"d{(i * 37) % 300:03}")
+    batch.commit()
+    return doc(db, "ties")
+
+
+def test_paging_with_a_document_cursor_returns_every_document_once(ties):
+    ordered = ties.order_by("score", "desc")
+    expected = [d["id"] for d in ordered.stream()]
+    assert len(expected) == 300
+    assert _page_through(ordered, 7) == expected
+    assert _page_through(ties.query(), 7) == sorted(expected)
+
+
+def test_a_cursor_of_order_values_and_an_id_breaks_ties(ties):
+    ordered = ties.order_by("score")
+    first = ordered.stream()[20]
+    after = ordered.start_after(first["value"]["score"], first["id"]).limit(3).stream()
+    assert after == ordered.start_after(first).limit(3).stream() == ordered.stream()[21:24]
+    assert ordered.end_before(first).stream() == ordered.stream()[:20]
+    assert ordered.start_at(first).end_at(first).stream() == [first]
+
+
+def test_a_document_snapshot_is_a_cursor(ties):
+    seen, ready = [], threading.Event()
+    unsubscribe = ties.append("d005").on_snapshot(lambda snapshot: (seen.append(snapshot), ready.set()))
+    assert ready.wait(10)
+    unsubscribe()
+    ordered = ties.order_by("score")
+    everything = [d["id"] for d in ordered.stream()]
+    position = everything.index("d005")
+    assert [d["id"] for d in ordered.start_after(seen[0]).limit(2).stream()] == everything[position + 1 : position + 3]
+
+
+def test_a_cursor_document_lacking_an_order_field_is_invalid_argument(ties):
+    with pytest.raises(InvalidArgumentError) as caught:
+        ties.order_by("rank").start_after({"id": "d001", "value": {"score": 1}})
+    assert caught.value.data["path"] == "/query/startAfter"
+
+
+def test_order_by_after_a_cursor_is_invalid_argument(ties):
+    with pytest.raises(InvalidArgumentError):
+        ties.start_after("d001").order_by("score")
+
+
 def test_sum_and_avg_read_numbers(scores):
     assert scores.sum("score") == 440
     assert scores.avg("score") == 110

@@ -25,7 +25,7 @@ import {
   minimum,
   serverTimestamp,
 } from "../../js_client/index.js";
-import { closeServer, openServer, unique } from "./helpers.js";
+import { closeServer, firstSnapshot, openServer, unique } from "./helpers.js";
 
 let server;
 let db; // the client key, as a web page has it
@@ -335,6 +335,30 @@ describe("queries", () => {
     assert.deepEqual(Object.keys(await ordered.startAfter(100).get()), ["toriel", "isaac"]);
     assert.deepEqual(Object.keys(await ordered.startAt(100).endAt(120).get()), ["amor", "toriel"]);
     assert.deepEqual(Object.keys(await ordered.endBefore(100).offset(1).get()), ["zed"]);
+  });
+
+  test("a document from stream() or a snapshot is a cursor: its order values, then its id", async () => {
+    const ref = doc(db, unique("ties"));
+    for (let i = 0; i < 12; i++) await ref.add({ score: i % 3 }, `d${String((i * 5) % 12).padStart(2, "0")}`);
+    const ordered = ref.orderBy("score");
+    const all = await ordered.stream();
+    assert.deepEqual(ordered.startAfter(all[4]).wire.startAfter, [all[4].value.score, all[4].id]);
+    assert.deepEqual(await ordered.startAfter(all[4]).limit(3).stream(), all.slice(5, 8));
+    assert.deepEqual(await ordered.endBefore(all[4]).stream(), all.slice(0, 4));
+    const snapshot = await firstSnapshot(ref.append(all[6].id));
+    assert.deepEqual(await ordered.startAt(snapshot).limit(2).stream(), all.slice(6, 8));
+    assert.throws(() => ordered.startAfter({ ...snapshot, exists: false, value: {} }), InvalidArgumentError);
+  });
+
+  test("a cursor document lacking an order field is INVALID_ARGUMENT at once", () => {
+    assert.throws(
+      () => scores.orderBy("rank").startAfter({ id: "amor", value: { score: 100 } }),
+      (error) => error instanceof InvalidArgumentError && error.data.path === "/query/startAfter",
+    );
+  });
+
+  test("orderBy after a cursor is INVALID_ARGUMENT at once", () => {
+    assert.throws(() => scores.startAfter("amor").orderBy("score"), InvalidArgumentError);
   });
 
   test("sum and avg read numbers", async () => {
