@@ -711,7 +711,17 @@ export class Transaction extends WriteBatch {
 }
 
 /**
- * Run `fn(transaction)` and commit; on CONFLICT run it again, up to `maxAttempts` times.
+ * How often a transaction runs at most, and its backoff: after its nth conflict it waits a random
+ * time up to 10 ms × 2^(n-1), at most 500 ms (full-jitter exponential backoff), so contending
+ * writers spread out instead of colliding again (python_client/refs.py says why 20 attempts).
+ */
+export const MAX_ATTEMPTS = 20;
+const BACKOFF_FIRST_MS = 10;
+const BACKOFF_CAP_MS = 500;
+
+/**
+ * Run `fn(transaction)` and commit; on CONFLICT wait (randomized exponential backoff) and run it
+ * again, up to `maxAttempts` times in all.
  * @template T
  * @param {Backend} backend
  * @param {(tx: Transaction) => T | Promise<T>} fn
@@ -728,10 +738,11 @@ export async function runTransaction(backend, fn, maxAttempts) {
     const result = await fn(transaction);
     try {
       await transaction.commit();
+      return result;
     } catch (error) {
-      if (error instanceof ConflictError && attempt < maxAttempts) continue;
-      throw error;
+      if (!(error instanceof ConflictError) || attempt >= maxAttempts) throw error;
     }
-    return result;
+    const wait = Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_FIRST_MS * 2 ** (attempt - 1));
+    await new Promise((resolve) => setTimeout(resolve, wait));
   }
 }

@@ -490,6 +490,38 @@ def test_transaction_gives_up_with_conflict_after_max_attempts(db):
     assert ref.get() == {"n": 3}
 
 
+def test_contended_transactions_all_commit_with_backoff(served):
+    """8 clients, each 25 transactional increments of one counter: every one commits."""
+    clients = [served.client() for _ in range(8)]
+    counter = doc(clients[0], "c", "counter")
+    counter.set({"n": 0})
+    failures: list[BaseException] = []
+
+    def bump(handle):
+        ref = doc(handle, "c", "counter")
+
+        def increment_once(tx):
+            tx.set(ref, {"n": tx.get(ref)["n"] + 1})
+
+        try:
+            for _ in range(25):
+                handle.transaction(increment_once)
+        except MontybaseError as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=bump, args=(handle,)) for handle in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    try:
+        assert not any(thread.is_alive() for thread in threads)
+        assert failures == [] and counter.get() == {"n": 200}
+    finally:
+        for handle in clients:
+            handle.close()
+
+
 def test_transaction_that_raises_writes_nothing(db):
     ref = doc(db, "c", "x")
 

@@ -517,6 +517,24 @@ describe("batches and transactions", () => {
     assert.deepEqual(await ref.get(), { n: 3 });
   });
 
+  test("8 clients × 25 contended transactional increments all commit (backoff)", async () => {
+    const config = await server.clientConfig();
+    const clients = Array.from({ length: 8 }, () => new Montybase(config, { WebSocket }));
+    const path = [unique("c"), "counter"];
+    try {
+      await doc(clients[0], ...path).set({ n: 0 });
+      await Promise.all(
+        clients.map(async (client) => {
+          const ref = doc(client, ...path);
+          for (let i = 0; i < 25; i++) await client.transaction(async (tx) => tx.set(ref, { n: (await tx.get(ref)).n + 1 }));
+        }),
+      );
+      assert.deepEqual(await doc(db, ...path).get(), { n: 200 });
+    } finally {
+      await Promise.all(clients.map((client) => client.close()));
+    }
+  });
+
   test("a transaction that throws writes nothing", async () => {
     const ref = doc(db, unique("c"), "x");
     await assert.rejects(
