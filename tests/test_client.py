@@ -351,6 +351,20 @@ def test_sum_and_avg_read_numbers(scores):
     assert scores.where("score", ">", 1000).avg("score") is None
 
 
+def test_sum_past_safe_integers_is_a_float_and_past_the_largest_number_invalid_argument(db):
+    ref = doc(db, "big")
+    ref.add({"v": 2**53 - 1}, key="a")
+    ref.add({"v": 2}, key="b")
+    total = ref.sum("v")
+    assert type(total) is float and total == float(2**53 + 1)
+    ref.set({"v": 1.7e308}, key="a")
+    ref.set({"v": 1.7e308}, key="b")
+    with pytest.raises(InvalidArgumentError) as caught:
+        ref.sum("v")
+    assert caught.value.data["path"] == "/field"
+    assert ref.avg("v") == 1.7e308 and ref.count() == 2  # the connection goes on
+
+
 def test_bad_direction_is_invalid_argument(scores):
     with pytest.raises(InvalidArgumentError):
         scores.order_by("score", "sideways")
