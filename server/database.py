@@ -189,7 +189,13 @@ class Database:
         that document exists (no existence oracle)."""
         return len(path) % 2 == 1 and (len(path) == 1 or path in self.tree.collections)
 
+    def _check_open(self) -> None:
+        """Reads after close() answer as writes do (the storage is released, the data may be stale)."""
+        if self._closed.is_set():
+            raise UnavailableError("the database is closed")
+
     def _get(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+        self._check_open()
         path = check_path(params.get("path"))
         if principal is None:  # the program that owns the database: the hot path of embedded reads
             if len(path) % 2 == 0 and path:
@@ -226,6 +232,7 @@ class Database:
         return self.tree.select(query)
 
     def _query(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+        self._check_open()
         query = parse_query(params.get("query"))
         with self._lock:
             selected = self._select(query, principal)
@@ -235,6 +242,7 @@ class Database:
         return {"docs": docs}, 0
 
     def _aggregate(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+        self._check_open()
         op = params.get("op")
         if op not in AGGREGATES:
             raise InvalidArgumentError(f"aggregate op must be one of {', '.join(AGGREGATES)}, got {op!r}", {"path": "op"})

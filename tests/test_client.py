@@ -14,6 +14,7 @@ from python_client import (
     InvalidArgumentError,
     MontybaseError,
     NotFoundError,
+    UnavailableError,
     array_remove,
     array_union,
     delete_field,
@@ -547,6 +548,17 @@ def test_transaction_that_raises_writes_nothing(db):
     with pytest.raises(RuntimeError):
         db.transaction(fails)
     assert ref.get() is None
+
+
+def test_reads_after_close_are_unavailable(db):
+    ref = doc(db, "c")
+    ref.add({"n": 1}, key="a")
+    db.close()
+    reads = [ref.get, ref.append("a").get, ref.stream, ref.exists, ref.count, lambda: ref.sum("n"),
+             ref.order_by("n").limit(1).stream]
+    for read in reads:
+        with pytest.raises(UnavailableError):
+            read()
 
 
 def test_every_error_is_a_montybase_error_with_code_reason_data(db):
