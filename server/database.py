@@ -22,7 +22,7 @@ from .errors import (
 )
 from .accounts import Accounts
 from .paths import check_path, field_path, generate_id
-from .query import Query, aggregate, parse_query
+from .query import Query, aggregate, parse_query, run
 from .rules import Principal, RateLimiter, Rules
 from .storage import Storage
 from .tree import Change, Tree
@@ -222,14 +222,28 @@ class Database:
             return {"value": clone(self.tree.read(path))}, 0
 
     def _select(self, query: Query, principal: Principal | None) -> list[tuple[str, Any]]:
-        """Run a query as `principal` may (under the lock)."""
-        if principal is not None and not principal.admin:
-            one_document = len(query.path) % 2 == 0
-            if one_document:  # denied outright, whether or not it exists, as a get is
-                self.rules.check_read(principal, query.path, self.tree.document(query.path))
-            query = self.rules.narrow(principal, query)
-            self.rates.take(principal, self.rules.match(query.path[:-1] if one_document else query.path), "list")
-        return self.tree.select(query)
+        """Run a query as `principal` may (under the lock). A path that is neither a collection
+        nor a document names a field, as for `get`: it reads as one document, the field's value
+        with the path's last segment as id (nothing if the field is missing)."""
+        path = query.path
+        guarded = principal is not None and not principal.admin
+        if self._reads_collection(path):
+            if guarded:
+                query = self.rules.narrow(principal, query)
+                self.rates.take(principal, self.rules.match(path), "list")
+            return self.tree.select(query)
+        doc_path, document = self.tree.addressed(path)
+        if guarded:  # the document's get rule decides, whether or not it exists, as for a get
+            self.rules.check_read(principal, doc_path, document)
+            if doc_path == path:
+                query = self.rules.narrow(principal, query)
+            self.rates.take(principal, self.rules.match(doc_path[:-1]), "list")
+        if doc_path == path:
+            return self.tree.select(query)
+        found, value = self.tree.field(path)
+        if not found or (query.where and type(value) is not dict):  # a where reads fields of an object
+            return []
+        return run(query, {path[-1]: value}, None)
 
     def _query(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         self._check_open()
@@ -252,8 +266,8 @@ class Database:
             if op == "exists":
                 empty_window = query.limit == 0 or query.limit_to_last == 0
                 value: Any = not empty_window and bool(self._select(replace(query, limit=1, limit_to_last=None), principal))
-            elif op == "count" and query.plain and len(query.path) % 2 and principal is None:
-                value = len(self.tree.collections.get(query.path, ()))
+            elif op == "count" and query.plain and principal is None and query.path in self.tree.collections:
+                value = len(self.tree.collections[query.path])
             else:
                 value = aggregate(op, field, self._select(query, principal))
         return {"value": value}, 0
