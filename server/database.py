@@ -436,7 +436,8 @@ class Database:
                     old = None
                 else:
                     old = batch.document(path)
-                document = prepare(value, old, "value", now_ms, "set")
+                # set replaces the document first (as Firestore's does): its transforms start from nothing.
+                document = prepare(value, None, "value", now_ms, "set")
                 if op == "add" and old is not None:
                     check("create", path, None, document, final=False)  # only creators learn it exists
                     raise AlreadyExistsError(f"a document already exists at {'/'.join(path)}", {"path": list(path)})

@@ -409,6 +409,13 @@ def test_server_timestamp_and_delete_field(db):
     assert set(value) == {"at"} and before <= value["at"] <= int(time.time() * 1000) + 1
 
 
+def test_transforms_in_set_start_from_nothing_as_set_replaces_the_document(db):
+    ref = doc(db, "c", "x")
+    ref.set({"n": 5, "best": 10, "tags": ["a"], "deep": {"n": 5}})
+    ref.set({"n": increment(1), "best": maximum(3), "tags": array_union("b"), "deep": {"n": increment(2)}})
+    assert ref.get() == {"n": 1, "best": 3, "tags": ["b"], "deep": {"n": 2}}
+
+
 def test_transforms_in_add_start_from_nothing(db):
     uid = doc(db, "c").add({"n": increment(3), "tags": array_union("x"), "nested": {"m": maximum(4)}})
     assert doc(db, "c", uid).get() == {"n": 3, "tags": ["x"], "nested": {"m": 4}}

@@ -418,6 +418,13 @@ describe("transforms", () => {
     assert.ok(before - 5 <= value.at && value.at <= Date.now() + 5);
   });
 
+  test("transforms in set start from nothing, as set replaces the document", async () => {
+    const ref = doc(db, unique("c"), "x");
+    await ref.set({ n: 5, best: 10, tags: ["a"], deep: { n: 5 } });
+    await ref.set({ n: increment(1), best: maximum(3), tags: arrayUnion("b"), deep: { n: increment(2) } });
+    assert.deepEqual(await ref.get(), { n: 1, best: 3, tags: ["b"], deep: { n: 2 } });
+  });
+
   test("transforms in add start from nothing", async () => {
     const name = unique("c");
     const uid = await doc(db, name).add({ n: increment(3), tags: arrayUnion("x"), nested: { m: maximum(4) } });
