@@ -387,7 +387,7 @@ class Database:
         results: list[dict] = []
         guarded = principal is not None and not private
 
-        def check(op: str, path: Path, old: Any, new: Any, final: bool = True) -> Any:
+        def check(op: str, path: Path, old: Any, new: Any, final: bool = True, replacing: bool = False) -> Any:
             """The rules for one write; `final` once per write (it spends a rate-limit token)."""
             if not guarded:
                 return new
@@ -399,7 +399,7 @@ class Database:
                 size = len(self.tree.collections.get(collection, ())) + sum(
                     1 for doc_path, doc in batch.docs.items() if doc_path[:-1] == collection and doc is not None
                 )
-            return self.rules.check_write(principal, op, path, old, new, now_ms, size)
+            return self.rules.check_write(principal, op, path, old, new, now_ms, size, replacing=replacing)
 
         for i, write in enumerate(writes):
             where = f"writes[{i}]" if len(writes) > 1 else "params"
@@ -441,7 +441,7 @@ class Database:
                 if op == "add" and old is not None:
                     check("create", path, None, document, final=False)  # only creators learn it exists
                     raise AlreadyExistsError(f"a document already exists at {'/'.join(path)}", {"path": list(path)})
-                document = check("create" if old is None else "update", path, old, document)
+                document = check("create" if old is None else "update", path, old, document, replacing=True)
             operations.append(["set", list(path), document])
             batch.docs[path] = document
             results.append({"id": path[-1]})
