@@ -213,10 +213,11 @@ def _kept(new: dict, old: dict, fields: tuple[tuple[str, ...], ...]) -> dict:
         else:
             out = parent = dict(new)
             for key in field[:-1]:
-                child = parent.setdefault(key, {})
+                child = parent.get(key, {})
                 if type(child) is not dict:
                     break
-                parent[key] = parent = dict(child)
+                parent[key] = child = dict(child)
+                parent = child
             else:
                 if field[-1] not in parent:
                     parent[field[-1]] = value
