@@ -17,7 +17,7 @@
 import { subtle } from "./channel.js";
 import { RemoteBackend, websocketUrl } from "./connection.js";
 import { InvalidArgumentError } from "./errors.js";
-import { Transaction, WriteBatch, makeReference, runTransaction } from "./refs.js";
+import { MAX_ATTEMPTS, Transaction, WriteBatch, makeReference, runTransaction } from "./refs.js";
 import { splitSegments } from "./values.js";
 
 /** Errors: `MontybaseError` and one class per reason of schemas/errors.json (see errors.js). */
@@ -172,14 +172,15 @@ export class Montybase {
 
   /**
    * Run `fn(tx)`: its reads (`await tx.get(ref)`), then its writes (`tx.set(ref, …)`, …),
-   * committed together; if what it read changed meanwhile, it runs again (up to `maxAttempts`).
+   * committed together; if what it read changed meanwhile, it waits a random, growing time
+   * (10 ms × 2^n at most, capped at 500 ms) and runs again, up to `maxAttempts` times (20).
    * @template T
    * @param {(tx: Transaction) => T | Promise<T>} fn
    * @param {{maxAttempts?: number}} [options]
    * @returns {Promise<T>} what `fn` returned
    * @throws {MontybaseError} ConflictError after the last attempt, or whatever `fn` throws
    */
-  transaction(fn, { maxAttempts = 5 } = {}) {
+  transaction(fn, { maxAttempts = MAX_ATTEMPTS } = {}) {
     return runTransaction(this._backend, fn, maxAttempts);
   }
 

@@ -5,7 +5,7 @@
  */
 
 import { ConflictError, InvalidArgumentError } from "./errors.js";
-import { checkKey, pointer, splitSegments, updateFields, wireField } from "./values.js";
+import { checkKey, fieldPath, pointer, splitSegments, updateFields, wireField } from "./values.js";
 
 /**
  * @typedef {object} Backend where calls go
@@ -64,6 +64,42 @@ function inIdOrder(value) {
 export function makeReference(backend, segments) {
   const Kind = segments.length && segments.length % 2 === 0 ? DocumentReference : CollectionReference;
   return new Kind(backend, segments);
+}
+
+const CURSORS = ["startAt", "startAfter", "endAt", "endBefore"];
+
+function isRecord(value) {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+/**
+ * `[id, document]` of a document given as a cursor: a `stream()` item or a snapshot's doc
+ * (`{id, value}`), or a document snapshot (`{id, value, exists}`); null for a plain value.
+ */
+function cursorDocument(value, cursor) {
+  if (!isRecord(value) || typeof value.id !== "string" || !isRecord(value.value)) return null;
+  const keys = Object.keys(value);
+  if (!keys.every((key) => key === "id" || key === "value" || key === "exists")) return null;
+  if (value.exists === false) {
+    throw new InvalidArgumentError(`${cursor}: document '${value.id}' does not exist`, { path: `/query/${cursor}` });
+  }
+  return [value.id, value.value];
+}
+
+/** The value of an order field in a cursor document; INVALID_ARGUMENT if it lacks it. */
+function orderValue(document, field, id, cursor) {
+  let value = document;
+  for (const key of fieldPath(field, `/query/${cursor}`)) {
+    if (!isRecord(value) || !Object.hasOwn(value, key)) {
+      throw new InvalidArgumentError(`${cursor}: document '${id}' has no field ${JSON.stringify(field)} to order by`, {
+        path: `/query/${cursor}`,
+      });
+    }
+    value = value[key];
+  }
+  return value;
 }
 
 const DIRECTIONS = new Map([["asc", "asc"], ["ascending", "asc"], ["desc", "desc"], ["descending", "desc"]]);
@@ -139,12 +175,15 @@ export class Query {
 
   /**
    * Order by `field`, "asc" or "desc"; documents lacking it are left out; ties break by id.
+   * Before any cursor (as in Firestore), whose values follow the order fields.
    * @param {string | string[]} field
    * @param {"asc" | "desc"} [direction]
    * @returns {Query}
-   * @throws {MontybaseError} InvalidArgumentError for another direction
+   * @throws {MontybaseError} InvalidArgumentError for another direction, or after a cursor
    */
   orderBy(field, direction = "asc") {
+    const cursor = CURSORS.find((name) => Object.hasOwn(this.#spec, name));
+    if (cursor) throw new InvalidArgumentError(`orderBy must come before the cursor (${cursor})`, { path: `/query/${cursor}` });
     const normalized = typeof direction === "string" ? DIRECTIONS.get(direction.toLowerCase()) : undefined;
     if (normalized === undefined) {
       const at = pointer("/query/orderBy", (this.#spec.orderBy ?? []).length, 1);
@@ -180,40 +219,55 @@ export class Query {
     return this.#with([], "offset", n);
   }
 
+  #cursor(name, values, drop) {
+    const document = values.length === 1 ? cursorDocument(values[0], name) : null;
+    if (document) {
+      const [id, value] = document;
+      values = [...(this.#spec.orderBy ?? []).map(([field]) => orderValue(value, field, id, name)), id];
+    }
+    return this.#with([drop], name, values);
+  }
+
   /**
-   * Start at the document whose order fields equal `values` (inclusive).
-   * @param {...unknown} values one per orderBy field, then optionally an id
+   * Start at the document whose order fields equal `values` (inclusive). One more value than
+   * order fields is an id (ties break by id); a document (`{id, value}` from `stream()` or a
+   * snapshot) stands for its order fields' values and its id, as in Firestore.
+   * @param {...unknown} values one per orderBy field, then optionally an id; or one document
    * @returns {Query}
+   * @throws {MontybaseError} InvalidArgumentError for a document lacking an order field
    */
   startAt(...values) {
-    return this.#with(["startAfter"], "startAt", values);
+    return this.#cursor("startAt", values, "startAfter");
   }
 
   /**
-   * Start after the document whose order fields equal `values`.
+   * Start after the document whose order fields (then id) equal `values`, or after a document.
    * @param {...unknown} values
    * @returns {Query}
+   * @throws {MontybaseError} InvalidArgumentError for a document lacking an order field
    */
   startAfter(...values) {
-    return this.#with(["startAt"], "startAfter", values);
+    return this.#cursor("startAfter", values, "startAt");
   }
 
   /**
-   * End at the document whose order fields equal `values` (inclusive).
+   * End at the document whose order fields (then id) equal `values`, or at a document (inclusive).
    * @param {...unknown} values
    * @returns {Query}
+   * @throws {MontybaseError} InvalidArgumentError for a document lacking an order field
    */
   endAt(...values) {
-    return this.#with(["endBefore"], "endAt", values);
+    return this.#cursor("endAt", values, "endBefore");
   }
 
   /**
-   * End before the document whose order fields equal `values`.
+   * End before the document whose order fields (then id) equal `values`, or before a document.
    * @param {...unknown} values
    * @returns {Query}
+   * @throws {MontybaseError} InvalidArgumentError for a document lacking an order field
    */
   endBefore(...values) {
-    return this.#with(["endAt"], "endBefore", values);
+    return this.#cursor("endBefore", values, "endAt");
   }
 
   // Terminals
@@ -731,7 +785,17 @@ export class Transaction extends WriteBatch {
 }
 
 /**
- * Run `fn(transaction)` and commit; on CONFLICT run it again, up to `maxAttempts` times.
+ * How often a transaction runs at most, and its backoff: after its nth conflict it waits a random
+ * time up to 10 ms × 2^(n-1), at most 500 ms (full-jitter exponential backoff), so contending
+ * writers spread out instead of colliding again (python_client/refs.py says why 20 attempts).
+ */
+export const MAX_ATTEMPTS = 20;
+const BACKOFF_FIRST_MS = 10;
+const BACKOFF_CAP_MS = 500;
+
+/**
+ * Run `fn(transaction)` and commit; on CONFLICT wait (randomized exponential backoff) and run it
+ * again, up to `maxAttempts` times in all.
  * @template T
  * @param {Backend} backend
  * @param {(tx: Transaction) => T | Promise<T>} fn
@@ -748,10 +812,11 @@ export async function runTransaction(backend, fn, maxAttempts) {
     const result = await fn(transaction);
     try {
       await transaction.commit();
+      return result;
     } catch (error) {
-      if (error instanceof ConflictError && attempt < maxAttempts) continue;
-      throw error;
+      if (!(error instanceof ConflictError) || attempt >= maxAttempts) throw error;
     }
-    return result;
+    const wait = Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_FIRST_MS * 2 ** (attempt - 1));
+    await new Promise((resolve) => setTimeout(resolve, wait));
   }
 }

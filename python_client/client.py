@@ -13,7 +13,7 @@ from server.config import DEFAULTS, Limits, load_config, open_database, public_k
 from server.errors import InvalidArgumentError
 
 from .embedded import EmbeddedBackend
-from .refs import Backend, Reference, Transaction, WriteBatch, _segments, make_reference, run_transaction
+from .refs import MAX_ATTEMPTS, Backend, Reference, Transaction, WriteBatch, _segments, make_reference, run_transaction
 from .remote import RemoteBackend
 
 __all__ = ["Montybase", "doc"]
@@ -141,8 +141,10 @@ class Montybase:
         """Collect writes; `commit()` applies them all or none."""
         return WriteBatch(self._backend)
 
-    def transaction(self, fn: Callable[[Transaction], Any], max_attempts: int = 5) -> Any:
-        """Run `fn(transaction)`: its reads, then its writes, committed together; retried on conflict."""
+    def transaction(self, fn: Callable[[Transaction], Any], max_attempts: int = MAX_ATTEMPTS) -> Any:
+        """Run `fn(transaction)`: its reads, then its writes, committed together. If what it read
+        changed meanwhile, wait a random, growing time (10 ms × 2^n at most, capped at 0.5 s) and
+        run it again, up to `max_attempts` times; then raise ConflictError."""
         return run_transaction(self._backend, fn, max_attempts)
 
     def close(self) -> None:

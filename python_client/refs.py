@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from server.errors import ConflictError, InvalidArgumentError
-from server.paths import MAX_PATH_SEGMENTS, CheckedPath, check_key, check_path, simple_key
+from server.paths import MAX_PATH_SEGMENTS, CheckedPath, check_key, check_path, field_path, simple_key
 
 from .listen import DocumentSnapshot, QuerySnapshot
 
@@ -63,6 +66,34 @@ def _fields(value: Any) -> list[list[Any]]:
     return [[_field(field), item] for field, item in value.items()]
 
 
+def _snapshot(value: Any, cursor: str) -> tuple[str, dict[str, Any]] | None:
+    """(id, document) of a document given as a cursor: a `stream()` item {"id", "value"} or a
+    DocumentSnapshot; None for anything else (a plain cursor value)."""
+    if isinstance(value, DocumentSnapshot):
+        if not value.exists:
+            raise InvalidArgumentError(f"{cursor}: document {value.id!r} does not exist", {"path": f"/query/{cursor}"})
+        return value.id, value.value
+    if type(value) is dict and value.keys() == {"id", "value"} and type(value["id"]) is str and type(value["value"]) is dict:
+        return value["id"], value["value"]
+    return None
+
+
+_CURSORS = ("startAt", "startAfter", "endAt", "endBefore")
+
+
+def _order_value(document: dict[str, Any], field: Any, doc_id: str, cursor: str) -> Any:
+    """The value of an order field in a cursor document; INVALID_ARGUMENT if it lacks it (no
+    position in the order would then be its own)."""
+    value: Any = document
+    for key in field_path(field, "field"):
+        if type(value) is not dict or key not in value:
+            raise InvalidArgumentError(
+                f"{cursor}: document {doc_id!r} has no field {field!r} to order by", {"path": f"/query/{cursor}"}
+            )
+        value = value[key]
+    return value
+
+
 class Query:
     """An immutable query: every method returns a new one; terminals run it."""
 
@@ -97,7 +128,11 @@ class Query:
         return self._with(where=[_field(field), op, value])
 
     def order_by(self, field: str | tuple[str, ...], direction: str = "asc") -> Query:
-        """Order by `field`, "asc" or "desc"; documents lacking it are left out."""
+        """Order by `field`, "asc" or "desc"; documents lacking it are left out. Before any
+        cursor (as in Firestore), whose values follow the order fields."""
+        cursor = next((name for name in _CURSORS if name in self._spec), None)
+        if cursor is not None:
+            raise InvalidArgumentError(f"order_by must come before the cursor ({cursor})", {"path": f"/query/{cursor}"})
         normalized = {"asc": "asc", "ascending": "asc", "desc": "desc", "descending": "desc"}.get(
             direction.lower() if isinstance(direction, str) else direction
         )
@@ -117,21 +152,31 @@ class Query:
         """Skip the first `n` matching documents."""
         return self._with(offset=n)
 
+    def _cursor(self, name: str, values: tuple[Any, ...], drop: str) -> Query:
+        """A cursor: the order fields' values, then optionally an id (ties break by id); or one
+        document, which stands for its order fields' values and its id (as in Firestore)."""
+        document = _snapshot(values[0], name) if len(values) == 1 else None
+        if document is not None:
+            doc_id, value = document
+            values = (*(_order_value(value, field, doc_id, name) for field, _ in self._spec.get("orderBy", ())), doc_id)
+        return self._with((drop,), **{name: list(values)})
+
     def start_at(self, *values: Any) -> Query:
-        """Start at the document whose order fields equal `values` (inclusive)."""
-        return self._with(("startAfter",), startAt=list(values))
+        """Start at the document whose order fields equal `values` (inclusive); a last extra
+        value is an id, and a document ({"id", "value"} or a snapshot) stands for both."""
+        return self._cursor("startAt", values, "startAfter")
 
     def start_after(self, *values: Any) -> Query:
-        """Start after the document whose order fields equal `values`."""
-        return self._with(("startAt",), startAfter=list(values))
+        """Start after the document whose order fields (then id) equal `values`, or after a document."""
+        return self._cursor("startAfter", values, "startAt")
 
     def end_at(self, *values: Any) -> Query:
-        """End at the document whose order fields equal `values` (inclusive)."""
-        return self._with(("endBefore",), endAt=list(values))
+        """End at the document whose order fields (then id) equal `values`, or at a document (inclusive)."""
+        return self._cursor("endAt", values, "endBefore")
 
     def end_before(self, *values: Any) -> Query:
-        """End before the document whose order fields equal `values`."""
-        return self._with(("endAt",), endBefore=list(values))
+        """End before the document whose order fields (then id) equal `values`, or before a document."""
+        return self._cursor("endBefore", values, "endAt")
 
     # Terminals
 
@@ -379,16 +424,28 @@ class Transaction(WriteBatch):
         return {"writes": self._writes, "reads": self._reads}
 
 
+# A transaction runs at most MAX_ATTEMPTS times; after its nth conflict it waits a random time up to
+# 10 ms × 2^(n-1), at most 0.5 s (full-jitter exponential backoff), so contending writers spread
+# out instead of colliding again. Under contention the writers that just committed start afresh
+# while a loser waits, so a loser may need many attempts (8 clients × 25 increments of one
+# counter took up to 8 here): hence more attempts than Firestore's 5.
+MAX_ATTEMPTS = 20
+BACKOFF_FIRST = 0.01
+BACKOFF_CAP = 0.5
+
+
 def run_transaction(backend: Backend, fn: Callable[[Transaction], Any], max_attempts: int) -> Any:
-    """Run `fn(transaction)` and commit; on CONFLICT run it again, up to `max_attempts` times."""
-    for attempt in range(max_attempts):
+    """Run `fn(transaction)` and commit; on CONFLICT wait (randomized exponential backoff) and
+    run it again, up to `max_attempts` times in all."""
+    if type(max_attempts) is not int or max_attempts < 1:
+        raise InvalidArgumentError(f"max_attempts must be an integer of at least 1, got {max_attempts!r}", {"path": "max_attempts"})
+    for attempt in itertools.count(1):
         transaction = Transaction(backend)
         result = fn(transaction)
         try:
             transaction.commit()
+            return result
         except ConflictError:
-            if attempt == max_attempts - 1:
+            if attempt >= max_attempts:
                 raise
-            continue
-        return result
-    raise InvalidArgumentError("max_attempts must be at least 1", {"path": "max_attempts"})
+        time.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 1))))

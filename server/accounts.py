@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
+import unicodedata
 from typing import Any
 
 from .database import Database
@@ -49,13 +50,21 @@ def _verify(password: str, stored: str) -> bool:
 _DUMMY_HASH = hash_password("montybase: no such account")  # unknown emails cost the same time
 
 
+def _email_key(email: str) -> str:
+    """One account per address however it is typed: NFKC folds full-width look-alikes and
+    composed/decomposed spellings together, case folding folds case (Unicode's NFKC_Casefold)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", email).casefold()).strip()
+
+
 def _credentials(params: dict[str, Any]) -> tuple[str, str]:
     email, password = params.get("email"), params.get("password")
+    if isinstance(email, str):
+        email = _email_key(email)
     if not isinstance(email, str) or "@" not in email or len(email) > 254:
         raise InvalidArgumentError("email must be an email address", {"path": "params.email"})
     if not isinstance(password, str) or not 8 <= len(password) <= 1024:
         raise InvalidArgumentError("password must be 8 to 1024 characters", {"path": "params.password"})
-    return check_key(email.strip().lower(), "params.email"), password
+    return check_key(email, "params.email"), password
 
 
 def _token_key(token: Any) -> str:

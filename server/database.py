@@ -19,7 +19,7 @@ from .errors import (
     UnavailableError,
 )
 from .paths import check_path, field_path, generate_id
-from .query import _MISSING, Query, aggregate, field_value, parse_query
+from .query import _MISSING, Query, aggregate, field_value, parse_query, run
 from .rules import Principal, RateLimiter, Rules
 from .storage import Storage
 from .tree import Change, Tree
@@ -42,6 +42,18 @@ class _Batch:
         self.tree = tree
         self.docs: dict[Path, Any] = {}
         self.removed: list[Path] = []  # deleted documents and collections (everything below goes too)
+
+    def _check_addressed(self, principal: Principal, path: Path, doc_path: Path, document: Any) -> None:
+        """A read of `path` that is not a collection: the `get` rule of the nearest document
+        (`doc_path`) decides; when nothing is there, not even a field of that document, the
+        path's own rule decides too, so what is missing answers as what exists would (no
+        existence oracle below a readable document)."""
+        self.rules.check_read(principal, doc_path, document)
+        if len(doc_path) < len(path) and (document is None or field_value(document, path[len(doc_path):]) is _MISSING):
+            if len(path) % 2:
+                self.rules.narrow(principal, parse_query({"path": list(path)}))
+            else:
+                self.rules.check_read(principal, path, None)
 
     def document(self, path: Path) -> Any:
         if path in self.docs:
@@ -168,8 +180,14 @@ class Database:
         that document exists (no existence oracle)."""
         return len(path) % 2 == 1 and (len(path) == 1 or path in self.tree.collections)
 
+    def _check_open(self) -> None:
+        """Reads after close() answer as writes do (the storage is released, the data may be stale)."""
+        if self._closed.is_set():
+            raise UnavailableError("the database is closed")
+
     def get(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         """A document, a collection, or a field inside a document."""
+        self._check_open()
         path = check_path(params.get("path"))
         if principal is None or principal.admin:  # the hot path of embedded reads
             if len(path) % 2 == 0 and path:
@@ -190,14 +208,7 @@ class Database:
                 self.rules.check_results(principal, len(selected))
                 return {"value": {doc_id: clone(doc) for doc_id, doc in selected}}, 0
             doc_path, document = self.tree.addressed(path)
-            self.rules.check_read(principal, doc_path, document)
-            if len(doc_path) < len(path) and (document is None or field_value(document, path[len(doc_path):]) is _MISSING):
-                # Nothing there, not even a field of a document above: the path's own rule decides
-                # too, so what is missing answers as what exists would (no existence oracle).
-                if len(path) % 2:
-                    self.rules.narrow(principal, parse_query({"path": list(path)}))
-                else:
-                    self.rules.check_read(principal, path, None)
+            self._check_addressed(principal, path, doc_path, document)
             value = self.tree.read(path)
             self.rates.take(principal, self.rules.match(doc_path[:-1]), "get")
             return {"value": clone(value)}, 0
@@ -213,16 +224,31 @@ class Database:
             return dict(self.tree.collections.get(collection, _NO_DOCUMENTS))
 
     def _select(self, query: Query, principal: Principal | None) -> list[tuple[str, Any]]:
-        """Run a query as `principal` may (under the lock)."""
-        if principal is not None and not principal.admin:
-            one_document = len(query.path) % 2 == 0
-            if one_document:  # denied outright, whether or not it exists, as a get is
-                self.rules.check_read(principal, query.path, self.tree.document(query.path))
-            query = self.rules.narrow(principal, query)
-            self.rates.take(principal, self.rules.match(query.path[:-1] if one_document else query.path), "list")
-        return self.tree.select(query)
+        """Run a query as `principal` may (under the lock). A path that is neither a collection
+        nor a document names a field, as for `get`: it reads as one document, the field's value
+        with the path's last segment as id (nothing if the field is missing)."""
+        path = query.path
+        guarded = principal is not None and not principal.admin
+        if self._reads_collection(path):
+            if guarded:
+                query = self.rules.narrow(principal, query)
+                self.rates.take(principal, self.rules.match(path), "list")
+            return self.tree.select(query)
+        doc_path, document = self.tree.addressed(path)
+        if guarded:  # the document's get rule decides, whether or not it exists, as for a get
+            self._check_addressed(principal, path, doc_path, document)
+            if doc_path == path:
+                query = self.rules.narrow(principal, query)
+            self.rates.take(principal, self.rules.match(doc_path[:-1]), "list")
+        if doc_path == path:
+            return self.tree.select(query)
+        found, value = self.tree.field(path)
+        if not found or (query.where and type(value) is not dict):  # a where reads fields of an object
+            return []
+        return run(query, {path[-1]: value}, None)
 
     def query(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+        self._check_open()
         query = parse_query(params.get("query"))
         with self._lock:
             selected = self._select(query, principal)
@@ -232,6 +258,7 @@ class Database:
         return {"docs": docs}, 0
 
     def aggregate(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+        self._check_open()
         op = params.get("op")
         if op not in AGGREGATES:
             raise InvalidArgumentError(f"aggregate op must be one of {', '.join(AGGREGATES)}, got {op!r}", {"path": "op"})
@@ -241,8 +268,8 @@ class Database:
             if op == "exists":
                 empty_window = query.limit == 0 or query.limit_to_last == 0
                 value: Any = not empty_window and bool(self._select(replace(query, limit=1, limit_to_last=None), principal))
-            elif op == "count" and query.plain and len(query.path) % 2 and principal is None:
-                value = len(self.tree.collections.get(query.path, ()))
+            elif op == "count" and query.plain and principal is None and query.path in self.tree.collections:
+                value = len(self.tree.collections[query.path])
             else:
                 value = aggregate(op, field, self._select(query, principal))
         return {"value": value}, 0
@@ -361,7 +388,7 @@ class Database:
         results: list[dict] = []
         guarded = principal is not None and not private
 
-        def check(op: str, path: Path, old: Any, new: Any, final: bool = True) -> Any:
+        def check(op: str, path: Path, old: Any, new: Any, final: bool = True, replacing: bool = False) -> Any:
             """The rules for one write; `final` once per write (it spends a rate-limit token)."""
             if not guarded:
                 return new
@@ -373,7 +400,7 @@ class Database:
                 size = len(self.tree.collections.get(collection, ())) + sum(
                     1 for doc_path, doc in batch.docs.items() if doc_path[:-1] == collection and doc is not None
                 )
-            return self.rules.check_write(principal, op, path, old, new, now_ms, size)
+            return self.rules.check_write(principal, op, path, old, new, now_ms, size, replacing=replacing)
 
         for i, write in enumerate(writes):
             where = f"writes[{i}]" if len(writes) > 1 else "params"
@@ -413,11 +440,12 @@ class Database:
                     old = None
                 else:
                     old = batch.document(path)
-                document = prepare(value, old, "value", now_ms, "set")
+                # set replaces the document first (as Firestore's does): its transforms start from nothing.
+                document = prepare(value, None, "value", now_ms, "set")
                 if op == "add" and old is not None:
                     check("create", path, None, document, final=False)  # only creators learn it exists
                     raise AlreadyExistsError(f"a document already exists at {'/'.join(path)}", {"path": list(path)})
-                document = check("create" if old is None else "update", path, old, document)
+                document = check("create" if old is None else "update", path, old, document, replacing=True)
             operations.append(["set", list(path), document])
             batch.docs[path] = document
             results.append({"id": path[-1]})

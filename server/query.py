@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from sortedcontainers import SortedList
 
 from .errors import InvalidArgumentError
 from .paths import check_path, field_path
-from .values import json_equal, prepare
+from .values import MAX_SAFE_INTEGER, json_equal, prepare
 
 __all__ = ["OPERATORS", "OrderIndex", "Query", "aggregate", "compile_where", "field_value", "matches", "parse_query", "run"]
 
@@ -382,7 +383,13 @@ def _first(pair: tuple[str, Any]) -> str:
 
 
 def aggregate(op: str, field: tuple[str, ...] | None, selected: list[tuple[str, Any]]) -> Any:
-    """count, sum or avg over selected documents; sum and avg read numbers only."""
+    """count, sum or avg over selected documents; sum and avg read numbers only.
+
+    An integer sum outside ±(2^53−1) is answered as the nearest float, which JavaScript reads as
+    the same number (it would round such an integer anyway, Python would not). A sum past the
+    largest float is INVALID_ARGUMENT (JSON has no infinity); an average of finite numbers is
+    finite, so one whose sum overflows is taken as the sum of the shares instead.
+    """
     if op == "count":
         return len(selected)
     numbers = [
@@ -390,6 +397,16 @@ def aggregate(op: str, field: tuple[str, ...] | None, selected: list[tuple[str, 
         for _, document in selected
         if type(value := field_value(document, field or ())) in _NUMBERS
     ]
+    total = sum(numbers)
     if op == "sum":
-        return sum(numbers)
-    return sum(numbers) / len(numbers) if numbers else None
+        if type(total) is int:
+            return total if -MAX_SAFE_INTEGER <= total <= MAX_SAFE_INTEGER else float(total)
+        if not math.isfinite(total):
+            name = ".".join(field or ())
+            raise InvalidArgumentError(f"the sum of {name!r} is beyond the largest number (about 1.8e308)", {"path": "/field"})
+        return total
+    if not numbers:
+        return None
+    if math.isfinite(total):
+        return total / len(numbers)
+    return sum(value / len(numbers) for value in numbers)

@@ -173,6 +173,11 @@ class Rule:
         )
 
     @property
+    def fixed(self) -> tuple[tuple[str, ...], ...]:
+        """The fields a client may never change: the immutable ones and the server-set ones."""
+        return tuple(dict.fromkeys((*self.immutable, *(field_path(name) for name in self.server_fields))))
+
+    @property
     def open(self) -> bool:
         """Grants the public anything on every collection: worth a warning at every start."""
         return self.pattern == "**" and any(grant == "public" for grant in self.grants.values())
@@ -194,6 +199,30 @@ class Rule:
         if grant == "owner":
             return doc_id is not None and self.owns(principal, doc_id, document)
         return False
+
+
+def _kept(new: dict, old: dict, fields: tuple[tuple[str, ...], ...]) -> dict:
+    """A set's document with each of `fields` that it leaves out and `old` holds taken from `old`
+    (copying only what changes; a field whose place in `new` is not an object stays out)."""
+    for field in fields:
+        value: Any = old
+        for key in field:
+            if type(value) is not dict or key not in value:
+                break
+            value = value[key]
+        else:
+            out = parent = dict(new)
+            for key in field[:-1]:
+                child = parent.get(key, {})
+                if type(child) is not dict:
+                    break
+                parent[key] = child = dict(child)
+                parent = child
+            else:
+                if field[-1] not in parent:
+                    parent[field[-1]] = value
+                    new = out
+    return new
 
 
 def _specificity(pattern: str) -> tuple[int, int]:
@@ -287,10 +316,11 @@ class Rules:
 
     def check_write(
         self, principal: Principal, op: str, path: tuple[str, ...], old: Any, new: Any, now_ms: int,
-        collection_size: int,
+        collection_size: int, *, replacing: bool = False,
     ) -> Any:
         """Check a create, update or delete of the document at `path`; for create and update,
-        return the document to store (server fields filled in), after every data rule."""
+        return the document to store (server fields filled in), after every data rule. An update
+        `replacing` the document (a set) keeps the immutable and server-set fields it leaves out."""
         collection = path[:-1]
         if len(path) % 2:
             if principal.admin:
@@ -301,6 +331,8 @@ class Rules:
         rule = self.match(collection)
         if op == "create" and rule is not None and rule.server_fields:
             new = {**new, **{name: principal.uid if source == "uid" else now_ms for name, source in rule.server_fields.items()}}
+        elif replacing and rule is not None and old is not None:  # before the owner check: an owner field may be fixed
+            new = _kept(new, old, rule.fixed)
         subject = new if op == "create" else old
         if rule is None or not rule.allows(principal, op, path[-1], subject):
             raise PermissionDeniedError(f"{principal.role} may not {op} {'/'.join(path)}", {"path": list(path)})
@@ -315,8 +347,7 @@ class Rules:
                     {"limit": rule.max_docs, "actual": collection_size + 1},
                 )
         else:
-            fixed = dict.fromkeys((*rule.immutable, *(field_path(n) for n in rule.server_fields)))  # once each
-            changed = [name for name in fixed if not json_equal(field_value(old, name), field_value(new, name))]
+            changed = [name for name in rule.fixed if not json_equal(field_value(old, name), field_value(new, name))]
             if changed:
                 errors = [{"path": "/" + "/".join(name), "keyword": "immutable", "message": f"{'.'.join(name)} may not change"}
                           for name in changed]

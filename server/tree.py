@@ -70,15 +70,22 @@ class Tree:
             docs = self.collections.get(path[:-1])
             if docs is not None and path[-1] in docs:
                 return docs[path[-1]]
-        doc_path, document = self.addressed(path)
-        if document is not None:
-            for key in path[len(doc_path):]:
-                if type(document) is not dict or key not in document:
-                    break
-                document = document[key]
-            else:
-                return document
+        found, value = self.field(path)
+        if found:
+            return value
         return {} if len(path) % 2 else None
+
+    def field(self, path: Path) -> tuple[bool, Any]:
+        """Whether the value a path names inside the nearest existing document at or above it
+        is there, and that value (the document itself for an existing document path)."""
+        doc_path, value = self.addressed(path)
+        if value is None:
+            return False, None
+        for key in path[len(doc_path):]:
+            if type(value) is not dict or key not in value:
+                return False, None
+            value = value[key]
+        return True, value
 
     def addressed(self, path: Path) -> tuple[Path, Any]:
         """The nearest existing document at or above `path`, and its path; else the document

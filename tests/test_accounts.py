@@ -149,6 +149,16 @@ def test_a_second_sign_up_with_the_same_email_is_already_exists(accounts):
     assert handle.sign_in(accounts.alice_email, PASSWORD)["uid"] == accounts.alice_uid  # the password is unchanged
 
 
+def test_an_email_is_one_account_however_it_is_spelled(accounts):
+    """Full-width look-alikes, composed and decomposed accents and case reach the same account."""
+    handle = accounts.client()
+    dana = handle.sign_up("Ｄａｎａ.Jos\u00e9@Accounts.Example", PASSWORD)  # full-width letters, a composed é
+    assert dana["email"] == "dana.jos\u00e9@accounts.example"
+    for spelling in ("dana.jose\u0301@accounts.example", "DANA.JOSÉ@ACCOUNTS.EXAMPLE", "ｄａｎａ.josé＠accounts.example"):
+        assert isinstance(_error(lambda: accounts.client().sign_up(spelling, PASSWORD)), AlreadyExistsError), spelling
+        assert accounts.client().sign_in(spelling, PASSWORD)["uid"] == dana["uid"], spelling
+
+
 @pytest.mark.parametrize("email, password", [
     ("not an email", PASSWORD), ("", PASSWORD), ("a@b.example", "short"), ("a@b.example", ""),
     ("a/b@c.example", PASSWORD), ("$x@c.example", PASSWORD),

@@ -17,6 +17,7 @@ from python_client import (
     InvalidArgumentError,
     MontybaseError,
     NotFoundError,
+    UnavailableError,
     array_remove,
     array_union,
     delete_field,
@@ -288,10 +289,85 @@ def test_limit_to_last_start_after_and_end_at(scores):
     assert list(ordered.end_before(100).offset(1).get()) == ["zed"]
 
 
+def _page_through(first_page, size: int, pages: int = 1000) -> list[str]:
+    """Every id a query returns, read page by page, each page starting after the last document."""
+    ids, query = [], first_page
+    for _ in range(pages):  # bounded: more pages than documents means paging is stuck
+        page = query.limit(size).stream()
+        ids += [d["id"] for d in page]
+        if len(page) < size:
+            return ids
+        query = first_page.start_after(page[-1])
+    raise AssertionError("paging never reached the end")
+
+
+@pytest.fixture
+def ties(db):
+    """300 documents sharing 7 scores, in one batch (a later id is not a later score)."""
+    batch = db.batch()
+    for i in range(300):
+        batch.add(doc(db, "ties"), {"score": (i * 5) % 7, "n": i}, key=f"d{(i * 37) % 300:03}")
+    batch.commit()
+    return doc(db, "ties")
+
+
+def test_paging_with_a_document_cursor_returns_every_document_once(ties):
+    ordered = ties.order_by("score", "desc")
+    expected = [d["id"] for d in ordered.stream()]
+    assert len(expected) == 300
+    assert _page_through(ordered, 7) == expected
+    assert _page_through(ties.query(), 7) == sorted(expected)
+
+
+def test_a_cursor_of_order_values_and_an_id_breaks_ties(ties):
+    ordered = ties.order_by("score")
+    first = ordered.stream()[20]
+    after = ordered.start_after(first["value"]["score"], first["id"]).limit(3).stream()
+    assert after == ordered.start_after(first).limit(3).stream() == ordered.stream()[21:24]
+    assert ordered.end_before(first).stream() == ordered.stream()[:20]
+    assert ordered.start_at(first).end_at(first).stream() == [first]
+
+
+def test_a_document_snapshot_is_a_cursor(ties):
+    seen, ready = [], threading.Event()
+    unsubscribe = ties.append("d005").on_snapshot(lambda snapshot: (seen.append(snapshot), ready.set()))
+    assert ready.wait(10)
+    unsubscribe()
+    ordered = ties.order_by("score")
+    everything = [d["id"] for d in ordered.stream()]
+    position = everything.index("d005")
+    assert [d["id"] for d in ordered.start_after(seen[0]).limit(2).stream()] == everything[position + 1 : position + 3]
+
+
+def test_a_cursor_document_lacking_an_order_field_is_invalid_argument(ties):
+    with pytest.raises(InvalidArgumentError) as caught:
+        ties.order_by("rank").start_after({"id": "d001", "value": {"score": 1}})
+    assert caught.value.data["path"] == "/query/startAfter"
+
+
+def test_order_by_after_a_cursor_is_invalid_argument(ties):
+    with pytest.raises(InvalidArgumentError):
+        ties.start_after("d001").order_by("score")
+
+
 def test_sum_and_avg_read_numbers(scores):
     assert scores.sum("score") == 440
     assert scores.avg("score") == 110
     assert scores.where("score", ">", 1000).avg("score") is None
+
+
+def test_sum_past_safe_integers_is_a_float_and_past_the_largest_number_invalid_argument(db):
+    ref = doc(db, "big")
+    ref.add({"v": 2**53 - 1}, key="a")
+    ref.add({"v": 2}, key="b")
+    total = ref.sum("v")
+    assert type(total) is float and total == float(2**53 + 1)
+    ref.set({"v": 1.7e308}, key="a")
+    ref.set({"v": 1.7e308}, key="b")
+    with pytest.raises(InvalidArgumentError) as caught:
+        ref.sum("v")
+    assert caught.value.data["path"] == "/field"
+    assert ref.avg("v") == 1.7e308 and ref.count() == 2  # the connection goes on
 
 
 def test_bad_direction_is_invalid_argument(scores):
@@ -335,6 +411,13 @@ def test_server_timestamp_and_delete_field(db):
     ref.update({"gone": delete_field()})
     value = ref.get()
     assert set(value) == {"at"} and before <= value["at"] <= int(time.time() * 1000) + 1
+
+
+def test_transforms_in_set_start_from_nothing_as_set_replaces_the_document(db):
+    ref = doc(db, "c", "x")
+    ref.set({"n": 5, "best": 10, "tags": ["a"], "deep": {"n": 5}})
+    ref.set({"n": increment(1), "best": maximum(3), "tags": array_union("b"), "deep": {"n": increment(2)}})
+    assert ref.get() == {"n": 1, "best": 3, "tags": ["b"], "deep": {"n": 2}}
 
 
 def test_transforms_in_add_start_from_nothing(db):
@@ -441,6 +524,38 @@ def test_transaction_gives_up_with_conflict_after_max_attempts(db):
     assert ref.get() == {"n": 3}
 
 
+def test_contended_transactions_all_commit_with_backoff(served):
+    """8 clients, each 25 transactional increments of one counter: every one commits."""
+    clients = [served.client() for _ in range(8)]
+    counter = doc(clients[0], "c", "counter")
+    counter.set({"n": 0})
+    failures: list[BaseException] = []
+
+    def bump(handle):
+        ref = doc(handle, "c", "counter")
+
+        def increment_once(tx):
+            tx.set(ref, {"n": tx.get(ref)["n"] + 1})
+
+        try:
+            for _ in range(25):
+                handle.transaction(increment_once)
+        except MontybaseError as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=bump, args=(handle,)) for handle in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    try:
+        assert not any(thread.is_alive() for thread in threads)
+        assert failures == [] and counter.get() == {"n": 200}
+    finally:
+        for handle in clients:
+            handle.close()
+
+
 def test_transaction_that_raises_writes_nothing(db):
     ref = doc(db, "c", "x")
 
@@ -452,6 +567,17 @@ def test_transaction_that_raises_writes_nothing(db):
     with pytest.raises(RuntimeError):
         db.transaction(fails)
     assert ref.get() is None
+
+
+def test_reads_after_close_are_unavailable(db):
+    ref = doc(db, "c")
+    ref.add({"n": 1}, key="a")
+    db.close()
+    reads = [ref.get, ref.append("a").get, ref.stream, ref.exists, ref.count, lambda: ref.sum("n"),
+             ref.order_by("n").limit(1).stream]
+    for read in reads:
+        with pytest.raises(UnavailableError):
+            read()
 
 
 def test_every_error_is_a_montybase_error_with_code_reason_data(db):

@@ -2,8 +2,9 @@
 
 Each case loads its documents into the collection `c` of a fresh in-memory database and runs
 its query through the engine's method table (`Database.call`, the very params the network
-carries). The non-error cases run a second time through the public client API
-(`doc(db, "c").where(...).order_by(...)...`), which must build the same wire form.
+carries). The non-error cases run again through the public client API
+(`doc(db, "c").where(...).order_by(...)...`), embedded and over the network, which must build
+the same wire form.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import json_equal
+from conftest import Served, json_equal
 
 from python_client import Montybase, doc
 from python_client.errors import MontybaseError as ClientError
@@ -61,12 +62,15 @@ def test_cases_file_is_well_formed():
     for case in CASES:
         name = case.get("name")
         assert isinstance(name, str) and name, case
-        assert set(case) <= {"name", "documents", "query", "aggregate", "expect", "error"}, name
+        assert set(case) <= {"name", "documents", "query", "aggregate", "page", "expect", "error"}, name
         assert ("expect" in case) != ("error" in case), f"{name}: exactly one of expect / error"
         assert isinstance(case["documents"], dict) and all(isinstance(d, dict) for d in case["documents"].values()), name
         assert isinstance(case["query"], dict) and "path" not in case["query"], name
         if "error" in case:
             assert case["error"] == "INVALID_ARGUMENT", name
+        if "page" in case:
+            assert type(case["page"]) is int and case["page"] > 0 and "aggregate" not in case and "expect" in case, name
+            assert not {"limit", "limitToLast", "startAt", "startAfter"} & set(case["query"]), name
         if "aggregate" in case:
             assert isinstance(case["aggregate"], dict) and set(case["aggregate"]) <= {"op", "field"}, name
         elif "expect" in case:
@@ -89,9 +93,40 @@ def _load(session: Session, documents: dict[str, Any]) -> None:
         session.call("add", {"path": [*COLLECTION, doc_id], "value": document})
 
 
+def _pages(case: dict[str, Any], run_page: Any, after: Any) -> list[dict[str, Any]]:
+    """Every document of a `page` case, read in pages: `run_page(cursor)` reads one page (cursor
+    None: the first), `after(document)` is the cursor that starts after a document."""
+    docs: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(len(case["documents"]) + 1):  # bounded: one page per document is the most
+        page = run_page(cursor)
+        docs += page
+        if len(page) < case["page"]:
+            return docs
+        cursor = after(page[-1])
+    raise AssertionError(f"{case['name']}: paging never reached the end")
+
+
+def _order_values(case: dict[str, Any], document: dict[str, Any]) -> list[Any]:
+    """What a client sends for a document cursor: its order fields' values, then its id."""
+    values = []
+    for field, _ in case["query"].get("orderBy", ()):
+        value = document["value"]
+        for key in field if isinstance(field, list) else field.split("."):
+            value = value[key]
+        values.append(value)
+    return [*values, document["id"]]
+
+
 def _engine_run(session: Session, case: dict[str, Any]) -> Any:
     if "aggregate" in case:
         return session.call("aggregate", {"query": _params(case), **case["aggregate"]})["value"]
+    if "page" in case:
+        def run_page(cursor: Any) -> list[dict[str, Any]]:
+            query = {**_params(case), "limit": case["page"], **({"startAfter": cursor} if cursor else {})}
+            return session.call("query", {"query": query})["docs"]
+
+        return _pages(case, run_page, lambda document: _order_values(case, document))
     return session.call("query", {"query": _params(case)})["docs"]
 
 
@@ -131,10 +166,24 @@ def _build(ref: Any, wire: dict[str, Any]) -> Any:
     return query
 
 
-@pytest.fixture
-def client():
-    database = Montybase(storageBucket=":memory:")
-    yield database
+@pytest.fixture(scope="module")
+def server(loop_thread, tmp_path_factory):
+    served = Served(loop_thread, tmp_path_factory.mktemp("server"))
+    yield served
+    served.stop()
+
+
+@pytest.fixture(params=["embedded", "remote"])
+def client(request):
+    """A database with an empty collection `c`: embedded in memory, or a server's, over the
+    network with the admin key (one server for the module: `c` is emptied afterwards)."""
+    if request.param == "embedded":
+        database = Montybase(storageBucket=":memory:")
+        yield database
+    else:
+        database = request.getfixturevalue("server").client(admin=True)
+        yield database
+        doc(database, *COLLECTION).delete()
     database.close()
 
 
@@ -145,6 +194,12 @@ def test_query_case_through_client(client, case):
         ref.add(document, key=doc_id)
     query = _build(ref, case["query"])
     assert query.wire == _params(case)
+    if "page" in case:  # the client's cursor is the last document of the page itself
+        def run_page(cursor: Any) -> list[dict[str, Any]]:
+            return (query.start_after(cursor) if cursor else query).limit(case["page"]).stream()
+
+        _check_docs(case, _pages(case, run_page, lambda document: document))
+        return
     aggregate = case.get("aggregate")
     if aggregate is None:
         _check_docs(case, query.stream())

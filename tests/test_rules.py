@@ -704,11 +704,35 @@ def test_server_fields_are_filled_on_create_and_never_change(scores):
         errors = _validation_errors(lambda: ref.update(fields))
         assert [e["keyword"] for e in errors] == ["immutable"], errors
         assert errors[0]["path"] == "/" + next(iter(fields))  # a JSON pointer, as schema errors give
-    errors = _validation_errors(lambda: ref.set({"name": "ann", "score": 2}))  # a set dropping them changes them
-    assert {e["path"] for e in errors} == {"/author", "/created"}
+    errors = _validation_errors(lambda: ref.set({**stored, "author": "someone", "name": "bob"}))  # a set may not change them
+    assert {e["path"] for e in errors} == {"/author", "/name"}
     ref.update({"score": 3})
-    ref.set({**stored, "score": 4})  # a set that keeps them is fine
+    ref.set({**stored, "score": 4})  # a set that repeats them is fine
     assert doc(admin, "scores", "a").get() == {**stored, "score": 4}
+    ref.set({"score": 5})  # and one that leaves them out keeps them
+    assert doc(admin, "scores", "a").get() == {**stored, "score": 5}
+
+
+def test_setting_your_own_profile_keeps_its_server_set_and_immutable_fields(loop_thread, tmp_path):
+    """The README's profiles rule: a set of your profile need not repeat `joined`."""
+    served = serve(loop_thread, tmp_path, {"profiles": {"read": "public", "write": "owner", "owner": "$id",
+                                                        "immutable": ["joined", "meta.since"],
+                                                        "serverFields": {"joined": "now"}}})
+    user, admin = served.client(), served.client(admin=True)
+    try:
+        me = user.sign_up("amor@rules.example", PASSWORD)
+        ref = doc(user, "profiles", me["uid"])
+        ref.set({"name": "Amor", "meta": {"since": 2020, "city": "Oslo"}})
+        joined = doc(admin, "profiles", me["uid"]).get()["joined"]
+        ref.set({"name": "Amor B.", "meta": {"city": "Bergen"}})
+        assert doc(admin, "profiles", me["uid"]).get() == {"name": "Amor B.", "joined": joined,
+                                                           "meta": {"since": 2020, "city": "Bergen"}}
+        errors = _validation_errors(lambda: ref.set({"name": "Amor", "meta": 7}))  # no place to keep meta.since
+        assert [e["path"] for e in errors] == ["/meta/since"]
+    finally:
+        user.close()
+        admin.close()
+        served.stop()
 
 
 def test_a_broken_schema_is_refused_when_the_config_loads():

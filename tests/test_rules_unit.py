@@ -210,6 +210,21 @@ def test_immutable_and_server_fields_never_change():
     ]
 
 
+def test_a_replacing_set_keeps_the_fixed_fields_it_leaves_out():
+    rules = Rules({"c": {"write": "owner", "owner": "by", "immutable": ["kind", "meta.created"],
+                         "serverFields": {"by": "uid"}}})
+    old = {"kind": "a", "meta": {"created": 1, "tag": "x"}, "by": "alice", "n": 1}
+    kept = rules.check_write(ALICE, "update", ("c", "d"), old, {"meta": {}, "n": 2}, 0, 0, replacing=True)
+    assert kept == {"kind": "a", "meta": {"created": 1}, "by": "alice", "n": 2}
+    with pytest.raises(ValidationError) as caught:  # given, they must be equal; a merge never fills them in
+        rules.check_write(ALICE, "update", ("c", "d"), old, {"kind": "b", "meta": 5, "n": 2}, 0, 0, replacing=True)
+    assert [e["path"] for e in caught.value.data["errors"]] == ["/kind", "/meta/created"]
+    with pytest.raises(ValidationError):  # an update's document is the merged one: what it lacks is removed
+        rules.check_write(ALICE, "update", ("c", "d"), old, {"by": "alice", "n": 2}, 0, 0)
+    with pytest.raises(PermissionDeniedError):  # the kept owner field is still the owner's
+        rules.check_write(BOB, "update", ("c", "d"), old, {"n": 2}, 0, 0, replacing=True)
+
+
 def test_the_schema_reports_every_error_with_path_keyword_and_message():
     rules = Rules({"c": {"write": "public", "schema": {
         "type": "object", "additionalProperties": False, "required": ["n"],

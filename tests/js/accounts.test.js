@@ -127,6 +127,15 @@ describe("signing up and in", () => {
     assert.equal((await handle.signIn(ALICE, PASSWORD)).uid, aliceUid); // the password is unchanged
   });
 
+  test("an email is one account however it is spelled (NFKC and case folding)", async () => {
+    const dana = await client().signUp("Ｄａｎａ.Jos\u00e9@Accounts.Example", PASSWORD); // full-width letters, a composed é
+    assert.equal(dana.email, "dana.jos\u00e9@accounts.example");
+    for (const spelling of ["dana.jose\u0301@accounts.example", "DANA.JOSÉ@ACCOUNTS.EXAMPLE", "ｄａｎａ.josé＠accounts.example"]) {
+      assert.ok((await caught(client().signUp(spelling, PASSWORD))) instanceof AlreadyExistsError, spelling);
+      assert.equal((await client().signIn(spelling, PASSWORD)).uid, dana.uid, spelling);
+    }
+  });
+
   test("bad credentials are INVALID_ARGUMENT", async () => {
     for (const [email, password] of [["not an email", PASSWORD], ["", PASSWORD], ["a@b.example", "short"], ["a/b@c.example", PASSWORD], ["$x@c.example", PASSWORD]]) {
       const error = await caught(admin.signUp(email, password));

@@ -26,7 +26,7 @@ import {
   minimum,
   serverTimestamp,
 } from "../../js_client/index.js";
-import { closeServer, openServer, runPython, unique } from "./helpers.js";
+import { closeServer, firstSnapshot, openServer, runPython, unique } from "./helpers.js";
 
 let server;
 let db; // the client key, as a web page has it
@@ -396,6 +396,30 @@ describe("queries", () => {
     assert.deepEqual([...(await ordered.endBefore(100).offset(1).get()).keys()], ["zed"]);
   });
 
+  test("a document from stream() or a snapshot is a cursor: its order values, then its id", async () => {
+    const ref = doc(db, unique("ties"));
+    for (let i = 0; i < 12; i++) await ref.add({ score: i % 3 }, `d${String((i * 5) % 12).padStart(2, "0")}`);
+    const ordered = ref.orderBy("score");
+    const all = await ordered.stream();
+    assert.deepEqual(ordered.startAfter(all[4]).wire.startAfter, [all[4].value.score, all[4].id]);
+    assert.deepEqual(await ordered.startAfter(all[4]).limit(3).stream(), all.slice(5, 8));
+    assert.deepEqual(await ordered.endBefore(all[4]).stream(), all.slice(0, 4));
+    const snapshot = await firstSnapshot(ref.append(all[6].id));
+    assert.deepEqual(await ordered.startAt(snapshot).limit(2).stream(), all.slice(6, 8));
+    assert.throws(() => ordered.startAfter({ ...snapshot, exists: false, value: {} }), InvalidArgumentError);
+  });
+
+  test("a cursor document lacking an order field is INVALID_ARGUMENT at once", () => {
+    assert.throws(
+      () => scores.orderBy("rank").startAfter({ id: "amor", value: { score: 100 } }),
+      (error) => error instanceof InvalidArgumentError && error.data.path === "/query/startAfter",
+    );
+  });
+
+  test("orderBy after a cursor is INVALID_ARGUMENT at once", () => {
+    assert.throws(() => scores.startAfter("amor").orderBy("score"), InvalidArgumentError);
+  });
+
   test("sum and avg read numbers", async () => {
     assert.equal(await scores.sum("score"), 440);
     assert.equal(await scores.avg("score"), 110);
@@ -451,6 +475,13 @@ describe("transforms", () => {
     const value = await ref.get();
     assert.deepEqual(Object.keys(value), ["at"]);
     assert.ok(before - 5 <= value.at && value.at <= Date.now() + 5);
+  });
+
+  test("transforms in set start from nothing, as set replaces the document", async () => {
+    const ref = doc(db, unique("c"), "x");
+    await ref.set({ n: 5, best: 10, tags: ["a"], deep: { n: 5 } });
+    await ref.set({ n: increment(1), best: maximum(3), tags: arrayUnion("b"), deep: { n: increment(2) } });
+    assert.deepEqual(await ref.get(), { n: 1, best: 3, tags: ["b"], deep: { n: 2 } });
   });
 
   test("transforms in add start from nothing", async () => {
@@ -550,6 +581,24 @@ describe("batches and transactions", () => {
     );
     await assert.rejects(raced, (error) => error instanceof ConflictError && error.code === -32007 && error.reason === "CONFLICT");
     assert.deepEqual(await ref.get(), { n: 3 });
+  });
+
+  test("8 clients × 25 contended transactional increments all commit (backoff)", async () => {
+    const config = await server.clientConfig();
+    const clients = Array.from({ length: 8 }, () => new Montybase(config, { WebSocket }));
+    const path = [unique("c"), "counter"];
+    try {
+      await doc(clients[0], ...path).set({ n: 0 });
+      await Promise.all(
+        clients.map(async (client) => {
+          const ref = doc(client, ...path);
+          for (let i = 0; i < 25; i++) await client.transaction(async (tx) => tx.set(ref, { n: (await tx.get(ref)).n + 1 }));
+        }),
+      );
+      assert.deepEqual(await doc(db, ...path).get(), { n: 200 });
+    } finally {
+      await Promise.all(clients.map((client) => client.close()));
+    }
   });
 
   test("a transaction that throws writes nothing", async () => {

@@ -57,6 +57,19 @@ function build(ref, wire) {
   return { query };
 }
 
+/** Every document of a `page` case: pages of `size`, each starting after the last document read. */
+async function pages(query, size, most) {
+  const docs = [];
+  let next = query;
+  for (let i = 0; i <= most; i++) {
+    const page = await next.limit(size).stream();
+    docs.push(...page);
+    if (page.length < size) return docs;
+    next = query.startAfter(page.at(-1));
+  }
+  throw new Error("paging never reached the end");
+}
+
 function run(query, aggregate) {
   if (!aggregate) return query.stream();
   return aggregate.field === undefined ? query[aggregate.op]() : query[aggregate.op](aggregate.field);
@@ -75,7 +88,14 @@ describe("query cases", () => {
       // One fresh collection per case; the client key loads it (admin: every fifth case).
       const collection = `q${index}`;
       const loader = index % 5 === 0 ? admin : db;
-      await Promise.all(Object.entries(c.documents).map(([id, value]) => doc(loader, collection).add(value, id)));
+      // A float past 2^53 is an integer to JavaScript, which the client refuses to send; a Python
+      // program may store one (1.7e308), so such documents are sent unchecked.
+      const add = ([id, value]) =>
+        doc(loader, collection).add(value, id).catch((error) => {
+          if (!(error instanceof InvalidArgumentError)) throw error;
+          return loader._backend.send("add", { path: [collection, id], value });
+        });
+      await Promise.all(Object.entries(c.documents).map(add));
       const ref = doc(db, collection);
       const wire = { path: [collection], ...c.query };
 
@@ -105,15 +125,14 @@ describe("query cases", () => {
 
       const { query } = build(ref, c.query);
       assert.deepEqual(query.wire, wire);
-      const result = await run(query, c.aggregate);
+      const result = "page" in c ? await pages(query, c.page, Object.keys(c.documents).length) : await run(query, c.aggregate);
       if (c.aggregate) {
         assert.ok(jsonEqual(result, c.expect), `expected ${JSON.stringify(c.expect)}, got ${JSON.stringify(result)}`);
       } else {
         assert.deepEqual(result.map((d) => d.id), c.expect);
         for (const d of result) assert.ok(jsonEqual(d.value, c.documents[d.id]), d.id);
         // get() holds the same documents in the same order.
-        const got = await query.get();
-        assert.deepEqual([...got.keys()], c.expect);
+        if (!("page" in c)) assert.deepEqual([...(await query.get()).keys()], c.expect);
       }
     });
   }

@@ -399,9 +399,12 @@ describe("data rules, size and rate limits", () => {
       const errors = await validationErrors(ref.update(fields));
       assert.deepEqual(errors.map((e) => [e.path, e.keyword]), [[`/${Object.keys(fields)[0]}`, "immutable"]]);
     }
-    assert.deepEqual(errors2paths(await validationErrors(ref.set({ name: "ann", score: 2 }))), ["/author", "/created"]);
-    await ref.set({ ...stored, score: 4 });
+    const changing = ref.set({ ...stored, author: "someone", name: "bob" }); // a set may not change them
+    assert.deepEqual(errors2paths(await validationErrors(changing)), ["/author", "/name"]);
+    await ref.set({ ...stored, score: 4 }); // a set that repeats them is fine
     assert.deepEqual(await doc(admin, "scores", "server-fields").get(), { ...stored, score: 4 });
+    await ref.set({ score: 5 }); // and one that leaves them out keeps them
+    assert.deepEqual(await doc(admin, "scores", "server-fields").get(), { ...stored, score: 5 });
   });
 
   test("document bytes, globally and per collection: LIMIT_EXCEEDED with limit and actual", async () => {
@@ -519,6 +522,25 @@ describe("data rules, size and rate limits", () => {
     assert.equal(error.code, -32001);
     await quiet.check();
     quiet.close();
+  });
+});
+
+describe("the README's profiles rule", () => {
+  test("setting your own profile keeps its server-set and immutable fields", async () => {
+    const profiles = { read: "public", write: "owner", owner: "$id", immutable: ["joined"], serverFields: { joined: "now" } };
+    const server = await serve({ profiles });
+    const { handles: all, uids } = await handles(server, ["amor"]);
+    try {
+      const ref = doc(all.amor, "profiles", uids.amor);
+      await ref.set({ name: "Amor" });
+      const { joined } = await doc(all.admin, "profiles", uids.amor).get();
+      assert.equal(typeof joined, "number");
+      await ref.set({ name: "Amor B." });
+      assert.deepEqual(await doc(all.admin, "profiles", uids.amor).get(), { name: "Amor B.", joined });
+    } finally {
+      await Promise.all(Object.values(all).map((handle) => handle.close()));
+      await server.cleanup();
+    }
   });
 });
 
