@@ -43,18 +43,6 @@ class _Batch:
         self.docs: dict[Path, Any] = {}
         self.removed: list[Path] = []  # deleted documents and collections (everything below goes too)
 
-    def _check_addressed(self, principal: Principal, path: Path, doc_path: Path, document: Any) -> None:
-        """A read of `path` that is not a collection: the `get` rule of the nearest document
-        (`doc_path`) decides; when nothing is there, not even a field of that document, the
-        path's own rule decides too, so what is missing answers as what exists would (no
-        existence oracle below a readable document)."""
-        self.rules.check_read(principal, doc_path, document)
-        if len(doc_path) < len(path) and (document is None or field_value(document, path[len(doc_path):]) is _MISSING):
-            if len(path) % 2:
-                self.rules.narrow(principal, parse_query({"path": list(path)}))
-            else:
-                self.rules.check_read(principal, path, None)
-
     def document(self, path: Path) -> Any:
         if path in self.docs:
             return self.docs[path]
@@ -212,6 +200,18 @@ class Database:
             value = self.tree.read(path)
             self.rates.take(principal, self.rules.match(doc_path[:-1]), "get")
             return {"value": clone(value)}, 0
+
+    def _check_addressed(self, principal: Principal, path: Path, doc_path: Path, document: Any) -> None:
+        """A read of `path` that is not a collection: the `get` rule of the nearest document
+        (`doc_path`) decides; when nothing is there, not even a field of that document, the
+        path's own rule decides too, so what is missing answers as what exists would (no
+        existence oracle below a readable document)."""
+        self.rules.check_read(principal, doc_path, document)
+        if len(doc_path) < len(path) and (document is None or field_value(document, path[len(doc_path):]) is _MISSING):
+            if len(path) % 2:
+                self.rules.narrow(principal, parse_query({"path": list(path)}))
+            else:
+                self.rules.check_read(principal, path, None)
 
     def document(self, path: Path) -> Any:
         """The stored document at `path` or None, for the layers above that keep collections of

@@ -17,6 +17,7 @@ from conftest import Served, json_equal
 
 from python_client import Montybase, doc
 from server.database import Database
+from server.session import Service
 
 CASES: list[dict[str, Any]] = json.loads((Path(__file__).parent / "cases" / "reads.json").read_text(encoding="utf-8"))["cases"]
 READS = ("get", "exists", "count", "stream")
@@ -39,15 +40,16 @@ def test_cases_file_is_well_formed():
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
 def test_read_case(case):
     database = Database()
+    session = Service(database).admin(lambda tags, message: None)
     try:
         for path, document in case["documents"]:
-            database.call("set", {"path": path, "value": document})
+            session.call("set", {"path": path, "value": document})
         query = {"path": case["path"]}
         _check(case, {
-            "get": database.call("get", {"path": case["path"]})["value"],
-            "exists": database.call("aggregate", {"query": query, "op": "exists"})["value"],
-            "count": database.call("aggregate", {"query": query, "op": "count"})["value"],
-            "stream": database.call("query", {"query": query})["docs"],
+            "get": session.call("get", {"path": case["path"]})["value"],
+            "exists": session.call("aggregate", {"query": query, "op": "exists"})["value"],
+            "count": session.call("aggregate", {"query": query, "op": "count"})["value"],
+            "stream": session.call("query", {"query": query})["docs"],
         })
     finally:
         database.close()
