@@ -10,6 +10,9 @@ import { closeServer, openServer, readJson } from "./helpers.js";
 const { cases: CASES } = await readJson("tests", "cases", "reads.json");
 const READS = ["get", "exists", "count", "stream"];
 
+/** A Map (and the Maps inside it) as a plain object, to compare with JSON. */
+const plain = (value) => (value instanceof Map ? Object.fromEntries([...value].map(([key, item]) => [key, plain(item)])) : value);
+
 let server;
 let db;
 let admin;
@@ -24,7 +27,8 @@ describe("read cases", () => {
       const at = (path) => [`r${index}`, ...path.slice(1)];
       for (const [path, document] of c.documents) await doc(admin, ...at(path)).set(document);
       const ref = doc(db, ...at(c.path));
-      for (const read of READS) assert.deepEqual(await ref[read](), c.expect[read], read);
+      // An odd path's get() is a Map (the client cannot tell a field from a collection there).
+      for (const read of READS) assert.deepEqual(plain(await ref[read]()), c.expect[read], read);
     });
   }
 });
