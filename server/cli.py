@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import client_config, load_config, open_database, storage_path
 from .database import Database
 from .errors import InvalidArgumentError, MontybaseError
@@ -112,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", help="address to listen on (default: host in the config, 127.0.0.1)")
     parser.add_argument("--port", type=_port, help="port (default: port in the config, 8765; 0 picks a free one)")
     parser.add_argument("--static", help="a folder to serve over HTTP on the same port (default: static in the config)")
+    parser.add_argument("--version", action="version", version=f"montybase {__version__}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)  # our own lines say the same, once
