@@ -2,6 +2,7 @@
 // small utilities shared by the node:test suites and the browser tests.
 
 import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -13,7 +14,8 @@ import { publicKeyFromPkcs8 } from "../../js_client/channel.js";
 import { Montybase } from "../../js_client/index.js";
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
-export const PYTHON = process.env.PYTHON || "python3";
+/** The Python that runs servers: $PYTHON (scripts/test sets it), else the project's .venv, else python3. */
+export const PYTHON = process.env.PYTHON || (existsSync(join(ROOT, ".venv", "bin", "python")) ? join(ROOT, ".venv", "bin", "python") : "python3");
 const START_TIMEOUT = 20_000;
 const STOP_TIMEOUT = 15_000;
 
