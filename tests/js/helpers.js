@@ -116,8 +116,8 @@ export class Server {
   }
 
   /**
-   * The parsed client-config.json the server wrote on its first start, or (for a montybase.json
-   * written before the first start, which makes the server write none) the same built from it.
+   * The parsed client-config.json the server keeps in step with it at every start (or, should
+   * it be missing, the same built from montybase.json).
    */
   async clientConfig() {
     try {
