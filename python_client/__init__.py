@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from server import __version__
+
 from . import errors
 from .client import Montybase, doc
 from .errors import *  # noqa: F403
@@ -9,6 +11,7 @@ from .refs import CollectionReference, DocumentReference, Query, Reference, Tran
 from .transforms import array_remove, array_union, delete_field, increment, maximum, minimum, server_timestamp
 
 __all__ = [
+    "__version__",
     "CollectionReference",
     "DocumentReference",
     "Montybase",

@@ -27,17 +27,29 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise InvalidArgumentError(f"cannot read the client config {path}: {exc}", {"file": str(path)}) from None
 
 
-def _serving_address(dev: bool | str, endpoint: bool) -> tuple[str, int] | None:
+def _serving_address(dev: bool | str, endpoint: bool) -> tuple[str | None, int | None] | None:
+    """Where run() serves: (host, port), None meaning the config's (127.0.0.1 and 8765 by default)."""
     if endpoint:
-        return "0.0.0.0", 8765
+        return "0.0.0.0", None
     if dev is True:
-        return "127.0.0.1", 8765
+        return None, None
     if isinstance(dev, str) and dev:
         host, _, port = dev.rpartition(":")
         if not host or not port.isdigit():
-            raise InvalidArgumentError(f"dev must be True or 'host:port', got {dev!r}", {"path": "dev"})
+            raise InvalidArgumentError(f"dev must be True or 'host:port', got {dev!r}", {"path": "/dev"})
         return host, int(port)
     return None
+
+
+def _client_config_endpoint(path: Path) -> str | None:
+    """The endpoint of a client config (client-config.json names one; montybase.json never does)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            config = json.load(file)
+    except (OSError, ValueError):
+        return None  # missing or broken: load_config creates it or says what is wrong
+    endpoint = config.get("endpoint") if isinstance(config, dict) else None
+    return endpoint if isinstance(endpoint, str) and endpoint else None
 
 
 class Montybase:
@@ -47,10 +59,11 @@ class Montybase:
       the current folder (created with fresh keys on first use, with `client-config.json`).
       `storageBucket=":memory:"` keeps nothing on disk; `hot=True` fsyncs every write before
       it returns; `updateTime` and `storeMin` set the snapshot policy (seconds, changes).
-    - `Montybase(dev=True).run()` serves it on 127.0.0.1:8765 (`dev="host:port"` elsewhere,
-      `endpoint=True` on 0.0.0.0:8765).
+    - `Montybase(dev=True).run()` serves it on the config's host and port (127.0.0.1:8765 by
+      default; `dev="host:port"` elsewhere, `endpoint=True` on 0.0.0.0 at the config's port).
     - `Montybase(api="ws://host:8765", config="client-config.json")`: a server's database.
       With a config that holds the adminKey (a server's own `montybase.json`), full access.
+      `Montybase(config="client-config.json")` connects to the endpoint the file names.
     """
 
     def __init__(
@@ -66,15 +79,18 @@ class Montybase:
         endpoint: bool = False,
         ssl_context: ssl.SSLContext | None = None,
     ):
-        self._serve_at = _serving_address(dev, endpoint)
+        serve_at = _serving_address(dev, endpoint)
         self._backend: Backend
+        self._api = api
+        if api is None and config is not None and serve_at is None:
+            self._api = api = _client_config_endpoint(Path(config))
         if api is not None:
             self._config_path = Path(config if config is not None else "client-config.json")
             self.config = _read_json(self._config_path)
             self._backend = self._remote(api, self.config, ssl_context)
             return
         self._created = False
-        if storageBucket == ":memory:" and self._serve_at is None:
+        if storageBucket == ":memory:" and serve_at is None:
             self._config_path = Path("montybase.json")
             self.config = dict(DEFAULTS)
             bucket = storageBucket
@@ -82,6 +98,8 @@ class Montybase:
             self._config_path = Path(config if config is not None else "montybase.json")
             self.config, self._created = load_config(self._config_path)
             bucket = storageBucket if storageBucket is not None else storage_path(self.config, self._config_path)
+        self._serve_at = None if serve_at is None else (serve_at[0] or self.config["host"],
+                                                         self.config["port"] if serve_at[1] is None else serve_at[1])
         self._database = open_database(self.config, bucket, hot=hot, store_min=storeMin, update_time=updateTime)
         self._backend = EmbeddedBackend(self._database, Limits.from_config(self.config.get("limits")))
 
@@ -98,17 +116,22 @@ class Montybase:
 
     def run(self) -> None:
         """Serve this database over WebSocket until SIGINT or SIGTERM (then snapshot and return)."""
+        if self._api is not None:
+            raise InvalidArgumentError(
+                f"run() serves an embedded database, and this handle uses the server at {self._api}: open "
+                "Montybase(dev=True) without api= (and with the server's montybase.json) to serve", {"path": "/api"}
+            )
         if self._serve_at is None:
             raise InvalidArgumentError(
-                "run() serves the database: open it with dev=True, dev='host:port' or endpoint=True", {"path": "run"}
+                "run() serves the database: open it with dev=True, dev='host:port' or endpoint=True", {"path": "/dev"}
             )
-        from server.cli import announce, serve
+        from server.cli import announce, configure_logging, serve
 
+        configure_logging()
         host, port = self._serve_at
         config_path = self._config_path.absolute()
-        print(f"client config: {config_path.with_name('client-config.json')}", flush=True)
-        asyncio.run(serve(self._database, self.config, config_path, host, port,
-                          ready=announce(self.config, config_path, self._created)))
+        ready = announce(self.config, config_path, self._created)
+        asyncio.run(serve(self._database, self.config, config_path, host, port, ready=ready))
 
     # Accounts (DESIGN §8): give rules' `user` and `owner` grants a meaning
 

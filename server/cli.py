@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import ssl
@@ -13,12 +12,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import client_config, load_config, open_database, storage_path
+from . import __version__
+from .config import client_config, client_endpoint, load_config, open_database, storage_path, write_client_config
 from .database import Database
 from .errors import InvalidArgumentError, MontybaseError
 from .transport import Limits, MontybaseServer
 
-__all__ = ["main", "serve"]
+__all__ = ["announce", "configure_logging", "main", "serve"]
 
 log = logging.getLogger("montybase")
 
@@ -27,10 +27,46 @@ def _tls(config: dict[str, Any], config_path: Path) -> ssl.SSLContext | None:
     tls = config.get("tls")
     if not tls:
         return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     folder = config_path.parent
-    context.load_cert_chain(folder / tls["certfile"], folder / tls["keyfile"])
+    for field in ("certfile", "keyfile"):
+        if not (folder / tls[field]).is_file():
+            raise InvalidArgumentError(
+                f"{config_path}: tls.{field}: no file {folder / tls[field]} (paths are relative to the config's folder)",
+                {"path": f"/tls/{field}", "file": str(config_path)},
+            )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(folder / tls["certfile"], folder / tls["keyfile"])
+    except ssl.SSLError as exc:
+        raise InvalidArgumentError(
+            f"{config_path}: tls: cannot use the certificate {folder / tls['certfile']} with the key "
+            f"{folder / tls['keyfile']}: {exc.reason or exc}", {"path": "/tls", "file": str(config_path)},
+        ) from None
     return context
+
+
+def _static(config: dict[str, Any], config_path: Path, database: Database) -> Path | None:
+    """The static folder, checked: it must not hold what the server keeps secret, since
+    everything in it is published."""
+    if not config.get("static"):
+        return None
+    static = config_path.parent / config["static"]
+    if not static.is_dir():
+        log.warning("the static folder %s does not exist: every page but /montybase.js and "
+                    "/client-config.json is 404 until it does", static)
+        return static
+    secrets = [("the config", config_path)]
+    if getattr(database.storage, "path", None) is not None:
+        secrets.append(("the storage", database.storage.path))
+    if config.get("tls"):
+        secrets.append(("the TLS key", config_path.parent / config["tls"]["keyfile"]))
+    for what, path in secrets:
+        if Path(path).resolve().is_relative_to(static.resolve()):
+            raise InvalidArgumentError(
+                f"{config_path}: static: the folder {static} holds {what} ({path}), which it would publish; "
+                "serve a folder of its own (\"static\": \"site\")", {"path": "/static", "file": str(config_path)},
+            )
+    return static
 
 
 async def serve(
@@ -49,7 +85,12 @@ async def serve(
             f"{config_path}: apiKey is missing; add one (\"mb-\" and 16+ random characters), or move the "
             "file away to have a fresh one made", {"path": "apiKey"},
         )
-    tls = _tls(config, config_path)
+    try:
+        tls = _tls(config, config_path)
+        static = _static(config, config_path, database)
+    except BaseException:
+        database.close()
+        raise
     server = MontybaseServer(
         database,
         keys={"client": config.get("apiKey", ""), "admin": config.get("adminKey", "")},
@@ -57,8 +98,8 @@ async def serve(
         limits=Limits.from_config(config.get("limits")),
         origins=config.get("origins"),
         tls=tls,
-        client_config=client_config(config, ""),
-        static=config_path.parent / config["static"] if config.get("static") else None,
+        client_config=client_config(config, config.get("publicEndpoint", "")),
+        static=static,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,7 +110,7 @@ async def serve(
     except BaseException:
         await loop.run_in_executor(None, database.close)
         raise
-    endpoint = f"{'wss' if tls else 'ws'}://{bound_host}:{bound_port}"
+    endpoint = f"{'wss' if tls else 'ws'}://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
     log.info("serving %s", endpoint)
     if not database.rules.configured:
         log.warning("no rules in %s: client keys can do nothing; only the admin key has access", config_path.name)
@@ -93,14 +134,27 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def configure_logging() -> None:
+    """Log lines as the server writes them (a program that set up logging keeps its own)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # our own lines say the same, once
+
+
 def announce(config: dict[str, Any], config_path: Path, created: bool) -> Callable[[str], None]:
-    """What to print once serving; on a first run, also point client-config.json at the
-    address really served (the file apps ship)."""
+    """Print what is served from what; once serving, keep client-config.json (the file apps
+    ship) pointing at the address really served."""
+    if created:
+        print(f"created {config_path} (keep its adminKey secret)", flush=True)
+    print(f"config: {config_path}", flush=True)
 
     def ready(endpoint: str) -> None:
-        if created:
-            path = config_path.with_name("client-config.json")
-            path.write_text(json.dumps(client_config(config, endpoint), indent=2) + "\n", encoding="utf-8")
+        apps = client_endpoint(config, endpoint)
+        path, written = write_client_config(config, config_path, apps)
+        updated = ", updated" if written and not created else ""  # on a first run the file is new anyway
+        print(f"client config: {path} (endpoint {apps}{updated})", flush=True)
+        if apps != endpoint and not config.get("publicEndpoint"):
+            print(f"  the server listens on every address; other machines need this machine's name or address: "
+                  f"set publicEndpoint in {config_path.name}", flush=True)
         print(f"endpoint: {endpoint}", flush=True)
 
     return ready
@@ -112,22 +166,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", help="address to listen on (default: host in the config, 127.0.0.1)")
     parser.add_argument("--port", type=_port, help="port (default: port in the config, 8765; 0 picks a free one)")
     parser.add_argument("--static", help="a folder to serve over HTTP on the same port (default: static in the config)")
+    parser.add_argument("--version", action="version", version=f"montybase {__version__}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)  # our own lines say the same, once
+    configure_logging()
     config_path = Path(args.config).absolute()
     try:
         config, created = load_config(config_path)
         if args.static:  # relative to where the command runs, like --config
             config["static"] = str(Path(args.static).absolute())
-        if created:
-            print(f"created {config_path} (keep its adminKey secret)", flush=True)
-        print(f"config: {config_path}", flush=True)
-        print(f"client config: {config_path.with_name('client-config.json')}", flush=True)
+        ready = announce(config, config_path, created)
         database = open_database(config, storage_path(config, config_path))
         host = args.host or config["host"]
         port = config["port"] if args.port is None else args.port
-        asyncio.run(serve(database, config, config_path, host, port, ready=announce(config, config_path, created)))
+        asyncio.run(serve(database, config, config_path, host, port, ready=ready))
     except MontybaseError as exc:
         print(f"montybase: {exc}", file=sys.stderr)
         return 1

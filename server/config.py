@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,8 @@ from .errors import InvalidArgumentError
 from .schemas import load_schema
 
 __all__ = [
-    "DEFAULTS", "OPEN_RULES", "Limits", "client_config", "create_config", "load_config", "open_database",
-    "public_key", "storage_path",
+    "DEFAULTS", "OPEN_RULES", "Limits", "client_config", "client_endpoint", "create_config", "load_config",
+    "open_database", "public_key", "storage_path", "write_client_config",
 ]
 
 # A fresh config opens documents to the client key, so a first run works over the network;
@@ -60,7 +61,8 @@ def _validate(config: Any, source: str) -> None:
     error = next(iter(sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))), None)
     if error is not None:
         field = "/".join(str(part) for part in error.absolute_path) or "(top level)"
-        raise InvalidArgumentError(f"{source}: {field}: {error.message}", {"path": field, "file": source})
+        pointer = "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in error.absolute_path)
+        raise InvalidArgumentError(f"{source}: {field}: {error.message}", {"path": pointer, "file": source})
 
 
 def _fresh_keys() -> dict[str, str]:
@@ -79,11 +81,19 @@ def _fresh_keys() -> dict[str, str]:
 
 
 def public_key(server_key: str) -> str:
-    """The raw public point (base64url) of a serverKey, as clients pin it."""
+    """The raw public point (base64url) of a serverKey, as clients pin it; ValueError if it is
+    not a P-256 private key in PKCS#8 DER, base64url."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-    der = base64.urlsafe_b64decode(server_key + "=" * (-len(server_key) % 4))
-    private = serialization.load_der_private_key(der, password=None)
+    try:
+        der = base64.urlsafe_b64decode(server_key + "=" * (-len(server_key) % 4))
+        private = serialization.load_der_private_key(der, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        private = None
+    if not isinstance(private, ec.EllipticCurvePrivateKey) or private.curve.name != "secp256r1":
+        raise ValueError("serverKey is not a P-256 private key (PKCS#8 DER, base64url)")
     point = private.public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
@@ -98,17 +108,56 @@ def client_config(config: dict[str, Any], endpoint: str) -> dict[str, Any]:
     return out
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+# A wildcard listen address is no address to connect to: apps get this machine's loopback.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}
+# What the server decides in client-config.json; any other field in it is the user's and stays.
+_SERVER_FIELDS = ("projectName", "apiKey", "endpoint", "serverKey")
+
+
+def client_endpoint(config: dict[str, Any], served: str) -> str:
+    """The endpoint apps are given: `publicEndpoint` when the config sets one (a reverse proxy's
+    address), else the address served, a wildcard host (0.0.0.0, ::) becoming the loopback."""
+    if config.get("publicEndpoint"):
+        return config["publicEndpoint"]
+    scheme, _, address = served.partition("://")
+    host, _, port = address.rpartition(":")
+    return f"{scheme}://{_WILDCARDS.get(host, host)}:{port}"
+
+
+def _write_json(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "x", encoding="utf-8") as file:
+    # os.open sets the mode as the file is made: a secret is never readable by others, not even briefly.
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8") as file:
         json.dump(data, file, indent=2)
         file.write("\n")
 
 
+def write_client_config(config: dict[str, Any], config_path: str | Path, endpoint: str) -> tuple[Path, bool]:
+    """Keep `client-config.json` beside the config in step with the server: (re)written when it
+    is missing, unreadable, or differs in what the server decides (endpoint, client key, public
+    key, project name); fields of your own in it stay. Its path, and whether it was written."""
+    path = Path(config_path).with_name("client-config.json")
+    try:
+        current = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        current = None
+    wanted = client_config(config, endpoint)
+    kept = {k: v for k, v in current.items() if k not in _SERVER_FIELDS} if isinstance(current, dict) else {}
+    merged = {**kept, **wanted}
+    if merged == current:
+        return path, False
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    _write_json(temporary, merged)
+    os.replace(temporary, path)  # apps and web servers never read half a file
+    return path, True
+
+
 def create_config(path: Path) -> dict[str, Any]:
-    """Write a fresh `montybase.json` (new keys) and `client-config.json` beside it."""
+    """Write a fresh `montybase.json` (new keys; readable by its owner only: it holds the admin
+    key and the private key) and `client-config.json` beside it."""
     config = {**DEFAULTS, **_fresh_keys(), "rules": OPEN_RULES}
-    _write_json(path, config)
+    _write_json(path, config, mode=0o600)
     client_path = path.with_name("client-config.json")
     if not client_path.exists():
         _write_json(client_path, client_config(config, f"ws://{config['host']}:{config['port']}"))
@@ -128,6 +177,14 @@ def load_config(path: str | Path, *, create: bool = True) -> tuple[dict[str, Any
     except json.JSONDecodeError as exc:
         raise InvalidArgumentError(f"{path}: not valid JSON: {exc}", {"file": str(path)}) from None
     _validate(config, str(path))
+    if config.get("serverKey"):
+        try:
+            public_key(config["serverKey"])
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{path}: serverKey: not a P-256 private key (PKCS#8 DER, base64url); restore it, or move the "
+                "file away to have fresh keys made", {"path": "/serverKey", "file": str(path)},
+            ) from None
     return {**DEFAULTS, **config}, created
 
 

@@ -69,6 +69,11 @@ class _Batch:
         self.removed.append(path)
 
 
+def _asked(query: Query) -> int | None:
+    """How many documents a query asks for (its limit or limitToLast), None if it has no limit."""
+    return query.limit if query.limit is not None else query.limit_to_last
+
+
 def _document_value(value: Any, where: str) -> dict:
     if type(value) is not dict or (len(value) == 1 and next(iter(value)) in TRANSFORMS):
         kind = "a transform" if type(value) is dict else type(value).__name__
@@ -253,7 +258,7 @@ class Database:
         with self._lock:
             selected = self._select(query, principal)
             if principal is not None:
-                self.rules.check_results(principal, len(selected))
+                self.rules.check_results(principal, len(selected), _asked(query))
             docs = [{"id": doc_id, "value": clone(doc)} for doc_id, doc in selected]
         return {"docs": docs}, 0
 
@@ -307,7 +312,7 @@ class Database:
                 subscription, snapshot = self.watcher.watch_query(target, sink, tag)
                 if principal is not None and len(snapshot["docs"]) > self.rules.max_results and not principal.admin:
                     self.watcher.unwatch(subscription)
-                    self.rules.check_results(principal, len(snapshot["docs"]))
+                    self.rules.check_results(principal, len(snapshot["docs"]), _asked(target))
             sink((tag,), snapshot)
         return subscription
 

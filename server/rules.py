@@ -305,12 +305,19 @@ class Rules:
             return replace(query, owner=(rule.owner, principal.uid))
         raise PermissionDeniedError(f"{principal.role} may not list {'/'.join(query.path)}", {"path": list(query.path)})
 
-    def check_results(self, principal: Principal, count: int) -> None:
-        if not principal.admin and count > self.max_results:
-            raise LimitExceededError(
-                f"the query returns {count} documents; at most {self.max_results} may be read at once "
-                "(add a limit)", {"limit": self.max_results, "actual": count},
-            )
+    def check_results(self, principal: Principal, count: int, asked: int | None = None) -> None:
+        """At most maxResults documents per client read; `asked` is the read's limit (or
+        limitToLast), None when it has none."""
+        if principal.admin or count <= self.max_results:
+            return
+        if asked is None:
+            fix = f"add a limit of at most {self.max_results}, or a where that matches fewer"
+        else:
+            fix = f"the query asked for up to {asked} (its limit): lower it to {self.max_results} or less"
+        raise LimitExceededError(
+            f"the read matches {count} documents and at most {self.max_results} may be read at once: {fix}",
+            {"limit": self.max_results, "actual": count},
+        )
 
     # Writes
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -26,10 +27,18 @@ _TYPES = {
 }
 _ENTRY = b'export * from "/montybase/index.js";\n'
 _NOT_FOUND: Page = (404, "text/plain; charset=utf-8", b"Not found\n")
+# Storage and settings files (server/storage.py names them): journals, the lock, a snapshot being
+# written, montybase.json. The server also refuses to start with its own config or storage in the folder.
+_PRIVATE = re.compile(r".*\.(\d+\.journal|lock|tmp)|montybase\.json")
+
+
+def _private(path: Path) -> bool:
+    """A file that is never served: storage, settings, or a snapshot (a file with a lock beside it)."""
+    return _PRIVATE.fullmatch(path.name) is not None or path.with_name(path.name + ".lock").exists()
 
 
 def _file(root: Path, relative: str) -> Page:
-    """A file under `root`, never outside it, never a listing, never a dotfile."""
+    """A file under `root`, never outside it, never a listing, a dotfile or a storage file."""
     parts = [part for part in relative.split("/") if part]
     if any(part.startswith(".") or "\\" in part or "\0" in part for part in parts):
         return _NOT_FOUND
@@ -39,7 +48,7 @@ def _file(root: Path, relative: str) -> Page:
         return _NOT_FOUND
     if path.is_dir():
         path = path / "index.html"
-    if not path.is_file():
+    if not path.is_file() or _private(path):
         return _NOT_FOUND
     content_type = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return 200, content_type, path.read_bytes()
@@ -50,8 +59,9 @@ def route(target: str, host: str | None, client_config: dict[str, Any], static: 
 
     - `/montybase.js`: the JS client's entry (`import { Montybase, doc } from "/montybase.js"`);
       `/montybase/<file>`: its modules.
-    - `/client-config.json`: the client config, its endpoint being this server as the browser
-      reached it (the client key is public by design; the admin key is never in it).
+    - `/client-config.json`: the client config, its endpoint being `publicEndpoint` when the
+      config sets one (in `client_config`), else this server as the browser reached it (the
+      client key is public by design; the admin key is never in it).
     - anything else: the static folder, if the config names one (`/` serves index.html).
     """
     path = unquote(urlsplit(target).path)
@@ -60,7 +70,7 @@ def route(target: str, host: str | None, client_config: dict[str, Any], static: 
     if path.startswith("/montybase/"):
         return _file(bundled_dir("js_client", "index.js"), path[len("/montybase/"):])
     if path == "/client-config.json":
-        endpoint = f"{'wss' if tls else 'ws'}://{host}" if host else client_config.get("endpoint")
+        endpoint = client_config.get("endpoint") or (f"{'wss' if tls else 'ws'}://{host}" if host else None)
         return 200, _TYPES[".json"], json.dumps({**client_config, "endpoint": endpoint}, indent=2).encode()
     if static is not None:
         return _file(static, path)

@@ -17,10 +17,12 @@ import re
 import shutil
 import signal
 import ssl
+import stat
 import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +124,8 @@ def test_first_run_from_an_empty_folder_then_sigterm_and_restart(tmp_path, scrip
         scheme, host, port = ENDPOINT.match(url).groups()
         assert (scheme, host) == ("ws", "127.0.0.1") and int(port) > 0
         assert Path(proc.wait_for_line("config: ")).resolve() == (tmp_path / "montybase.json").resolve()
-        assert Path(proc.wait_for_line("client config: ")).resolve() == (tmp_path / "client-config.json").resolve()
+        assert proc.wait_for_line("client config: ") == f"{tmp_path / 'client-config.json'} (endpoint {url})"
+        assert stat.S_IMODE((tmp_path / "montybase.json").stat().st_mode) == 0o600, "the admin key is for its owner"
 
         server_config = json.loads((tmp_path / "montybase.json").read_text())
         client_config = json.loads((tmp_path / "client-config.json").read_text())
@@ -230,8 +233,9 @@ def test_sigterm_under_write_load_keeps_every_acknowledged_write_in_the_snapshot
         ({"hot": "yes"}, "hot"),
         ({"tls": {"certfile": "cert.pem"}}, "tls"),
         ({"storageMinCount": 1, "nonsense": True}, "nonsense"),
+        ({"serverKey": "bm90IGEga2V5"}, "serverKey"),
     ],
-    ids=["storageMinCount-0", "port-string", "hot-string", "tls-without-keyfile", "unknown-field"],
+    ids=["storageMinCount-0", "port-string", "hot-string", "tls-without-keyfile", "unknown-field", "serverKey-garbage"],
 )
 def test_a_bad_config_field_is_one_line_naming_it_and_exit_1(tmp_path, config, field):
     path = tmp_path / "montybase.json"
@@ -263,13 +267,31 @@ def test_an_invalid_json_config_is_exit_1_with_one_line(tmp_path, text):
     assert path.read_text(encoding="utf-8") == text, "a bad config must never be replaced"
 
 
-def test_a_missing_tls_certificate_is_exit_1_with_one_line(tmp_path):
-    write_config(tmp_path, tls={"certfile": "missing-cert.pem", "keyfile": "missing-key.pem"})
+@pytest.mark.parametrize("missing", ["certfile", "keyfile"])
+def test_a_missing_tls_file_is_exit_1_with_one_line_naming_the_file_and_field(tmp_path, missing):
+    self_signed_certificate(tmp_path)
+    files = {"certfile": "cert.pem", "keyfile": "key.pem", missing: f"missing-{missing}.pem"}
+    write_config(tmp_path, tls=files)
     proc = start(tmp_path, "--port", "0")
     try:
         assert proc.wait() == 1, proc.describe()
-        one_error_line(proc)
+        line = one_error_line(proc)
+        assert f"tls.{missing}" in line and str(tmp_path / f"missing-{missing}.pem") in line, line
         assert "endpoint:" not in proc.stdout
+    finally:
+        proc.cleanup()
+
+
+def test_a_tls_key_that_does_not_match_the_certificate_is_one_line_naming_both(tmp_path):
+    self_signed_certificate(tmp_path)
+    (tmp_path / "other").mkdir()
+    self_signed_certificate(tmp_path / "other")
+    write_config(tmp_path, tls={"certfile": "cert.pem", "keyfile": "other/key.pem"})
+    proc = start(tmp_path, "--port", "0")
+    try:
+        assert proc.wait() == 1, proc.describe()
+        line = one_error_line(proc)
+        assert "cert.pem" in line and "other/key.pem" in line, line
     finally:
         proc.cleanup()
 
@@ -293,6 +315,96 @@ def test_a_port_out_of_range_on_the_command_line_is_a_clean_error(tmp_path):
         assert proc.wait() != 0, proc.describe()
         assert "Traceback" not in proc.stderr, proc.describe()
         assert "70000" in proc.stderr or "port" in proc.stderr
+    finally:
+        proc.cleanup()
+
+
+def test_a_restart_on_another_port_or_without_client_config_writes_it_again(tmp_path):
+    write_config(tmp_path)  # as a first run leaves it, so client-config.json is the server's to keep
+    first = start(tmp_path, "--port", str(free_port()))
+    try:
+        url = first.endpoint()
+        assert json.loads((tmp_path / "client-config.json").read_text())["endpoint"] == url
+    finally:
+        assert first.stop() == 0, first.describe()
+        first.cleanup()
+    shipped = json.loads((tmp_path / "client-config.json").read_text())
+    (tmp_path / "client-config.json").write_text(json.dumps({**shipped, "appVersion": 3}))
+
+    moved = start(tmp_path, "--port", str(free_port()))
+    try:
+        url = moved.endpoint()
+        assert url != shipped["endpoint"]
+        assert moved.wait_for_line("client config: ").endswith(f"(endpoint {url}, updated)")
+        assert json.loads((tmp_path / "client-config.json").read_text()) == {**shipped, "endpoint": url, "appVersion": 3}
+        with Montybase(config=str(tmp_path / "client-config.json")) as db:  # no api=: the endpoint in the file
+            doc(db, "scores").add({"score": 1})
+    finally:
+        moved.cleanup()
+
+    (tmp_path / "client-config.json").unlink()
+    again = start(tmp_path, "--port", "0")
+    try:
+        url = again.endpoint()
+        assert json.loads((tmp_path / "client-config.json").read_text()) == {**shipped, "endpoint": url}
+    finally:
+        again.cleanup()
+
+
+def test_a_public_endpoint_in_the_config_is_what_client_config_names(tmp_path):
+    write_config(tmp_path, publicEndpoint="wss://example.org")
+    proc = start(tmp_path, "--port", "0")
+    try:
+        url = proc.endpoint()
+        assert json.loads((tmp_path / "client-config.json").read_text())["endpoint"] == "wss://example.org"
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                url.replace("ws://", "http://") + "/client-config.json", timeout=5) as answer:
+            assert json.loads(answer.read())["endpoint"] == "wss://example.org"
+    finally:
+        proc.cleanup()
+
+
+# 3b. The static folder never publishes a secret.
+
+
+@pytest.mark.parametrize(
+    ("fields", "what"),
+    [({"static": "."}, "the config"), ({"static": "data", "storageBucket": "data/db.json"}, "the storage"),
+     ({"static": "site", "tls": {"certfile": "cert.pem", "keyfile": "site/key.pem"}}, "the TLS key")],
+    ids=["config", "storage", "tls-key"],
+)
+def test_a_static_folder_holding_a_secret_refuses_to_start_in_one_line(tmp_path, fields, what):
+    for folder in ("data", "site"):
+        (tmp_path / folder).mkdir()
+    self_signed_certificate(tmp_path)
+    shutil.copy(tmp_path / "key.pem", tmp_path / "site" / "key.pem")
+    write_config(tmp_path, **fields)
+    proc = start(tmp_path, "--port", "0")
+    try:
+        assert proc.wait() == 1, proc.describe()
+        line = one_error_line(proc)
+        assert "static" in line and what in line, line
+        assert "endpoint:" not in proc.stdout
+    finally:
+        proc.cleanup()
+
+
+def test_the_static_folder_given_on_the_command_line_is_checked_too(tmp_path):
+    write_config(tmp_path)
+    proc = start(tmp_path, "--port", "0", "--static", ".")
+    try:
+        assert proc.wait() == 1, proc.describe()
+        assert "the config" in one_error_line(proc)
+    finally:
+        proc.cleanup()
+
+
+def test_a_missing_static_folder_is_a_warning_at_start(tmp_path):
+    write_config(tmp_path, static="sitee")
+    proc = start(tmp_path, "--port", "0")
+    try:
+        proc.endpoint()
+        assert re.search(r"WARNING .*static folder .*sitee does not exist", proc.stderr), proc.describe()
     finally:
         proc.cleanup()
 
@@ -347,12 +459,14 @@ def run_script(folder: Path, construct: str) -> Proc:
     return Proc([sys.executable, "-c", source], cwd=folder)
 
 
-def serve_and_use(folder: Path, construct: str, printed: str, connect: str) -> None:
+def serve_and_use(folder: Path, construct: str, printed: str, connect: str) -> Proc:
     proc = run_script(folder, construct)
     try:
         assert proc.endpoint() == printed, proc.describe()
-        assert (folder / "montybase.json").exists() and (folder / "client-config.json").exists()
-        with Montybase(api=connect, config=str(folder / "client-config.json")) as db:
+        said = proc.wait_for_line("client config: ")
+        assert said in (f"{folder / 'client-config.json'} (endpoint {connect}{note})" for note in ("", ", updated")), said
+        assert json.loads((folder / "client-config.json").read_text())["endpoint"] == connect
+        with Montybase(config=str(folder / "client-config.json")) as db:  # the client config alone
             uid = doc(db, "scores").add({"name": "Amor", "score": 100})
             assert doc(db, "scores", uid).get() == {"name": "Amor", "score": 100}
         assert proc.stop(signal.SIGTERM) == 0, proc.describe()
@@ -360,19 +474,39 @@ def serve_and_use(folder: Path, construct: str, printed: str, connect: str) -> N
     finally:
         proc.cleanup()
     assert snapshot_collections(folder)["scores"] == {uid: {"name": "Amor", "score": 100}}
+    return proc
 
 
-def test_dev_host_port_run_serves(tmp_path):
+def test_dev_host_port_run_serves_and_says_so_as_the_cli_does(tmp_path):
     port = free_port()
-    serve_and_use(tmp_path, f'dev="127.0.0.1:{port}"', f"ws://127.0.0.1:{port}", f"ws://127.0.0.1:{port}")
+    proc = serve_and_use(tmp_path, f'dev="127.0.0.1:{port}"', f"ws://127.0.0.1:{port}", f"ws://127.0.0.1:{port}")
+    assert proc.stdout.startswith(f"created {tmp_path / 'montybase.json'}"), proc.describe()
+    assert re.search(r"INFO montybase.server: connection \d+ authenticated as client", proc.stderr), proc.describe()
 
 
-def test_dev_true_then_endpoint_true_serve_on_8765(tmp_path):
-    """Sequential, so the two never hold 8765 at once."""
-    (tmp_path / "dev").mkdir()
-    (tmp_path / "endpoint").mkdir()
-    serve_and_use(tmp_path / "dev", "dev=True", "ws://127.0.0.1:8765", "ws://127.0.0.1:8765")
-    serve_and_use(tmp_path / "endpoint", "endpoint=True", "ws://0.0.0.0:8765", "ws://127.0.0.1:8765")
+def test_dev_true_serves_on_the_port_of_the_config(tmp_path):
+    port = free_port()
+    write_config(tmp_path, port=port)  # 8765 by default; a free one here, so the test never needs 8765
+    serve_and_use(tmp_path, "dev=True", f"ws://127.0.0.1:{port}", f"ws://127.0.0.1:{port}")
+
+
+def test_endpoint_true_serves_every_address_and_gives_apps_one_they_can_connect_to(tmp_path):
+    port = free_port()
+    write_config(tmp_path, port=port)
+    proc = serve_and_use(tmp_path, "endpoint=True", f"ws://0.0.0.0:{port}", f"ws://127.0.0.1:{port}")
+    assert "set publicEndpoint" in proc.stdout, proc.describe()
+
+
+def test_run_on_a_handle_of_a_server_is_a_clear_invalid_argument(tmp_path):
+    from python_client.errors import InvalidArgumentError
+
+    write_config(tmp_path)
+    handle = Montybase(api="ws://127.0.0.1:9", config=str(tmp_path / "montybase.json"))  # never connected
+    try:
+        with pytest.raises(InvalidArgumentError, match="run\\(\\) serves an embedded database.*ws://127.0.0.1:9"):
+            handle.run()
+    finally:
+        handle.close()
 
 
 # 6. TLS.

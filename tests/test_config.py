@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import pytest
 
-from server.config import client_config, load_config
+from server.config import client_config, client_endpoint, load_config, write_client_config
 from server.errors import InvalidArgumentError
 
 
@@ -20,6 +21,12 @@ def test_first_use_creates_both_files_with_fresh_keys(tmp_path):
     assert not created and again == config
     other, _ = load_config(tmp_path / "other" / "montybase.json")
     assert other["apiKey"] != config["apiKey"]
+
+
+def test_a_fresh_config_is_readable_by_its_owner_only(tmp_path):
+    load_config(tmp_path / "montybase.json")
+    assert stat.S_IMODE((tmp_path / "montybase.json").stat().st_mode) == 0o600  # the admin key, the private key
+    assert stat.S_IMODE((tmp_path / "client-config.json").stat().st_mode) & 0o044  # public by design
 
 
 def test_client_config_never_carries_secrets(tmp_path):
@@ -48,3 +55,72 @@ def test_invalid_json_is_refused(tmp_path):
     path.write_text("{not json")
     with pytest.raises(InvalidArgumentError, match="not valid JSON"):
         load_config(path)
+
+
+@pytest.mark.parametrize("server_key", ["not base64 at all!", "AAAA", "MHcCAQEEIA"], ids=["garbage", "short", "cut"])
+def test_a_bad_server_key_is_one_line_naming_the_field(tmp_path, server_key):
+    config, _ = load_config(tmp_path / "montybase.json")
+    path = tmp_path / "montybase.json"
+    path.write_text(json.dumps({**config, "serverKey": server_key}))
+    with pytest.raises(InvalidArgumentError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and "serverKey" in message
+    assert caught.value.data["path"] == "/serverKey"
+
+
+def test_a_server_key_on_another_curve_is_refused(tmp_path):
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    der = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    config, _ = load_config(tmp_path / "montybase.json")
+    path = tmp_path / "montybase.json"
+    path.write_text(json.dumps({**config, "serverKey": base64.urlsafe_b64encode(der).decode().rstrip("=")}))
+    with pytest.raises(InvalidArgumentError, match="serverKey: not a P-256"):
+        load_config(path)
+
+
+def test_a_bad_field_names_a_json_pointer_in_data(tmp_path):
+    path = tmp_path / "montybase.json"
+    path.write_text(json.dumps({"limits": {"maxMessageBytes": "x"}}))
+    with pytest.raises(InvalidArgumentError) as caught:
+        load_config(path)
+    assert caught.value.data["path"] == "/limits/maxMessageBytes"
+
+
+@pytest.mark.parametrize(
+    "served,public,expected",
+    [("ws://127.0.0.1:9000", None, "ws://127.0.0.1:9000"), ("ws://0.0.0.0:9000", None, "ws://127.0.0.1:9000"),
+     ("wss://[::]:9000", None, "wss://[::1]:9000"), ("ws://example.org:9000", None, "ws://example.org:9000"),
+     ("ws://0.0.0.0:9000", "wss://example.org", "wss://example.org")],
+    ids=["loopback", "wildcard", "ipv6-wildcard", "named", "public-endpoint"],
+)
+def test_apps_get_an_endpoint_they_can_connect_to(served, public, expected):
+    config = {"publicEndpoint": public} if public else {}
+    assert client_endpoint(config, served) == expected
+
+
+def test_the_client_config_follows_the_server_and_keeps_fields_of_your_own(tmp_path):
+    config, _ = load_config(tmp_path / "montybase.json")
+    path = tmp_path / "client-config.json"
+    assert write_client_config(config, tmp_path / "montybase.json", "ws://127.0.0.1:8765") == (path, False)
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), "endpoint": "ws://127.0.0.1:1", "theme": "dark"}))
+    assert write_client_config(config, tmp_path / "montybase.json", "ws://127.0.0.1:9000") == (path, True)
+    assert json.loads(path.read_text()) == {**client_config(config, "ws://127.0.0.1:9000"), "theme": "dark"}
+    assert write_client_config(config, tmp_path / "montybase.json", "ws://127.0.0.1:9000") == (path, False)
+
+    path.unlink()
+    assert write_client_config(config, tmp_path / "montybase.json", "ws://127.0.0.1:9000") == (path, True)
+    assert json.loads(path.read_text()) == client_config(config, "ws://127.0.0.1:9000")
+
+    without_key = {k: v for k, v in config.items() if k != "serverKey"}  # no key pair: nothing to pin
+    write_client_config(without_key, tmp_path / "montybase.json", "ws://127.0.0.1:9000")
+    assert "serverKey" not in json.loads(path.read_text())
+    path.write_text("{broken")
+    assert write_client_config(config, tmp_path / "montybase.json", "ws://127.0.0.1:9000") == (path, True)
+    assert json.loads(path.read_text())["endpoint"] == "ws://127.0.0.1:9000"

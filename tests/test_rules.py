@@ -906,6 +906,20 @@ def test_results_per_read(sized):
     assert len(doc(admin, "docs").get()) == 6  # the admin key is not limited
 
 
+def test_a_read_over_max_results_says_what_to_change(sized):
+    _, admin, client = sized
+    _six_documents(admin)
+    ref = doc(client, "docs")
+    with pytest.raises(LimitExceededError, match="add a limit of at most 5"):
+        ref.stream()
+    with pytest.raises(LimitExceededError) as caught:
+        ref.order_by("i").limit(2000).stream()  # a limit, just too high: "add a limit" would mislead
+    assert "asked for up to 2000" in str(caught.value) and "lower it to 5" in str(caught.value)
+    assert "add a limit" not in str(caught.value)
+    with pytest.raises(LimitExceededError, match="asked for up to 9"):
+        ref.order_by("i").limit_to_last(9).on_snapshot(lambda snapshot: None)
+
+
 def test_results_per_read_also_bound_a_listener(sized):
     _, admin, client = sized
     _six_documents(admin)

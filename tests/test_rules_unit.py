@@ -274,6 +274,10 @@ def test_results_per_read():
     with pytest.raises(LimitExceededError) as caught:
         rules.check_results(ANON, 4)
     assert caught.value.data == {"limit": 3, "actual": 4}
+    assert "add a limit of at most 3" in str(caught.value)
+    with pytest.raises(LimitExceededError) as caught:
+        rules.check_results(ANON, 4, asked=2000)
+    assert "asked for up to 2000" in str(caught.value) and "add a limit" not in str(caught.value)
     rules.check_results(ADMIN, 4)
 
 

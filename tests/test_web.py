@@ -12,7 +12,8 @@ from conftest import Served
 from server.web import route
 
 OPEN = urllib.request.build_opener(urllib.request.ProxyHandler({})).open  # 127.0.0.1 only, never a proxy
-CONFIG = {"projectName": "p", "apiKey": "mb-public-key-123456", "endpoint": "ws://127.0.0.1:8765", "serverKey": "AAA"}
+# As the server passes it: no endpoint unless the config sets publicEndpoint.
+CONFIG = {"projectName": "p", "apiKey": "mb-public-key-123456", "endpoint": "", "serverKey": "AAA"}
 
 
 @pytest.fixture
@@ -22,6 +23,8 @@ def site(tmp_path):
     (tmp_path / "site" / "app.js").write_text("export const x = 1;")
     (tmp_path / "site" / "sub" / "page.css").write_text("body {}")
     (tmp_path / "site" / ".env").write_text("SECRET=1")
+    for name in ("db.json", "db.json.lock", "db.json.3.journal", "db.json.tmp", "montybase.json"):
+        (tmp_path / "site" / name).write_text("SECRET storage")
     (tmp_path / "secret.txt").write_text("outside")
     (tmp_path / "site" / "link").symlink_to(tmp_path / "secret.txt")
     return tmp_path / "site"
@@ -40,11 +43,19 @@ def test_the_client_config_points_at_the_address_the_browser_used():
     assert json.loads(body) == {**CONFIG, "endpoint": "wss://example.org:8765"}
 
 
+def test_the_client_config_points_at_the_public_endpoint_when_the_config_sets_one():
+    proxied = {**CONFIG, "endpoint": "wss://example.org"}  # the browser reached a proxy in front of us
+    status, _, body = route("/client-config.json", "127.0.0.1:8765", proxied, None, False)
+    assert status == 200 and json.loads(body)["endpoint"] == "wss://example.org"
+
+
 @pytest.mark.parametrize(
     "target,status,needle",
     [("/", 200, b"home"), ("/app.js", 200, b"export"), ("/sub/page.css", 200, b"body"), ("/sub/", 404, b""),
      ("/.env", 404, b""), ("/../secret.txt", 404, b""), ("/%2e%2e/secret.txt", 404, b""), ("/link", 404, b""),
-     ("/sub/%2e%2e/%2e%2e/secret.txt", 404, b""), ("/nothing", 404, b""), ("/app.js?v=2", 200, b"export")],
+     ("/sub/%2e%2e/%2e%2e/secret.txt", 404, b""), ("/nothing", 404, b""), ("/app.js?v=2", 200, b"export"),
+     ("/db.json", 404, b""), ("/db.json.lock", 404, b""), ("/db.json.3.journal", 404, b""), ("/db.json.tmp", 404, b""),
+     ("/montybase.json", 404, b"")],
 )
 def test_the_static_folder_never_lists_or_escapes(site, target, status, needle):
     got_status, _, body = route(target, "h:1", CONFIG, site, False)

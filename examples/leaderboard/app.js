@@ -33,6 +33,23 @@ function render() {
   $("top").replaceChildren(...items);
 }
 
+/** The badge beside "Top 10": "live" while the server answers, "offline" while it cannot be reached. */
+function connection(online) {
+  $("connection").textContent = online ? "live" : "offline, reconnecting…";
+  $("connection").className = online ? "small live" : "small live offline";
+  document.body.dataset.connection = online ? "live" : "offline";
+}
+const unreachable = (error) => error.reason === "CONNECTION_LOST" || error.reason === "UNAVAILABLE";
+
+// A lost connection sends no snapshot, so ask the server something small every few seconds; any
+// answer, even a refusal, means it is there.
+setInterval(() => {
+  scores.limit(1).exists().then(
+    () => connection(true),
+    (error) => connection(!unreachable(error)),
+  );
+}, 3000);
+
 // The top 10, live: the first snapshot is the current state, then one per change (a score that
 // enters the top 10 pushes the last one out). The client reconnects and resubscribes by itself.
 status("Connecting…");
@@ -41,13 +58,15 @@ const ready = new Promise((resolve) => {
     ({ docs }) => {
       shown = docs;
       render();
+      connection(true);
       const said = $("status").textContent;
       if (!docs.length) status("No scores yet: be the first.");
       else if (said === "Connecting…" || said.startsWith("No scores")) status("");
       resolve();
     },
     (error) => {
-      status(`Could not load the scores: ${error.reason ?? ""} ${error.message}`, true);
+      const why = error.reason === "PERMISSION_DENIED" ? "this leaderboard is closed to this page" : error.message;
+      status(`The scores cannot be shown: ${why}`, true);
       resolve();
     },
   );
@@ -62,8 +81,11 @@ function refusal(error) {
       return `Too many scores: try again in ${Math.ceil((error.data.retryAfterMs ?? 1000) / 1000)} s.`;
     case "PERMISSION_DENIED":
       return "The server does not accept scores here.";
+    case "CONNECTION_LOST":
+    case "UNAVAILABLE":
+      return "The server cannot be reached right now, so your score was not posted: try again in a moment.";
     default:
-      return `Could not post: ${error.reason ?? ""} ${error.message}`;
+      return `Your score was not posted: ${error.message}`;
   }
 }
 
@@ -109,6 +131,7 @@ $("post").addEventListener("submit", async (event) => {
     $("post").hidden = true;
     status(`Posted ${score} for ${name}.`);
   } catch (error) {
+    if (unreachable(error)) connection(false);
     status(refusal(error), true);
   } finally {
     $("submit").disabled = false;

@@ -1,7 +1,8 @@
 // Headless Chromium: pages served by `python3 -m server` (static folder examples/leaderboard)
 // load the JS client from the server, connect with /client-config.json, write and read; the
 // live top 10 (onSnapshot) of two pages follows a page's scores and a Python writer's; a Python
-// program and a page share a collection.
+// program and a page share a collection; the page shows when the server is down, and says so in
+// words a player reads.
 
 import assert from "node:assert/strict";
 import { writeFile } from "node:fs/promises";
@@ -276,5 +277,37 @@ test("two pages' live top 10 follow a Python writer, with no refresh", async () 
   for (const { errors, close } of pages) {
     assert.deepEqual(errors, []);
     await close();
+  }
+});
+
+test("the badge turns offline while the server is down and live when it is back; a post meanwhile says so plainly", async () => {
+  const dir = await tempDir();
+  await writeConfig(dir, { static: relative(dir, join(ROOT, "examples", "leaderboard")) });
+  const own = await Server.start({ dir }); // its own server: this test stops it
+  try {
+    const { page, close } = await openBrowserPage(browser, `${own.http}/?seconds=1`);
+    await page.waitForSelector("body[data-ready=true]");
+    await page.waitForSelector("body[data-connection=live]");
+    assert.equal(await page.textContent("#connection"), "live");
+    await page.click("#start");
+    await page.click("#target");
+    await page.waitForSelector("#post:not([hidden])", { timeout: 10_000 });
+
+    await own.stop();
+    await page.waitForSelector("body[data-connection=offline]", { timeout: 15_000 });
+    assert.match(await page.textContent("#connection"), /offline/);
+    await page.fill("#name", "Amor");
+    await page.click("#submit");
+    await page.waitForSelector("#status.error", { timeout: 15_000 });
+    const said = await page.textContent("#status");
+    assert.match(said, /cannot be reached/);
+    assert.doesNotMatch(said, /CONNECTION_LOST|UNAVAILABLE|code \d+/);
+
+    await own.restart(); // the same port and folder: the page reconnects by itself
+    await page.waitForSelector("body[data-connection=live]", { timeout: 15_000 });
+    assert.equal(await page.textContent("#connection"), "live");
+    await close();
+  } finally {
+    await own.cleanup();
   }
 });

@@ -2,6 +2,7 @@
 // small utilities shared by the node:test suites and the browser tests.
 
 import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -15,7 +16,8 @@ import { publicKeyFromPkcs8 } from "../../js_client/channel.js";
 import { Montybase } from "montybase";
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
-export const PYTHON = process.env.PYTHON || "python3";
+/** The Python that runs servers: $PYTHON (scripts/test sets it), else the project's .venv, else python3. */
+export const PYTHON = process.env.PYTHON || (existsSync(join(ROOT, ".venv", "bin", "python")) ? join(ROOT, ".venv", "bin", "python") : "python3");
 const START_TIMEOUT = 20_000;
 const STOP_TIMEOUT = 15_000;
 
@@ -116,8 +118,8 @@ export class Server {
   }
 
   /**
-   * The parsed client-config.json the server wrote on its first start, or (for a montybase.json
-   * written before the first start, which makes the server write none) the same built from it.
+   * The parsed client-config.json the server keeps in step with it at every start (or, should
+   * it be missing, the same built from montybase.json).
    */
   async clientConfig() {
     try {
