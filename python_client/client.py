@@ -36,7 +36,7 @@ def _serving_address(dev: bool | str, endpoint: bool) -> tuple[str | None, int |
     if isinstance(dev, str) and dev:
         host, _, port = dev.rpartition(":")
         if not host or not port.isdigit():
-            raise InvalidArgumentError(f"dev must be True or 'host:port', got {dev!r}", {"path": "/dev"})
+            raise InvalidArgumentError(f"dev must be True or 'host:port', got {dev!r}")
         return host, int(port)
     return None
 
@@ -111,7 +111,7 @@ class Montybase:
         elif config.get("apiKey"):
             kid, key, server_key = "client", config["apiKey"], config.get("serverKey")
         else:
-            raise InvalidArgumentError("the client config holds no apiKey", {"path": "apiKey"})
+            raise InvalidArgumentError("the client config holds no apiKey")
         return RemoteBackend(api, kid=kid, key=key, server_key=server_key, ssl_context=ssl_context)
 
     def run(self) -> None:
@@ -119,11 +119,11 @@ class Montybase:
         if self._api is not None:
             raise InvalidArgumentError(
                 f"run() serves an embedded database, and this handle uses the server at {self._api}: open "
-                "Montybase(dev=True) without api= (and with the server's montybase.json) to serve", {"path": "/api"}
+                "Montybase(dev=True) without api= (and with the server's montybase.json) to serve"
             )
         if self._serve_at is None:
             raise InvalidArgumentError(
-                "run() serves the database: open it with dev=True, dev='host:port' or endpoint=True", {"path": "/dev"}
+                "run() serves the database: open it with dev=True, dev='host:port' or endpoint=True"
             )
         from server.cli import announce, configure_logging, serve
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from server.errors import ConflictError, InvalidArgumentError
-from server.paths import MAX_PATH_SEGMENTS, CheckedPath, check_key, check_path, field_path, simple_key
+from server.paths import MAX_PATH_SEGMENTS, CheckedPath, check_key, check_path, field_path, pointer, simple_key
 
 from .listen import DocumentSnapshot, QuerySnapshot
 
@@ -44,8 +44,8 @@ def _segments(parts: tuple[Any, ...]) -> CheckedPath:
         else:
             out.append(part)
     for i, segment in enumerate(out):
-        check_key(segment, f"path segment {i}")
-    return check_path(out, "path")
+        check_key(segment, pointer("/path", i))
+    return check_path(out)
 
 
 def make_reference(backend: Backend, segments: CheckedPath) -> Reference:
@@ -62,7 +62,7 @@ def _field(field: Any) -> Any:
 def _fields(value: Any) -> list[list[Any]]:
     """`update` values as [field, value] pairs; "a.b" names a nested field, a tuple a literal one."""
     if not isinstance(value, dict):
-        raise InvalidArgumentError(f"update takes a dict of fields, got {type(value).__name__}", {"path": "value"})
+        raise InvalidArgumentError(f"/fields: update takes a dict of fields, got {type(value).__name__}", {"path": "/fields"})
     return [[_field(field), item] for field, item in value.items()]
 
 
@@ -85,7 +85,7 @@ def _order_value(document: dict[str, Any], field: Any, doc_id: str, cursor: str)
     """The value of an order field in a cursor document; INVALID_ARGUMENT if it lacks it (no
     position in the order would then be its own)."""
     value: Any = document
-    for key in field_path(field, "field"):
+    for key in field_path(field, f"/query/{cursor}"):
         if type(value) is not dict or key not in value:
             raise InvalidArgumentError(
                 f"{cursor}: document {doc_id!r} has no field {field!r} to order by", {"path": f"/query/{cursor}"}
@@ -137,7 +137,8 @@ class Query:
             direction.lower() if isinstance(direction, str) else direction
         )
         if normalized is None:
-            raise InvalidArgumentError(f"direction must be 'asc' or 'desc', got {direction!r}", {"path": "direction"})
+            at = pointer("/query/orderBy", len(self._spec.get("orderBy", ())), 1)
+            raise InvalidArgumentError(f"{at}: direction must be 'asc' or 'desc', got {direction!r}", {"path": at})
         return self._with(orderBy=[_field(field), normalized])
 
     def limit(self, n: int) -> Query:
@@ -239,7 +240,7 @@ class Reference:
 
     def append(self, *segments: str) -> Reference:
         """A new reference, `segments` further down."""
-        return make_reference(self._backend, check_path(self.segments + _segments(segments), "path"))
+        return make_reference(self._backend, check_path(self.segments + _segments(segments)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
@@ -345,11 +346,11 @@ class CollectionReference(Reference):
     def _target(self, key: str | None) -> CheckedPath:
         if key is None:
             return self.segments
-        return CheckedPath((*self.segments, check_key(key, "key")))  # at most 63 + 1 segments
+        return CheckedPath((*self.segments, check_key(key, pointer("/path", len(self.segments)))))  # at most 63 + 1 segments
 
     def _update_target(self, key: str | None) -> CheckedPath:
         if key is None:
-            raise InvalidArgumentError("update on a collection needs key= (the document to merge into)", {"path": "key"})
+            raise InvalidArgumentError("update on a collection needs key= (the document to merge into)", {"path": "/path"})
         return self._target(key)
 
 
@@ -365,7 +366,7 @@ class DocumentReference(Reference):
         if key is not None:
             raise InvalidArgumentError(
                 f"key= is for collection references; {self.path} is a document (use append() for subcollections)",
-                {"path": "key"},
+                {"path": "/path"},
             )
         return self.segments
 
@@ -438,7 +439,7 @@ def run_transaction(backend: Backend, fn: Callable[[Transaction], Any], max_atte
     """Run `fn(transaction)` and commit; on CONFLICT wait (randomized exponential backoff) and
     run it again, up to `max_attempts` times in all."""
     if type(max_attempts) is not int or max_attempts < 1:
-        raise InvalidArgumentError(f"max_attempts must be an integer of at least 1, got {max_attempts!r}", {"path": "max_attempts"})
+        raise InvalidArgumentError(f"max_attempts must be an integer of at least 1, got {max_attempts!r}")
     for attempt in itertools.count(1):
         transaction = Transaction(backend)
         result = fn(transaction)

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from server.channel import ClientHandshake, Records
 from server.errors import ConnectionLostError, InvalidArgumentError, MontybaseError, UnavailableError, error_class
-from server.paths import field_path
+from server.paths import pointer
 from server.query import parse_query
 from server.values import prepare
 
@@ -45,14 +45,15 @@ def _check_values(method: str, params: dict[str, Any]) -> None:
     """Refuse, as the server would and with its message, values JSON cannot carry faithfully
     (NaN, bytes, lone surrogates, non-string keys, unsafe integers) before anything is sent."""
     writes = params.get("writes") if method == "commit" else [params]
-    for write in writes if isinstance(writes, list) else ():
+    for i, write in enumerate(writes if isinstance(writes, list) else ()):
         if not isinstance(write, dict):
             continue
+        where = pointer("/writes", i) if method == "commit" else ""
         if "value" in write:
-            prepare(write["value"], None, "value", 0, "set")
-        for pair in write.get("fields") or ():
+            prepare(write["value"], None, pointer(where, "value"), 0, "set")
+        for j, pair in enumerate(write.get("fields") or ()):
             if isinstance(pair, (list, tuple)) and len(pair) == 2:
-                prepare(pair[1], None, "value." + ".".join(field_path(pair[0])), 0, "update")
+                prepare(pair[1], None, pointer(where, "fields", j, 1), 0, "update")
     if "query" in params:
         parse_query(params["query"])
 
@@ -271,7 +272,7 @@ class RemoteBackend:
         try:
             frame = _encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
         except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(f"params are not JSON: {exc}", {"path": "params"}) from None
+            raise InvalidArgumentError(f"params are not JSON: {exc}", {"path": ""}) from None
         try:
             self._ws.send(self._session.seal(frame))
         except ConnectionClosed as exc:

@@ -61,15 +61,15 @@ def _credentials(params: dict[str, Any]) -> tuple[str, str]:
     if isinstance(email, str):
         email = _email_key(email)
     if not isinstance(email, str) or "@" not in email or len(email) > 254:
-        raise InvalidArgumentError("email must be an email address", {"path": "params.email"})
+        raise InvalidArgumentError("/email: not an email address", {"path": "/email"})
     if not isinstance(password, str) or not 8 <= len(password) <= 1024:
-        raise InvalidArgumentError("password must be 8 to 1024 characters", {"path": "params.password"})
-    return check_key(email, "params.email"), password
+        raise InvalidArgumentError("/password: a password has 8 to 1024 characters", {"path": "/password"})
+    return check_key(email, "/email"), password
 
 
 def _token_key(token: Any) -> str:
     if not isinstance(token, str) or not token:
-        raise InvalidArgumentError("token must be a string", {"path": "params.token"})
+        raise InvalidArgumentError("/token: a token is a string", {"path": "/token"})
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -116,7 +116,7 @@ class Accounts:
         try:
             self.database.commit([{"op": "add", "path": [ACCOUNTS, email], "value": account}], private=True)
         except AlreadyExistsError:
-            raise AlreadyExistsError("an account with this email exists", {"path": "params.email"}) from None
+            raise AlreadyExistsError("/email: an account with this email exists", {"path": "/email"}) from None
         return self._session(account)
 
     def sign_in(self, params: dict[str, Any], address: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from .errors import (
     PermissionDeniedError,
     UnavailableError,
 )
-from .paths import check_path, field_path, generate_id
+from .paths import check_path, field_path, generate_id, pointer
 from .query import _MISSING, Query, aggregate, field_value, parse_query, run
 from .rules import Principal, RateLimiter, Rules
 from .storage import Storage
@@ -77,27 +77,27 @@ def _asked(query: Query) -> int | None:
 def _document_value(value: Any, where: str) -> dict:
     if type(value) is not dict or (len(value) == 1 and next(iter(value)) in TRANSFORMS):
         kind = "a transform" if type(value) is dict else type(value).__name__
-        raise InvalidArgumentError(f"{where} must be an object (a document), got {kind}", {"path": where})
+        raise InvalidArgumentError(f"{where}: a document is an object, got {kind}", {"path": where})
     return value
 
 
 def _updated(old: dict, fields: Any, now_ms: int, where: str) -> dict:
     """`old` with `fields` ([field path, value] pairs) merged in, copying only what changes."""
     if not isinstance(fields, (list, tuple)):
-        raise InvalidArgumentError(f"{where} must be a list of [field, value] pairs", {"path": where})
+        raise InvalidArgumentError(f"{where}: fields are a list of [field, value] pairs", {"path": where})
     new = dict(old)
     for i, pair in enumerate(fields):
-        at = f"{where}[{i}]"
+        at = pointer(where, i)
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise InvalidArgumentError(f"{at} must be a [field, value] pair", {"path": at})
-        field = field_path(pair[0], f"{at}.field")
+            raise InvalidArgumentError(f"{at}: a field to update is a [field, value] pair", {"path": at})
+        field = field_path(pair[0], pointer(at, 0))
         parent = new
         for key in field[:-1]:
             child = parent.get(key)
             parent[key] = child = dict(child) if type(child) is dict else {}
             parent = child
         leaf = field[-1]
-        value = prepare(pair[1], parent.get(leaf), "value." + ".".join(field), now_ms, "update")
+        value = prepare(pair[1], parent.get(leaf), pointer(at, 1), now_ms, "update")
         if value is DELETE:
             parent.pop(leaf, None)
         else:
@@ -159,7 +159,7 @@ class Database:
 
     def write(self, op: str, params: dict, principal: Principal | None) -> tuple[dict, int]:
         """One `add`, `set`, `update` or `delete`."""
-        results, seq = self._commit_writes([{**params, "op": op}], None, principal)
+        results, seq = self._commit_writes([{**params, "op": op}], None, principal, single=True)
         return results[0], seq
 
     def transact(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
@@ -193,7 +193,7 @@ class Database:
                 return {"value": clone(self.tree.read(path))}, 0
         with self._lock:
             if not path:
-                raise PermissionDeniedError("only the admin key may read the root", {"path": []})
+                raise PermissionDeniedError("only the admin key may read the root", {"document": []})
             if self._reads_collection(path):
                 query = self.rules.narrow(principal, parse_query({"path": list(path)}))
                 self.rates.take(principal, self.rules.match(path), "list")
@@ -266,9 +266,9 @@ class Database:
         self._check_open()
         op = params.get("op")
         if op not in AGGREGATES:
-            raise InvalidArgumentError(f"aggregate op must be one of {', '.join(AGGREGATES)}, got {op!r}", {"path": "op"})
+            raise InvalidArgumentError(f"/op: an aggregate op is one of {', '.join(AGGREGATES)}, got {op!r}", {"path": "/op"})
         query = parse_query(params.get("query"))
-        field = field_path(params.get("field"), "field") if op in ("sum", "avg") else None
+        field = field_path(params.get("field"), "/field") if op in ("sum", "avg") else None
         with self._lock:
             if op == "exists":
                 empty_window = query.limit == 0 or query.limit_to_last == 0
@@ -294,7 +294,7 @@ class Database:
             if len(target) % 2:
                 target = parse_query({"path": list(target)})
             elif not target:
-                raise InvalidArgumentError("a listener needs a collection, document or query", {"path": "path"})
+                raise InvalidArgumentError("/path: a listener needs a collection, document or query", {"path": "/path"})
         with self._lock:
             if self._closed.is_set():
                 raise UnavailableError("the database is closed")
@@ -337,20 +337,21 @@ class Database:
 
     def _commit_writes(
         self, writes: Sequence[dict] | Any, reads: Sequence[dict] | None, principal: Principal | None,
-        private: bool = False,
+        private: bool = False, single: bool = False,
     ) -> tuple[list[dict], int]:
+        """`single`: one write whose params are the write itself (errors point into it), not a commit."""
         if not isinstance(writes, (list, tuple)) or not writes:
-            raise InvalidArgumentError("writes must be a non-empty list", {"path": "writes"})
+            raise InvalidArgumentError("/writes: writes are a non-empty list", {"path": "/writes"})
         if len(writes) > self.max_batch:
             raise LimitExceededError(
-                f"a batch holds at most {self.max_batch} writes, got {len(writes)}",
-                {"limit": self.max_batch, "actual": len(writes)},
+                f"/writes: a batch holds at most {self.max_batch} writes, got {len(writes)}",
+                {"path": "/writes", "limit": self.max_batch, "actual": len(writes)},
             )
         with self._lock:
             if self._closed.is_set():
                 raise UnavailableError("the database is closed")
             self._check_reads(reads, principal)
-            operations, results = self._resolve(writes, principal, private)
+            operations, results = self._resolve(writes, principal, private, single)
             if not operations:
                 return results, 0
             seq = self.seq + 1
@@ -369,21 +370,22 @@ class Database:
         if reads is None:
             return
         if not isinstance(reads, (list, tuple)):
-            raise InvalidArgumentError("reads must be a list of {path, value}", {"path": "reads"})
+            raise InvalidArgumentError("/reads: reads are a list of {path, value}", {"path": "/reads"})
         for i, read in enumerate(reads):
+            at = pointer("/reads", i)
             if not isinstance(read, dict):
-                raise InvalidArgumentError(f"reads[{i}] must be an object {{path, value}}", {"path": f"reads[{i}]"})
-            path = check_path(read.get("path"), f"reads[{i}].path")
+                raise InvalidArgumentError(f"{at}: a read is an object {{path, value}}", {"path": at})
+            path = check_path(read.get("path"), pointer(at, "path"))
             # A read is compared with what a get would answer this principal, after the same
             # rules: a refused read is PERMISSION_DENIED, never a comparison (no value oracle).
             seen = self.tree.read(path) if principal is None else self.get({"path": path}, principal)[0]["value"]
             if not json_equal(seen, read.get("value")):
                 raise ConflictError(
-                    f"{'/'.join(path)} changed after the transaction read it", {"path": list(path)}
+                    f"{'/'.join(path)} changed after the transaction read it", {"document": list(path)}
                 )
 
     def _resolve(
-        self, writes: Sequence[dict], principal: Principal | None, private: bool = False
+        self, writes: Sequence[dict], principal: Principal | None, private: bool = False, single: bool = False
     ) -> tuple[list[list], list[dict]]:
         """The journal operations (["set", path, document] or ["delete", path]) and the results.
         With a principal, every write passes the rules (permission first, then data rules)."""
@@ -408,13 +410,15 @@ class Database:
             return self.rules.check_write(principal, op, path, old, new, now_ms, size, replacing=replacing)
 
         for i, write in enumerate(writes):
-            where = f"writes[{i}]" if len(writes) > 1 else "params"
+            where = "" if single else pointer("/writes", i)
             if not isinstance(write, dict) or write.get("op") not in WRITE_OPS:
-                raise InvalidArgumentError(f"{where}.op must be one of {', '.join(WRITE_OPS)}", {"path": f"{where}.op"})
+                at = pointer(where, "op")
+                raise InvalidArgumentError(f"{at}: op must be one of {', '.join(WRITE_OPS)}", {"path": at})
             op = write["op"]
-            path = tuple(write.get("path") or ()) if private else check_path(write.get("path"), f"{where}.path")
+            path = tuple(write.get("path") or ()) if private else check_path(write.get("path"), pointer(where, "path"))
             if not path:
-                raise InvalidArgumentError(f"{where}.path is empty: {op} needs a collection or document", {"path": f"{where}.path"})
+                at = pointer(where, "path")
+                raise InvalidArgumentError(f"{at}: the path is empty: {op} needs a collection or document", {"path": at})
             is_collection = len(path) % 2 == 1
             if op == "delete":
                 old = batch.collection(path) if is_collection else batch.document(path)
@@ -429,27 +433,26 @@ class Database:
                 continue
             if op == "update":
                 if is_collection:
-                    raise InvalidArgumentError(
-                        f"{where}: update needs a document; on a collection pass key=", {"path": f"{where}.path"}
-                    )
+                    at = pointer(where, "path")
+                    raise InvalidArgumentError(f"{at}: update needs a document; on a collection pass key=", {"path": at})
                 old = batch.document(path)
                 check("update", path, old, None, final=False)  # permission before existence: no oracle
-                document = _updated(old or {}, write.get("fields"), now_ms, f"{where}.fields")  # bad fields first
+                document = _updated(old or {}, write.get("fields"), now_ms, pointer(where, "fields"))  # bad fields first
                 if old is None:
-                    raise NotFoundError(f"no document at {'/'.join(path)} to update", {"path": list(path)})
+                    raise NotFoundError(f"no document at {'/'.join(path)} to update", {"document": list(path)})
                 document = check("update", path, old, document)
             else:
-                value = _document_value(write.get("value"), f"{where}.value")
+                value = _document_value(write.get("value"), pointer(where, "value"))
                 if is_collection:
                     path = path + (generate_id(),)
                     old = None
                 else:
                     old = batch.document(path)
                 # set replaces the document first (as Firestore's does): its transforms start from nothing.
-                document = prepare(value, None, "value", now_ms, "set")
+                document = prepare(value, None, pointer(where, "value"), now_ms, "set")
                 if op == "add" and old is not None:
                     check("create", path, None, document, final=False)  # only creators learn it exists
-                    raise AlreadyExistsError(f"a document already exists at {'/'.join(path)}", {"path": list(path)})
+                    raise AlreadyExistsError(f"a document already exists at {'/'.join(path)}", {"document": list(path)})
                 document = check("create" if old is None else "update", path, old, document, replacing=True)
             operations.append(["set", list(path), document])
             batch.docs[path] = document

@@ -21,7 +21,7 @@ __all__ = [
     "check_path",
     "field_path",
     "generate_id",
-    "is_document_path",
+    "pointer",
     "simple_key",
 ]
 
@@ -38,7 +38,15 @@ _FORBIDDEN_CHARS = re.compile("[\x00-\x1f\x7f-\x9f/\ud800-\udfff]")
 simple_key = re.compile(r"(?!__)[A-Za-z0-9_\-]{1,128}").fullmatch
 
 
-def check_key(key: object, where: str = "key") -> str:
+def pointer(where: str, *parts: object) -> str:
+    """A JSON Pointer (RFC 6901) below `where`: how every error's `data.path` names a place in
+    the request's params ("" the params, "/value/stats/best", "/writes/0/path/1")."""
+    for part in parts:
+        where += "/" + str(part).replace("~", "~0").replace("/", "~1")
+    return where
+
+
+def check_key(key: object, where: str = "/key") -> str:
     """Return `key` if it is a valid segment or object key, else raise InvalidArgumentError.
 
     A key is a non-empty string of at most 128 UTF-8 bytes, without `/` or control
@@ -48,7 +56,7 @@ def check_key(key: object, where: str = "key") -> str:
         return key
     if type(key) is not str:
         raise InvalidArgumentError(
-            f"{where} must be a string, got {type(key).__name__} {key!r}", {"path": where}
+            f"{where}: a key must be a string, got {type(key).__name__} {key!r}", {"path": where}
         )
     problem = None
     if not key:
@@ -63,11 +71,11 @@ def check_key(key: object, where: str = "key") -> str:
         problem = "may not contain '/', control characters or lone surrogates"
     elif len(key) > MAX_KEY_BYTES // 4 and (size := len(key.encode("utf-8"))) > MAX_KEY_BYTES:
         raise LimitExceededError(
-            f"{where} {key!r} is longer than {MAX_KEY_BYTES} UTF-8 bytes ({size})",
+            f"{where}: key {key!r} is longer than {MAX_KEY_BYTES} UTF-8 bytes ({size})",
             {"path": where, "limit": MAX_KEY_BYTES, "actual": size},
         )
     if problem:
-        raise InvalidArgumentError(f"{where} {key!r} {problem}", {"path": where})
+        raise InvalidArgumentError(f"{where}: key {key!r} {problem}", {"path": where})
     return key
 
 
@@ -77,26 +85,21 @@ class CheckedPath(tuple):
     __slots__ = ()
 
 
-def check_path(path: object, where: str = "path") -> CheckedPath:
+def check_path(path: object, where: str = "/path") -> CheckedPath:
     """Validate a path (a list or tuple of segments) and return it as a CheckedPath."""
     if type(path) is CheckedPath:
         return path
     if not isinstance(path, (list, tuple)):
-        raise InvalidArgumentError(f"{where} must be a list of segments, got {type(path).__name__}", {"path": where})
+        raise InvalidArgumentError(f"{where}: a path is a list of segments, got {type(path).__name__}", {"path": where})
     if len(path) > MAX_PATH_SEGMENTS:
-        raise InvalidArgumentError(f"{where} has more than {MAX_PATH_SEGMENTS} segments", {"path": where})
+        raise InvalidArgumentError(f"{where}: a path has at most {MAX_PATH_SEGMENTS} segments, got {len(path)}", {"path": where})
     for index, segment in enumerate(path):
         if type(segment) is not str or simple_key(segment) is None:
-            check_key(segment, f"{where}[{index}]")
+            check_key(segment, pointer(where, index))
     return CheckedPath(path)
 
 
-def is_document_path(path: Sequence[str]) -> bool:
-    """Collections sit at odd depths (1, 3, …), documents at even depths (2, 4, …)."""
-    return len(path) > 0 and len(path) % 2 == 0
-
-
-def field_path(field: object, where: str = "field") -> tuple[str, ...]:
+def field_path(field: object, where: str = "/field") -> tuple[str, ...]:
     """A field path: `"a.b"` (split on dots) or a list/tuple of keys (taken literally)."""
     if isinstance(field, str):
         parts: Sequence[object] = field.split(".")
@@ -104,7 +107,7 @@ def field_path(field: object, where: str = "field") -> tuple[str, ...]:
         parts = field
     else:
         raise InvalidArgumentError(
-            f"{where} must be a dotted string or a non-empty list of keys, got {field!r}", {"path": where}
+            f"{where}: a field is a dotted string or a non-empty list of keys, got {field!r}", {"path": where}
         )
     return tuple(check_key(part, where) for part in parts)
 

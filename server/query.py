@@ -11,7 +11,7 @@ from typing import Any
 from sortedcontainers import SortedList
 
 from .errors import InvalidArgumentError
-from .paths import check_path, field_path
+from .paths import check_path, field_path, pointer
 from .values import MAX_SAFE_INTEGER, json_equal, prepare
 
 __all__ = ["OPERATORS", "OrderIndex", "Query", "aggregate", "compile_where", "field_value", "matches", "parse_query", "run"]
@@ -57,58 +57,61 @@ def _owned(owner: tuple[tuple[str, ...] | None, str], doc_id: str, document: Any
     return (doc_id if field is None else field_value(document, field)) == uid
 
 
-def _integer(data: Mapping[str, Any], name: str, minimum: int) -> int | None:
+def _integer(data: Mapping[str, Any], name: str, minimum: int, where: str) -> int | None:
     value = data.get(name)
     if value is None:
         return None
     if type(value) is not int or value < minimum:
-        raise InvalidArgumentError(f"query.{name} must be an integer ≥ {minimum}, got {value!r}", {"path": f"query.{name}"})
+        at = pointer(where, name)
+        raise InvalidArgumentError(f"{at}: {name} must be an integer ≥ {minimum}, got {value!r}", {"path": at})
     return value
 
 
-def parse_query(data: Any) -> Query:
+def parse_query(data: Any, where: str = "/query") -> Query:
     """Turn the wire form of a query into a Query, or raise InvalidArgumentError naming the fault.
 
     Wire form: {"path": [...], "where": [[field, op, value], ...], "orderBy": [[field, "asc"|"desc"], ...],
     "limit": n, "limitToLast": n, "offset": n, "startAt" | "startAfter": [values], "endAt" | "endBefore": [values]}.
-    A field is a dotted string or a list of keys.
+    A field is a dotted string or a list of keys. `where` is the query's JSON Pointer in the params.
     """
     if not isinstance(data, Mapping):
-        raise InvalidArgumentError("query must be an object", {"path": "query"})
+        raise InvalidArgumentError(f"{where}: a query is an object", {"path": where})
     unknown = set(data) - {"path", "where", "orderBy", "limit", "limitToLast", "offset", "startAt", "startAfter", "endAt", "endBefore"}
     if unknown:
-        raise InvalidArgumentError(f"query has unknown members {sorted(unknown)}", {"path": "query"})
-    path = check_path(data.get("path"), "query.path")
-    where = []
+        raise InvalidArgumentError(f"{where}: the query has unknown members {sorted(unknown)}", {"path": where})
+    path = check_path(data.get("path"), pointer(where, "path"))
+    clauses = []
     for i, clause in enumerate(data.get("where") or ()):
-        where_at = f"query.where[{i}]"
+        where_at = pointer(where, "where", i)
         if not isinstance(clause, (list, tuple)) or len(clause) != 3:
-            raise InvalidArgumentError(f"{where_at} must be [field, op, value]", {"path": where_at})
+            raise InvalidArgumentError(f"{where_at}: a where clause is [field, op, value]", {"path": where_at})
         field, op, value = clause
         if op not in OPERATORS:
             raise InvalidArgumentError(f"{where_at}: unknown operator {op!r}; use one of {', '.join(OPERATORS)}", {"path": where_at})
-        value = prepare(value, None, f"{where_at}.value", 0, None)
+        value = prepare(value, None, pointer(where_at, 2), 0, None)
         if op in _LIST_OPERATORS and type(value) is not list:
             raise InvalidArgumentError(f"{where_at}: {op!r} needs a list of values", {"path": where_at})
-        where.append((field_path(field, f"{where_at}.field"), op, value))
+        clauses.append((field_path(field, pointer(where_at, 0)), op, value))
     order_by = []
     for i, clause in enumerate(data.get("orderBy") or ()):
-        order_at = f"query.orderBy[{i}]"
+        order_at = pointer(where, "orderBy", i)
         if not isinstance(clause, (list, tuple)) or len(clause) != 2 or clause[1] not in ("asc", "desc"):
-            raise InvalidArgumentError(f"{order_at} must be [field, 'asc' | 'desc']", {"path": order_at})
-        order_by.append((field_path(clause[0], f"{order_at}.field"), clause[1] == "desc"))
-    limit, limit_to_last = _integer(data, "limit", 0), _integer(data, "limitToLast", 0)
+            raise InvalidArgumentError(f"{order_at}: an order is [field, 'asc' | 'desc']", {"path": order_at})
+        order_by.append((field_path(clause[0], pointer(order_at, 0)), clause[1] == "desc"))
+    limit, limit_to_last = _integer(data, "limit", 0, where), _integer(data, "limitToLast", 0, where)
     if limit is not None and limit_to_last is not None:
-        raise InvalidArgumentError("query has both limit and limitToLast", {"path": "query.limitToLast"})
-    query = Query(path, tuple(where), tuple(order_by), limit, limit_to_last, _integer(data, "offset", 0) or 0)
+        at = pointer(where, "limitToLast")
+        raise InvalidArgumentError(f"{at}: the query has both limit and limitToLast", {"path": at})
+    query = Query(path, tuple(clauses), tuple(order_by), limit, limit_to_last, _integer(data, "offset", 0, where) or 0)
     cursors = {}
     for side, names in (("start", ("startAt", "startAfter")), ("end", ("endAt", "endBefore"))):
         given = [name for name in names if data.get(name) is not None]
         if len(given) > 1:
-            raise InvalidArgumentError(f"query has both {given[0]} and {given[1]}", {"path": f"query.{given[1]}"})
+            at = pointer(where, given[1])
+            raise InvalidArgumentError(f"{at}: the query has both {given[0]} and {given[1]}", {"path": at})
         if given:
             name = given[0]
-            cursors[side] = (_cursor_key(data[name], query.order_by, f"query.{name}"), name.endswith("At"))
+            cursors[side] = (_cursor_key(data[name], query.order_by, pointer(where, name)), name.endswith("At"))
     return Query(**{**{f: getattr(query, f) for f in Query.__slots__}, **cursors})
 
 
@@ -120,11 +123,12 @@ def _cursor_key(values: Any, order_by: tuple, where: str) -> tuple[Any, ...]:
         )
     key = []
     for i, value in enumerate(values):
-        value = prepare(value, None, f"{where}[{i}]", 0, None)
+        value = prepare(value, None, pointer(where, i), 0, None)
         if i < len(order_by):
             key.extend(sort_key(value, order_by[i][1]))
         elif type(value) is not str:
-            raise InvalidArgumentError(f"{where}[{i}]: the value after the order fields is an id, a string", {"path": where})
+            at = pointer(where, i)
+            raise InvalidArgumentError(f"{at}: the value after the order fields is an id, a string", {"path": at})
         else:
             key.append(value)
     return tuple(key)

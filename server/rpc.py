@@ -16,7 +16,7 @@ import fastjsonschema
 from .errors import (
     InternalError, InvalidArgumentError, InvalidRequestError, LimitExceededError, MontybaseError, ParseError,
 )
-from .paths import CheckedPath
+from .paths import CheckedPath, pointer
 from .schemas import load_schema
 
 __all__ = ["Call", "Rpc", "compile_params", "dumps", "internal", "loads"]
@@ -47,10 +47,8 @@ class Call:
 
 
 def _json_path(parts: list[str]) -> str:
-    out = "params"
-    for part in parts[1:]:  # parts[0] is fastjsonschema's name for the root
-        out += f"[{part}]" if part.isdigit() else f".{part}"
-    return out
+    """fastjsonschema's path of a fault as a JSON Pointer into the params."""
+    return pointer("", *parts[1:])  # parts[0] is fastjsonschema's name for the root
 
 
 def _no_remote(uri: str) -> None:
@@ -120,7 +118,7 @@ class Rpc:
             raise InvalidRequestError("id must be a string, an integer or null")
         params = message.get("params", {})
         if not isinstance(params, dict):
-            raise InvalidArgumentError("params must be an object", {"path": "params"})
+            raise InvalidArgumentError("params must be an object", {"path": ""})
         method = message["method"]
         self.check(method, params)
         return Call(request_id, method, params, notification)
@@ -135,7 +133,7 @@ class Rpc:
         except fastjsonschema.JsonSchemaValueException as exc:
             where = _json_path(exc.path)
             message = exc.message.split(" ", 1)[1] if " " in exc.message else exc.message
-            raise InvalidArgumentError(f"{where} {message}", {"path": where}) from None
+            raise InvalidArgumentError(f"{where or 'params'} {message}", {"path": where}) from None
 
     @staticmethod
     def request_id(message: Any) -> Any:

@@ -21,7 +21,7 @@ from jsonschema.exceptions import SchemaError
 from referencing import Registry
 
 from .errors import InvalidArgumentError, LimitExceededError, PermissionDeniedError, RateLimitedError, ValidationError
-from .paths import field_path
+from .paths import field_path, pointer
 from .query import Query, field_value
 from .values import json_equal
 
@@ -124,7 +124,7 @@ class Rule:
 
     @classmethod
     def parse(cls, pattern: str, spec: dict[str, Any]) -> Rule:
-        where = f"rules.{pattern}"
+        where = pointer("/rules", pattern)  # in montybase.json
         grants = dict.fromkeys(OPERATIONS, "none")
         for name, ops in _SHORTHANDS.items():
             if name in spec:
@@ -132,20 +132,23 @@ class Rule:
         grants.update({op: spec[op] for op in OPERATIONS if op in spec})
         for op, grant in grants.items():
             if grant not in GRANTS:
-                raise InvalidArgumentError(f"{where}.{op}: grant must be one of {', '.join(GRANTS)}, got {grant!r}", {"path": where})
+                at = pointer(where, op)
+                raise InvalidArgumentError(f"{at}: grant must be one of {', '.join(GRANTS)}, got {grant!r}", {"path": at})
         owner_spec = spec.get("owner", "$id")
-        owner = None if owner_spec == "$id" else field_path(owner_spec, f"{where}.owner")
+        owner = None if owner_spec == "$id" else field_path(owner_spec, pointer(where, "owner"))
         schema = fast_check = None
         if "schema" in spec:
             try:
                 Draft202012Validator.check_schema(spec["schema"])
             except SchemaError as exc:
-                raise InvalidArgumentError(f"{where}.schema is not a valid JSON Schema: {exc.message}", {"path": where}) from None
+                at = pointer(where, "schema")
+                raise InvalidArgumentError(f"{at}: not a valid JSON Schema: {exc.message}", {"path": at}) from None
             remote = _remote_ref(spec["schema"])
             if remote is not None:
+                at = pointer(where, "schema")
                 raise InvalidArgumentError(
-                    f"{where}.schema: $ref {remote!r} is not local; only references inside the schema (\"#/…\") are allowed",
-                    {"path": where},
+                    f"{at}: $ref {remote!r} is not local; only references inside the schema (\"#/…\") are allowed",
+                    {"path": at},
                 )
             # An empty registry that refuses to fetch, should any other reference slip through.
             schema = Draft202012Validator(spec["schema"], registry=Registry(retrieve=_no_remote))
@@ -158,14 +161,14 @@ class Rule:
         rates = {}
         for op, text in (spec.get("rate") or {}).items():
             for name in _SHORTHANDS.get(op, (op,)):
-                rates[name] = _rate(text, f"{where}.rate.{op}")
+                rates[name] = _rate(text, pointer(where, "rate", op))
         return cls(
             pattern,
             grants,
             owner,
             schema,
             fast_check,
-            tuple(field_path(name, f"{where}.immutable") for name in spec.get("immutable", ())),
+            tuple(field_path(name, pointer(where, "immutable")) for name in spec.get("immutable", ())),
             dict(spec.get("serverFields") or {}),
             spec.get("maxDocBytes"),
             spec.get("maxDocs"),
@@ -280,7 +283,7 @@ class Rules:
             return
         rule = self.match(path[:-1])
         if rule is None or not rule.allows(principal, "get", path[-1], document):
-            raise PermissionDeniedError(f"{principal.role} may not get {'/'.join(path)}", {"path": list(path)})
+            raise PermissionDeniedError(f"{principal.role} may not get {'/'.join(path)}", {"document": list(path)})
 
     def owner_filter(self, principal: Principal, path: tuple[str, ...]) -> tuple[tuple[str, ...], str | None] | None:
         """For a listener of the document at `path` that `principal` may read only while it owns
@@ -303,7 +306,7 @@ class Rules:
             return query
         if grant == "owner" and principal.uid is not None:
             return replace(query, owner=(rule.owner, principal.uid))
-        raise PermissionDeniedError(f"{principal.role} may not list {'/'.join(query.path)}", {"path": list(query.path)})
+        raise PermissionDeniedError(f"{principal.role} may not list {'/'.join(query.path)}", {"document": list(query.path)})
 
     def check_results(self, principal: Principal, count: int, asked: int | None = None) -> None:
         """At most maxResults documents per client read; `asked` is the read's limit (or
@@ -332,7 +335,7 @@ class Rules:
         if len(path) % 2:
             if principal.admin:
                 return new
-            raise PermissionDeniedError(f"only the admin key may delete the whole collection {'/'.join(path)}", {"path": list(path)})
+            raise PermissionDeniedError(f"only the admin key may delete the whole collection {'/'.join(path)}", {"document": list(path)})
         if principal.admin:  # the admin key passes every rule; size limits still apply
             return self._sized(new, None)
         rule = self.match(collection)
@@ -342,9 +345,9 @@ class Rules:
             new = _kept(new, old, rule.fixed)
         subject = new if op == "create" else old
         if rule is None or not rule.allows(principal, op, path[-1], subject):
-            raise PermissionDeniedError(f"{principal.role} may not {op} {'/'.join(path)}", {"path": list(path)})
+            raise PermissionDeniedError(f"{principal.role} may not {op} {'/'.join(path)}", {"document": list(path)})
         if new is not None and op == "update" and rule.grants["update"] == "owner" and not rule.owns(principal, path[-1], new):
-            raise PermissionDeniedError(f"{principal.role} may not give {'/'.join(path)} to another owner", {"path": list(path)})
+            raise PermissionDeniedError(f"{principal.role} may not give {'/'.join(path)} to another owner", {"document": list(path)})
         if new is None or rule is None:
             return self._sized(new, None)
         if op == "create":

@@ -222,7 +222,7 @@ class Session:
     def subscribe(self, target: dict[str, Any], tag: Any) -> None:
         """Listen to {"path": …} or {"query": …}; the session's sink gets its snapshots with `tag`."""
         if tag in self._listeners:
-            raise InvalidArgumentError(f"listener {tag} is already in use on this connection", {"path": "params.sub"})
+            raise InvalidArgumentError(f"/sub: listener {tag} is already in use on this connection", {"path": "/sub"})
         subscription = self.database.watch(target, self.deliver, tag, self.principal)
         self._listeners[tag] = (subscription, target)
 

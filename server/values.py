@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from .errors import InvalidArgumentError, LimitExceededError
-from .paths import check_key
+from .paths import check_key, pointer
 
 __all__ = [
     "DELETE",
@@ -94,7 +94,7 @@ _known_keys: set[str] = set()
 
 def _key(key: Any, where: str) -> None:
     """Check an object key; keys seen valid before are remembered (they repeat a lot)."""
-    check_key(key, f"key in {where}")
+    check_key(key, pointer(where, key))
     if len(_known_keys) < 10_000:
         _known_keys.add(key)
 
@@ -172,18 +172,18 @@ def prepare(
             kind = type(item)
             if kind is str:
                 if not item.isascii():
-                    _string(item, f"{where}.{key}")
+                    _string(item, pointer(where, key))
             elif kind is int:
                 if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                    _number(item, f"{where}.{key}")
+                    _number(item, pointer(where, key))
             elif kind is not bool and item is not None:
-                item = prepare(item, base.get(key) if base else None, f"{where}.{key}", now_ms, transforms, depth + 1)
+                item = prepare(item, base.get(key) if base else None, pointer(where, key), now_ms, transforms, depth + 1)
                 if item is DELETE:
                     continue
             out[key] = item
         return out
     if kind is list or kind is tuple:
-        return [prepare(item, None, f"{where}[{i}]", now_ms, None, depth + 1) for i, item in enumerate(value)]
+        return [prepare(item, None, pointer(where, i), now_ms, None, depth + 1) for i, item in enumerate(value)]
     raise InvalidArgumentError(
         f"{where}: {kind.__name__} is not a JSON value (use null, bool, number, string, list or dict)",
         {"path": where},

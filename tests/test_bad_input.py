@@ -79,7 +79,7 @@ def test_bad_value_is_refused_naming_the_field(seeded, name, value):
 
 def test_error_names_the_nested_field(seeded):
     error = refused(seeded, lambda: doc(seeded, "users", "amor").set({"stats": {"best": math.nan}}))
-    assert "value.stats.best" in str(error)
+    assert error.data["path"] == "/value/stats/best" and "/value/stats/best" in str(error)
 
 
 @pytest.mark.parametrize("value", [None, 5, "text", [1, 2], ("a",)], ids=repr)
@@ -155,7 +155,7 @@ def test_a_batch_over_the_limit_is_refused_whole(seeded):
     for i in range(501):
         batch.set(doc(seeded, "bulk", f"d{i}"), {"i": i})
     error = refused(seeded, batch.commit, LimitExceededError)
-    assert error.data == {"limit": 500, "actual": 501}
+    assert error.data == {"path": "/writes", "limit": 500, "actual": 501}
 
 
 def test_errors_are_one_tree(seeded):
@@ -163,3 +163,24 @@ def test_errors_are_one_tree(seeded):
         doc(seeded, "users", "$bad").get()
     with pytest.raises(ValueError):
         doc(seeded, "users", "$bad").get()
+
+
+# One error-path format (schemas/errors.json: a JSON Pointer into the params), whichever way is used
+
+POINTED = [
+    ("a nested value", lambda db: doc(db, "users", "amor").set({"stats": {"best": math.nan}}), "/value/stats/best"),
+    ("a list item", lambda db: doc(db, "users").add({"tags": ["ok", math.inf]}), "/value/tags/1"),
+    ("an updated field", lambda db: doc(db, "users", "amor").update({"a": 1, "stats.best": math.nan}), "/fields/1/1"),
+    ("a bad key", lambda db: doc(db, "users", "amor").set({"ok": {"$bad": 1}}), "/value/ok/$bad"),
+    ("a key holding a slash", lambda db: doc(db, "users", "amor").set({"a/b": 1}), "/value/a~1b"),
+    ("a segment", lambda db: doc(db, "users", "$bad").get(), "/path/1"),
+    ("a where value", lambda db: doc(db, "users").where("score", "==", math.nan).stream(), "/query/where/0/2"),
+    ("a batch write", lambda db: db.batch().set(doc(db, "c", "a"), {"n": 1}).set(doc(db, "c", "b"), {"n": math.nan}).commit(),
+     "/writes/1/value/n"),
+]
+
+
+@pytest.mark.parametrize("call,where", [(call, where) for _, call, where in POINTED], ids=[name for name, _, _ in POINTED])
+def test_an_error_names_its_place_with_one_json_pointer(seeded, call, where):
+    error = refused(seeded, lambda: call(seeded))
+    assert error.data["path"] == where and str(error).startswith(where)

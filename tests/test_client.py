@@ -584,7 +584,7 @@ def test_every_error_is_a_montybase_error_with_code_reason_data(db):
     with pytest.raises(MontybaseError) as caught:
         doc(db, "c", "x").update({"a": 1})
     error = caught.value
-    assert (error.code, error.reason) == (-32002, "NOT_FOUND") and error.data["path"] == ["c", "x"]
+    assert (error.code, error.reason) == (-32002, "NOT_FOUND") and error.data["document"] == ["c", "x"]
 
 
 # Limits: a program embedded gets those of a remote admin (the same session, only no socket)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from server.errors import InvalidArgumentError, LimitExceededError
-from server.paths import ID_ALPHABET, check_key, check_path, field_path, generate_id, is_document_path
+from server.paths import ID_ALPHABET, check_key, check_path, field_path, generate_id, pointer
 
 
 @pytest.mark.parametrize("key", ["users", "amor.budiyanto@gmail.com", "a b", "ünïcødé", "x" * 128, "_x_", "__x", "constructor"])
@@ -36,8 +36,13 @@ def test_a_key_over_128_utf8_bytes_is_a_size_limit():
 def test_check_path_names_the_bad_segment():
     with pytest.raises(InvalidArgumentError) as caught:
         check_path(["users", "ok", "$bad"])
-    assert "path[2]" in str(caught.value)
-    assert check_path(["a", "b"]) == ("a", "b") and is_document_path(("a", "b")) and not is_document_path(("a",))
+    assert caught.value.data["path"] == "/path/2" and str(caught.value).startswith("/path/2: ")
+    assert check_path(["a", "b"]) == ("a", "b")
+
+
+def test_a_pointer_escapes_tilde_and_slash_as_rfc_6901_says():
+    assert pointer("", "value", "a~b", "c/d", 3) == "/value/a~0b/c~1d/3"
+    assert pointer("/writes", 0, "path") == "/writes/0/path" and pointer("") == ""
 
 
 def test_field_path_splits_dots_but_takes_lists_literally():

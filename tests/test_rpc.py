@@ -60,18 +60,18 @@ def test_a_request_without_id_is_a_notification():
 @pytest.mark.parametrize(
     "method,params,where",
     [
-        ("get", {"path": ["ok", 5]}, "params.path[1]"),
-        ("get", {"path": ["$x"]}, "params.path[0]"),
-        ("get", {}, "params"),
-        ("add", {"path": ["c"], "value": [1]}, "params.value"),
-        ("add", {"path": [], "value": {}}, "params.path"),
-        ("query", {"query": {"path": ["c"], "limit": -1}}, "params.query.limit"),
-        ("query", {"query": {"path": ["c"], "where": [["a", "=="]]}}, "params.query.where[0]"),
-        ("query", {"query": {"path": ["c"], "orderBy": [["a", "up"]], "extra": 1}}, "params.query"),
-        ("aggregate", {"query": {"path": ["c"]}, "op": "median"}, "params.op"),
-        ("update", {"path": ["c", "d"], "fields": {"a": 1}}, "params.fields"),
-        ("commit", {"writes": []}, "params.writes"),
-        ("hello", {"v": 2, "mode": "psk", "kid": "client", "nc": "AA"}, "params.v"),
+        ("get", {"path": ["ok", 5]}, "/path/1"),
+        ("get", {"path": ["$x"]}, "/path/0"),
+        ("get", {}, ""),
+        ("add", {"path": ["c"], "value": [1]}, "/value"),
+        ("add", {"path": [], "value": {}}, "/path"),
+        ("query", {"query": {"path": ["c"], "limit": -1}}, "/query/limit"),
+        ("query", {"query": {"path": ["c"], "where": [["a", "=="]]}}, "/query/where/0"),
+        ("query", {"query": {"path": ["c"], "orderBy": [["a", "up"]], "extra": 1}}, "/query"),
+        ("aggregate", {"query": {"path": ["c"]}, "op": "median"}, "/op"),
+        ("update", {"path": ["c", "d"], "fields": {"a": 1}}, "/fields"),
+        ("commit", {"writes": []}, "/writes"),
+        ("hello", {"v": 2, "mode": "psk", "kid": "client", "nc": "AA"}, "/v"),
     ],
 )
 def test_params_failing_the_schema_name_the_json_path(method, params, where):
@@ -148,4 +148,4 @@ def test_a_path_check_path_passed_is_not_checked_again_and_any_other_is():
     rpc.check("get", {"path": trusted})
     with pytest.raises(InvalidArgumentError) as caught:
         rpc.check("get", {"path": ["c", "$not-a-key"]})
-    assert caught.value.data["path"] == "params.path[1]"
+    assert caught.value.data["path"] == "/path/1"

@@ -360,7 +360,7 @@ def test_a_broken_schema_stops_the_server_at_start_with_a_clear_error(tmp_path):
     (tmp_path / "montybase.json").write_text(json.dumps(config))
     with Proc(server_command("--port", "0"), cwd=tmp_path) as proc:
         assert proc.wait() == 1, proc.describe()
-        assert "rules.scores.schema is not a valid JSON Schema" in proc.stderr, proc.describe()
+        assert "/rules/scores/schema: not a valid JSON Schema" in proc.stderr, proc.describe()
         assert "Traceback" not in proc.stderr
 
 
@@ -737,9 +737,9 @@ def test_setting_your_own_profile_keeps_its_server_set_and_immutable_fields(loop
 
 def test_a_broken_schema_is_refused_when_the_config_loads():
     config = {**DEFAULTS, "rules": {"bad": {"read": "public", "schema": {"type": "nonsense"}}}}
-    with pytest.raises(InvalidArgumentError, match=r"rules\.bad\.schema is not a valid JSON Schema"):
+    with pytest.raises(InvalidArgumentError, match=r"/rules/bad/schema: not a valid JSON Schema"):
         open_database(config, ":memory:")
-    with pytest.raises(InvalidArgumentError, match=r"rules\.bad\.schema"):
+    with pytest.raises(InvalidArgumentError, match=r"/rules/bad/schema"):
         open_database({**config, "rules": {"bad": {"schema": {"minimum": "zero"}}}}, ":memory:")
 
 
@@ -874,7 +874,7 @@ def test_writes_per_batch(sized):
     batch = client.batch()
     for i in range(6):
         batch.set(doc(client, "docs", f"d{i}"), {"i": i})
-    assert _limit(batch.commit) == {"limit": 5, "actual": 6}
+    assert _limit(batch.commit) == {"path": "/writes", "limit": 5, "actual": 6}
     assert doc(admin, "docs").get() == {}
     quiet.check()
     batch = client.batch()

@@ -215,9 +215,9 @@ def test_bad_frames_get_the_documented_errors_and_change_nothing(served):
     answer = raw.call("drop_database", {}, request_id="x")
     assert answer["error"]["code"] == -32601 and answer["id"] == "x"
     answer = raw.call("set", {"path": ["c", "$d"], "value": {"n": 2}})
-    assert answer["error"]["data"] == {"reason": "INVALID_ARGUMENT", "path": "params.path[1]"}
+    assert answer["error"]["data"] == {"reason": "INVALID_ARGUMENT", "path": "/path/1"}
     answer = raw.call("set", {"path": ["c", "d"], "value": {"n": 2**60}})
-    assert answer["error"]["data"]["reason"] == "INVALID_ARGUMENT" and "value.n" in answer["error"]["message"]
+    assert answer["error"]["data"] == {"reason": "INVALID_ARGUMENT", "path": "/value/n"}
     answer = raw.call("set", {"path": ["c", "d"], "value": {"__proto__": {"polluted": 1}}})
     assert answer["error"]["data"]["reason"] == "INVALID_ARGUMENT"
     answer = raw.call("hello", {"v": 1, "mode": "psk", "kid": "client", "nc": "A" * 43})

@@ -153,7 +153,7 @@ describe("add / set / update / delete", () => {
     await assert.rejects(users.append("ghost").update({ a: 1 }), (error) => {
       assert.ok(error instanceof NotFoundError);
       assert.equal(error.reason, "NOT_FOUND");
-      assert.deepEqual(error.data.path, [users.id, "ghost"]);
+      assert.deepEqual(error.data.document, [users.id, "ghost"]);
       return true;
     });
     assert.equal(await users.append("ghost").get(), null);
@@ -633,7 +633,7 @@ test("every error is a MontybaseError with code, reason and data", async () => {
     assert.ok(error instanceof MontybaseError);
     assert.equal(error.code, -32002);
     assert.equal(error.reason, "NOT_FOUND");
-    assert.deepEqual(error.data.path, [c, "x"]);
+    assert.deepEqual(error.data.document, [c, "x"]);
     return true;
   });
 });

@@ -442,7 +442,7 @@ describe("data rules, size and rate limits", () => {
     assert.deepEqual((await refusal(ref.set({ n: 3 }, "c"), LimitExceededError)).data, { limit: 2, actual: 3 });
     const batch = client.batch();
     for (let i = 0; i < 6; i++) batch.set(doc(client, "capped", `d${i}`), { i });
-    assert.deepEqual((await refusal(batch.commit(), LimitExceededError)).data, { limit: 5, actual: 6 });
+    assert.deepEqual((await refusal(batch.commit(), LimitExceededError)).data, { path: "/writes", limit: 5, actual: 6 });
     await quiet.check();
     assert.deepEqual([...(await doc(admin, "capped").get()).keys()], ["a", "b"]);
     quiet.close();
