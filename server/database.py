@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -136,8 +137,11 @@ class Database:
         self._snapshot_due: float | None = None
         self._ticker: threading.Thread | None = None
         if self.storage.durable:
+            # The ticker holds the database weakly: one dropped without close() (a crash, for a
+            # MemoryStorage reopened by another) stops being flushed once it is collected.
             self._ticker = threading.Thread(
-                target=self._tick, args=(sync_interval,), name="montybase-storage", daemon=True
+                target=Database._tick, args=(weakref.ref(self), self._closed, sync_interval),
+                name="montybase-storage", daemon=True,
             )
             self._ticker.start()
         self.methods: dict[str, Callable[[dict, Principal | None], tuple[dict, int]]] = {
@@ -435,15 +439,24 @@ class Database:
 
     # Snapshots and the once-a-second fsync
 
-    def _tick(self, interval: float) -> None:
-        while not self._closed.wait(interval):
-            try:
-                self.storage.flush()
-                due = self._snapshot_due
-                if (due is not None and time.monotonic() >= due) or self.storage.journal_full:
-                    self.snapshot()
-            except Exception:  # the next tick tries again; writes report storage failures themselves
-                log.exception("storage maintenance failed")
+    @staticmethod
+    def _tick(database: weakref.ref[Database], closed: threading.Event, interval: float) -> None:
+        while not closed.wait(interval):
+            self = database()
+            if self is None:
+                return
+            self._maintain()
+            del self
+
+    def _maintain(self) -> None:
+        """The once-a-second work: flush, and take a snapshot when the policy says so."""
+        try:
+            self.storage.flush()
+            due = self._snapshot_due
+            if (due is not None and time.monotonic() >= due) or self.storage.journal_full:
+                self.snapshot()
+        except Exception:  # the next tick tries again; writes report storage failures themselves
+            log.exception("storage maintenance failed")
 
     def snapshot(self) -> None:
         """Write the current state as the snapshot and drop the journals it covers."""

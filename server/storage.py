@@ -8,6 +8,7 @@ big-endian, the payload being the compact JSON of one committed write (a list of
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import logging
@@ -22,7 +23,7 @@ from typing import Any
 
 from .errors import UnavailableError
 
-__all__ = ["FileStorage", "LocalFiles", "MemoryStorage", "Storage", "decode_snapshot", "encode_snapshot"]
+__all__ = ["FileStorage", "LocalFiles", "MemoryFiles", "MemoryStorage", "Storage", "decode_snapshot", "encode_snapshot"]
 
 log = logging.getLogger("montybase.storage")
 
@@ -154,9 +155,77 @@ class LocalFiles:
     def exists(self, path: Path) -> bool:
         return path.exists()
 
+    def make_dir(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+
+class MemoryFiles(LocalFiles):
+    """The same operations on files held in this object: the disk of a MemoryStorage.
+
+    A name maps to its bytes (an "inode"); an open descriptor keeps its inode, so, as on a real
+    disk, appending to a journal that was unlinked or replaced changes no name. Nothing is
+    volatile: a dropped process keeps everything it wrote, as a killed one does on a disk.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[Path, bytearray] = {}
+        self._open: dict[int, bytearray] = {}
+        self._next_fd = 0
+
+    def _inode(self, path: Path) -> bytearray:
+        try:
+            return self.files[path]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from None
+
+    def open_append(self, path: Path) -> int:
+        self._next_fd += 1
+        self._open[self._next_fd] = self.files.setdefault(path, bytearray())
+        return self._next_fd
+
+    def write(self, fd: int, data: bytes) -> None:
+        self._open[fd] += data
+
+    def fsync(self, fd: int) -> None:
+        pass
+
+    def close(self, fd: int) -> None:
+        del self._open[fd]
+
+    def read(self, path: Path) -> bytes:
+        return bytes(self._inode(path))
+
+    def write_file(self, path: Path, data: bytes) -> None:
+        inode = self.files.setdefault(path, bytearray())
+        inode[:] = data
+
+    def truncate(self, path: Path, size: int) -> None:
+        del self._inode(path)[size:]
+
+    def replace(self, source: Path, target: Path) -> None:
+        self.files[target] = self._inode(source)
+        del self.files[source]
+
+    def fsync_dir(self, path: Path) -> None:
+        pass
+
+    def unlink(self, path: Path) -> None:
+        self._inode(path)
+        del self.files[path]
+
+    def listdir(self, path: Path) -> list[str]:
+        return [name.name for name in self.files if name.parent == path]
+
+    def exists(self, path: Path) -> bool:
+        return path in self.files
+
+    def make_dir(self, path: Path) -> None:
+        pass
+
 
 class Storage:
-    """What the database needs from persistence. This base keeps nothing: `":memory:"`."""
+    """What the database needs from persistence. This base keeps nothing: `":memory:"` uses it,
+    as the tree in memory is all there is and nothing could open that database again."""
 
     durable = False
 
@@ -189,9 +258,6 @@ class Storage:
         """Flush and release the storage."""
 
 
-MemoryStorage = Storage
-
-
 class FileStorage(Storage):
     """Snapshot + journals on disk; see the module docstring for the format."""
 
@@ -203,6 +269,9 @@ class FileStorage(Storage):
         self.files = files or LocalFiles()
         self._journal_re = re.compile(re.escape(self.path.name) + r"\.(\d+)\.journal")
         self._lock_fd: int | None = None
+        self._start_session()
+
+    def _start_session(self) -> None:
         self._fd: int | None = None
         self._journal: Path | None = None
         self._offset = 0  # bytes of the current journal known good
@@ -247,7 +316,7 @@ class FileStorage(Storage):
         )
 
     def load(self) -> tuple[int, Collections, list[tuple[int, list]]]:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.files.make_dir(self.dir)
         self._lock()
         try:
             return self._recover()
@@ -418,7 +487,36 @@ class FileStorage(Storage):
                     self.files.close(self._fd)
                     self._fd = None
         finally:
-            if self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+class MemoryStorage(FileStorage):
+    """FileStorage's twin on a MemoryFiles disk: the same format, journals, snapshots and
+    recovery, kept in this object instead of a folder.
+
+    It outlives its Database: a new Database opened on it after `close()`, or after the last
+    one was dropped without closing (a crash), recovers the same data. Each `load` starts
+    afresh as a new process would, so one Database at a time: there is no lock to refuse a
+    second.
+    """
+
+    def __init__(self, name: str = "db.json", *, files: MemoryFiles | None = None):
+        super().__init__(name, files=files or MemoryFiles())
+        self.path = Path(":memory:") / name  # what messages name: no folder is involved
+        self.dir = self.path.parent
+
+    def load(self) -> tuple[int, Collections, list[tuple[int, list]]]:
+        self._start_session()  # whatever a dropped Database left open died with it
+        return super().load()
+
+    def _lock(self) -> None:
+        pass
+
+    def _unlock(self) -> None:
+        pass
