@@ -77,6 +77,14 @@ def decode_snapshot(data: bytes) -> tuple[int, Collections]:
     return seq, {path: docs for path, docs in collections.items() if docs}
 
 
+def _is_torn(data: bytes, offset: int, size: int) -> bool:
+    """Whether the bad record at `offset` (`size` bytes if complete, else 0) looks like an append
+    that never finished: cut short, or ending in a zero byte (blocks the disk allocated but never
+    wrote read as zeros, and a payload always ends in "]"). A complete record that fails its
+    checksum was written whole and changed since: damage, not a torn write."""
+    return size == 0 or data[offset + size - 1] == 0
+
+
 def _is_tail(data: bytes, offset: int, next_seq: int) -> bool:
     """Whether a bad record at `offset` can be the torn end of an interrupted append: no intact
     record of this or a later seq follows it (garbage, zeros or a cut-short write may). An intact
@@ -346,7 +354,8 @@ class FileStorage(Storage):
             while offset < len(data):
                 problem, record_seq, payload, size = self._parse(data, offset)
                 if problem is not None:
-                    if number == len(journals) - 1 and _is_tail(data, offset, last + 1):
+                    newest = number == len(journals) - 1
+                    if newest and _is_torn(data, offset, size) and _is_tail(data, offset, last + 1):
                         log.warning(
                             "journal %s: %s at byte %d; cutting off the torn end (%d bytes) of an "
                             "interrupted write", journal, problem, offset, len(data) - offset,
@@ -375,7 +384,8 @@ class FileStorage(Storage):
 
     @staticmethod
     def _parse(data: bytes, offset: int) -> tuple[str | None, int, bytes, int]:
-        """(problem or None, seq, payload, record size) of the record at `offset`."""
+        """(problem or None, seq, payload, record size) of the record at `offset`; the size is 0
+        when there is no complete record there (cut short, or an impossible length)."""
         if len(data) - offset < _HEADER.size:
             return "the record header is cut short", 0, b"", 0
         length, crc, seq = _HEADER.unpack_from(data, offset)
@@ -386,7 +396,7 @@ class FileStorage(Storage):
             return "the record is cut short", seq, b"", 0
         payload = data[offset + _HEADER.size:end]
         if zlib.crc32(payload, zlib.crc32(seq.to_bytes(8, "big"))) != crc:
-            return "the record checksum does not match", seq, b"", 0
+            return "the record checksum does not match", seq, b"", end - offset
         return None, seq, payload, end - offset
 
     def _open_journal(self, first_seq: int) -> None:

@@ -246,11 +246,24 @@ class PowerLossFiles(LocalFiles):
         self.pending.append(("unlink", name))
 
 
+def record_spans(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each journal record in `data` (u32 length | u32 crc | u64 seq | payload)."""
+    spans, offset = [], 0
+    while offset < len(data):
+        end = offset + 16 + int.from_bytes(data[offset:offset + 4], "big")
+        spans.append((offset, end))
+        offset = end
+    assert offset == len(data), "volatile bytes that are not whole records"
+    return spans
+
+
 def crash_image(state, rng: random.Random) -> dict[str, bytes]:
     """Files a power loss at that point could leave. Of the directory changes since the last
     fsync of the folder: a prefix (file systems that commit metadata in order, like ext4), or any
-    subset (POSIX promises no order). Of each file's volatile bytes: none, all, a prefix, or a
-    prefix followed by garbage or zeros."""
+    subset (POSIX promises no order). Of each file's volatile bytes: none, all, a prefix, a
+    prefix followed by zeros (blocks allocated but never written), or a prefix followed by
+    garbage that, in a journal, leaves the record it overwrites cut short. Garbage that makes a
+    record look whole is damage, not a power loss: that start is refused (README, Durability)."""
     names, pending, inodes = state
     names = dict(names)
     if rng.random() < 0.5:
@@ -279,7 +292,11 @@ def crash_image(state, rng: random.Random) -> dict[str, bytes]:
             kept = volatile
         elif choice == "cut":
             kept = volatile[: rng.randint(0, max(0, len(volatile) - 1))]
-        elif choice == "garbage":
+        elif choice == "garbage" and name.endswith(".journal"):
+            start, end = rng.choice(record_spans(volatile))
+            cut = rng.randint(start + 4, end - 2)  # its length intact: the record stays cut short
+            kept = volatile[:cut] + rng.randbytes(rng.randint(1, min(64, end - cut - 1)))
+        elif choice == "garbage":  # a snapshot being written (to its temporary file)
             kept = volatile[: rng.randint(0, len(volatile))] + rng.randbytes(rng.randint(1, 64))
         else:
             kept = volatile[: rng.randint(0, len(volatile))] + bytes(rng.randint(1, 512))

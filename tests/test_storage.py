@@ -453,7 +453,7 @@ TORN = {
     "header only": lambda rec, last: last[:16],
     "payload cut": lambda rec, last: last[: len(last) // 2 + 8],
     "all but 1 byte": lambda rec, last: last[:-1],
-    "last byte wrong": lambda rec, last: last[:-1] + bytes([last[-1] ^ 0x55]),
+    "end never written (zeros)": lambda rec, last: last[:-8] + bytes(8),
     "garbage appended": lambda rec, last: last + b"\x8f\x02garbage\xff" * 3,
     "zeros appended": lambda rec, last: last + bytes(4096),
     "huge length appended": lambda rec, last: last + b"\xff\xff\xff\xff" + bytes(12),
@@ -493,6 +493,25 @@ def test_torn_tail_of_newest_journal_is_cut_with_warning(place, caplog, tear):
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("where", ["payload", "last byte", "crc", "seq"])
+def test_complete_last_record_with_bad_checksum_refuses(place, where):
+    """Only a record cut short is a torn write: a whole last record that fails its checksum
+    was written (perhaps acknowledged) and changed since. Cutting it would lose it silently."""
+    make_journals(place, [3, 5])
+    newest = place.journals()[-1]
+    data = bytearray(place.read(newest))
+    offset = record_offsets(bytes(data))[-1]
+    data[{"payload": offset + 20, "last byte": len(data) - 1, "crc": offset + 5, "seq": offset + 15}[where]] ^= 0x01
+    place.write(newest, bytes(data))
+    before = place.listing()
+    with pytest.raises(UnavailableError) as caught:
+        place.open_db()
+    message = str(caught.value)
+    assert f"journal {newest} is damaged at byte {offset}: the record checksum does not match" in message
+    assert f"truncate that file at byte {offset}" in message and "Nothing was changed" in message
+    assert place.listing() == before, "a refused start changed files"
 
 
 def test_torn_tail_of_older_journal_refuses(place):
