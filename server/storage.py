@@ -32,6 +32,7 @@ _HEADER = struct.Struct(">IIQ")
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 SNAPSHOT_FORMAT = 1
 _FORMAT_KEY = "__montybase__"  # a key no document or collection may use
+_CRC_KEY = b',"crc32":'
 
 
 _encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
@@ -44,12 +45,12 @@ def encode_record(seq: int, payload: bytes) -> bytes:
 
 
 def encode_snapshot(seq: int, collections: Collections) -> bytes:
-    """The snapshot file: plain JSON, collections keyed by their '/'-joined path."""
+    """The snapshot file: plain JSON, collections keyed by their '/'-joined path, and as its
+    last member the CRC-32 of every byte before it (`,"crc32":` excluded)."""
     body = {"/".join(path): docs for path, docs in collections.items()}
-    return json.dumps(
-        {_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "collections": body},
-        ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-    ).encode("utf-8")
+    text = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "collections": body})
+    covered = text[:-1].encode("utf-8")
+    return b"%s%s%d}\n" % (covered, _CRC_KEY, zlib.crc32(covered))
 
 
 def _reject_constant(name: str) -> None:
@@ -57,7 +58,8 @@ def _reject_constant(name: str) -> None:
 
 
 def decode_snapshot(data: bytes) -> tuple[int, Collections]:
-    """Parse a snapshot, or an original Montybase `db.json` (a bare tree of collections)."""
+    """Parse a snapshot, or an original Montybase `db.json` (a bare tree of collections). A
+    snapshot without "crc32" (older, or fixed by hand) loads unchecked."""
     try:
         tree = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -67,6 +69,8 @@ def decode_snapshot(data: bytes) -> tuple[int, Collections]:
     if _FORMAT_KEY in tree:
         if tree[_FORMAT_KEY] != SNAPSHOT_FORMAT or type(tree.get("seq")) is not int or not isinstance(tree.get("collections"), dict):
             raise ValueError(f"its header is not a Montybase snapshot of format {SNAPSHOT_FORMAT}")
+        if "crc32" in tree and zlib.crc32(data[:data.rfind(_CRC_KEY)]) != tree["crc32"]:
+            raise ValueError("its checksum does not match its content (if it was fixed by hand, remove its \"crc32\")")
         seq, body = tree["seq"], tree["collections"]
         collections = {tuple(key.split("/")): docs for key, docs in body.items()}
     else:  # an original Montybase tree: {collection: {id: document}}
@@ -348,7 +352,19 @@ class FileStorage(Storage):
         records: list[tuple[int, list]] = []
         last = seq
         journals = self._journals()
-        for number, (_, journal) in enumerate(journals):
+        for number, (first_seq, journal) in enumerate(journals):
+            if first_seq > last + 1:  # even an empty journal says where the records before it end
+                if last == 0 and not self.files.exists(self.path):
+                    raise self._damaged(
+                        f"the snapshot {self.path} is missing, but journal {journal} continues it "
+                        f"from record {first_seq - 1}",
+                        "Restore the snapshot from a backup; or, to start empty, move the journals away.",
+                    )
+                raise self._damaged(
+                    f"journal {journal} holds the records from {first_seq} on, but the records before "
+                    f"it end at {last}",
+                    "A journal or the snapshot is missing: restore the storage folder from a backup.",
+                )
             data = self.files.read(journal)
             offset = 0
             while offset < len(data):

@@ -420,7 +420,7 @@ def test_journal_gap_refuses(place):
     with pytest.raises(UnavailableError) as caught:
         place.open_db()
     message = str(caught.value)
-    assert f"journal {last} holds record 7" in message and "end at 3" in message and "missing" in message
+    assert f"journal {last} holds the records from 7 on" in message and "end at 3" in message and "missing" in message
     assert place.listing() == before
 
 
@@ -445,6 +445,77 @@ def test_journals_without_their_start_refuse(place):
     with pytest.raises(UnavailableError):
         place.open_db()
     assert place.listing() == before
+
+
+def test_lost_snapshot_after_a_clean_stop_refuses(place):
+    """A clean stop leaves the snapshot and an empty journal named after the record it continues
+    from: without the snapshot, that name shows what is missing."""
+    db = place.open_db()
+    for i in range(3):
+        db.call("set", {"path": ["c", f"k{i}"], "value": {"n": i}})
+    db.close()
+    (journal,) = place.journals()
+    assert place.read(journal) == b"" and journal.name == "db.json.4.journal"
+    place.remove(place.path)
+    before = place.listing()
+    with pytest.raises(UnavailableError) as caught:
+        place.open_db()
+    message = str(caught.value)
+    assert f"the snapshot {place.path} is missing, but journal {journal} continues it from record 3" in message
+    assert "Restore the snapshot from a backup" in message and "Nothing was changed" in message
+    assert place.listing() == before, "a refused start changed files"
+
+
+def test_empty_newest_journal_after_a_gap_refuses(place):
+    """Records 4-6 lost with their journal, the next one still empty: nothing reads a record
+    past the gap, the journal's name alone shows it."""
+    make_journals(place, [3, 3, 0])
+    first, middle, empty = place.journals()
+    place.remove(middle)
+    with pytest.raises(UnavailableError) as caught:
+        place.open_db()
+    assert f"journal {empty} holds the records from 7 on, but the records before it end at 3" in str(caught.value)
+
+
+SNAPSHOT_DAMAGE = {
+    "a digit changed": lambda data: data.replace(b'"n":1}', b'"n":7}', 1),
+    "a key changed": lambda data: data.replace(b'"k1"', b'"k7"', 1),
+    "the seq changed": lambda data: data.replace(b'"seq":3', b'"seq":2', 1),
+    "the checksum changed": lambda data: data[:-3] + bytes([data[-3] ^ 1]) + data[-2:],
+}
+
+
+@pytest.mark.parametrize("damage", SNAPSHOT_DAMAGE.values(), ids=SNAPSHOT_DAMAGE.keys())
+def test_snapshot_that_fails_its_checksum_refuses(place, damage):
+    """Still valid JSON, still a snapshot: only its checksum shows it changed."""
+    db = place.open_db()
+    for i in range(3):
+        db.call("set", {"path": ["c", f"k{i}"], "value": {"n": i}})
+    db.close()
+    data = place.read(place.path)
+    assert json.loads(data)["crc32"] >= 0
+    changed = damage(data)
+    assert changed != data and json.loads(changed)
+    place.write(place.path, changed)
+    before = place.listing()
+    with pytest.raises(UnavailableError) as caught:
+        place.open_db()
+    message = str(caught.value)
+    assert f"the snapshot {place.path} is damaged: its checksum does not match its content" in message
+    assert place.listing() == before
+
+    unchecked = json.loads(changed)  # fixed by hand: without its checksum it loads as it says
+    del unchecked["crc32"]
+    place.write(place.path, json.dumps(unchecked, indent=2).encode())
+    if unchecked["seq"] != 3:  # the journal after it still shows records 3 and before are covered
+        with pytest.raises(UnavailableError, match="holds the records from 4 on"):
+            place.open_db()
+        return
+    db = place.open_db()
+    try:
+        assert read_all(db) == unchecked["collections"]
+    finally:
+        db.close()
 
 
 TORN = {
