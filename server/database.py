@@ -22,7 +22,7 @@ from .errors import (
     UnavailableError,
 )
 from .accounts import Accounts
-from .paths import check_path, field_path, generate_id
+from .paths import advance_id_clock, check_path, field_path, id_clock, new_id
 from .query import Query, aggregate, parse_query
 from .rules import Principal, RateLimiter, Rules
 from .storage import Storage
@@ -127,10 +127,14 @@ class Database:
         self._lock = threading.RLock()
         self._snapshot_lock = threading.Lock()
         self._closed = threading.Event()
-        self.snapshot_seq, collections, records = self.storage.load()
+        self.snapshot_seq, collections, id_time, records = self.storage.load()
         self.tree = Tree(collections)
         for _, operations in records:
             self._apply(operations)
+            for operation in operations:
+                if len(operation) > 3 and operation[3] > id_time:
+                    id_time = operation[3]
+        advance_id_clock(id_time)  # ids stay in order though the clock went back since
         self.watcher = Watcher(self.tree)
         self.seq = records[-1][0] if records else self.snapshot_seq
         self._changes = len(records)
@@ -361,8 +365,9 @@ class Database:
     def _resolve(
         self, writes: Sequence[dict], principal: Principal | None, private: bool = False
     ) -> tuple[list[list], list[dict]]:
-        """The journal operations (["set", path, document] or ["delete", path]) and the results.
-        With a principal, every write passes the rules (permission first, then data rules)."""
+        """The journal operations (["set", path, document], with the id's millisecond as a 4th
+        member for a generated id, or ["delete", path]) and the results. With a principal,
+        every write passes the rules (permission first, then data rules)."""
         batch = _Batch(self.tree)
         now_ms = int(time.time() * 1000)
         operations: list[list] = []
@@ -414,7 +419,8 @@ class Database:
             else:
                 value = _document_value(write.get("value"), f"{where}.value")
                 if is_collection:
-                    path = path + (generate_id(),)
+                    doc_id, id_time = new_id()
+                    path = path + (doc_id,)
                     old = None
                 else:
                     old = batch.document(path)
@@ -423,7 +429,7 @@ class Database:
                     check("create", path, None, document, final=False)  # only creators learn it exists
                     raise AlreadyExistsError(f"a document already exists at {'/'.join(path)}", {"path": list(path)})
                 document = check("create" if old is None else "update", path, old, document)
-            operations.append(["set", list(path), document])
+            operations.append(["set", list(path), document, id_time] if is_collection else ["set", list(path), document])
             batch.docs[path] = document
             results.append({"id": path[-1]})
         return operations, results
@@ -471,7 +477,7 @@ class Database:
                 # Documents are replaced, never changed in place: shallow copies stay consistent.
                 collections = {path: dict(docs) for path, docs in self.tree.collections.items()}
                 changes, self._changes, self._snapshot_due = self._changes, 0, None
-            if self.storage.save_snapshot(seq, collections):
+            if self.storage.save_snapshot(seq, collections, id_clock()):
                 self.snapshot_seq = seq
             else:
                 with self._lock:

@@ -19,11 +19,14 @@ import struct
 import threading
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import UnavailableError
 
-__all__ = ["FileStorage", "LocalFiles", "MemoryFiles", "MemoryStorage", "Storage", "decode_snapshot", "encode_snapshot"]
+__all__ = [
+    "FileStorage", "LocalFiles", "MemoryFiles", "MemoryStorage", "Recovered", "Storage", "decode_snapshot",
+    "encode_snapshot",
+]
 
 log = logging.getLogger("montybase.storage")
 
@@ -44,11 +47,21 @@ def encode_record(seq: int, payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload, zlib.crc32(seq_bytes)), seq) + payload
 
 
-def encode_snapshot(seq: int, collections: Collections) -> bytes:
+class Recovered(NamedTuple):
+    """What start-up found: the snapshot's record number, collections and id time (the latest
+    generated id's millisecond), then the journal records after it as (seq, operations)."""
+
+    seq: int
+    collections: Collections
+    id_time: int
+    records: list[tuple[int, list]]
+
+
+def encode_snapshot(seq: int, collections: Collections, id_time: int = 0) -> bytes:
     """The snapshot file: plain JSON, collections keyed by their '/'-joined path, and as its
     last member the CRC-32 of every byte before it (`,"crc32":` excluded)."""
     body = {"/".join(path): docs for path, docs in collections.items()}
-    text = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "collections": body})
+    text = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "idTime": id_time, "collections": body})
     covered = text[:-1].encode("utf-8")
     return b"%s%s%d}\n" % (covered, _CRC_KEY, zlib.crc32(covered))
 
@@ -57,9 +70,10 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def decode_snapshot(data: bytes) -> tuple[int, Collections]:
+def decode_snapshot(data: bytes) -> tuple[int, Collections, int]:
     """Parse a snapshot, or an original Montybase `db.json` (a bare tree of collections). A
-    snapshot without "crc32" (older, or fixed by hand) loads unchecked."""
+    snapshot without "crc32" (older, or fixed by hand) loads unchecked. Returns (seq,
+    collections, id time)."""
     try:
         tree = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -67,18 +81,21 @@ def decode_snapshot(data: bytes) -> tuple[int, Collections]:
     if not isinstance(tree, dict):
         raise ValueError("its top level is not a JSON object")
     if _FORMAT_KEY in tree:
-        if tree[_FORMAT_KEY] != SNAPSHOT_FORMAT or type(tree.get("seq")) is not int or not isinstance(tree.get("collections"), dict):
+        if (
+            tree[_FORMAT_KEY] != SNAPSHOT_FORMAT or type(tree.get("seq")) is not int
+            or type(tree.get("idTime", 0)) is not int or not isinstance(tree.get("collections"), dict)
+        ):
             raise ValueError(f"its header is not a Montybase snapshot of format {SNAPSHOT_FORMAT}")
         if "crc32" in tree and zlib.crc32(data[:data.rfind(_CRC_KEY)]) != tree["crc32"]:
             raise ValueError("its checksum does not match its content (if it was fixed by hand, remove its \"crc32\")")
-        seq, body = tree["seq"], tree["collections"]
+        seq, id_time, body = tree["seq"], tree.get("idTime", 0), tree["collections"]
         collections = {tuple(key.split("/")): docs for key, docs in body.items()}
     else:  # an original Montybase tree: {collection: {id: document}}
-        seq, collections = 0, {(key,): docs for key, docs in tree.items()}
+        seq, id_time, collections = 0, 0, {(key,): docs for key, docs in tree.items()}
     for path, docs in collections.items():
         if not isinstance(docs, dict) or not all(isinstance(doc, dict) for doc in docs.values()):
             raise ValueError(f"collection {'/'.join(path)!r} is not an object of documents (objects)")
-    return seq, {path: docs for path, docs in collections.items() if docs}
+    return seq, {path: docs for path, docs in collections.items() if docs}, id_time
 
 
 def _is_torn(data: bytes, offset: int, size: int) -> bool:
@@ -241,9 +258,9 @@ class Storage:
 
     durable = False
 
-    def load(self) -> tuple[int, Collections, list[tuple[int, list]]]:
-        """Recover: (snapshot seq, snapshot collections, journal records after it as (seq, operations))."""
-        return 0, {}, []
+    def load(self) -> Recovered:
+        """Recover the state the storage holds (and hold it: the lock)."""
+        return Recovered(0, {}, 0, [])
 
     def append(self, seq: int, operations: list) -> None:
         """Journal one committed write (called under the database lock, before it applies)."""
@@ -257,8 +274,9 @@ class Storage:
     def rotate(self, seq: int) -> None:
         """Start a new journal after record `seq` (under the database lock, before a snapshot)."""
 
-    def save_snapshot(self, seq: int, collections: Collections) -> bool:
-        """Write the state at `seq` atomically, then drop the journals it covers; False if it failed."""
+    def save_snapshot(self, seq: int, collections: Collections, id_time: int) -> bool:
+        """Write the state at `seq` (and the id time) atomically, then drop the journals it covers;
+        False if it failed."""
         return True
 
     @property
@@ -327,7 +345,7 @@ class FileStorage(Storage):
             f"Montybase will not start: {what}. Nothing was changed. {how}", {"file": str(self.path)}
         )
 
-    def load(self) -> tuple[int, Collections, list[tuple[int, list]]]:
+    def load(self) -> Recovered:
         self.files.make_dir(self.dir)
         self._lock()
         try:
@@ -336,13 +354,13 @@ class FileStorage(Storage):
             self.close()
             raise
 
-    def _recover(self) -> tuple[int, Collections, list[tuple[int, list]]]:
-        seq, collections = 0, {}
+    def _recover(self) -> Recovered:
+        seq, collections, id_time = 0, {}, 0
         if self.files.exists(self.path):
             data = self.files.read(self.path)
             self._snapshot_bytes = len(data)
             try:
-                seq, collections = decode_snapshot(data)
+                seq, collections, id_time = decode_snapshot(data)
             except ValueError as exc:
                 raise self._damaged(
                     f"the snapshot {self.path} is damaged: {exc}",
@@ -396,7 +414,7 @@ class FileStorage(Storage):
             self._journal_bytes += offset
         self._written = self._synced = last
         self._open_journal(last + 1)
-        return seq, collections, records
+        return Recovered(seq, collections, id_time, records)
 
     @staticmethod
     def _parse(data: bytes, offset: int) -> tuple[str | None, int, bytes, int]:
@@ -482,8 +500,8 @@ class FileStorage(Storage):
             except OSError as exc:
                 raise self._fail(exc, "opening a new journal") from exc
 
-    def save_snapshot(self, seq: int, collections: Collections) -> bool:
-        data = encode_snapshot(seq, collections)
+    def save_snapshot(self, seq: int, collections: Collections, id_time: int) -> bool:
+        data = encode_snapshot(seq, collections, id_time)
         temporary = self.path.with_name(self.path.name + ".tmp")
         try:
             self.files.write_file(temporary, data)
@@ -537,7 +555,7 @@ class MemoryStorage(FileStorage):
         self.path = Path(":memory:") / name  # what messages name: no folder is involved
         self.dir = self.path.parent
 
-    def load(self) -> tuple[int, Collections, list[tuple[int, list]]]:
+    def load(self) -> Recovered:
         self._start_session()  # whatever a dropped Database left open died with it
         return super().load()
 

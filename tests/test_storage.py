@@ -317,6 +317,60 @@ def test_memory_writes_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+# Generated ids across restarts
+
+ID_WRITER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+behind, real_ns = int(sys.argv[3]), time.time_ns  # this process's clock is `behind` seconds late
+time.time_ns = lambda: real_ns() - behind * 10**9
+time.time = lambda: time.time_ns() / 1e9
+from server.database import Database
+from server.storage import FileStorage
+db = Database(FileStorage(sys.argv[2]))
+for i in range(5):
+    print(db.call("add", {"path": ["c"], "value": {"n": i}})["id"], flush=True)
+if sys.argv[4] == "close":
+    db.close()
+else:
+    print("killed", flush=True)  # no snapshot: the journal alone keeps the id time
+    time.sleep(60)
+"""
+
+
+def test_ids_stay_in_order_across_restarts_whose_clock_went_back(tmp_path):
+    """A clean stop (the snapshot keeps the id time), then a run an hour behind that is killed
+    (its journal keeps it), then one two hours behind: every id sorts after the earlier ones."""
+    path = tmp_path / "db.json"
+    ids: list[str] = []
+    for behind, end in [(0, "close"), (3600, "kill"), (7200, "close")]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", ID_WRITER, str(ROOT), str(path), str(behind), end],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            lines = [proc.stdout.readline().strip() for _ in range(5)]
+            assert all(len(line) == 20 for line in lines), (lines, proc.stderr.read())
+            ids += lines
+            if end == "kill":
+                assert proc.stdout.readline().strip() == "killed"
+                os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) in (0, -signal.SIGKILL), proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            proc.stdout.close()
+            proc.stderr.close()
+    assert ids == sorted(ids), "an id made after a restart sorts before an older one"
+    db = open_db(path)
+    try:
+        assert list(db.call("get", {"path": ["c"]})["value"]) == ids  # id order is creation order
+        assert [doc["n"] for doc in db.call("get", {"path": ["c"]})["value"].values()] == [0, 1, 2, 3, 4] * 3
+    finally:
+        db.close()
+
+
 # Damage: refuse to start, change nothing, say what to do
 
 
