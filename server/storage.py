@@ -17,6 +17,7 @@ import re
 import socket
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -187,6 +188,53 @@ class LocalFiles:
     def make_dir(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
 
+    def lock(self, fd: int) -> bool:
+        """Hold an exclusive lock on the open file `fd` until it is closed (or the process ends);
+        False if another holds one. Another start's probe (`holder`) takes a shared lock for an
+        instant: a few tries get past it."""
+        for _ in range(10):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                time.sleep(0.01)
+        return False
+
+    def holder(self, path: Path) -> str | None:
+        """Who holds an exclusive lock on `path` ("process 123" where the OS tells), or None."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            for _ in range(3):  # a holder that lets go between the probe and the look-up: probe again
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    return None
+                except BlockingIOError:
+                    owner = _flock_owner(fd)
+                    if owner is not None:
+                        return owner
+            return "another process"
+        finally:
+            os.close(fd)
+
+
+def _flock_owner(fd: int) -> str | None:
+    """The process holding an exclusive flock on `fd`'s file, from Linux's /proc/locks, whose
+    lines read "1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF"."""
+    stat = os.fstat(fd)
+    inode = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as table:
+            for line in table:
+                fields = line.split()
+                if fields[1:2] == ["FLOCK"] and fields[3:4] == ["WRITE"] and fields[5:6] == [inode]:
+                    return f"process {fields[4]}"
+    except OSError:
+        pass
+    return None
+
 
 class MemoryFiles(LocalFiles):
     """The same operations on files held in this object: the disk of a MemoryStorage.
@@ -250,6 +298,12 @@ class MemoryFiles(LocalFiles):
 
     def make_dir(self, path: Path) -> None:
         pass
+
+    def lock(self, fd: int) -> bool:
+        return True
+
+    def holder(self, path: Path) -> str | None:
+        return None
 
 
 class Storage:
@@ -322,11 +376,7 @@ class FileStorage(Storage):
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise UnavailableError(
-                f"storage {self.path} is in use by {holder} (lock {lock_path}); "
-                "stop that process or give this one another storageBucket",
-                {"file": str(lock_path)},
-            ) from None
+            raise self._in_use(holder, f"lock {lock_path}", lock_path) from None
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
@@ -340,8 +390,29 @@ class FileStorage(Storage):
                 found.append((int(match.group(1)), self.dir / name))
         return sorted(found)
 
-    def _damaged(self, what: str, how: str) -> UnavailableError:
+    def _in_use(self, holder: str, how: str, file: Path) -> UnavailableError:
         return UnavailableError(
+            f"storage {self.path} is in use by {holder} ({how}); stop that process or give this one "
+            "another storageBucket", {"file": str(file)},
+        )
+
+    def _other_writer(self, listed: list[tuple[int, Path]] | None = None) -> UnavailableError | None:
+        """The error to refuse with if another process writes this storage though this one holds
+        the lock file (it was removed or replaced): that process holds its newest journal, and it
+        creates the next before it lets go of one. `listed`: the journals found at the start."""
+        changed = listed is not None and self._journals() != listed
+        for _ in range(3):  # a switch of journals may slip between a look at the folder and a probe
+            for _, journal in reversed(self._journals()):
+                holder = self.files.holder(journal)
+                if holder is not None:
+                    return self._in_use(holder, f"it writes {journal}; the lock file was removed or replaced", journal)
+            if not changed:
+                return None
+        return self._in_use("another process", "its journals changed while this one started", self.dir)
+
+    def _damaged(self, what: str, how: str) -> UnavailableError:
+        # Damage seen while another process changes the files is no damage: say who it is.
+        return self._other_writer() or UnavailableError(
             f"Montybase will not start: {what}. Nothing was changed. {how}", {"file": str(self.path)}
         )
 
@@ -355,6 +426,10 @@ class FileStorage(Storage):
             raise
 
     def _recover(self) -> Recovered:
+        journals = self._journals()
+        other = self._other_writer()
+        if other is not None:
+            raise other
         seq, collections, id_time = 0, {}, 0
         if self.files.exists(self.path):
             data = self.files.read(self.path)
@@ -369,7 +444,7 @@ class FileStorage(Storage):
                 ) from None
         records: list[tuple[int, list]] = []
         last = seq
-        journals = self._journals()
+        torn: tuple[Path, int] | None = None
         for number, (first_seq, journal) in enumerate(journals):
             if first_seq > last + 1:  # even an empty journal says where the records before it end
                 if last == 0 and not self.files.exists(self.path):
@@ -383,18 +458,23 @@ class FileStorage(Storage):
                     f"it end at {last}",
                     "A journal or the snapshot is missing: restore the storage folder from a backup.",
                 )
-            data = self.files.read(journal)
+            try:
+                data = self.files.read(journal)
+            except FileNotFoundError:  # listed a moment ago: another process dropped it
+                raise self._other_writer(journals) or self._damaged(
+                    f"journal {journal} was removed while it was read", "Start again once nothing else changes the folder."
+                ) from None
             offset = 0
             while offset < len(data):
                 problem, record_seq, payload, size = self._parse(data, offset)
                 if problem is not None:
                     newest = number == len(journals) - 1
                     if newest and _is_torn(data, offset, size) and _is_tail(data, offset, last + 1):
+                        torn = journal, offset
                         log.warning(
                             "journal %s: %s at byte %d; cutting off the torn end (%d bytes) of an "
                             "interrupted write", journal, problem, offset, len(data) - offset,
                         )
-                        self.files.truncate(journal, offset)
                         break
                     raise self._damaged(
                         f"journal {journal} is damaged at byte {offset}: {problem}",
@@ -412,6 +492,11 @@ class FileStorage(Storage):
                     last = record_seq
                 offset += size
             self._journal_bytes += offset
+        other = self._other_writer(journals)
+        if other is not None:
+            raise other
+        if torn is not None:
+            self.files.truncate(*torn)
         self._written = self._synced = last
         self._open_journal(last + 1)
         return Recovered(seq, collections, id_time, records)
@@ -434,15 +519,19 @@ class FileStorage(Storage):
         return None, seq, payload, end - offset
 
     def _open_journal(self, first_seq: int) -> None:
+        """Open (and lock) the journal that starts at `first_seq` as the current one."""
         journal = self.dir / f"{self.path.name}.{first_seq}.journal"
-        self._fd = self.files.open_append(journal)
-        self._journal = journal
+        fd = self.files.open_append(journal)
+        if not self.files.lock(fd):
+            self.files.close(fd)
+            raise self._other_writer() or self._in_use("another process", f"it writes {journal}", journal)
+        self._fd, self._journal = fd, journal
         self._offset = len(self.files.read(journal))
         self.files.fsync_dir(self.dir)
 
     # Writing
 
-    def _fail(self, exc: OSError, what: str) -> UnavailableError:
+    def _fail(self, exc: Exception, what: str) -> UnavailableError:
         # After a failed write or fsync nothing more is acknowledged: a retried fsync can
         # report success for data the kernel already dropped ("fsyncgate").
         self._failure = f"{what} failed: {exc}"
@@ -493,12 +582,16 @@ class FileStorage(Storage):
         self._check()
         self.sync(seq)
         with self._sync_lock:
-            self.files.close(self._fd)
-            self._fd = None
+            if self._journal == self.dir / f"{self.path.name}.{seq + 1}.journal":
+                return  # nothing written since it was opened: it already starts after `seq`
+            # The new journal is locked before the old one is let go: a process starting now
+            # always finds one of them held (_other_writer).
+            previous = self._fd
             try:
                 self._open_journal(seq + 1)
-            except OSError as exc:
+            except (OSError, UnavailableError) as exc:
                 raise self._fail(exc, "opening a new journal") from exc
+            self.files.close(previous)
 
     def save_snapshot(self, seq: int, collections: Collections, id_time: int) -> bool:
         data = encode_snapshot(seq, collections, id_time)

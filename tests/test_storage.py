@@ -690,6 +690,36 @@ def test_second_process_is_refused_and_named(tmp_path):
         db.close()
 
 
+def test_second_process_is_refused_after_the_lock_file_was_removed(tmp_path):
+    """The lock is the open journal's, not the lock file's existence: a writer that snapshots and
+    switches journals every few milliseconds, its lock file gone, still refuses every start."""
+    path = tmp_path / "db.json"
+    writer = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "writer.py"), str(path), "0", "5", "w"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert writer.stdout.readline().strip() == b"R", writer.stderr.read()
+        path.with_name("db.json.lock").unlink()
+        for attempt in range(30):
+            with pytest.raises(UnavailableError) as caught:
+                open_db(path).close()
+            message = str(caught.value)
+            assert "in use by" in message and str(path) in message, f"attempt {attempt}: {message}"
+            assert "damaged" not in message and "missing" not in message, f"attempt {attempt}: {message}"
+            named = f"process {writer.pid}" in message
+            assert named or "journals changed" in message, f"attempt {attempt}: the holder is not named: {message}"
+            time.sleep(0.01)
+        assert writer.poll() is None, "the writer stopped"
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=10)
+        writer.stdout.close()
+        writer.stderr.close()
+    db = open_db(path)  # the dead writer's locks are gone
+    db.close()
+
+
 def test_second_open_in_same_process_is_refused(tmp_path):
     path = tmp_path / "db.json"
     first = open_db(path)
