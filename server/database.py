@@ -139,6 +139,9 @@ class Database:
         self.seq = records[-1][0] if records else self.snapshot_seq
         self._changes = len(records)
         self._snapshot_due: float | None = None
+        self._sync_interval = sync_interval
+        # After a storage failure: when to try again to resume, and the wait after that one.
+        self._resume_at, self._resume_wait = 0.0, sync_interval
         self._ticker: threading.Thread | None = None
         if self.storage.durable:
             # The ticker holds the database weakly: one dropped without close() (a crash, for a
@@ -455,18 +458,40 @@ class Database:
             del self
 
     def _maintain(self) -> None:
-        """The once-a-second work: flush, and take a snapshot when the policy says so."""
+        """The once-a-second work: flush, and take a snapshot when the policy says so; after a
+        storage failure, try to resume, waiting twice as long after each try (up to 30 s)."""
         try:
+            if self.storage.failure is not None:
+                if time.monotonic() >= self._resume_at and not self._resume():
+                    self._resume_at = time.monotonic() + self._resume_wait
+                    self._resume_wait = min(2 * self._resume_wait, 30.0)
+                return
             self.storage.flush()
             due = self._snapshot_due
             if (due is not None and time.monotonic() >= due) or self.storage.journal_full:
                 self.snapshot()
-        except Exception:  # the next tick tries again; writes report storage failures themselves
+        except UnavailableError:
+            pass  # a storage failure: the storage logged it once, writes report it
+        except Exception:  # the next tick tries again
             log.exception("storage maintenance failed")
+
+    def _resume(self) -> bool:
+        """Write what is in memory as a new snapshot after a storage failure; True if writes
+        are accepted again."""
+        with self._snapshot_lock:
+            with self._lock:  # no write gets in while the storage fails: this stays the latest state
+                seq = self.seq
+                collections = {path: dict(docs) for path, docs in self.tree.collections.items()}
+            if not self.storage.resume(seq, collections, id_clock()):
+                return False
+            with self._lock:
+                self.snapshot_seq, self._changes, self._snapshot_due = seq, 0, None
+        self._resume_at, self._resume_wait = 0.0, self._sync_interval
+        return True
 
     def snapshot(self) -> None:
         """Write the current state as the snapshot and drop the journals it covers."""
-        if not self.storage.durable:
+        if not self.storage.durable or self.storage.failure is not None:
             return
         with self._snapshot_lock:
             with self._lock:
@@ -485,7 +510,8 @@ class Database:
                     self._snapshot_due = time.monotonic() + self.snapshot_seconds
 
     def close(self) -> None:
-        """Take a last snapshot, flush and release the storage. Idempotent."""
+        """Take a last snapshot, flush and release the storage. Idempotent. A storage that fails
+        is reported in the log (once), not raised: stopping is still a clean stop."""
         if self._closed.is_set():
             return
         with self._lock:
@@ -493,8 +519,15 @@ class Database:
         if self._ticker is not None:
             self._ticker.join()
         try:
-            if self.storage.durable and self.seq != self.snapshot_seq:
+            if self.storage.failure is not None and not self._resume():
+                log.error("stopping without a last snapshot: the storage still fails (%s)", self.storage.failure)
+            elif self.storage.durable and self.seq != self.snapshot_seq:
                 self.snapshot()
+        except UnavailableError:
+            pass  # the storage failed just now, and logged it
         finally:
-            self.storage.close()
+            try:
+                self.storage.close()
+            except UnavailableError:
+                pass  # its last flush failed, and it logged that
 

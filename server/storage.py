@@ -311,6 +311,7 @@ class Storage:
     as the tree in memory is all there is and nothing could open that database again."""
 
     durable = False
+    failure: str | None = None  # why writes are refused since a write or fsync failed, or None
 
     def load(self) -> Recovered:
         """Recover the state the storage holds (and hold it: the lock)."""
@@ -331,6 +332,12 @@ class Storage:
     def save_snapshot(self, seq: int, collections: Collections, id_time: int) -> bool:
         """Write the state at `seq` (and the id time) atomically, then drop the journals it covers;
         False if it failed."""
+        return True
+
+    def resume(self, seq: int, collections: Collections, id_time: int) -> bool:
+        """After a failure: try to write the state in memory (every write through `seq`) as the
+        snapshot and start a fresh journal after it. True once writes are accepted again; False,
+        quietly, while the disk still fails."""
         return True
 
     @property
@@ -363,7 +370,7 @@ class FileStorage(Storage):
         self._synced = 0  # last seq known durable
         self._journal_bytes = 0
         self._snapshot_bytes = 0
-        self._failure: str | None = None
+        self.failure = None
         self._sync_lock = threading.Lock()
 
     # Start-up
@@ -522,25 +529,28 @@ class FileStorage(Storage):
         """Open (and lock) the journal that starts at `first_seq` as the current one."""
         journal = self.dir / f"{self.path.name}.{first_seq}.journal"
         fd = self.files.open_append(journal)
-        if not self.files.lock(fd):
+        try:
+            if not self.files.lock(fd):
+                raise self._other_writer() or self._in_use("another process", f"it writes {journal}", journal)
+            offset = len(self.files.read(journal))
+            self.files.fsync_dir(self.dir)
+        except BaseException:
             self.files.close(fd)
-            raise self._other_writer() or self._in_use("another process", f"it writes {journal}", journal)
-        self._fd, self._journal = fd, journal
-        self._offset = len(self.files.read(journal))
-        self.files.fsync_dir(self.dir)
+            raise
+        self._fd, self._journal, self._offset = fd, journal, offset
 
     # Writing
 
     def _fail(self, exc: Exception, what: str) -> UnavailableError:
-        # After a failed write or fsync nothing more is acknowledged: a retried fsync can
-        # report success for data the kernel already dropped ("fsyncgate").
-        self._failure = f"{what} failed: {exc}"
-        log.error("storage %s: %s; refusing further writes", self.path, self._failure)
-        return UnavailableError(f"storage failed, writes are refused: {self._failure}", {"file": str(self.path)})
+        # After a failed write or fsync nothing more goes to that journal: a retried fsync can
+        # report success for data the kernel already dropped ("fsyncgate"). `resume` starts afresh.
+        self.failure = f"{what} failed: {exc}"
+        log.error("storage %s: %s; refusing writes (reads go on) until it can write again", self.path, self.failure)
+        return UnavailableError(f"storage failed, writes are refused: {self.failure}", {"file": str(self.path)})
 
     def _check(self) -> None:
-        if self._failure:
-            raise UnavailableError(f"storage failed, writes are refused: {self._failure}", {"file": str(self.path)})
+        if self.failure:
+            raise UnavailableError(f"storage failed, writes are refused: {self.failure}", {"file": str(self.path)})
         if self._fd is None:
             raise UnavailableError("storage is closed")
 
@@ -575,7 +585,7 @@ class FileStorage(Storage):
             self._synced = target
 
     def flush(self) -> None:
-        if self._written > self._synced and not self._failure and self._fd is not None:
+        if self._written > self._synced and not self.failure and self._fd is not None:
             self.sync(self._written)
 
     def rotate(self, seq: int) -> None:
@@ -594,21 +604,49 @@ class FileStorage(Storage):
             self.files.close(previous)
 
     def save_snapshot(self, seq: int, collections: Collections, id_time: int) -> bool:
-        data = encode_snapshot(seq, collections, id_time)
-        temporary = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.files.write_file(temporary, data)
-            self.files.replace(temporary, self.path)
-            self.files.fsync_dir(self.dir)
-            for first_seq, journal in self._journals():
-                if first_seq <= seq and journal != self._journal:
-                    self.files.unlink(journal)
+            self._write_snapshot(seq, collections, id_time)
         except OSError as exc:
             # The journals still hold everything: a failed snapshot loses nothing.
             log.error("storage %s: snapshot at record %d failed: %s", self.path, seq, exc)
             return False
+        return True
+
+    def _write_snapshot(self, seq: int, collections: Collections, id_time: int) -> None:
+        data = encode_snapshot(seq, collections, id_time)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        self.files.write_file(temporary, data)
+        self.files.replace(temporary, self.path)
+        self.files.fsync_dir(self.dir)
+        for first_seq, journal in self._journals():
+            if first_seq <= seq and journal != self._journal:
+                self.files.unlink(journal)
         self._journal_bytes = self._offset
         self._snapshot_bytes = len(data)
+
+    def resume(self, seq: int, collections: Collections, id_time: int) -> bool:
+        with self._sync_lock:
+            if self.failure is None:
+                return True
+            if self._fd is not None:  # the failed journal takes nothing more; the snapshot covers it
+                try:
+                    self.files.close(self._fd)
+                except OSError:
+                    pass  # its data is superseded by the snapshot below; nothing to save from it
+                self._fd, self._journal, self._offset = None, None, 0
+            try:
+                self._write_snapshot(seq, collections, id_time)
+                # Whatever a failed write left in the next journal is no record: start it empty.
+                self.files.write_file(self.dir / f"{self.path.name}.{seq + 1}.journal", b"")
+                self._open_journal(seq + 1)
+            except (OSError, UnavailableError):
+                return False
+            failure, self.failure = self.failure, None
+            self._written = self._synced = seq
+        log.warning(
+            "storage %s works again (it failed: %s): the state at record %d is in a new snapshot; "
+            "writes are accepted", self.path, failure, seq,
+        )
         return True
 
     @property
