@@ -7,12 +7,15 @@ import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 
 from .errors import InvalidArgumentError
 from .schemas import load_schema
+
+if TYPE_CHECKING:
+    from .storage import Storage
 
 __all__ = [
     "DEFAULTS", "OPEN_RULES", "Limits", "client_config", "create_config", "load_config", "open_database",
@@ -140,7 +143,7 @@ def storage_path(config: dict[str, Any], config_path: str | Path) -> str:
 
 
 def open_database(
-    config: dict[str, Any], bucket: str | Any, *, hot: bool | None = None, store_min: int | None = None,
+    config: dict[str, Any], bucket: str | Storage, *, hot: bool | None = None, store_min: int | None = None,
     update_time: float | None = None,
 ) -> Any:
     """The Database the settings describe (arguments given here win over the file). `bucket`

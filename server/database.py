@@ -451,11 +451,11 @@ class Database:
     @staticmethod
     def _tick(database: weakref.ref[Database], closed: threading.Event, interval: float) -> None:
         while not closed.wait(interval):
-            self = database()
-            if self is None:
+            alive = database()
+            if alive is None:
                 return
-            self._maintain()
-            del self
+            alive._maintain()
+            del alive  # no strong reference while it waits
 
     def _maintain(self) -> None:
         """The once-a-second work: flush, and take a snapshot when the policy says so; after a

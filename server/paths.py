@@ -180,8 +180,8 @@ def generate_id() -> str:
 
 def id_clock() -> int:
     """The millisecond of the latest id this process generated or was told of: the id time a
-    storage keeps, so that ids after a restart sort after it."""
-    return _last_ms
+    storage keeps, so that ids after a restart sort after it (0 before any)."""
+    return max(_last_ms, 0)
 
 
 def advance_id_clock(ms: int) -> None:

@@ -3,6 +3,9 @@
 Files beside the snapshot `db.json`: journals `db.json.<first_seq>.journal` and the lock
 `db.json.lock`. A journal record is `u32 length | u32 crc32(seq ‖ payload) | u64 seq | payload`,
 big-endian, the payload being the compact JSON of one committed write (a list of operations).
+The snapshot is `{"__montybase__":1,"seq":…,"idTime":…,"collections":{…},"crc32":…}`, the
+checksum covering the bytes before `,"crc32":`. A running storage holds an OS lock (flock) on
+the lock file and on the journal it appends to. `MemoryStorage` is the same over files in memory.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class Recovered(NamedTuple):
     records: list[tuple[int, list]]
 
 
-def encode_snapshot(seq: int, collections: Collections, id_time: int = 0) -> bytes:
+def encode_snapshot(seq: int, collections: Collections, id_time: int) -> bytes:
     """The snapshot file: plain JSON, collections keyed by their '/'-joined path, and as its
     last member the CRC-32 of every byte before it (`,"crc32":` excluded)."""
     body = {"/".join(path): docs for path, docs in collections.items()}

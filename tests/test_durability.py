@@ -11,7 +11,9 @@ import copy
 import errno
 import logging
 import os
+import json
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -44,8 +46,6 @@ def read_all(db: Database) -> dict[str, dict]:
 
 
 def snapshot_seq(path: Path) -> int:
-    import json
-
     return json.loads(path.read_bytes())["seq"] if path.exists() else 0
 
 
@@ -659,6 +659,15 @@ def storage_errors(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
 @pytest.mark.parametrize("kind", ["file", "memory"])
 @pytest.mark.parametrize("hot", [False, True], ids=["default", "hot"])
 def test_after_a_storage_failure_reads_go_on_writes_are_unavailable_until_it_works_again(
@@ -715,25 +724,14 @@ def test_storage_still_failing_at_stop_is_logged_not_raised(tmp_path, caplog):
         database.close()
 
 
-def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
-@pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs Linux prlimit")
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs Linux prlimit")
 def test_a_server_whose_files_may_not_grow_refuses_writes_keeps_reading_resumes_and_exits_0(tmp_path):
     """A real server process and a real OS error: its file size limit (RLIMIT_FSIZE, which binds
     root too, unlike a read-only folder) is lowered to 1 byte while it runs, so every journal and
     snapshot write fails with EFBIG, as on a full disk; then raised again."""
-    import resource
-
     config = create_config(tmp_path / "montybase.json")
     config.update(storageMinCount=1, storageUpdate=0)  # a snapshot at every tick after a change
-    (tmp_path / "montybase.json").write_text(__import__("json").dumps(config))
+    (tmp_path / "montybase.json").write_text(json.dumps(config))
     with Proc(server_command("--port", "0"), cwd=tmp_path) as server:
         url = server.endpoint()
         with Montybase(api=url, config=str(tmp_path / "montybase.json")) as client:
