@@ -11,6 +11,7 @@ from typing import Any
 
 from server.config import DEFAULTS, Limits, load_config, open_database, public_key, storage_path
 from server.errors import InvalidArgumentError
+from server.storage import Storage
 
 from .embedded import EmbeddedBackend
 from .refs import MAX_ATTEMPTS, Backend, Reference, Transaction, WriteBatch, _segments, make_reference, run_transaction
@@ -57,7 +58,8 @@ class Montybase:
 
     - `Montybase()`: the database embedded in this process, configured by `montybase.json` in
       the current folder (created with fresh keys on first use, with `client-config.json`).
-      `storageBucket=":memory:"` keeps nothing on disk; `hot=True` fsyncs every write before
+      `storageBucket=":memory:"` keeps nothing on disk (a `server.storage.MemoryStorage()`
+      keeps it in that object, to open again); `hot=True` fsyncs every write before
       it returns; `updateTime` and `storeMin` set the snapshot policy (seconds, changes).
     - `Montybase(dev=True).run()` serves it on the config's host and port (127.0.0.1:8765 by
       default; `dev="host:port"` elsewhere, `endpoint=True` on 0.0.0.0 at the config's port).
@@ -71,7 +73,7 @@ class Montybase:
         api: str | None = None,
         *,
         config: str | Path | None = None,
-        storageBucket: str | None = None,
+        storageBucket: str | Storage | None = None,
         hot: bool | None = None,
         updateTime: float | None = None,
         storeMin: int | None = None,
@@ -90,7 +92,7 @@ class Montybase:
             self._backend = self._remote(api, self.config, ssl_context)
             return
         self._created = False
-        if storageBucket == ":memory:" and serve_at is None:
+        if (storageBucket == ":memory:" or isinstance(storageBucket, Storage)) and serve_at is None:
             self._config_path = Path("montybase.json")
             self.config = dict(DEFAULTS)
             bucket = storageBucket

@@ -8,12 +8,15 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 
 from .errors import InvalidArgumentError
 from .schemas import load_schema
+
+if TYPE_CHECKING:
+    from .storage import Storage
 
 __all__ = [
     "DEFAULTS", "OPEN_RULES", "Limits", "client_config", "client_endpoint", "create_config", "load_config",
@@ -197,17 +200,18 @@ def storage_path(config: dict[str, Any], config_path: str | Path) -> str:
 
 
 def open_database(
-    config: dict[str, Any], bucket: str, *, hot: bool | None = None, store_min: int | None = None,
+    config: dict[str, Any], bucket: str | Storage, *, hot: bool | None = None, store_min: int | None = None,
     update_time: float | None = None,
 ) -> Any:
-    """The Database the settings describe (arguments given here win over the file)."""
+    """The Database the settings describe (arguments given here win over the file). `bucket`
+    is a path, ":memory:", or a storage object (a MemoryStorage to reopen later)."""
     from .database import Database
     from .rules import Rules
     from .storage import FileStorage, Storage
 
     limits = Limits.from_config(config.get("limits"))
     return Database(
-        Storage() if bucket == ":memory:" else FileStorage(bucket),
+        bucket if isinstance(bucket, Storage) else Storage() if bucket == ":memory:" else FileStorage(bucket),
         hot=config["hot"] if hot is None else hot,
         snapshot_changes=config["storageMinCount"] if store_min is None else store_min,
         snapshot_seconds=config["storageUpdate"] if update_time is None else update_time,

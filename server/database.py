@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +19,7 @@ from .errors import (
     PermissionDeniedError,
     UnavailableError,
 )
-from .paths import check_path, field_path, generate_id, pointer
+from .paths import advance_id_clock, check_path, field_path, id_clock, new_id, pointer
 from .query import _MISSING, Query, aggregate, field_value, parse_query, run
 from .rules import Principal, RateLimiter, Rules
 from .storage import Storage
@@ -135,18 +136,28 @@ class Database:
         self._lock = threading.RLock()
         self._snapshot_lock = threading.Lock()
         self._closed = threading.Event()
-        self.snapshot_seq, collections, records = self.storage.load()
+        self.snapshot_seq, collections, id_time, records = self.storage.load()
         self.tree = Tree(collections)
         for _, operations in records:
             self._apply(operations)
+            for operation in operations:
+                if len(operation) > 3 and operation[3] > id_time:
+                    id_time = operation[3]
+        advance_id_clock(id_time)  # ids stay in order though the clock went back since
         self.watcher = Watcher(self.tree)
         self.seq = records[-1][0] if records else self.snapshot_seq
         self._changes = len(records)
         self._snapshot_due: float | None = None
+        self._sync_interval = sync_interval
+        # After a storage failure: when to try again to resume, and the wait after that one.
+        self._resume_at, self._resume_wait = 0.0, sync_interval
         self._ticker: threading.Thread | None = None
         if self.storage.durable:
+            # The ticker holds the database weakly: one dropped without close() (a crash, for a
+            # MemoryStorage reopened by another) stops being flushed once it is collected.
             self._ticker = threading.Thread(
-                target=self._tick, args=(sync_interval,), name="montybase-storage", daemon=True
+                target=Database._tick, args=(weakref.ref(self), self._closed, sync_interval),
+                name="montybase-storage", daemon=True,
             )
             self._ticker.start()
 
@@ -387,8 +398,9 @@ class Database:
     def _resolve(
         self, writes: Sequence[dict], principal: Principal | None, private: bool = False, single: bool = False
     ) -> tuple[list[list], list[dict]]:
-        """The journal operations (["set", path, document] or ["delete", path]) and the results.
-        With a principal, every write passes the rules (permission first, then data rules)."""
+        """The journal operations (["set", path, document], with the id's millisecond as a 4th
+        member for a generated id, or ["delete", path]) and the results. With a principal,
+        every write passes the rules (permission first, then data rules)."""
         batch = _Batch(self.tree)
         now_ms = int(time.time() * 1000)
         operations: list[list] = []
@@ -444,7 +456,8 @@ class Database:
             else:
                 value = _document_value(write.get("value"), pointer(where, "value"))
                 if is_collection:
-                    path = path + (generate_id(),)
+                    doc_id, id_time = new_id()
+                    path = path + (doc_id,)
                     old = None
                 else:
                     old = batch.document(path)
@@ -454,7 +467,7 @@ class Database:
                     check("create", path, None, document, final=False)  # only creators learn it exists
                     raise AlreadyExistsError(f"a document already exists at {'/'.join(path)}", {"document": list(path)})
                 document = check("create" if old is None else "update", path, old, document, replacing=True)
-            operations.append(["set", list(path), document])
+            operations.append(["set", list(path), document, id_time] if is_collection else ["set", list(path), document])
             batch.docs[path] = document
             results.append({"id": path[-1]})
         return operations, results
@@ -470,19 +483,50 @@ class Database:
 
     # Snapshots and the once-a-second fsync
 
-    def _tick(self, interval: float) -> None:
-        while not self._closed.wait(interval):
-            try:
-                self.storage.flush()
-                due = self._snapshot_due
-                if (due is not None and time.monotonic() >= due) or self.storage.journal_full:
-                    self.snapshot()
-            except Exception:  # the next tick tries again; writes report storage failures themselves
-                log.exception("storage maintenance failed")
+    @staticmethod
+    def _tick(database: weakref.ref[Database], closed: threading.Event, interval: float) -> None:
+        while not closed.wait(interval):
+            alive = database()
+            if alive is None:
+                return
+            alive._maintain()
+            del alive  # no strong reference while it waits
+
+    def _maintain(self) -> None:
+        """The once-a-second work: flush, and take a snapshot when the policy says so; after a
+        storage failure, try to resume, waiting twice as long after each try (up to 30 s)."""
+        try:
+            if self.storage.failure is not None:
+                if time.monotonic() >= self._resume_at and not self._resume():
+                    self._resume_at = time.monotonic() + self._resume_wait
+                    self._resume_wait = min(2 * self._resume_wait, 30.0)
+                return
+            self.storage.flush()
+            due = self._snapshot_due
+            if (due is not None and time.monotonic() >= due) or self.storage.journal_full:
+                self.snapshot()
+        except UnavailableError:
+            pass  # a storage failure: the storage logged it once, writes report it
+        except Exception:  # the next tick tries again
+            log.exception("storage maintenance failed")
+
+    def _resume(self) -> bool:
+        """Write what is in memory as a new snapshot after a storage failure; True if writes
+        are accepted again."""
+        with self._snapshot_lock:
+            with self._lock:  # no write gets in while the storage fails: this stays the latest state
+                seq = self.seq
+                collections = {path: dict(docs) for path, docs in self.tree.collections.items()}
+            if not self.storage.resume(seq, collections, id_clock()):
+                return False
+            with self._lock:
+                self.snapshot_seq, self._changes, self._snapshot_due = seq, 0, None
+        self._resume_at, self._resume_wait = 0.0, self._sync_interval
+        return True
 
     def snapshot(self) -> None:
         """Write the current state as the snapshot and drop the journals it covers."""
-        if not self.storage.durable:
+        if not self.storage.durable or self.storage.failure is not None:
             return
         with self._snapshot_lock:
             with self._lock:
@@ -493,7 +537,7 @@ class Database:
                 # Documents are replaced, never changed in place: shallow copies stay consistent.
                 collections = {path: dict(docs) for path, docs in self.tree.collections.items()}
                 changes, self._changes, self._snapshot_due = self._changes, 0, None
-            if self.storage.save_snapshot(seq, collections):
+            if self.storage.save_snapshot(seq, collections, id_clock()):
                 self.snapshot_seq = seq
             else:
                 with self._lock:
@@ -501,7 +545,8 @@ class Database:
                     self._snapshot_due = time.monotonic() + self.snapshot_seconds
 
     def close(self) -> None:
-        """Take a last snapshot, flush and release the storage. Idempotent."""
+        """Take a last snapshot, flush and release the storage. Idempotent. A storage that fails
+        is reported in the log (once), not raised: stopping is still a clean stop."""
         if self._closed.is_set():
             return
         with self._lock:
@@ -509,8 +554,15 @@ class Database:
         if self._ticker is not None:
             self._ticker.join()
         try:
-            if self.storage.durable and self.seq != self.snapshot_seq:
+            if self.storage.failure is not None and not self._resume():
+                log.error("stopping without a last snapshot: the storage still fails (%s)", self.storage.failure)
+            elif self.storage.durable and self.seq != self.snapshot_seq:
                 self.snapshot()
+        except UnavailableError:
+            pass  # the storage failed just now, and logged it
         finally:
-            self.storage.close()
+            try:
+                self.storage.close()
+            except UnavailableError:
+                pass  # its last flush failed, and it logged that
 

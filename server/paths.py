@@ -17,10 +17,13 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_PATH_SEGMENTS",
     "CheckedPath",
+    "advance_id_clock",
     "check_key",
     "check_path",
     "field_path",
     "generate_id",
+    "id_clock",
+    "new_id",
     "pointer",
     "simple_key",
 ]
@@ -114,7 +117,10 @@ def field_path(field: object, where: str = "/field") -> tuple[str, ...]:
 
 ID_ALPHABET = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
 _RANDOM_BITS = 72  # 12 characters of 6 bits
+_RANDOM_MAX = (1 << _RANDOM_BITS) - 1
+clock_ns = time.time_ns  # the clock ids read (tests set one that went back)
 _id_lock = threading.Lock()
+_floor_ms = -1  # ids exist up to this millisecond (advance_id_clock): never one at or below it
 _last_ms = -1
 _last_random = 0
 # Random bytes from `secrets`, read 456 ids' worth at a time (one read costs about as much as
@@ -126,7 +132,7 @@ _pool_at = 0
 
 def _start_afresh() -> None:
     global _pool, _pool_at, _last_ms, _last_random
-    _pool, _pool_at, _last_ms, _last_random = b"", 0, -1, 0
+    _pool, _pool_at, _last_ms, _last_random = b"", 0, _floor_ms, _RANDOM_MAX
 
 
 os.register_at_fork(after_in_child=_start_afresh)
@@ -148,24 +154,46 @@ _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _TO_ID = bytes.maketrans(_B64, ID_ALPHABET.encode())
 
 
-
-
-def generate_id() -> str:
-    """A 20-character id: 8 characters of milliseconds, then 12 random ones.
-
-    Ids from one process sort in creation order: within one millisecond the random
-    part is incremented, as Realtime Database push ids do.
-    """
+def new_id() -> tuple[str, int]:
+    """A generated id and its millisecond (see generate_id)."""
     global _last_ms, _last_random
     with _id_lock:
-        now = time.time_ns() // 1_000_000
+        now = clock_ns() // 1_000_000
         if now <= _last_ms:
             now, random_part = _last_ms, _last_random + 1
-            if random_part >> _RANDOM_BITS:  # 2^72 ids in one millisecond: borrow the next one
+            if random_part > _RANDOM_MAX:  # 2^72 ids in one millisecond: borrow the next one
                 now, random_part = now + 1, _random_part()
         else:
             random_part = _random_part()
         _last_ms, _last_random = now, random_part
     # 48 bits of time then 72 random bits: 15 bytes, exactly 20 base64 characters.
     raw = ((now << _RANDOM_BITS) | random_part).to_bytes(15, "big")
-    return base64.urlsafe_b64encode(raw).translate(_TO_ID).decode()
+    return base64.urlsafe_b64encode(raw).translate(_TO_ID).decode(), now
+
+
+def generate_id() -> str:
+    """A 20-character id: 8 characters of milliseconds, then 12 random ones.
+
+    Ids from one process sort in creation order: within one millisecond the random
+    part is incremented, as Realtime Database push ids do; and after advance_id_clock,
+    every id sorts after those of the storage it was given for.
+    """
+    return new_id()[0]
+
+
+def id_clock() -> int:
+    """The millisecond of the latest id this process generated or was told of: the id time a
+    storage keeps, so that ids after a restart sort after it (0 before any)."""
+    return max(_last_ms, 0)
+
+
+def advance_id_clock(ms: int) -> None:
+    """Ids exist up to millisecond `ms` (a reopened storage's): generate none at or before it,
+    though the clock went back."""
+    global _floor_ms, _last_ms, _last_random
+    with _id_lock:
+        _floor_ms = max(_floor_ms, ms)
+        if ms >= _last_ms:
+            # The next id borrows the millisecond after `ms`: the random parts of the ids at `ms`
+            # are not known, so it may not share it.
+            _last_ms, _last_random = ms, _RANDOM_MAX

@@ -3,11 +3,15 @@
 Files beside the snapshot `db.json`: journals `db.json.<first_seq>.journal` and the lock
 `db.json.lock`. A journal record is `u32 length | u32 crc32(seq ‖ payload) | u64 seq | payload`,
 big-endian, the payload being the compact JSON of one committed write (a list of operations).
+The snapshot is `{"__montybase__":1,"seq":…,"idTime":…,"collections":{…},"crc32":…}`, the
+checksum covering the bytes before `,"crc32":`. A running storage holds an OS lock (flock) on
+the lock file and on the journal it appends to. `MemoryStorage` is the same over files in memory.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import logging
@@ -16,13 +20,17 @@ import re
 import socket
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import UnavailableError
 
-__all__ = ["FileStorage", "LocalFiles", "MemoryStorage", "Storage", "decode_snapshot", "encode_snapshot"]
+__all__ = [
+    "FileStorage", "LocalFiles", "MemoryFiles", "MemoryStorage", "Recovered", "Storage", "decode_snapshot",
+    "encode_snapshot",
+]
 
 log = logging.getLogger("montybase.storage")
 
@@ -31,6 +39,7 @@ _HEADER = struct.Struct(">IIQ")
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 SNAPSHOT_FORMAT = 1
 _FORMAT_KEY = "__montybase__"  # a key no document or collection may use
+_CRC_KEY = b',"crc32":'
 
 
 _encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
@@ -42,21 +51,33 @@ def encode_record(seq: int, payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload, zlib.crc32(seq_bytes)), seq) + payload
 
 
-def encode_snapshot(seq: int, collections: Collections) -> bytes:
-    """The snapshot file: plain JSON, collections keyed by their '/'-joined path."""
+class Recovered(NamedTuple):
+    """What start-up found: the snapshot's record number, collections and id time (the latest
+    generated id's millisecond), then the journal records after it as (seq, operations)."""
+
+    seq: int
+    collections: Collections
+    id_time: int
+    records: list[tuple[int, list]]
+
+
+def encode_snapshot(seq: int, collections: Collections, id_time: int) -> bytes:
+    """The snapshot file: plain JSON, collections keyed by their '/'-joined path, and as its
+    last member the CRC-32 of every byte before it (`,"crc32":` excluded)."""
     body = {"/".join(path): docs for path, docs in collections.items()}
-    return json.dumps(
-        {_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "collections": body},
-        ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-    ).encode("utf-8")
+    text = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "idTime": id_time, "collections": body})
+    covered = text[:-1].encode("utf-8")
+    return b"%s%s%d}\n" % (covered, _CRC_KEY, zlib.crc32(covered))
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def decode_snapshot(data: bytes) -> tuple[int, Collections]:
-    """Parse a snapshot, or an original Montybase `db.json` (a bare tree of collections)."""
+def decode_snapshot(data: bytes) -> tuple[int, Collections, int]:
+    """Parse a snapshot, or an original Montybase `db.json` (a bare tree of collections). A
+    snapshot without "crc32" (older, or fixed by hand) loads unchecked. Returns (seq,
+    collections, id time)."""
     try:
         tree = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -64,16 +85,29 @@ def decode_snapshot(data: bytes) -> tuple[int, Collections]:
     if not isinstance(tree, dict):
         raise ValueError("its top level is not a JSON object")
     if _FORMAT_KEY in tree:
-        if tree[_FORMAT_KEY] != SNAPSHOT_FORMAT or type(tree.get("seq")) is not int or not isinstance(tree.get("collections"), dict):
+        if (
+            tree[_FORMAT_KEY] != SNAPSHOT_FORMAT or type(tree.get("seq")) is not int
+            or type(tree.get("idTime", 0)) is not int or not isinstance(tree.get("collections"), dict)
+        ):
             raise ValueError(f"its header is not a Montybase snapshot of format {SNAPSHOT_FORMAT}")
-        seq, body = tree["seq"], tree["collections"]
+        if "crc32" in tree and zlib.crc32(data[:data.rfind(_CRC_KEY)]) != tree["crc32"]:
+            raise ValueError("its checksum does not match its content (if it was fixed by hand, remove its \"crc32\")")
+        seq, id_time, body = tree["seq"], tree.get("idTime", 0), tree["collections"]
         collections = {tuple(key.split("/")): docs for key, docs in body.items()}
     else:  # an original Montybase tree: {collection: {id: document}}
-        seq, collections = 0, {(key,): docs for key, docs in tree.items()}
+        seq, id_time, collections = 0, 0, {(key,): docs for key, docs in tree.items()}
     for path, docs in collections.items():
         if not isinstance(docs, dict) or not all(isinstance(doc, dict) for doc in docs.values()):
             raise ValueError(f"collection {'/'.join(path)!r} is not an object of documents (objects)")
-    return seq, {path: docs for path, docs in collections.items() if docs}
+    return seq, {path: docs for path, docs in collections.items() if docs}, id_time
+
+
+def _is_torn(data: bytes, offset: int, size: int) -> bool:
+    """Whether the bad record at `offset` (`size` bytes if complete, else 0) looks like an append
+    that never finished: cut short, or ending in a zero byte (blocks the disk allocated but never
+    wrote read as zeros, and a payload always ends in "]"). A complete record that fails its
+    checksum was written whole and changed since: damage, not a torn write."""
+    return size == 0 or data[offset + size - 1] == 0
 
 
 def _is_tail(data: bytes, offset: int, next_seq: int) -> bool:
@@ -154,15 +188,137 @@ class LocalFiles:
     def exists(self, path: Path) -> bool:
         return path.exists()
 
+    def make_dir(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+    def lock(self, fd: int) -> bool:
+        """Hold an exclusive lock on the open file `fd` until it is closed (or the process ends);
+        False if another holds one. Another start's probe (`holder`) takes a shared lock for an
+        instant: a few tries get past it."""
+        for _ in range(10):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                time.sleep(0.01)
+        return False
+
+    def holder(self, path: Path) -> str | None:
+        """Who holds an exclusive lock on `path` ("process 123" where the OS tells), or None."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            for _ in range(3):  # a holder that lets go between the probe and the look-up: probe again
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    return None
+                except BlockingIOError:
+                    owner = _flock_owner(fd)
+                    if owner is not None:
+                        return owner
+            return "another process"
+        finally:
+            os.close(fd)
+
+
+def _flock_owner(fd: int) -> str | None:
+    """The process holding an exclusive flock on `fd`'s file, from Linux's /proc/locks, whose
+    lines read "1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF"."""
+    stat = os.fstat(fd)
+    inode = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as table:
+            for line in table:
+                fields = line.split()
+                if fields[1:2] == ["FLOCK"] and fields[3:4] == ["WRITE"] and fields[5:6] == [inode]:
+                    return f"process {fields[4]}"
+    except OSError:
+        pass
+    return None
+
+
+class MemoryFiles(LocalFiles):
+    """The same operations on files held in this object: the disk of a MemoryStorage.
+
+    A name maps to its bytes (an "inode"); an open descriptor keeps its inode, so, as on a real
+    disk, appending to a journal that was unlinked or replaced changes no name. Nothing is
+    volatile: a dropped process keeps everything it wrote, as a killed one does on a disk.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[Path, bytearray] = {}
+        self._open: dict[int, bytearray] = {}
+        self._next_fd = 0
+
+    def _inode(self, path: Path) -> bytearray:
+        try:
+            return self.files[path]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from None
+
+    def open_append(self, path: Path) -> int:
+        self._next_fd += 1
+        self._open[self._next_fd] = self.files.setdefault(path, bytearray())
+        return self._next_fd
+
+    def write(self, fd: int, data: bytes) -> None:
+        self._open[fd] += data
+
+    def fsync(self, fd: int) -> None:
+        pass
+
+    def close(self, fd: int) -> None:
+        del self._open[fd]
+
+    def read(self, path: Path) -> bytes:
+        return bytes(self._inode(path))
+
+    def write_file(self, path: Path, data: bytes) -> None:
+        inode = self.files.setdefault(path, bytearray())
+        inode[:] = data
+
+    def truncate(self, path: Path, size: int) -> None:
+        del self._inode(path)[size:]
+
+    def replace(self, source: Path, target: Path) -> None:
+        self.files[target] = self._inode(source)
+        del self.files[source]
+
+    def fsync_dir(self, path: Path) -> None:
+        pass
+
+    def unlink(self, path: Path) -> None:
+        self._inode(path)
+        del self.files[path]
+
+    def listdir(self, path: Path) -> list[str]:
+        return [name.name for name in self.files if name.parent == path]
+
+    def exists(self, path: Path) -> bool:
+        return path in self.files
+
+    def make_dir(self, path: Path) -> None:
+        pass
+
+    def lock(self, fd: int) -> bool:
+        return True
+
+    def holder(self, path: Path) -> str | None:
+        return None
+
 
 class Storage:
-    """What the database needs from persistence. This base keeps nothing: `":memory:"`."""
+    """What the database needs from persistence. This base keeps nothing: `":memory:"` uses it,
+    as the tree in memory is all there is and nothing could open that database again."""
 
     durable = False
+    failure: str | None = None  # why writes are refused since a write or fsync failed, or None
 
-    def load(self) -> tuple[int, Collections, list[tuple[int, list]]]:
-        """Recover: (snapshot seq, snapshot collections, journal records after it as (seq, operations))."""
-        return 0, {}, []
+    def load(self) -> Recovered:
+        """Recover the state the storage holds (and hold it: the lock)."""
+        return Recovered(0, {}, 0, [])
 
     def append(self, seq: int, operations: list) -> None:
         """Journal one committed write (called under the database lock, before it applies)."""
@@ -176,8 +332,15 @@ class Storage:
     def rotate(self, seq: int) -> None:
         """Start a new journal after record `seq` (under the database lock, before a snapshot)."""
 
-    def save_snapshot(self, seq: int, collections: Collections) -> bool:
-        """Write the state at `seq` atomically, then drop the journals it covers; False if it failed."""
+    def save_snapshot(self, seq: int, collections: Collections, id_time: int) -> bool:
+        """Write the state at `seq` (and the id time) atomically, then drop the journals it covers;
+        False if it failed."""
+        return True
+
+    def resume(self, seq: int, collections: Collections, id_time: int) -> bool:
+        """After a failure: try to write the state in memory (every write through `seq`) as the
+        snapshot and start a fresh journal after it. True once writes are accepted again; False,
+        quietly, while the disk still fails."""
         return True
 
     @property
@@ -187,9 +350,6 @@ class Storage:
 
     def close(self) -> None:
         """Flush and release the storage."""
-
-
-MemoryStorage = Storage
 
 
 class FileStorage(Storage):
@@ -203,6 +363,9 @@ class FileStorage(Storage):
         self.files = files or LocalFiles()
         self._journal_re = re.compile(re.escape(self.path.name) + r"\.(\d+)\.journal")
         self._lock_fd: int | None = None
+        self._start_session()
+
+    def _start_session(self) -> None:
         self._fd: int | None = None
         self._journal: Path | None = None
         self._offset = 0  # bytes of the current journal known good
@@ -210,7 +373,7 @@ class FileStorage(Storage):
         self._synced = 0  # last seq known durable
         self._journal_bytes = 0
         self._snapshot_bytes = 0
-        self._failure: str | None = None
+        self.failure = None
         self._sync_lock = threading.Lock()
 
     # Start-up
@@ -223,11 +386,7 @@ class FileStorage(Storage):
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise UnavailableError(
-                f"storage {self.path} is in use by {holder} (lock {lock_path}); "
-                "stop that process or give this one another storageBucket",
-                {"file": str(lock_path)},
-            ) from None
+            raise self._in_use(holder, f"lock {lock_path}", lock_path) from None
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
@@ -241,13 +400,34 @@ class FileStorage(Storage):
                 found.append((int(match.group(1)), self.dir / name))
         return sorted(found)
 
-    def _damaged(self, what: str, how: str) -> UnavailableError:
+    def _in_use(self, holder: str, how: str, file: Path) -> UnavailableError:
         return UnavailableError(
+            f"storage {self.path} is in use by {holder} ({how}); stop that process or give this one "
+            "another storageBucket", {"file": str(file)},
+        )
+
+    def _other_writer(self, listed: list[tuple[int, Path]] | None = None) -> UnavailableError | None:
+        """The error to refuse with if another process writes this storage though this one holds
+        the lock file (it was removed or replaced): that process holds its newest journal, and it
+        creates the next before it lets go of one. `listed`: the journals found at the start."""
+        changed = listed is not None and self._journals() != listed
+        for _ in range(3):  # a switch of journals may slip between a look at the folder and a probe
+            for _, journal in reversed(self._journals()):
+                holder = self.files.holder(journal)
+                if holder is not None:
+                    return self._in_use(holder, f"it writes {journal}; the lock file was removed or replaced", journal)
+            if not changed:
+                return None
+        return self._in_use("another process", "its journals changed while this one started", self.dir)
+
+    def _damaged(self, what: str, how: str) -> UnavailableError:
+        # Damage seen while another process changes the files is no damage: say who it is.
+        return self._other_writer() or UnavailableError(
             f"Montybase will not start: {what}. Nothing was changed. {how}", {"file": str(self.path)}
         )
 
-    def load(self) -> tuple[int, Collections, list[tuple[int, list]]]:
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def load(self) -> Recovered:
+        self.files.make_dir(self.dir)
         self._lock()
         try:
             return self._recover()
@@ -255,13 +435,17 @@ class FileStorage(Storage):
             self.close()
             raise
 
-    def _recover(self) -> tuple[int, Collections, list[tuple[int, list]]]:
-        seq, collections = 0, {}
+    def _recover(self) -> Recovered:
+        journals = self._journals()
+        other = self._other_writer()
+        if other is not None:
+            raise other
+        seq, collections, id_time = 0, {}, 0
         if self.files.exists(self.path):
             data = self.files.read(self.path)
             self._snapshot_bytes = len(data)
             try:
-                seq, collections = decode_snapshot(data)
+                seq, collections, id_time = decode_snapshot(data)
             except ValueError as exc:
                 raise self._damaged(
                     f"the snapshot {self.path} is damaged: {exc}",
@@ -270,19 +454,37 @@ class FileStorage(Storage):
                 ) from None
         records: list[tuple[int, list]] = []
         last = seq
-        journals = self._journals()
-        for number, (_, journal) in enumerate(journals):
-            data = self.files.read(journal)
+        torn: tuple[Path, int] | None = None
+        for number, (first_seq, journal) in enumerate(journals):
+            if first_seq > last + 1:  # even an empty journal says where the records before it end
+                if last == 0 and not self.files.exists(self.path):
+                    raise self._damaged(
+                        f"the snapshot {self.path} is missing, but journal {journal} continues it "
+                        f"from record {first_seq - 1}",
+                        "Restore the snapshot from a backup; or, to start empty, move the journals away.",
+                    )
+                raise self._damaged(
+                    f"journal {journal} holds the records from {first_seq} on, but the records before "
+                    f"it end at {last}",
+                    "A journal or the snapshot is missing: restore the storage folder from a backup.",
+                )
+            try:
+                data = self.files.read(journal)
+            except FileNotFoundError:  # listed a moment ago: another process dropped it
+                raise self._other_writer(journals) or self._damaged(
+                    f"journal {journal} was removed while it was read", "Start again once nothing else changes the folder."
+                ) from None
             offset = 0
             while offset < len(data):
                 problem, record_seq, payload, size = self._parse(data, offset)
                 if problem is not None:
-                    if number == len(journals) - 1 and _is_tail(data, offset, last + 1):
+                    newest = number == len(journals) - 1
+                    if newest and _is_torn(data, offset, size) and _is_tail(data, offset, last + 1):
+                        torn = journal, offset
                         log.warning(
                             "journal %s: %s at byte %d; cutting off the torn end (%d bytes) of an "
                             "interrupted write", journal, problem, offset, len(data) - offset,
                         )
-                        self.files.truncate(journal, offset)
                         break
                     raise self._damaged(
                         f"journal {journal} is damaged at byte {offset}: {problem}",
@@ -300,13 +502,19 @@ class FileStorage(Storage):
                     last = record_seq
                 offset += size
             self._journal_bytes += offset
+        other = self._other_writer(journals)
+        if other is not None:
+            raise other
+        if torn is not None:
+            self.files.truncate(*torn)
         self._written = self._synced = last
         self._open_journal(last + 1)
-        return seq, collections, records
+        return Recovered(seq, collections, id_time, records)
 
     @staticmethod
     def _parse(data: bytes, offset: int) -> tuple[str | None, int, bytes, int]:
-        """(problem or None, seq, payload, record size) of the record at `offset`."""
+        """(problem or None, seq, payload, record size) of the record at `offset`; the size is 0
+        when there is no complete record there (cut short, or an impossible length)."""
         if len(data) - offset < _HEADER.size:
             return "the record header is cut short", 0, b"", 0
         length, crc, seq = _HEADER.unpack_from(data, offset)
@@ -317,28 +525,35 @@ class FileStorage(Storage):
             return "the record is cut short", seq, b"", 0
         payload = data[offset + _HEADER.size:end]
         if zlib.crc32(payload, zlib.crc32(seq.to_bytes(8, "big"))) != crc:
-            return "the record checksum does not match", seq, b"", 0
+            return "the record checksum does not match", seq, b"", end - offset
         return None, seq, payload, end - offset
 
     def _open_journal(self, first_seq: int) -> None:
+        """Open (and lock) the journal that starts at `first_seq` as the current one."""
         journal = self.dir / f"{self.path.name}.{first_seq}.journal"
-        self._fd = self.files.open_append(journal)
-        self._journal = journal
-        self._offset = len(self.files.read(journal))
-        self.files.fsync_dir(self.dir)
+        fd = self.files.open_append(journal)
+        try:
+            if not self.files.lock(fd):
+                raise self._other_writer() or self._in_use("another process", f"it writes {journal}", journal)
+            offset = len(self.files.read(journal))
+            self.files.fsync_dir(self.dir)
+        except BaseException:
+            self.files.close(fd)
+            raise
+        self._fd, self._journal, self._offset = fd, journal, offset
 
     # Writing
 
-    def _fail(self, exc: OSError, what: str) -> UnavailableError:
-        # After a failed write or fsync nothing more is acknowledged: a retried fsync can
-        # report success for data the kernel already dropped ("fsyncgate").
-        self._failure = f"{what} failed: {exc}"
-        log.error("storage %s: %s; refusing further writes", self.path, self._failure)
-        return UnavailableError(f"storage failed, writes are refused: {self._failure}", {"file": str(self.path)})
+    def _fail(self, exc: Exception, what: str) -> UnavailableError:
+        # After a failed write or fsync nothing more goes to that journal: a retried fsync can
+        # report success for data the kernel already dropped ("fsyncgate"). `resume` starts afresh.
+        self.failure = f"{what} failed: {exc}"
+        log.error("storage %s: %s; refusing writes (reads go on) until it can write again", self.path, self.failure)
+        return UnavailableError(f"storage failed, writes are refused: {self.failure}", {"file": str(self.path)})
 
     def _check(self) -> None:
-        if self._failure:
-            raise UnavailableError(f"storage failed, writes are refused: {self._failure}", {"file": str(self.path)})
+        if self.failure:
+            raise UnavailableError(f"storage failed, writes are refused: {self.failure}", {"file": str(self.path)})
         if self._fd is None:
             raise UnavailableError("storage is closed")
 
@@ -373,36 +588,68 @@ class FileStorage(Storage):
             self._synced = target
 
     def flush(self) -> None:
-        if self._written > self._synced and not self._failure and self._fd is not None:
+        if self._written > self._synced and not self.failure and self._fd is not None:
             self.sync(self._written)
 
     def rotate(self, seq: int) -> None:
         self._check()
         self.sync(seq)
         with self._sync_lock:
-            self.files.close(self._fd)
-            self._fd = None
+            if self._journal == self.dir / f"{self.path.name}.{seq + 1}.journal":
+                return  # nothing written since it was opened: it already starts after `seq`
+            # The new journal is locked before the old one is let go: a process starting now
+            # always finds one of them held (_other_writer).
+            previous = self._fd
             try:
                 self._open_journal(seq + 1)
-            except OSError as exc:
+            except (OSError, UnavailableError) as exc:
                 raise self._fail(exc, "opening a new journal") from exc
+            self.files.close(previous)
 
-    def save_snapshot(self, seq: int, collections: Collections) -> bool:
-        data = encode_snapshot(seq, collections)
-        temporary = self.path.with_name(self.path.name + ".tmp")
+    def save_snapshot(self, seq: int, collections: Collections, id_time: int) -> bool:
         try:
-            self.files.write_file(temporary, data)
-            self.files.replace(temporary, self.path)
-            self.files.fsync_dir(self.dir)
-            for first_seq, journal in self._journals():
-                if first_seq <= seq and journal != self._journal:
-                    self.files.unlink(journal)
+            self._write_snapshot(seq, collections, id_time)
         except OSError as exc:
             # The journals still hold everything: a failed snapshot loses nothing.
             log.error("storage %s: snapshot at record %d failed: %s", self.path, seq, exc)
             return False
+        return True
+
+    def _write_snapshot(self, seq: int, collections: Collections, id_time: int) -> None:
+        data = encode_snapshot(seq, collections, id_time)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        self.files.write_file(temporary, data)
+        self.files.replace(temporary, self.path)
+        self.files.fsync_dir(self.dir)
+        for first_seq, journal in self._journals():
+            if first_seq <= seq and journal != self._journal:
+                self.files.unlink(journal)
         self._journal_bytes = self._offset
         self._snapshot_bytes = len(data)
+
+    def resume(self, seq: int, collections: Collections, id_time: int) -> bool:
+        with self._sync_lock:
+            if self.failure is None:
+                return True
+            if self._fd is not None:  # the failed journal takes nothing more; the snapshot covers it
+                try:
+                    self.files.close(self._fd)
+                except OSError:
+                    pass  # its data is superseded by the snapshot below; nothing to save from it
+                self._fd, self._journal, self._offset = None, None, 0
+            try:
+                self._write_snapshot(seq, collections, id_time)
+                # Whatever a failed write left in the next journal is no record: start it empty.
+                self.files.write_file(self.dir / f"{self.path.name}.{seq + 1}.journal", b"")
+                self._open_journal(seq + 1)
+            except (OSError, UnavailableError):
+                return False
+            failure, self.failure = self.failure, None
+            self._written = self._synced = seq
+        log.warning(
+            "storage %s works again (it failed: %s): the state at record %d is in a new snapshot; "
+            "writes are accepted", self.path, failure, seq,
+        )
         return True
 
     @property
@@ -418,7 +665,36 @@ class FileStorage(Storage):
                     self.files.close(self._fd)
                     self._fd = None
         finally:
-            if self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+class MemoryStorage(FileStorage):
+    """FileStorage's twin on a MemoryFiles disk: the same format, journals, snapshots and
+    recovery, kept in this object instead of a folder.
+
+    It outlives its Database: a new Database opened on it after `close()`, or after the last
+    one was dropped without closing (a crash), recovers the same data. Each `load` starts
+    afresh as a new process would, so one Database at a time: there is no lock to refuse a
+    second.
+    """
+
+    def __init__(self, name: str = "db.json", *, files: MemoryFiles | None = None):
+        super().__init__(name, files=files or MemoryFiles())
+        self.path = Path(":memory:") / name  # what messages name: no folder is involved
+        self.dir = self.path.parent
+
+    def load(self) -> Recovered:
+        self._start_session()  # whatever a dropped Database left open died with it
+        return super().load()
+
+    def _lock(self) -> None:
+        pass
+
+    def _unlock(self) -> None:
+        pass

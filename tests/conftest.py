@@ -15,6 +15,7 @@ from python_client import Montybase
 from server.channel import ClientHandshake, Records
 from server.config import client_config, create_config, open_database
 from server.database import Database
+from server.storage import MemoryStorage
 from server.transport import Limits, MontybaseServer
 
 BACKENDS = ["memory", "file", "remote"]
@@ -115,12 +116,12 @@ def served(loop_thread, tmp_path) -> Iterator[Served]:
 
 @pytest.fixture(params=BACKENDS)
 def db(request, tmp_path, monkeypatch):
-    """A fresh database: embedded in memory, embedded on files, or a real server over the
-    network, used with the admin key (a server-side Python program)."""
+    """A fresh database: embedded on a MemoryStorage, embedded on files, or a real server over
+    the network, used with the admin key (a server-side Python program)."""
     monkeypatch.chdir(tmp_path)
     server = None
     if request.param == "memory":
-        handle = Montybase(storageBucket=":memory:")
+        handle = Montybase(storageBucket=MemoryStorage())
     elif request.param == "file":
         handle = Montybase(config=tmp_path / "montybase.json")
     else:

@@ -423,13 +423,16 @@ def test_a_first_run_on_a_given_port_writes_that_endpoint_into_client_config(tmp
 # 4. The storage lock.
 
 
-def test_a_second_server_on_the_same_storage_exits_1_naming_the_first(tmp_path):
+@pytest.mark.parametrize("lock_file", ["kept", "removed"])
+def test_a_second_server_on_the_same_storage_exits_1_naming_the_first(tmp_path, lock_file):
     first = start(tmp_path, "--port", "0")
     second = None
     try:
         url = first.endpoint()
         with client(url, tmp_path) as db:
             doc(db, "scores").set({"score": 1}, key="a")
+        if lock_file == "removed":  # the lock is the first server's open journal, not this file
+            (tmp_path / "db.json.lock").unlink()
         second = start(tmp_path, "--port", "0")
         assert second.wait() == 1, second.describe()
         line = one_error_line(second)

@@ -11,7 +11,9 @@ import copy
 import errno
 import logging
 import os
+import json
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -24,9 +26,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/writer.py
 
 import writer  # noqa: E402
+from conftest import Served  # noqa: E402
+from procs import Proc, server_command  # noqa: E402
+from python_client import Montybase, doc  # noqa: E402
+from python_client import UnavailableError as ClientUnavailableError  # noqa: E402
+from server.config import create_config  # noqa: E402
 from server.database import Database  # noqa: E402
 from server.errors import UnavailableError  # noqa: E402
-from server.storage import FileStorage, LocalFiles  # noqa: E402
+from server.storage import FileStorage, LocalFiles, MemoryFiles, MemoryStorage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITER = Path(__file__).resolve().parent / "writer.py"
@@ -39,8 +46,6 @@ def read_all(db: Database) -> dict[str, dict]:
 
 
 def snapshot_seq(path: Path) -> int:
-    import json
-
     return json.loads(path.read_bytes())["seq"] if path.exists() else 0
 
 
@@ -246,11 +251,24 @@ class PowerLossFiles(LocalFiles):
         self.pending.append(("unlink", name))
 
 
+def record_spans(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each journal record in `data` (u32 length | u32 crc | u64 seq | payload)."""
+    spans, offset = [], 0
+    while offset < len(data):
+        end = offset + 16 + int.from_bytes(data[offset:offset + 4], "big")
+        spans.append((offset, end))
+        offset = end
+    assert offset == len(data), "volatile bytes that are not whole records"
+    return spans
+
+
 def crash_image(state, rng: random.Random) -> dict[str, bytes]:
     """Files a power loss at that point could leave. Of the directory changes since the last
     fsync of the folder: a prefix (file systems that commit metadata in order, like ext4), or any
-    subset (POSIX promises no order). Of each file's volatile bytes: none, all, a prefix, or a
-    prefix followed by garbage or zeros."""
+    subset (POSIX promises no order). Of each file's volatile bytes: none, all, a prefix, a
+    prefix followed by zeros (blocks allocated but never written), or a prefix followed by
+    garbage that, in a journal, leaves the record it overwrites cut short. Garbage that makes a
+    record look whole is damage, not a power loss: that start is refused (README, Durability)."""
     names, pending, inodes = state
     names = dict(names)
     if rng.random() < 0.5:
@@ -279,7 +297,11 @@ def crash_image(state, rng: random.Random) -> dict[str, bytes]:
             kept = volatile
         elif choice == "cut":
             kept = volatile[: rng.randint(0, max(0, len(volatile) - 1))]
-        elif choice == "garbage":
+        elif choice == "garbage" and name.endswith(".journal"):
+            start, end = rng.choice(record_spans(volatile))
+            cut = rng.randint(start + 4, end - 2)  # its length intact: the record stays cut short
+            kept = volatile[:cut] + rng.randbytes(rng.randint(1, min(64, end - cut - 1)))
+        elif choice == "garbage":  # a snapshot being written (to its temporary file)
             kept = volatile[: rng.randint(0, len(volatile))] + rng.randbytes(rng.randint(1, 64))
         else:
             kept = volatile[: rng.randint(0, len(volatile))] + bytes(rng.randint(1, 512))
@@ -599,3 +621,144 @@ def test_close_releases_the_lock_when_its_flush_fails(tmp_path):
         assert read_all(db) == {"c": {"k": {"n": 1}}}
     finally:
         db.close()
+
+
+# d. a disk that fails, then works again: a server keeps reading, refuses writes, resumes
+
+
+def switchable(base: type[LocalFiles]) -> type[LocalFiles]:
+    """`base`'s file operations, failing with `error` (an errno) while it is set, like a full disk."""
+
+    class Switchable(base):
+        error: int | None = None
+
+        def _maybe_fail(self) -> None:
+            if self.error is not None:
+                raise OSError(self.error, os.strerror(self.error))
+
+        def open_append(self, path):
+            self._maybe_fail()
+            return super().open_append(path)
+
+        def write(self, fd, data):
+            self._maybe_fail()
+            super().write(fd, data)
+
+        def fsync(self, fd):
+            self._maybe_fail()
+            super().fsync(fd)
+
+        def write_file(self, path, data):
+            self._maybe_fail()
+            super().write_file(path, data)
+
+    return Switchable
+
+
+def storage_errors(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+@pytest.mark.parametrize("kind", ["file", "memory"])
+@pytest.mark.parametrize("hot", [False, True], ids=["default", "hot"])
+def test_after_a_storage_failure_reads_go_on_writes_are_unavailable_until_it_works_again(
+    tmp_path, loop_thread, caplog, kind, hot
+):
+    """In-process, over a real server: the disk is simulated through the storage's `files` seam."""
+    files = switchable(LocalFiles if kind == "file" else MemoryFiles)()
+    storage = FileStorage(tmp_path / "db.json", files=files) if kind == "file" else MemoryStorage(files=files)
+    database = Database(storage, hot=hot, snapshot_changes=1, snapshot_seconds=0, sync_interval=0.05)
+    served = Served(loop_thread, tmp_path / "server", database=database)
+    try:
+        with served.client(admin=True) as client, caplog.at_level(logging.INFO):
+            scores = doc(client, "scores")
+            scores.set({"n": 1}, key="a")
+            files.error = errno.ENOSPC
+            for i in range(3):
+                with pytest.raises(ClientUnavailableError, match="storage failed"):
+                    scores.set({"n": 2}, key=f"refused{i}")
+            assert doc(client, "scores", "a").get() == {"n": 1}  # reads go on
+            assert scores.get() == {"a": {"n": 1}}
+            time.sleep(1.0)  # 20 ticks: resume tries (1, 2, 4, 8 ticks apart) fail quietly
+            errors = storage_errors(caplog)
+            assert len(errors) == 1 and "refusing writes" in errors[0].getMessage(), caplog.text
+            assert not any(r.exc_info for r in caplog.records), "a traceback in the log"
+            assert "works again" not in caplog.text
+            files.error = None
+            assert wait_until(lambda: "works again" in caplog.text, timeout=10), caplog.text
+            scores.set({"n": 3}, key="c")  # accepted again
+            assert scores.get() == {"a": {"n": 1}, "c": {"n": 3}}
+            assert len(storage_errors(caplog)) == 1 and caplog.text.count("works again") == 1
+    finally:
+        served.stop()  # closes the database
+    database = Database(storage if kind == "memory" else FileStorage(tmp_path / "db.json"), sync_interval=QUIET)
+    try:
+        assert read_all(database) == {"scores": {"a": {"n": 1}, "c": {"n": 3}}}
+    finally:
+        database.close()
+
+
+def test_storage_still_failing_at_stop_is_logged_not_raised(tmp_path, caplog):
+    files = switchable(LocalFiles)()
+    database = Database(FileStorage(tmp_path / "db.json", files=files), sync_interval=QUIET)
+    database.commit([{"op": "set", "path": ["c", "a"], "value": {"n": 1}}])
+    files.error = errno.EIO
+    with pytest.raises(UnavailableError):
+        database.commit([{"op": "set", "path": ["c", "b"], "value": {"n": 2}}])
+    with caplog.at_level(logging.ERROR):
+        database.close()  # does not raise
+    assert "stopping without a last snapshot: the storage still fails" in caplog.text
+    database = Database(FileStorage(tmp_path / "db.json"), sync_interval=QUIET)
+    try:
+        assert read_all(database) == {"c": {"a": {"n": 1}}}  # the journal kept the acknowledged write
+    finally:
+        database.close()
+
+
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs Linux prlimit")
+def test_a_server_whose_files_may_not_grow_refuses_writes_keeps_reading_resumes_and_exits_0(tmp_path):
+    """A real server process and a real OS error: its file size limit (RLIMIT_FSIZE, which binds
+    root too, unlike a read-only folder) is lowered to 1 byte while it runs, so every journal and
+    snapshot write fails with EFBIG, as on a full disk; then raised again."""
+    config = create_config(tmp_path / "montybase.json")
+    config.update(storageMinCount=1, storageUpdate=0)  # a snapshot at every tick after a change
+    (tmp_path / "montybase.json").write_text(json.dumps(config))
+    with Proc(server_command("--port", "0"), cwd=tmp_path) as server:
+        url = server.endpoint()
+        with Montybase(api=url, config=str(tmp_path / "montybase.json")) as client:
+            scores = doc(client, "scores")
+            scores.set({"n": 1}, key="a")
+            limits = resource.prlimit(server.pid, resource.RLIMIT_FSIZE)
+            resource.prlimit(server.pid, resource.RLIMIT_FSIZE, (1, limits[1]))
+            try:
+                for i in range(3):
+                    with pytest.raises(ClientUnavailableError, match="storage failed"):
+                        scores.set({"n": 2}, key=f"refused{i}")
+                assert doc(client, "scores", "a").get() == {"n": 1}
+                time.sleep(3.5)  # three ticks and resume tries, all failing
+                assert doc(client, "scores", "a").get() == {"n": 1}
+            finally:
+                resource.prlimit(server.pid, resource.RLIMIT_FSIZE, limits)
+            assert wait_until(lambda: "works again" in server.stderr, timeout=15), server.describe()
+            scores.set({"n": 3}, key="c")
+        assert server.stop() == 0, server.describe()
+        log = server.stderr
+    assert "Traceback" not in log, log
+    assert log.count("refusing writes") == 1 and log.count("works again") == 1, log
+    assert [line for line in log.splitlines() if " ERROR " in line] == [
+        line for line in log.splitlines() if "refusing writes" in line
+    ], log
+    database = Database(FileStorage(tmp_path / "db.json"), sync_interval=QUIET)
+    try:
+        assert read_all(database) == {"scores": {"a": {"n": 1}, "c": {"n": 3}}}
+    finally:
+        database.close()

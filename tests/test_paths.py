@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from server import paths
 from server.errors import InvalidArgumentError, LimitExceededError
-from server.paths import ID_ALPHABET, check_key, check_path, field_path, generate_id, pointer
+from server.paths import ID_ALPHABET, advance_id_clock, check_key, check_path, field_path, generate_id, pointer
 
 
 @pytest.mark.parametrize("key", ["users", "amor.budiyanto@gmail.com", "a b", "ünïcødé", "x" * 128, "_x_", "__x", "constructor"])
@@ -58,13 +59,28 @@ def test_generated_ids_have_20_url_safe_characters_and_sort_by_creation():
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
 
 
+def id_millisecond(generated: str) -> int:
+    value = 0
+    for char in generated[:8]:
+        value = value * 64 + ID_ALPHABET.index(char)
+    return value
+
+
 def test_generated_id_starts_with_the_time_in_milliseconds():
     before = int(time.time() * 1000)
-    head = generate_id()[:8]
-    value = 0
-    for char in head:
-        value = value * 64 + ID_ALPHABET.index(char)
+    value = id_millisecond(generate_id())
     assert before <= value <= int(time.time() * 1000) + 1
+
+
+def test_after_advance_id_clock_ids_sort_after_that_millisecond_though_the_clock_went_back(monkeypatch):
+    """A reopened storage's ids go up to `floor`; this process's clock is an hour behind."""
+    floor = time.time_ns() // 1_000_000
+    highest = "".join(ID_ALPHABET[(floor >> 6 * (7 - i)) & 63] for i in range(8)) + ID_ALPHABET[-1] * 12
+    monkeypatch.setattr(paths, "clock_ns", lambda: time.time_ns() - 3600 * 10**9)
+    advance_id_clock(floor)
+    ids = [generate_id() for _ in range(1000)]
+    assert ids == sorted(ids) and ids[0] > highest
+    assert {id_millisecond(i) for i in ids} == {floor + 1}, "the clock is behind: they share the next millisecond"
 
 
 def test_alphabet_is_in_ascii_order():

@@ -1,10 +1,13 @@
-"""File storage: round trips, snapshots and their policy, legacy files, damage, the storage lock.
+"""Storage: round trips, snapshots and their policy, legacy files, damage, the storage lock.
 
-Everything here runs the real `FileStorage` / `Database` on real files in a temporary folder.
+The behaviour runs on both storages (TinyDB's habit): the real `FileStorage` on files in a
+temporary folder, and its twin `MemoryStorage`, whose files live in the object, read and
+damaged here by name the same way. The lock tests are about processes and files: disk only.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -21,7 +24,7 @@ from python_client import UnavailableError as ClientUnavailableError
 from server.config import create_config
 from server.database import Database
 from server.errors import UnavailableError
-from server.storage import FileStorage
+from server.storage import FileStorage, MemoryStorage
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/writer.py
@@ -30,20 +33,72 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/writer.py
 # Helpers
 
 
-def listing(folder: Path) -> dict[str, bytes]:
-    """Every file in `folder` (but the lock) with its bytes."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith(".lock")}
+class Place:
+    """Where a storage keeps its files: a folder for FileStorage, or one MemoryStorage object
+    (every open reuses it, as a restarted process reopens the same folder)."""
+
+    def __init__(self, kind: str, folder: Path):
+        self.kind = kind
+        self.folder = folder
+        self.memory = MemoryStorage() if kind == "memory" else None
+        self.path = folder / "db.json" if self.memory is None else self.memory.path
+
+    def storage(self) -> FileStorage:
+        return FileStorage(self.path) if self.memory is None else self.memory
+
+    def open_db(self, **options) -> Database:
+        return Database(self.storage(), **options)
+
+    def montybase(self, **options) -> Montybase:
+        """The public API on this storage."""
+        if self.memory is None:
+            return Montybase(config=self.folder / "montybase.json", **options)
+        return Montybase(storageBucket=self.memory, **options)
+
+    def file(self, name: str) -> Path:
+        return self.path.with_name(name)
+
+    def names(self) -> list[str]:
+        if self.memory is None:
+            return [p.name for p in self.folder.iterdir() if p.is_file()]
+        return self.memory.files.listdir(self.path.parent)
+
+    def exists(self, path: Path) -> bool:
+        return path.name in self.names()
+
+    def read(self, path: Path) -> bytes:
+        return path.read_bytes() if self.memory is None else self.memory.files.read(path)
+
+    def write(self, path: Path, data: bytes) -> None:
+        if self.memory is None:
+            path.write_bytes(data)
+        else:
+            self.memory.files.write_file(path, data)
+
+    def remove(self, path: Path) -> None:
+        if self.memory is None:
+            path.unlink()
+        else:
+            self.memory.files.unlink(path)
+
+    def listing(self) -> dict[str, bytes]:
+        """Every file of the storage (but the lock) with its bytes."""
+        names = sorted(n for n in self.names() if n.startswith("db.json") and not n.endswith(".lock"))
+        return {name: self.read(self.file(name)) for name in names}
+
+    def journals(self) -> list[Path]:
+        found = [n for n in self.names() if n.startswith("db.json.") and n.endswith(".journal")]
+        return [self.file(n) for n in sorted(found, key=lambda n: int(n[len("db.json."):-len(".journal")]))]
+
+    def snapshot_header(self) -> dict | None:
+        if not self.exists(self.path):
+            return None
+        return json.loads(self.read(self.path))
 
 
-def journals(folder: Path, name: str = "db.json") -> list[Path]:
-    found = [p for p in folder.iterdir() if p.name.startswith(name + ".") and p.name.endswith(".journal")]
-    return sorted(found, key=lambda p: int(p.name[len(name) + 1 : -len(".journal")]))
-
-
-def snapshot_header(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    return json.loads(path.read_bytes())
+@pytest.fixture(params=["file", "memory"])
+def place(request, tmp_path) -> Place:
+    return Place(request.param, tmp_path)
 
 
 def record_offsets(data: bytes) -> list[int]:
@@ -57,9 +112,9 @@ def record_offsets(data: bytes) -> list[int]:
     return offsets
 
 
-def make_journals(path: Path, sizes: list[int]) -> int:
+def make_journals(place: Place, sizes: list[int]) -> int:
     """Journals holding records 1.. (one `set` of c/k<seq> each), a new journal per entry of `sizes`."""
-    storage = FileStorage(path)
+    storage = place.storage()
     storage.load()
     seq = 0
     for number, size in enumerate(sizes):
@@ -97,9 +152,8 @@ def wait_until(predicate, timeout: float, step: float = 0.02) -> bool:
 # Round trips and snapshots
 
 
-def test_round_trip_public_api(tmp_path):
-    config = tmp_path / "montybase.json"
-    db = Montybase(config=config)
+def test_round_trip_public_api(place):
+    db = place.montybase()
     users = doc(db, "users")
     users.set({"name": "Amor", "n": 1}, key="amor")
     generated = users.add({"name": "Generated"})
@@ -108,9 +162,9 @@ def test_round_trip_public_api(tmp_path):
     users.set({"name": "Gone"}, key="gone")
     db.batch().set(users, {"name": "Batch"}, key="b1").delete(users, key="gone").commit()
     db.close()
-    assert (tmp_path / "db.json").exists()
+    assert place.exists(place.path)
 
-    again = Montybase(config=config)
+    again = place.montybase()
     try:
         assert doc(again, "users").get() == {
             "amor": {"name": "Amor", "n": 5, "city": {"name": "Paris"}},
@@ -121,7 +175,7 @@ def test_round_trip_public_api(tmp_path):
         doc(again, "users").delete(key="amor")  # takes its posts with it
     finally:
         again.close()
-    third = Montybase(config=config)
+    third = place.montybase()
     try:
         assert doc(third, "users").get() == {"b1": {"name": "Batch"}, generated: {"name": "Generated"}}
         assert doc(third, "users", "amor").append("posts").get() == {}
@@ -130,106 +184,123 @@ def test_round_trip_public_api(tmp_path):
 
 
 @pytest.mark.parametrize("hot", [False, True], ids=["default", "hot"])
-def test_round_trip_many_writes(tmp_path, hot):
+def test_round_trip_many_writes(place, hot):
     import writer
 
-    path = tmp_path / "db.json"
     model = writer.Model()
-    db = open_db(path, hot=hot, snapshot_changes=40, snapshot_seconds=300)
+    db = place.open_db(hot=hot, snapshot_changes=40, snapshot_seconds=300)
     for count, item in zip(range(300), writer.workload(7, "c")):
         writer.apply_write(db, item)
         model.apply_item(item)
         if count % 97 == 96:
             db.snapshot()
     db.close()
-    db = open_db(path)
+    db = place.open_db()
     try:
         assert read_all(db) == model.collections
     finally:
         db.close()
 
 
-def test_close_writes_snapshot_and_drops_journals(tmp_path):
-    path = tmp_path / "db.json"
-    db = open_db(path, snapshot_changes=1000, snapshot_seconds=300)
+def test_close_writes_snapshot_and_drops_journals(place):
+    db = place.open_db(snapshot_changes=1000, snapshot_seconds=300)
     for i in range(10):
         db.commit([{"op": "set", "path": ["c", f"k{i}"], "value": {"n": i}}])
     db.commit([{"op": "set", "path": ["c", "k0", "sub"], "value": {"deep": True}}])  # a generated id in a subcollection
-    assert not path.exists(), "no snapshot before the policy or close asks for one"
-    assert len(record_offsets(journals(tmp_path)[0].read_bytes())) == 11
+    assert not place.exists(place.path), "no snapshot before the policy or close asks for one"
+    assert len(record_offsets(place.read(place.journals()[0]))) == 11
     expected = read_all(db)
     db.close()
 
-    header = snapshot_header(path)
+    header = place.snapshot_header()
     assert header["__montybase__"] == 1 and header["seq"] == 11
     assert header["collections"] == expected
     assert "c/k0/sub" in header["collections"]
-    for journal in journals(tmp_path):  # the covered journal is gone; at most an empty one follows
-        assert journal.stat().st_size == 0 and int(journal.name.split(".")[2]) > 11, journal.name
-    db = open_db(path)
+    for journal in place.journals():  # the covered journal is gone; at most an empty one follows
+        assert place.read(journal) == b"" and int(journal.name.split(".")[2]) > 11, journal.name
+    db = place.open_db()
     try:
         assert read_all(db) == expected
     finally:
         db.close()
 
 
-def test_snapshot_policy_public_api(tmp_path):
+def test_after_a_crash_a_new_database_recovers_every_write(place):
+    """A Database dropped without close (a killed process): a new one on the same storage finds
+    every write, those in the snapshot and those only in the journal after it."""
+    db = place.open_db(snapshot_changes=1000, snapshot_seconds=300)
+    for i in range(5):
+        db.commit([{"op": "set", "path": ["c", f"k{i}"], "value": {"n": i}}])
+    db.snapshot()
+    db.call("update", {"path": ["c", "k0"], "fields": [["n", 10]]})
+    db.call("delete", {"path": ["c", "k1"]})
+    added = db.call("add", {"path": ["c"], "value": {"n": 5}})["id"]
+    expected = read_all(db)
+    if place.memory is None:
+        db.storage.close()  # what a killed process's end does to its files and lock
+    del db
+    gc.collect()  # nothing is left of it: its ticker stops
+    db = place.open_db()
+    try:
+        assert read_all(db) == expected
+        assert expected["c"][added] == {"n": 5} and "k1" not in expected["c"]
+    finally:
+        db.close()
+
+
+def test_snapshot_policy_public_api(place):
     """storeMin=3, updateTime=0.5: nothing after 2 changes; a snapshot 0.5 s (and the next
     one-second tick) after the 3rd change, which also drops the journal it covers."""
-    path = tmp_path / "db.json"
-    db = Montybase(config=tmp_path / "montybase.json", storeMin=3, updateTime=0.5)
+    db = place.montybase(storeMin=3, updateTime=0.5)
     try:
         c = doc(db, "c")
         c.set({"n": 1}, key="a")
         c.set({"n": 2}, key="b")
         time.sleep(1.3)  # at least one tick (1 s) has passed
-        assert not path.exists(), "a snapshot after 2 changes though storeMin is 3"
+        assert not place.exists(place.path), "a snapshot after 2 changes though storeMin is 3"
         c.set({"n": 3}, key="c")
         third = time.monotonic()
-        assert wait_until(path.exists, timeout=5), "no snapshot 5 s after the 3rd change"
+        assert wait_until(lambda: place.exists(place.path), timeout=5), "no snapshot 5 s after the 3rd change"
         assert time.monotonic() - third >= 0.45, "the snapshot did not wait updateTime"
-        assert wait_until(lambda: snapshot_header(path)["seq"] == 3, timeout=2)
-        assert snapshot_header(path)["collections"] == {"c": {"a": {"n": 1}, "b": {"n": 2}, "c": {"n": 3}}}
-        assert wait_until(lambda: all(j.stat().st_size == 0 for j in journals(tmp_path)), timeout=2)
+        assert wait_until(lambda: place.snapshot_header()["seq"] == 3, timeout=2)
+        assert place.snapshot_header()["collections"] == {"c": {"a": {"n": 1}, "b": {"n": 2}, "c": {"n": 3}}}
+        assert wait_until(lambda: all(place.read(j) == b"" for j in place.journals()), timeout=2)
         c.set({"n": 4}, key="d")  # one change: below storeMin again
         time.sleep(1.2)
-        assert snapshot_header(path)["seq"] == 3
+        assert place.snapshot_header()["seq"] == 3
     finally:
         db.close()
-    assert snapshot_header(path)["seq"] == 4  # close takes the last one
+    assert place.snapshot_header()["seq"] == 4  # close takes the last one
 
 
-def test_snapshot_policy_seconds(tmp_path):
+def test_snapshot_policy_seconds(place):
     """snapshot_changes=1, snapshot_seconds=0.8 with a 50 ms tick: not before 0.8 s, soon after."""
-    path = tmp_path / "db.json"
-    db = open_db(path, snapshot_changes=1, snapshot_seconds=0.8, sync_interval=0.05)
+    db = place.open_db(snapshot_changes=1, snapshot_seconds=0.8, sync_interval=0.05)
     try:
         db.commit([{"op": "set", "path": ["c", "a"], "value": {"n": 1}}])
         start = time.monotonic()
         time.sleep(0.4)
-        assert not path.exists()
-        assert wait_until(path.exists, timeout=3)
+        assert not place.exists(place.path)
+        assert wait_until(lambda: place.exists(place.path), timeout=3)
         assert time.monotonic() - start >= 0.75
-        assert snapshot_header(path)["seq"] == 1
+        assert place.snapshot_header()["seq"] == 1
     finally:
         db.close()
 
 
-def test_original_bare_tree_loads_and_accepts_writes(tmp_path):
-    path = tmp_path / "db.json"
+def test_original_bare_tree_loads_and_accepts_writes(place):
     original = json.dumps({"users": {"amor": {"name": "Amor"}}}).encode()
-    path.write_bytes(original)
-    config = tmp_path / "montybase.json"
-    db = Montybase(config=config)
+    place.write(place.path, original)
+    db = place.montybase()
     try:
         assert doc(db, "users").get() == {"amor": {"name": "Amor"}}
         doc(db, "users").set({"name": "Bo"}, key="bo")
         doc(db, "users").update({"age": 30}, key="amor")
     finally:
         db.close()
-    header = snapshot_header(path)
+    header = place.snapshot_header()
     assert header["__montybase__"] == 1  # rewritten in the new format
-    again = Montybase(config=config)
+    again = place.montybase()
     try:
         assert doc(again, "users").get() == {"amor": {"name": "Amor", "age": 30}, "bo": {"name": "Bo"}}
     finally:
@@ -244,6 +315,60 @@ def test_memory_writes_nothing(tmp_path, monkeypatch):
     assert doc(db, "c").get() == {"k": {"n": 1}}
     db.close()
     assert list(tmp_path.iterdir()) == []
+
+
+# Generated ids across restarts
+
+ID_WRITER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+behind, real_ns = int(sys.argv[3]), time.time_ns  # this process's clock is `behind` seconds late
+time.time_ns = lambda: real_ns() - behind * 10**9
+time.time = lambda: time.time_ns() / 1e9
+from server.database import Database
+from server.storage import FileStorage
+db = Database(FileStorage(sys.argv[2]))
+for i in range(5):
+    print(db.call("add", {"path": ["c"], "value": {"n": i}})["id"], flush=True)
+if sys.argv[4] == "close":
+    db.close()
+else:
+    print("killed", flush=True)  # no snapshot: the journal alone keeps the id time
+    time.sleep(60)
+"""
+
+
+def test_ids_stay_in_order_across_restarts_whose_clock_went_back(tmp_path):
+    """A clean stop (the snapshot keeps the id time), then a run an hour behind that is killed
+    (its journal keeps it), then one two hours behind: every id sorts after the earlier ones."""
+    path = tmp_path / "db.json"
+    ids: list[str] = []
+    for behind, end in [(0, "close"), (3600, "kill"), (7200, "close")]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", ID_WRITER, str(ROOT), str(path), str(behind), end],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            lines = [proc.stdout.readline().strip() for _ in range(5)]
+            assert all(len(line) == 20 for line in lines), (lines, proc.stderr.read())
+            ids += lines
+            if end == "kill":
+                assert proc.stdout.readline().strip() == "killed"
+                os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) in (0, -signal.SIGKILL), proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            proc.stdout.close()
+            proc.stderr.close()
+    assert ids == sorted(ids), "an id made after a restart sorts before an older one"
+    db = open_db(path)
+    try:
+        assert list(db.call("get", {"path": ["c"]})["value"]) == ids  # id order is creation order
+        assert [doc["n"] for doc in db.call("get", {"path": ["c"]})["value"].values()] == [0, 1, 2, 3, 4] * 3
+    finally:
+        db.close()
 
 
 # Damage: refuse to start, change nothing, say what to do
@@ -263,26 +388,25 @@ CORRUPT_SNAPSHOTS = {
 
 
 @pytest.mark.parametrize("content", CORRUPT_SNAPSHOTS.values(), ids=CORRUPT_SNAPSHOTS.keys())
-def test_corrupt_snapshot_refuses_to_start(tmp_path, content):
-    path = tmp_path / "db.json"
-    make_journals(path, [2])  # a journal beside it, which must not be touched either
-    path.write_bytes(content)
-    create_config(tmp_path / "montybase.json")
-    before = listing(tmp_path)
+def test_corrupt_snapshot_refuses_to_start(place, content):
+    make_journals(place, [2])  # a journal beside it, which must not be touched either
+    place.write(place.path, content)
+    create_config(place.folder / "montybase.json")
+    before = place.listing()
 
     with pytest.raises(UnavailableError) as caught:
-        open_db(path)
+        place.open_db()
     message = str(caught.value)
-    assert str(path) in message
+    assert str(place.path) in message
     assert "damaged" in message and "Restore it from a backup" in message and "Nothing was changed" in message
-    assert caught.value.data["file"] == str(path)
+    assert caught.value.data["file"] == str(place.path)
     with pytest.raises(ClientUnavailableError):  # the public API refuses the same way
-        Montybase(config=tmp_path / "montybase.json")
-    assert listing(tmp_path) == before, "a refused start changed files"
+        place.montybase()
+    assert place.listing() == before, "a refused start changed files"
 
     # The lock was released: once repaired, the storage opens in this same process.
-    path.write_bytes(b'{"c": {"fixed": {"n": 0}}}')
-    db = open_db(path)
+    place.write(place.path, b'{"c": {"fixed": {"n": 0}}}')
+    db = place.open_db()
     try:
         assert read_all(db) == {"c": {"fixed": {"n": 0}, **docs_of([1, 2])}}
     finally:
@@ -290,97 +414,162 @@ def test_corrupt_snapshot_refuses_to_start(tmp_path, content):
 
 
 @pytest.mark.parametrize("where", ["payload", "crc", "seq", "length"])
-def test_corrupt_record_in_older_journal_refuses(tmp_path, where):
-    path = tmp_path / "db.json"
-    make_journals(path, [4, 4])
-    first, second = journals(tmp_path)
-    data = bytearray(first.read_bytes())
+def test_corrupt_record_in_older_journal_refuses(place, where):
+    make_journals(place, [4, 4])
+    first, second = place.journals()
+    data = bytearray(place.read(first))
     offset = record_offsets(bytes(data))[1]
     data[offset + {"payload": 20, "crc": 5, "seq": 15, "length": 3}[where]] ^= 0x01
-    first.write_bytes(bytes(data))
-    before = listing(tmp_path)
+    place.write(first, bytes(data))
+    before = place.listing()
 
     with pytest.raises(UnavailableError) as caught:
-        open_db(path)
+        place.open_db()
     message = str(caught.value)
     assert f"journal {first} is damaged at byte {offset}" in message
     assert f"truncate that file at byte {offset}" in message
-    assert listing(tmp_path) == before, "a refused start changed files"
+    assert place.listing() == before, "a refused start changed files"
 
 
 @pytest.mark.parametrize("where", ["payload", "crc", "seq", "length"])
 @pytest.mark.parametrize("record", [0, 2, 3], ids=["first", "middle", "next to last"])
-def test_corrupt_record_in_middle_of_newest_journal_refuses(tmp_path, where, record):
+def test_corrupt_record_in_middle_of_newest_journal_refuses(place, where, record):
     """Damage followed by intact records is not a torn tail, even in the newest journal."""
-    path = tmp_path / "db.json"
-    make_journals(path, [5])  # one journal: it is the newest
-    (journal,) = journals(tmp_path)
-    data = bytearray(journal.read_bytes())
+    make_journals(place, [5])  # one journal: it is the newest
+    (journal,) = place.journals()
+    data = bytearray(place.read(journal))
     offset = record_offsets(bytes(data))[record]
     data[offset + {"payload": 20, "crc": 5, "seq": 15, "length": 3}[where]] ^= 0x01
-    journal.write_bytes(bytes(data))
-    before = listing(tmp_path)
+    place.write(journal, bytes(data))
+    before = place.listing()
 
     try:
         with pytest.raises(UnavailableError) as caught:
-            open_db(path).close()
+            place.open_db().close()
         assert f"journal {journal} is damaged at byte {offset}" in str(caught.value)
     finally:
-        assert listing(tmp_path) == before, "intact records were cut off the journal"
+        assert place.listing() == before, "intact records were cut off the journal"
 
 
-def test_lost_block_in_middle_of_newest_journal_refuses(tmp_path):
+def test_lost_block_in_middle_of_newest_journal_refuses(place):
     """A zeroed 4 KiB block spanning ~90 records, intact records after it: damage, not a torn tail."""
-    path = tmp_path / "db.json"
-    make_journals(path, [200])
-    (journal,) = journals(tmp_path)
-    data = bytearray(journal.read_bytes())
+    make_journals(place, [200])
+    (journal,) = place.journals()
+    data = bytearray(place.read(journal))
     data[4096:8192] = bytes(4096)  # a block lost: records on both sides of it are intact
-    journal.write_bytes(bytes(data))
-    before = listing(tmp_path)
+    place.write(journal, bytes(data))
+    before = place.listing()
     try:
         with pytest.raises(UnavailableError):
-            open_db(path).close()
+            place.open_db().close()
     finally:
-        assert listing(tmp_path) == before, "intact records after the lost block were cut off"
+        assert place.listing() == before, "intact records after the lost block were cut off"
 
 
-def test_journal_gap_refuses(tmp_path):
-    path = tmp_path / "db.json"
-    make_journals(path, [3, 3, 3])
-    first, middle, last = journals(tmp_path)
-    middle.unlink()  # records 4-6 missing
-    before = listing(tmp_path)
+def test_journal_gap_refuses(place):
+    make_journals(place, [3, 3, 3])
+    first, middle, last = place.journals()
+    place.remove(middle)  # records 4-6 missing
+    before = place.listing()
     with pytest.raises(UnavailableError) as caught:
-        open_db(path)
+        place.open_db()
     message = str(caught.value)
-    assert f"journal {last} holds record 7" in message and "end at 3" in message and "missing" in message
-    assert listing(tmp_path) == before
+    assert f"journal {last} holds the records from 7 on" in message and "end at 3" in message and "missing" in message
+    assert place.listing() == before
 
 
-def test_journal_missing_record_refuses(tmp_path):
-    path = tmp_path / "db.json"
-    make_journals(path, [5])
-    (journal,) = journals(tmp_path)
-    data = journal.read_bytes()
+def test_journal_missing_record_refuses(place):
+    make_journals(place, [5])
+    (journal,) = place.journals()
+    data = place.read(journal)
     offsets = record_offsets(data)
-    journal.write_bytes(data[: offsets[2]] + data[offsets[3] :])  # record 3 cut out
-    before = listing(tmp_path)
+    place.write(journal, data[: offsets[2]] + data[offsets[3] :])  # record 3 cut out
+    before = place.listing()
     with pytest.raises(UnavailableError) as caught:
-        open_db(path)
+        place.open_db()
     assert f"holds record 4 at byte {offsets[2]}" in str(caught.value)
-    assert listing(tmp_path) == before
+    assert place.listing() == before
 
 
-def test_journals_without_their_start_refuse(tmp_path):
+def test_journals_without_their_start_refuse(place):
     """The oldest journal starts after the snapshot: records in between are missing."""
-    path = tmp_path / "db.json"
-    make_journals(path, [3, 3])
-    journals(tmp_path)[0].unlink()
-    before = listing(tmp_path)
+    make_journals(place, [3, 3])
+    place.remove(place.journals()[0])
+    before = place.listing()
     with pytest.raises(UnavailableError):
-        open_db(path)
-    assert listing(tmp_path) == before
+        place.open_db()
+    assert place.listing() == before
+
+
+def test_lost_snapshot_after_a_clean_stop_refuses(place):
+    """A clean stop leaves the snapshot and an empty journal named after the record it continues
+    from: without the snapshot, that name shows what is missing."""
+    db = place.open_db()
+    for i in range(3):
+        db.commit([{"op": "set", "path": ["c", f"k{i}"], "value": {"n": i}}])
+    db.close()
+    (journal,) = place.journals()
+    assert place.read(journal) == b"" and journal.name == "db.json.4.journal"
+    place.remove(place.path)
+    before = place.listing()
+    with pytest.raises(UnavailableError) as caught:
+        place.open_db()
+    message = str(caught.value)
+    assert f"the snapshot {place.path} is missing, but journal {journal} continues it from record 3" in message
+    assert "Restore the snapshot from a backup" in message and "Nothing was changed" in message
+    assert place.listing() == before, "a refused start changed files"
+
+
+def test_empty_newest_journal_after_a_gap_refuses(place):
+    """Records 4-6 lost with their journal, the next one still empty: nothing reads a record
+    past the gap, the journal's name alone shows it."""
+    make_journals(place, [3, 3, 0])
+    first, middle, empty = place.journals()
+    place.remove(middle)
+    with pytest.raises(UnavailableError) as caught:
+        place.open_db()
+    assert f"journal {empty} holds the records from 7 on, but the records before it end at 3" in str(caught.value)
+
+
+SNAPSHOT_DAMAGE = {
+    "a digit changed": lambda data: data.replace(b'"n":1}', b'"n":7}', 1),
+    "a key changed": lambda data: data.replace(b'"k1"', b'"k7"', 1),
+    "the seq changed": lambda data: data.replace(b'"seq":3', b'"seq":2', 1),
+    "the checksum changed": lambda data: data[:-3] + bytes([data[-3] ^ 1]) + data[-2:],
+}
+
+
+@pytest.mark.parametrize("damage", SNAPSHOT_DAMAGE.values(), ids=SNAPSHOT_DAMAGE.keys())
+def test_snapshot_that_fails_its_checksum_refuses(place, damage):
+    """Still valid JSON, still a snapshot: only its checksum shows it changed."""
+    db = place.open_db()
+    for i in range(3):
+        db.commit([{"op": "set", "path": ["c", f"k{i}"], "value": {"n": i}}])
+    db.close()
+    data = place.read(place.path)
+    assert json.loads(data)["crc32"] >= 0
+    changed = damage(data)
+    assert changed != data and json.loads(changed)
+    place.write(place.path, changed)
+    before = place.listing()
+    with pytest.raises(UnavailableError) as caught:
+        place.open_db()
+    message = str(caught.value)
+    assert f"the snapshot {place.path} is damaged: its checksum does not match its content" in message
+    assert place.listing() == before
+
+    unchecked = json.loads(changed)  # fixed by hand: without its checksum it loads as it says
+    del unchecked["crc32"]
+    place.write(place.path, json.dumps(unchecked, indent=2).encode())
+    if unchecked["seq"] != 3:  # the journal after it still shows records 3 and before are covered
+        with pytest.raises(UnavailableError, match="holds the records from 4 on"):
+            place.open_db()
+        return
+    db = place.open_db()
+    try:
+        assert read_all(db) == unchecked["collections"]
+    finally:
+        db.close()
 
 
 TORN = {
@@ -389,7 +578,7 @@ TORN = {
     "header only": lambda rec, last: last[:16],
     "payload cut": lambda rec, last: last[: len(last) // 2 + 8],
     "all but 1 byte": lambda rec, last: last[:-1],
-    "last byte wrong": lambda rec, last: last[:-1] + bytes([last[-1] ^ 0x55]),
+    "end never written (zeros)": lambda rec, last: last[:-8] + bytes(8),
     "garbage appended": lambda rec, last: last + b"\x8f\x02garbage\xff" * 3,
     "zeros appended": lambda rec, last: last + bytes(4096),
     "huge length appended": lambda rec, last: last + b"\xff\xff\xff\xff" + bytes(12),
@@ -397,34 +586,33 @@ TORN = {
 
 
 @pytest.mark.parametrize("tear", TORN.values(), ids=TORN.keys())
-def test_torn_tail_of_newest_journal_is_cut_with_warning(tmp_path, caplog, tear):
-    path = tmp_path / "db.json"
-    make_journals(path, [3, 5])  # records 1-3, then 4-8 in the newest journal
-    newest = journals(tmp_path)[-1]
-    data = newest.read_bytes()
+def test_torn_tail_of_newest_journal_is_cut_with_warning(place, caplog, tear):
+    make_journals(place, [3, 5])  # records 1-3, then 4-8 in the newest journal
+    newest = place.journals()[-1]
+    data = place.read(newest)
     last_start = record_offsets(data)[-1]
     torn = data[:last_start] + tear(None, data[last_start:])
-    newest.write_bytes(torn)
+    place.write(newest, torn)
     whole = len(torn) >= len(data) and torn[: len(data)] == data  # record 8 intact, junk after it
     keep = 8 if whole else 7
     good_end = len(data) if whole else last_start
-    older = journals(tmp_path)[0].read_bytes()
+    older = place.read(place.journals()[0])
 
     with caplog.at_level(logging.WARNING, logger="montybase.storage"):
-        db = open_db(path)
+        db = place.open_db()
     try:
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "torn" in r.getMessage()]
         assert len(warnings) == 1, caplog.text
         assert str(newest) in warnings[0].getMessage() and f"at byte {good_end}" in warnings[0].getMessage()
         assert read_all(db) == {"c": docs_of(range(1, keep + 1))}
-        assert newest.read_bytes() == data[:good_end], "the torn end was not cut off exactly"
-        assert journals(tmp_path)[0].read_bytes() == older
+        assert place.read(newest) == data[:good_end], "the torn end was not cut off exactly"
+        assert place.read(place.journals()[0]) == older
         db.commit([{"op": "set", "path": ["c", "after"], "value": {"n": -1}}])
     finally:
         db.close()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="montybase.storage"):
-        db = open_db(path)
+        db = place.open_db()
     try:
         assert read_all(db) == {"c": {**docs_of(range(1, keep + 1)), "after": {"n": -1}}}
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
@@ -432,18 +620,36 @@ def test_torn_tail_of_newest_journal_is_cut_with_warning(tmp_path, caplog, tear)
         db.close()
 
 
-def test_torn_tail_of_older_journal_refuses(tmp_path):
-    """Only the newest journal may end torn: an older one cut short means lost records."""
-    path = tmp_path / "db.json"
-    make_journals(path, [4, 2])
-    first = journals(tmp_path)[0]
-    data = first.read_bytes()
-    first.write_bytes(data[:-3])
-    before = listing(tmp_path)
+@pytest.mark.parametrize("where", ["payload", "last byte", "crc", "seq"])
+def test_complete_last_record_with_bad_checksum_refuses(place, where):
+    """Only a record cut short is a torn write: a whole last record that fails its checksum
+    was written (perhaps acknowledged) and changed since. Cutting it would lose it silently."""
+    make_journals(place, [3, 5])
+    newest = place.journals()[-1]
+    data = bytearray(place.read(newest))
+    offset = record_offsets(bytes(data))[-1]
+    data[{"payload": offset + 20, "last byte": len(data) - 1, "crc": offset + 5, "seq": offset + 15}[where]] ^= 0x01
+    place.write(newest, bytes(data))
+    before = place.listing()
     with pytest.raises(UnavailableError) as caught:
-        open_db(path)
+        place.open_db()
+    message = str(caught.value)
+    assert f"journal {newest} is damaged at byte {offset}: the record checksum does not match" in message
+    assert f"truncate that file at byte {offset}" in message and "Nothing was changed" in message
+    assert place.listing() == before, "a refused start changed files"
+
+
+def test_torn_tail_of_older_journal_refuses(place):
+    """Only the newest journal may end torn: an older one cut short means lost records."""
+    make_journals(place, [4, 2])
+    first = place.journals()[0]
+    data = place.read(first)
+    place.write(first, data[:-3])
+    before = place.listing()
+    with pytest.raises(UnavailableError) as caught:
+        place.open_db()
     assert f"journal {first} is damaged at byte {record_offsets(data)[-1]}" in str(caught.value)
-    assert listing(tmp_path) == before
+    assert place.listing() == before
 
 
 # The storage lock
@@ -482,6 +688,36 @@ def test_second_process_is_refused_and_named(tmp_path):
         db.commit([{"op": "set", "path": ["c", "k"], "value": {"n": 1}}])
     finally:
         db.close()
+
+
+def test_second_process_is_refused_after_the_lock_file_was_removed(tmp_path):
+    """The lock is the open journal's, not the lock file's existence: a writer that snapshots and
+    switches journals every few milliseconds, its lock file gone, still refuses every start."""
+    path = tmp_path / "db.json"
+    writer = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "writer.py"), str(path), "0", "5", "w"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert writer.stdout.readline().strip() == b"R", writer.stderr.read()
+        path.with_name("db.json.lock").unlink()
+        for attempt in range(30):
+            with pytest.raises(UnavailableError) as caught:
+                open_db(path).close()
+            message = str(caught.value)
+            assert "in use by" in message and str(path) in message, f"attempt {attempt}: {message}"
+            assert "damaged" not in message and "missing" not in message, f"attempt {attempt}: {message}"
+            named = f"process {writer.pid}" in message
+            assert named or "journals changed" in message, f"attempt {attempt}: the holder is not named: {message}"
+            time.sleep(0.01)
+        assert writer.poll() is None, "the writer stopped"
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=10)
+        writer.stdout.close()
+        writer.stderr.close()
+    db = open_db(path)  # the dead writer's locks are gone
+    db.close()
 
 
 def test_second_open_in_same_process_is_refused(tmp_path):
