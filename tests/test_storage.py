@@ -232,9 +232,9 @@ def test_after_a_crash_a_new_database_recovers_every_write(place):
     for i in range(5):
         db.commit([{"op": "set", "path": ["c", f"k{i}"], "value": {"n": i}}])
     db.snapshot()
-    db.call("update", {"path": ["c", "k0"], "fields": [["n", 10]]})
-    db.call("delete", {"path": ["c", "k1"]})
-    added = db.call("add", {"path": ["c"], "value": {"n": 5}})["id"]
+    db.commit([{"op": "update", "path": ["c", "k0"], "fields": [["n", 10]]}])
+    db.commit([{"op": "delete", "path": ["c", "k1"]}])
+    added = db.commit([{"op": "add", "path": ["c"], "value": {"n": 5}}])[0]["id"]
     expected = read_all(db)
     if place.memory is None:
         db.storage.close()  # what a killed process's end does to its files and lock
@@ -329,7 +329,7 @@ from server.database import Database
 from server.storage import FileStorage
 db = Database(FileStorage(sys.argv[2]))
 for i in range(5):
-    print(db.call("add", {"path": ["c"], "value": {"n": i}})["id"], flush=True)
+    print(db.commit([{"op": "add", "path": ["c"], "value": {"n": i}}])[0]["id"], flush=True)
 if sys.argv[4] == "close":
     db.close()
 else:
@@ -365,8 +365,8 @@ def test_ids_stay_in_order_across_restarts_whose_clock_went_back(tmp_path):
     assert ids == sorted(ids), "an id made after a restart sorts before an older one"
     db = open_db(path)
     try:
-        assert list(db.call("get", {"path": ["c"]})["value"]) == ids  # id order is creation order
-        assert [doc["n"] for doc in db.call("get", {"path": ["c"]})["value"].values()] == [0, 1, 2, 3, 4] * 3
+        assert list(db.get({"path": ["c"]}, None)[0]["value"]) == ids  # id order is creation order
+        assert [doc["n"] for doc in db.get({"path": ["c"]}, None)[0]["value"].values()] == [0, 1, 2, 3, 4] * 3
     finally:
         db.close()
 
