@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from server import channel
 from server.channel import ChannelError, ClientHandshake, ServerHandshake, Records, derive_psk, key_hint, key_schedule
-from server.config import _fresh_keys, public_key
+from server.config import fresh_keys, public_key
 from server.errors import MontybaseError, UnauthenticatedError
 
 CASES_FILE = Path(__file__).parent / "cases" / "channel.json"
@@ -80,7 +80,7 @@ def handshake(kid="client", key="mb-test", *, server_key=None, pin=True, keys=No
 
 @pytest.fixture(scope="module")
 def server_key() -> str:
-    return _fresh_keys()["serverKey"]
+    return fresh_keys()["serverKey"]
 
 
 # --- the shared vectors ----------------------------------------------------------------------
@@ -351,7 +351,7 @@ def test_psk_client_refuses_an_nk_result(server_key):
 def test_mitm_with_its_own_static_key_is_refused(server_key):
     """A server without the pinned static key cannot produce a valid smac, even knowing the psk."""
     pinned = ClientHandshake("client", "mb-k", public_key(server_key))
-    impostor = ServerHandshake({"client": "mb-k"}, _fresh_keys()["serverKey"])
+    impostor = ServerHandshake({"client": "mb-k"}, fresh_keys()["serverKey"])
     with pytest.raises(ChannelError, match="smac"):
         pinned.finish(impostor.hello(pinned.hello()))
 
