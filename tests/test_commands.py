@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import stat
@@ -87,6 +88,21 @@ def test_serve_subcommand_serves_as_montybase_alone_does(tmp_path):
         with client(url, tmp_path) as db:
             doc(db, "scores").add({"score": 1})
         assert "loaded 0 documents in " in log_line(proc, "loaded ")
+        assert proc.stop() == 0, proc.describe()
+
+
+def test_the_operating_commands_of_the_readme_work_as_shown_from_an_empty_folder(tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Operating", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line, comments=True) for line in block.splitlines()]
+    assert lines[0] == ["montybase"] and all(line[0] == "montybase" for line in lines)
+    with start(tmp_path, "--port", "0", script=True) as proc:  # the first line, on a free port
+        proc.endpoint()
+        for line in lines[1:]:
+            done = montybase(tmp_path, *line[1:])
+            assert done.returncode == 0, f"{line}: {done.stdout}{done.stderr}"
+        assert "ALLOW update profiles/alice as user:alice" in done.stdout
+        log_line(proc, "reloaded montybase.json")
         assert proc.stop() == 0, proc.describe()
 
 

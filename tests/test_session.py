@@ -204,3 +204,20 @@ def test_the_admin_session_has_the_limits_of_a_remote_admin():
             admin.call("explode", {})
     finally:
         database.close()
+
+
+def test_a_rules_reload_shows_each_listener_what_the_new_rules_let_it_read(service):
+    session, _, sink = connect(service)
+    assert ask(session, "add", {"path": ["open", "a"], "value": {"n": 1}})["result"] == {"id": "a"}
+    assert ask(session, "subscribe", {"sub": 1, "query": {"path": ["open"]}})["result"] == {"sub": 1}
+    assert [change["id"] for change in sink.delivered[-1][1]["changes"]] == ["a"]
+    service.database.rules = Rules({**RULES, "open": {"read": "none", "write": "public"}})
+    service.recheck()
+    assert sink.delivered[-1] == ((1,), {"docs": [], "changes": []})
+    ask(session, "add", {"path": ["open", "b"], "value": {"n": 2}})
+    assert sink.delivered[-1] == ((1,), {"docs": [], "changes": []}), "nothing more reaches it"
+    service.database.rules = Rules(RULES)
+    service.recheck()
+    assert [doc["id"] for doc in sink.delivered[-1][1]["docs"]] == ["a", "b"]
+    session.close()
+    assert session not in service.sessions

@@ -69,7 +69,7 @@ def check(args: argparse.Namespace) -> int:
         return 1
     limits = Limits.from_config(config.get("limits"))
     rules = Rules(specs, max_doc_bytes=limits.maxDocBytes, max_results=limits.maxResults)
-    print(f"{len(specs)} rules, every one valid")
+    print(f"{len(specs)} rule, valid" if len(specs) == 1 else f"{len(specs)} rules, every one valid")
     if rules.open:
         print('the rule "**" opens every collection to every client key (see "Securing a public app" in the README)')
     database = _stored(config, config_path)
