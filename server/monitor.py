@@ -68,9 +68,10 @@ class Monitor:
         per client address); log an ignored notification."""
         method = message.get("method") if isinstance(message, dict) else None
         label = method if method in METHODS else _OTHER
+        lines, number, address = session.service.throttle, session.number, session.address
         if answer is None:
-            session.service.throttle.log(logging.INFO, "notification", session.address,
-                                         "connection %d: ignored a notification (method %s)", session.number, clip(method))
+            lines.log(logging.INFO, "notification", address, "connection %d: ignored a notification (method %s)",
+                      number, clip(method))
             return
         error = answer.get("error")
         code = error["data"]["reason"] if error is not None else "OK"
@@ -82,16 +83,14 @@ class Monitor:
             buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
             buckets[-1] += seconds
         if code == "PERMISSION_DENIED":
-            session.service.throttle.log(logging.INFO, "permission denied", session.address,
-                                         "connection %d from %s: %s", session.number, session.address, clip(error["message"], 160))
+            lines.log(logging.INFO, "permission denied", address, "connection %d from %s: %s", number, address,
+                      clip(error["message"], 160))
         elif code == "RATE_LIMITED":
-            session.service.throttle.log(logging.WARNING, "rate limited", session.address,
-                                         "connection %d from %s: rate limited: %s", session.number, session.address,
-                                         clip(error["message"], 160))
+            lines.log(logging.WARNING, "rate limited", address, "connection %d from %s: rate limited: %s", number,
+                      address, clip(error["message"], 160))
         if self.slow is not None and seconds >= self.slow:
-            session.service.throttle.log(logging.WARNING, "slow request", session.address,
-                                         "slow request: %s %s took %.0f ms (connection %d, %s)", label, _path(message),
-                                         seconds * 1000, session.number, code)
+            lines.log(logging.WARNING, "slow request", address, "slow request: %s %s took %.0f ms (connection %d, %s)",
+                      label, _path(message), seconds * 1000, number, code)
 
     # /healthz
 
@@ -133,7 +132,8 @@ class Monitor:
                 token and authorization is not None
                 and hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()))):
             if token:
-                return 401, "text/plain; charset=utf-8", b"Unauthorized\n", {"WWW-Authenticate": 'Bearer realm="metrics"'}
+                challenge = {"WWW-Authenticate": 'Bearer realm="metrics"'}
+                return 401, "text/plain; charset=utf-8", b"Unauthorized\n", challenge
             return 403, "text/plain; charset=utf-8", b"Forbidden\n", {}
         if self._registry is None:
             self._registry = CollectorRegistry(auto_describe=False)
@@ -172,7 +172,8 @@ class Monitor:
                                   value=self.sent_bytes)
         yield CounterMetricFamily("montybase_journal_appends", "Writes appended to the journal since start",
                                   value=database.seq - self.first_seq if database.storage.durable else 0)
-        yield GaugeMetricFamily("montybase_documents", "Documents stored", value=document_count(database.tree.collections))
+        yield GaugeMetricFamily("montybase_documents", "Documents stored",
+                                value=document_count(database.tree.collections))
         duration = database.snapshot_duration
         yield GaugeMetricFamily("montybase_snapshot_duration_seconds", "How long the last snapshot took",
                                 value=duration if duration is not None else float("nan"))

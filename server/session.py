@@ -71,7 +71,7 @@ class Service:
         self.accounts = Accounts(database)
         self.rpc = Rpc((*HANDSHAKE, *METHODS), max_batch=self.limits.maxBatch)
         self.observe: Callable[[Session, Any, dict[str, Any] | None, float], None] | None = None
-        self.throttle = Throttle(log)
+        self.throttle = Throttle(logging.getLogger("montybase.clients"))
         self.sessions: set[Session] = set()  # open network sessions, whose listeners a rules reload re-checks
 
     def handshake_keys(self) -> dict[str, tuple[str, ...]]:
@@ -136,8 +136,8 @@ class Session:
                 return Reply(dumps(Rpc.result(call.id, self._handshake.hello(call.params))))
             result, records = self._handshake.auth(call.params)
         except MontybaseError as exc:  # the reason names no key: only which check failed
-            self.service.throttle.log(logging.WARNING, "failed handshake", self.address, "connection %d from %s refused: %s",
-                                      self.number, self.address, clip(exc, 200))
+            self.service.throttle.log(logging.WARNING, "failed handshake", self.address,
+                                      "connection %d from %s refused: %s", self.number, self.address, clip(exc, 200))
             refusal = UnauthenticatedError("authentication failed")
             return Reply(dumps(Rpc.error(answered, refusal)), close=(CLOSE_AUTH_FAILED, "authentication failed"))
         self.records, self.principal = records, Principal(records.role, None, self.number, self.address)

@@ -24,7 +24,8 @@ from typing import Any
 from .errors import UnavailableError
 
 __all__ = [
-    "FileStorage", "LocalFiles", "MemoryStorage", "Storage", "StorageReader", "decode_snapshot", "encode_snapshot", "lock_holder", "take_lock",
+    "FileStorage", "LocalFiles", "MemoryStorage", "Storage", "StorageReader", "decode_snapshot", "encode_snapshot",
+    "lock_holder", "take_lock",
 ]
 
 log = logging.getLogger("montybase.storage")

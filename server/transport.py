@@ -121,9 +121,10 @@ class MontybaseServer:
             origin = request.headers.get_all("Origin")
             if not (len(origin) <= 1 and (origin[0] if origin else None) in self.origins):
                 address = _address(connection)
-                self.service.throttle.log(logging.WARNING, "refused origin", address, "refused %s: Origin %s is not allowed",
-                                          address, clip(", ".join(origin) or "(none)"))
-                return connection.respond(HTTPStatus.FORBIDDEN, "Failed to open a WebSocket connection: invalid Origin header.\n")
+                self.service.throttle.log(logging.WARNING, "refused origin", address,
+                                          "refused %s: Origin %s is not allowed", address, clip(", ".join(origin) or "(none)"))
+                return connection.respond(HTTPStatus.FORBIDDEN,
+                                          "Failed to open a WebSocket connection: invalid Origin header.\n")
         return response
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:

@@ -76,7 +76,8 @@ def check(args: argparse.Namespace) -> int:
     if database is None:
         print("no stored data to compare (storageBucket is :memory:)")
         return 0
-    collections = sorted(path for path, docs in database.tree.collections.items() if docs and not path[0].startswith("__"))
+    collections = sorted(path for path, docs in database.tree.collections.items()
+                         if docs and not path[0].startswith("__"))  # the accounts' own store is no rule's
     uncovered = [path for path in collections if rules.match(path) is None]
     for path in uncovered[:_SHOWN]:
         count = len(database.tree.collections[path])
@@ -126,7 +127,8 @@ def test(args: argparse.Namespace) -> int:
     principal, op, value = args.principal, args.op, args.value
     path = check_path([segment for segment in args.path.split("/") if segment], "PATH")
     if (op == "list") != (len(path) % 2 == 1):
-        raise InvalidArgumentError(f"{op} takes {'a collection' if op == 'list' else 'a document'} path, got {args.path!r}")
+        kind = "a collection" if op == "list" else "a document"
+        raise InvalidArgumentError(f"{op} takes {kind} path, got {args.path!r}")
     limits = Limits.from_config(config.get("limits"))
     rules = Rules(config.get("rules"), max_doc_bytes=limits.maxDocBytes, max_results=limits.maxResults)
     collection = path if op == "list" else path[:-1]

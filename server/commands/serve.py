@@ -204,17 +204,8 @@ async def serve(
         database.close()
         raise
     log.info("loaded %d documents in %.2f s", document_count(database.tree.collections), database.load_seconds)
-    server = MontybaseServer(
-        database,
-        keys=current.keys,
-        server_key=config.get("serverKey"),
-        limits=current.limits,
-        origins=config.get("origins"),
-        tls=tls,
-        client_config=client_config(config, config.get("publicEndpoint", "")),
-        static=current.static,
-    )
-    _apply(server, current)
+    server = MontybaseServer(database, keys=current.keys, limits=current.limits, tls=tls)
+    _apply(server, current)  # the rest, as a reload sets it
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
