@@ -21,6 +21,7 @@ from server.config import open_database
 from server.database import Database
 from server.rules import Rules
 from server.storage import FileStorage, LocalFiles
+from server.transport import Limits
 
 TOKEN = "scrape-token-0123456789abcdef"
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -266,3 +267,18 @@ def test_a_notification_is_logged_with_its_method_cut_short(open_rules_served, c
         assert json.loads(session.open(ws.recv(timeout=5)))["id"] == 1
     (line,) = lines(caplog, "ignored a notification")
     assert len(line) < 120 and "m" * 64 in line and "m" * 65 not in line
+
+
+def test_a_connection_cap_reached_is_logged_up_to_the_bound(loop_thread, tmp_path, caplog):
+    served = Served(loop_thread, tmp_path, limits=Limits(maxConnectionsPerAddress=1))
+    caplog.set_level(logging.INFO, logger="montybase")
+    try:
+        with connect(served.url, proxy=None, open_timeout=5):
+            for _ in range(12):
+                with pytest.raises(InvalidStatus):
+                    with connect(served.url, proxy=None, open_timeout=5):
+                        pass
+    finally:
+        served.stop()
+    assert len(lines(caplog, "refused 127.0.0.1: too many connections from this address")) == 10
+    assert len(lines(caplog, "address limit from 127.0.0.1: more than 10 lines a minute")) == 1
