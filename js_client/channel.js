@@ -229,6 +229,16 @@ export async function hkdf(ikm, salt, info) {
 }
 
 /**
+ * kh = HMAC-SHA256(psk, "MBSC1 key hint")[0:8]: which of a kid's keys this client holds (the old
+ * and the new client key while a rotation's grace lasts), without revealing the key.
+ * @param {Uint8Array} psk
+ * @returns {Promise<Uint8Array>}
+ */
+export async function keyHint(psk) {
+  return (await hmac(psk, utf8("MBSC1 key hint"))).slice(0, 8);
+}
+
+/**
  * psk = HKDF-SHA256(IKM = the key string in UTF-8, salt = "", info = "MBSC1 psk", L = 32).
  * @param {string} key
  * @returns {Promise<Uint8Array>}
@@ -583,13 +593,13 @@ export class ClientHandshake {
 
   /**
    * The hello params.
-   * @returns {Promise<{v: number, mode: string, kid: string, nc: string, e?: string}>}
+   * @returns {Promise<{v: number, mode: string, kid: string, nc: string, kh: string, e?: string}>}
    * @throws {MontybaseError} ChannelError, or InvalidArgumentError for a bad pinned key
    */
   async hello() {
     if (this.#state !== "hello") throw this.#fail(`hello in state ${this.#state}`);
     this.#state = "hello…";
-    const params = { v: VERSION, mode: this.mode, kid: this.kid, nc: b64e(this.#nc) };
+    const params = { v: VERSION, mode: this.mode, kid: this.kid, nc: b64e(this.#nc), kh: b64e(await keyHint(await this.#psk)) };
     if (this.mode === "nk") {
       try {
         ({ key: this.#static, raw: this.#sPub } = await importPoint(this.#serverPublic, "serverKey"));

@@ -8,7 +8,7 @@ import hmac
 import re
 import secrets
 import struct
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -32,6 +32,7 @@ __all__ = [
     "ServerHandshake",
     "Records",
     "derive_psk",
+    "key_hint",
     "key_schedule",
 ]
 
@@ -40,6 +41,7 @@ MODES = ("psk", "nk")
 NONCE_BYTES = 32
 POINT_BYTES = 65
 MAC_BYTES = 32
+HINT_BYTES = 8
 TAG_BYTES = 16
 C2S, S2C = 0x01, 0x02
 
@@ -104,8 +106,14 @@ def _fields(params: Any, required: set[str], optional: set[str], what: str) -> M
         raise ChannelError(f"{what}: not an object")
     keys = set(params)
     if not required <= keys or not keys <= required | optional:
-        raise ChannelError(f"{what}: fields {sorted(keys)}, expected {sorted(required)} + optional {sorted(optional)}")
+        raise ChannelError(f"{what}: fields {_shown(sorted(keys))}, expected {sorted(required)} + optional {sorted(optional)}")
     return params
+
+
+def _shown(value: Any) -> str:
+    """A value the peer sent, as a failure names it: its repr, at most 64 characters."""
+    text = repr(value)
+    return text if len(text) <= 64 else text[:63] + "…"
 
 
 # --- primitives ------------------------------------------------------------------------------
@@ -118,6 +126,12 @@ def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
 def derive_psk(key: str) -> bytes:
     """psk = HKDF-SHA256(IKM = the key string in UTF-8, salt = "", info = "MBSC1 psk", L = 32)."""
     return _hkdf(key.encode("utf-8"), b"", b"MBSC1 psk")
+
+
+def key_hint(psk: bytes) -> bytes:
+    """kh = HMAC-SHA256(psk, "MBSC1 key hint")[0:8]: which of a kid's keys the client holds (the
+    old and the new client key while a rotation's grace lasts), without revealing the key."""
+    return _mac(psk, b"MBSC1 key hint")[:HINT_BYTES]
 
 
 def key_schedule(
@@ -267,19 +281,21 @@ class Records:
 
 class ServerHandshake:
     """One connection's server side: `hello(params)` then `auth(params)`. `keys` maps kid to key
-    string (the role is the kid); `server_key` is the config's base64url PKCS#8 P-256 key, needed
-    for mode nk. `nonce` and `ephemeral` are for test vectors only."""
+    string, or to a sequence of them (the current key first, then those still accepted; the
+    hello's key hint picks one); the role is the kid. `server_key` is the config's base64url
+    PKCS#8 P-256 key, needed for mode nk. `nonce` and `ephemeral` are for test vectors only."""
 
     def __init__(
         self,
-        keys: Mapping[str, str],
+        keys: Mapping[str, str | Sequence[str]],
         server_key: str | None = None,
         *,
         modes: Collection[str] = MODES,
         nonce: bytes | None = None,
         ephemeral: ec.EllipticCurvePrivateKey | None = None,
     ):
-        self._keys = {kid: key for kid, key in keys.items() if key}
+        listed = {kid: (key,) if isinstance(key, str) or key is None else tuple(key) for kid, key in keys.items()}
+        self._keys = {kid: found for kid, found in ((kid, tuple(k for k in ks if k)) for kid, ks in listed.items()) if found}
         self._static = _load_server_key(server_key) if server_key else None
         self._modes = frozenset(modes)
         self._nonce = nonce
@@ -298,17 +314,17 @@ class ServerHandshake:
             raise self._fail(f"hello in state {self._state}")
         self._state = "failed"  # until this step succeeds
         try:
-            fields = _fields(params, {"v", "mode", "kid", "nc"}, {"e"}, "hello")
+            fields = _fields(params, {"v", "mode", "kid", "nc"}, {"e", "kh"}, "hello")
             version, mode, kid = fields["v"], fields["mode"], fields["kid"]
             if type(version) is not int or version != VERSION:
-                raise ChannelError(f"hello: version {version!r}")
+                raise ChannelError(f"hello: version {_shown(version)}")
             if mode not in MODES or mode not in self._modes:
-                raise ChannelError(f"hello: mode {mode!r} not allowed")
+                raise ChannelError(f"hello: mode {_shown(mode)} not allowed")
             if not isinstance(kid, str) or kid not in self._keys:
-                raise ChannelError(f"hello: unknown kid {kid!r}")
+                raise ChannelError(f"hello: unknown kid {_shown(kid)}")
             nc = _b64d(fields["nc"], NONCE_BYTES, "hello.nc")
+            psk = self._psk(kid, fields.get("kh"))
             ns = _check_nonce(self._nonce)
-            psk = derive_psk(self._keys[kid])
             result: dict[str, Any] = {"ns": _b64e(ns)}
             if mode == "psk":
                 if "e" in fields:
@@ -333,6 +349,18 @@ class ServerHandshake:
         self._pending = (kid, keys)
         self._state = "auth"
         return result
+
+    def _psk(self, kid: str, hint: Any) -> bytes:
+        """The psk of the kid's key the hint names (a client without a hint: the current key)."""
+        keys = self._keys[kid]
+        if hint is None:
+            return derive_psk(keys[0])
+        hint = _b64d(hint, HINT_BYTES, "hello.kh")
+        for key in keys:
+            psk = derive_psk(key)
+            if hmac.compare_digest(key_hint(psk), hint):
+                return psk
+        raise ChannelError(f"hello: the key hint matches no {kid} key (an old key past its grace, or a wrong one)")
 
     def auth(self, params: Any) -> tuple[dict[str, Any], Records]:
         """Check the client's cmac (constant time); answer {role, session} and the connection's Records."""
@@ -393,7 +421,8 @@ class ClientHandshake:
         """The hello params."""
         if self._state != "hello":
             raise self._fail(f"hello in state {self._state}")
-        params: dict[str, Any] = {"v": VERSION, "mode": self.mode, "kid": self.kid, "nc": _b64e(self._nc)}
+        params: dict[str, Any] = {"v": VERSION, "mode": self.mode, "kid": self.kid, "nc": _b64e(self._nc),
+                                  "kh": _b64e(key_hint(self._psk))}
         if self._ephemeral is not None:
             params["e"] = _b64e(_point(self._ephemeral))
         self._state = "finish"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULTS", "OPEN_RULES", "Limits", "client_config", "client_endpoint", "create_config", "load_config",
-    "open_database", "public_key", "storage_path", "write_client_config",
+    "fresh_keys", "open_database", "public_key", "save_config", "storage_path", "write_client_config",
 ]
 
 # A fresh config opens documents to the client key, so a first run works over the network;
@@ -68,7 +68,8 @@ def _validate(config: Any, source: str) -> None:
         raise InvalidArgumentError(f"{source}: {field}: {error.message}", {"path": pointer, "file": source})
 
 
-def _fresh_keys() -> dict[str, str]:
+def fresh_keys() -> dict[str, str]:
+    """New keys: apiKey, adminKey and serverKey."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -135,6 +136,16 @@ def _write_json(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
         file.write("\n")
 
 
+def save_config(path: str | Path, config: dict[str, Any]) -> None:
+    """Replace `montybase.json` at once (readers see the old file or the new one, never half of
+    it), readable by its owner only: it holds the admin key and the private key."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    _write_json(temporary, config, mode=0o600)
+    os.replace(temporary, path)
+
+
 def write_client_config(config: dict[str, Any], config_path: str | Path, endpoint: str) -> tuple[Path, bool]:
     """Keep `client-config.json` beside the config in step with the server: (re)written when it
     is missing, unreadable, or differs in what the server decides (endpoint, client key, public
@@ -159,7 +170,7 @@ def write_client_config(config: dict[str, Any], config_path: str | Path, endpoin
 def create_config(path: Path) -> dict[str, Any]:
     """Write a fresh `montybase.json` (new keys; readable by its owner only: it holds the admin
     key and the private key) and `client-config.json` beside it."""
-    config = {**DEFAULTS, **_fresh_keys(), "rules": OPEN_RULES}
+    config = {**DEFAULTS, **fresh_keys(), "rules": OPEN_RULES}
     _write_json(path, config, mode=0o600)
     client_path = path.with_name("client-config.json")
     if not client_path.exists():

@@ -136,6 +136,7 @@ class Database:
         self._lock = threading.RLock()
         self._snapshot_lock = threading.Lock()
         self._closed = threading.Event()
+        started = time.monotonic()
         self.snapshot_seq, collections, id_time, records = self.storage.load()
         self.tree = Tree(collections)
         for _, operations in records:
@@ -146,11 +147,13 @@ class Database:
         advance_id_clock(id_time)  # ids stay in order though the clock went back since
         self.watcher = Watcher(self.tree)
         self.seq = records[-1][0] if records else self.snapshot_seq
+        self.load_seconds = time.monotonic() - started  # reading the snapshot and replaying the journals
         self._changes = len(records)
         self._snapshot_due: float | None = None
         self._sync_interval = sync_interval
         # After a storage failure: when to try again to resume, and the wait after that one.
         self._resume_at, self._resume_wait = 0.0, sync_interval
+        self.snapshot_duration: float | None = None  # seconds the last snapshot took
         self._ticker: threading.Thread | None = None
         if self.storage.durable:
             # The ticker holds the database weakly: one dropped without close() (a crash, for a
@@ -183,6 +186,10 @@ class Database:
         reads a field of the document above, whose `get` rule then decides, whether or not
         that document exists (no existence oracle)."""
         return len(path) % 2 == 1 and (len(path) == 1 or path in self.tree.collections)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     def _check_open(self) -> None:
         """Reads after close() answer as writes do (the storage is released, the data may be stale)."""
@@ -529,6 +536,7 @@ class Database:
         if not self.storage.durable or self.storage.failure is not None:
             return
         with self._snapshot_lock:
+            started = time.monotonic()
             with self._lock:
                 seq = self.seq
                 if seq == self.snapshot_seq:
@@ -539,6 +547,9 @@ class Database:
                 changes, self._changes, self._snapshot_due = self._changes, 0, None
             if self.storage.save_snapshot(seq, collections, id_clock()):
                 self.snapshot_seq = seq
+                self.snapshot_duration = time.monotonic() - started
+                log.info("snapshot at record %d: %d collections in %.0f ms", seq, len(collections),
+                         self.snapshot_duration * 1000)
             else:
                 with self._lock:
                     self._changes += changes

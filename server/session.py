@@ -9,6 +9,7 @@ admin, so embedded and served databases check, limit and answer alike (httpx's A
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +22,7 @@ from .database import Database
 from .errors import (
     InvalidArgumentError, InvalidRequestError, LimitExceededError, MethodNotFoundError, MontybaseError, UnauthenticatedError,
 )
+from .logs import Throttle, clip
 from .rpc import Call, Rpc, dumps, internal, loads
 from .rules import Principal
 from .watch import Sink, nothing_readable
@@ -53,7 +55,9 @@ class Work:
 
 class Service:
     """What the sessions of one database share: the database, its accounts, the compiled request
-    validators, the keys and the limits."""
+    validators, the keys and the limits; `previous` holds old keys a handshake still accepts until
+    their time ((kid, key, until epoch seconds): a rotation's grace); `observe`, when set, is told
+    of every answered request (server/monitor.py); `throttle` bounds the lines clients cause."""
 
     def __init__(
         self, database: Database, *, limits: Limits | None = None, keys: dict[str, str] | None = None,
@@ -63,12 +67,33 @@ class Service:
         self.limits = limits or Limits()
         self.keys = {kid: key for kid, key in (keys or {}).items() if key}
         self.server_key = server_key
+        self.previous: tuple[tuple[str, str, float], ...] = ()
         self.accounts = Accounts(database)
         self.rpc = Rpc((*HANDSHAKE, *METHODS), max_batch=self.limits.maxBatch)
+        self.observe: Callable[[Session, Any, dict[str, Any] | None, float], None] | None = None
+        self.throttle = Throttle(logging.getLogger("montybase.clients"))
+        self.sessions: set[Session] = set()  # open network sessions, whose listeners a rules reload re-checks
+
+    def handshake_keys(self) -> dict[str, tuple[str, ...]]:
+        """Each kid's keys a handshake accepts now: its key, then the old ones whose grace lasts."""
+        now = time.time()
+        keys = {kid: (key,) for kid, key in self.keys.items()}
+        for kid, key, until in self.previous:
+            if kid in keys and until > now:
+                keys[kid] += (key,)
+        return keys
+
+    def recheck(self) -> None:
+        """After the rules changed: every listener of every client shows what the new rules let it
+        read (a fresh full snapshot, or nothing at all), as after a sign-in."""
+        for session in list(self.sessions):
+            session._rewatch()
 
     def session(self, deliver: Sink, *, number: int = 0, address: str = "") -> Session:
         """A network client's session: anonymous until its handshake proves a key."""
-        return Session(self, deliver, None, number=number, address=address)
+        session = Session(self, deliver, None, number=number, address=address)
+        self.sessions.add(session)
+        return session
 
     def admin(self, deliver: Sink) -> Session:
         """The session of the program that owns the database (the embedded backend)."""
@@ -84,7 +109,7 @@ class Session:
         self.principal = principal
         self.number, self.address = number, address
         self.records: Records | None = None  # the record keys, once the handshake is done
-        self._handshake = ServerHandshake(service.keys, service.server_key) if principal is None else None
+        self._handshake = ServerHandshake(service.handshake_keys(), service.server_key) if principal is None else None
         self._said_hello = False
         # a listener's tag (the client's id for it) → (the database's subscription, or None while
         # nothing there may be read; its target)
@@ -110,8 +135,9 @@ class Session:
                 self._said_hello = True
                 return Reply(dumps(Rpc.result(call.id, self._handshake.hello(call.params))))
             result, records = self._handshake.auth(call.params)
-        except MontybaseError as exc:
-            log.warning("connection %d refused: %s", self.number, exc)
+        except MontybaseError as exc:  # the reason names no key: only which check failed
+            self.service.throttle.log(logging.WARNING, "failed handshake", self.address,
+                                      "connection %d from %s refused: %s", self.number, self.address, clip(exc, 200))
             refusal = UnauthenticatedError("authentication failed")
             return Reply(dumps(Rpc.error(answered, refusal)), close=(CLOSE_AUTH_FAILED, "authentication failed"))
         self.records, self.principal = records, Principal(records.role, None, self.number, self.address)
@@ -147,12 +173,19 @@ class Session:
         return Reply(text, partial(self.database.wait_durable, durable) if durable else None)
 
     def _answer(self, message: Any) -> tuple[dict[str, Any] | None, int]:
+        if self.service.observe is None:
+            return self._run(message)
+        started = time.perf_counter()
+        answer, seq = self._run(message)
+        self.service.observe(self, message, answer, time.perf_counter() - started)
+        return answer, seq
+
+    def _run(self, message: Any) -> tuple[dict[str, Any] | None, int]:
         try:
             call: Call = self.service.rpc.call(message)
         except MontybaseError as exc:
             return Rpc.error(Rpc.request_id(message), exc), 0
         if call.notification:  # JSON-RPC: never answered; a write could not be acknowledged
-            log.info("connection %d: ignored a notification", self.number)
             return None, 0
         try:
             result, seq = _route(call.method)[0](self, call.params)
@@ -232,11 +265,15 @@ class Session:
         return found is not None and (found[0] is None or self.database.unwatch(found[0]))
 
     def _become(self, uid: str | None) -> None:
-        """After a sign-in or sign-out, every listener shows what the new principal may read: a
-        fresh full snapshot, or nothing at all if it may read nothing there."""
+        """After a sign-in or sign-out, every listener shows what the new principal may read."""
         if uid == self.principal.uid:
             return
         self.principal.uid = uid
+        self._rewatch()
+
+    def _rewatch(self) -> None:
+        """Every listener starts again as the principal may now read: a fresh full snapshot, or
+        nothing at all if it may read nothing there."""
         for tag, (subscription, target) in list(self._listeners.items()):
             if subscription is not None:
                 self.database.unwatch(subscription)
@@ -271,6 +308,7 @@ class Session:
 
     def close(self) -> None:
         """Stop every listener of this session."""
+        self.service.sessions.discard(self)
         for subscription, _ in self._listeners.values():
             if subscription is not None:
                 self.database.unwatch(subscription)

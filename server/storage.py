@@ -28,8 +28,8 @@ from typing import Any, NamedTuple
 from .errors import UnavailableError
 
 __all__ = [
-    "FileStorage", "LocalFiles", "MemoryFiles", "MemoryStorage", "Recovered", "Storage", "decode_snapshot",
-    "encode_snapshot",
+    "FileStorage", "LocalFiles", "MemoryFiles", "MemoryStorage", "Recovered", "Storage", "StorageReader",
+    "decode_snapshot", "encode_snapshot", "lock_holder", "take_lock",
 ]
 
 log = logging.getLogger("montybase.storage")
@@ -128,6 +128,40 @@ def _is_tail(data: bytes, offset: int, next_seq: int) -> bool:
         else:
             position = data.find(needle, position + 1)
     return True
+
+
+def take_lock(path: Path) -> tuple[int | None, str]:
+    """Lock `path` for this process and write in it who holds it: (the open file, to keep while
+    holding the lock, "") or, when another process holds it, (None, who that is)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        return None, holder
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
+    return fd, ""
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of the process of this machine that holds the lock at `path` (`montybase reload`
+    signals it); None when no process holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # nobody holds it (closing the file lets go again)
+        except BlockingIOError:
+            found = re.match(r"process (\d+) on (\S+) ", os.pread(fd, 200, 0).decode("utf-8", "replace"))
+            return int(found.group(1)) if found and found.group(2) == socket.gethostname() else None
+    finally:
+        os.close(fd)
 
 
 class LocalFiles:
@@ -315,6 +349,7 @@ class Storage:
 
     durable = False
     failure: str | None = None  # why writes are refused since a write or fsync failed, or None
+    snapshot_time: float | None = None  # when the snapshot on disk was written (epoch seconds), if any
 
     def load(self) -> Recovered:
         """Recover the state the storage holds (and hold it: the lock)."""
@@ -352,6 +387,34 @@ class Storage:
         """Flush and release the storage."""
 
 
+class StorageReader(Storage):
+    """A storage's files as they are, read without its lock and without changing a byte: what a
+    running server holds, up to its last journaled write (for `montybase rules`). Reading stops
+    at the first damaged record; nothing is ever written."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path).absolute()
+
+    def load(self) -> tuple[int, Collections, int, list[tuple[int, list]]]:
+        seq, collections, id_time = decode_snapshot(self.path.read_bytes()) if self.path.exists() else (0, {}, 0)
+        pattern = re.compile(re.escape(self.path.name) + r"\.(\d+)\.journal")
+        journals = sorted((int(found.group(1)), self.path.parent / name) for name in os.listdir(self.path.parent)
+                          if (found := pattern.fullmatch(name)))
+        records: list[tuple[int, list]] = []
+        last = seq
+        for _, journal in journals:
+            data, offset = journal.read_bytes(), 0
+            while offset < len(data):
+                problem, record_seq, payload, size = FileStorage._parse(data, offset)
+                if problem is not None or record_seq > last + 1:
+                    return seq, collections, id_time, records
+                if record_seq == last + 1:
+                    records.append((record_seq, json.loads(payload)))
+                    last = record_seq
+                offset += size
+        return seq, collections, id_time, records
+
+
 class FileStorage(Storage):
     """Snapshot + journals on disk; see the module docstring for the format."""
 
@@ -376,20 +439,17 @@ class FileStorage(Storage):
         self.failure = None
         self._sync_lock = threading.Lock()
 
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
     # Start-up
 
     def _lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise self._in_use(holder, f"lock {lock_path}", lock_path) from None
-        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
+        fd, holder = take_lock(lock_path)
+        if fd is None:
+            raise self._in_use(holder, f"lock {lock_path}", lock_path)
         self._lock_fd = fd
 
     def _journals(self) -> list[tuple[int, Path]]:
@@ -444,6 +504,10 @@ class FileStorage(Storage):
         if self.files.exists(self.path):
             data = self.files.read(self.path)
             self._snapshot_bytes = len(data)
+            try:
+                self.snapshot_time = os.stat(self.path).st_mtime
+            except OSError:  # the file layer read it; its age is only for /healthz
+                self.snapshot_time = None
             try:
                 seq, collections, id_time = decode_snapshot(data)
             except ValueError as exc:
@@ -626,6 +690,7 @@ class FileStorage(Storage):
                 self.files.unlink(journal)
         self._journal_bytes = self._offset
         self._snapshot_bytes = len(data)
+        self.snapshot_time = time.time()
 
     def resume(self, seq: int, collections: Collections, id_time: int) -> bool:
         with self._sync_lock:

@@ -20,6 +20,8 @@ from websockets.http11 import Request, Response
 from .channel import CLOSE_BAD_RECORD, ChannelError
 from .config import Limits
 from .database import Database
+from .logs import clip
+from .monitor import Monitor
 from .session import Service, Session
 from .web import route
 
@@ -59,7 +61,7 @@ class MontybaseServer:
         self.database = database
         self.limits = limits or Limits()
         self.service = Service(database, limits=self.limits, keys=keys, server_key=server_key)
-        self.origins = origins
+        self.origins = origins  # checked at each upgrade (not by websockets), so a reload can change them
         self.tls = tls
         self.client_config = client_config or {}
         self.static = static
@@ -69,6 +71,7 @@ class MontybaseServer:
         self._open = 0
         self._unauthenticated = 0
         self._per_address: Counter[str] = Counter()
+        self.monitor = Monitor(self)
 
     # Lifecycle
 
@@ -78,8 +81,7 @@ class MontybaseServer:
             self._connection,
             host,
             port,
-            origins=self.origins,
-            process_request=self._admit,
+            process_request=self._request,
             server_header=None,
             compression=None,
             # Frames up to twice the message limit are read, so a message over it is answered
@@ -103,28 +105,60 @@ class MontybaseServer:
 
     # Admission, before the WebSocket upgrade
 
+    async def _request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """An HTTP request: a page, or an upgrade to admit. Bytes after the request that are no
+        WebSocket frame have already failed the connection (websockets sent its end): close it
+        without an answer, which websockets would otherwise try to send, logging a traceback."""
+        if connection.protocol.eof_sent:
+            address = _address(connection)
+            self.service.throttle.log(logging.INFO, "bad bytes", address,
+                                      "refused %s: bytes after its HTTP request that are not WebSocket frames", address)
+            connection.transport.abort()
+            await asyncio.shield(connection.connection_lost_waiter)
+            return connection.respond(HTTPStatus.BAD_REQUEST, "")  # never sent: the connection is closed
+        response = self._admit(connection, request)
+        if response is None and self.origins is not None:  # an upgrade within the caps, from a page of an allowed site?
+            origin = request.headers.get_all("Origin")
+            if not (len(origin) <= 1 and (origin[0] if origin else None) in self.origins):
+                address = _address(connection)
+                self.service.throttle.log(logging.WARNING, "refused origin", address,
+                                          "refused %s: Origin %s is not allowed", address, clip(", ".join(origin) or "(none)"))
+                return connection.respond(HTTPStatus.FORBIDDEN,
+                                          "Failed to open a WebSocket connection: invalid Origin header.\n")
+        return response
+
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         address = _address(connection)
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            return self._page(request)
+            return self._page(connection, request)
         if self._open >= self.limits.maxConnections or self._unauthenticated >= self.limits.maxUnauthenticated:
-            log.warning("refused %s: server at its connection limit", address)
+            self.service.throttle.log(logging.WARNING, "connection limit", address,
+                                      "refused %s: server at its connection limit", address)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
         if self._per_address[address] >= self.limits.maxConnectionsPerAddress:
-            log.warning("refused %s: too many connections from this address", address)
+            self.service.throttle.log(logging.WARNING, "address limit", address,
+                                      "refused %s: too many connections from this address", address)
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too many connections from your address\n")
         return None
 
-    def _page(self, request: Request) -> Response:
+    def _page(self, connection: ServerConnection, request: Request) -> Response:
+        extra: dict[str, str] = {}
+        target = request.path.partition("?")[0]
         try:
-            status, content_type, body = route(
-                request.path, request.headers.get("Host"), self.client_config, self.static, self.tls is not None
-            )
+            if target == "/healthz":
+                status, content_type, body = self.monitor.health()
+            elif target == "/metrics":
+                status, content_type, body, extra = self.monitor.scrape(
+                    _address(connection), request.headers.get("Authorization"))
+            else:
+                status, content_type, body = route(
+                    request.path, request.headers.get("Host"), self.client_config, self.static, self.tls is not None
+                )
         except OSError:
             status, content_type, body = 404, "text/plain; charset=utf-8", b"Not found\n"
         headers = Headers([
             ("Content-Type", content_type), ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
+            ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"), *extra.items(),
         ])
         return Response(status, HTTPStatus(status).phrase, headers, body)
 
@@ -135,7 +169,7 @@ class MontybaseServer:
         self._open += 1
         self._unauthenticated += 1
         self._per_address[address] += 1
-        connection = _Connection(ws, self.limits.maxOutgoing, number)
+        connection = _Connection(ws, self.limits.maxOutgoing, number, self.monitor)
         session = connection.session = self.service.session(connection.deliver, number=number, address=address)
         log.info("connection %d opened from %s", number, address)
         try:
@@ -164,7 +198,9 @@ class MontybaseServer:
                         return False
             return True
         except TimeoutError:
-            log.warning("connection %d refused: no handshake within %ss", session.number, self.limits.handshakeTimeout)
+            self.service.throttle.log(logging.WARNING, "handshake timeout", session.address,
+                                      "connection %d from %s refused: no handshake within %ss", session.number,
+                                      session.address, self.limits.handshakeTimeout)
             await ws.close(CLOSE_HANDSHAKE_TIMEOUT, "handshake timeout")
         except ConnectionClosed:
             pass  # the client left during the handshake: nothing to answer
@@ -206,8 +242,8 @@ class _Connection:
     wait while the queue is that long, which stops reading from a client that does not read.
     """
 
-    def __init__(self, ws: ServerConnection, max_outgoing: int, number: int):
-        self.ws, self.max_outgoing, self.number = ws, max_outgoing, number
+    def __init__(self, ws: ServerConnection, max_outgoing: int, number: int, monitor: Monitor):
+        self.ws, self.max_outgoing, self.number, self.monitor = ws, max_outgoing, number, monitor
         self.session: Session  # set right after, with this connection's `deliver` as its sink
         self.outgoing: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()  # (frame, is a notification)
         self.notifications = 0  # notification frames in the queue
@@ -248,6 +284,7 @@ class _Connection:
             return
         frame = self.session.notification(pending)
         self.notifications += 1
+        self.monitor.notification_frames += 1
         self._flushed_at = self._loop.time()
         self._put(frame, True)
 
@@ -280,7 +317,9 @@ class _Connection:
         """Seal and send one frame; once the connection is gone, drop it."""
         async with self._sending:
             try:
-                await self.ws.send(self.session.records.seal(frame.encode()))
+                record = self.session.records.seal(frame.encode())
+                self.monitor.sent_bytes += len(record)
+                await self.ws.send(record)
             except ConnectionClosed:
                 pass
 

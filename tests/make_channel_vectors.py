@@ -35,8 +35,8 @@ DESCRIPTION = [
     "Handshake messages (hello, helloResult, auth, authResult, badHellos, badResults, badAuths) are exactly the JSON-RPC params/results on the wire: binary fields there are base64url without padding.",
     "Key material: 'public' is base64url (no padding) of the 65-byte uncompressed P-256 point, as pinned in client-config.json; 'pkcs8' is base64url (no padding) of the PKCS#8 DER private key (server.serverKey.pkcs8 is exactly the montybase.json serverKey); 'jwk' is the same private key as an EC JWK (kty, crv, x, y, d) for WebCrypto importKey('jwk', ..., {name:'ECDH', namedCurve:'P-256'}); 'd' is the raw 32-byte scalar in hex.",
     "server: the configuration every case runs against: keys maps kid to key string (the role equals the kid), serverKey is the static key for mode nk.",
-    "cases[]: mode, kid and key choose the client; nc (client nonce) and ns (server nonce) and, in mode nk, clientEphemeral and serverEphemeral are injected so the run is deterministic. expected holds psk, es and ee (null in mode psk), ikm, transcript (the SHA-256 preimage), th, k_c2s, k_s2c, k_cfin, k_sfin, smac, cmac and session (th[:8] hex).",
-    "psk = HKDF-SHA256(ikm=UTF-8 key, salt=empty, info='MBSC1 psk', 32). th = SHA-256('MBSC1' || lp(mode) || lp(kid) || lp(nc) || lp(ns) || lp(e_c) || lp(e_s) || lp(S_pub)), lp(x) = u16_be(len x) || x, points empty in mode psk. ikm = psk (psk) or ECDH(e_c,S) || ECDH(e_c,e_s) || psk (nk). k_* = HKDF-SHA256(ikm, salt=nc||ns, info=label||th, 32) with labels 'MBSC1 c2s key ', 'MBSC1 s2c key ', 'MBSC1 c finished ', 'MBSC1 s finished '. smac = HMAC-SHA256(k_sfin, th), cmac = HMAC-SHA256(k_cfin, th).",
+    "cases[]: mode, kid and key choose the client; nc (client nonce) and ns (server nonce) and, in mode nk, clientEphemeral and serverEphemeral are injected so the run is deterministic. expected holds psk, kh (the key hint the hello carries), es and ee (null in mode psk), ikm, transcript (the SHA-256 preimage), th, k_c2s, k_s2c, k_cfin, k_sfin, smac, cmac and session (th[:8] hex).",
+    "psk = HKDF-SHA256(ikm=UTF-8 key, salt=empty, info='MBSC1 psk', 32). th = SHA-256('MBSC1' || lp(mode) || lp(kid) || lp(nc) || lp(ns) || lp(e_c) || lp(e_s) || lp(S_pub)), lp(x) = u16_be(len x) || x, points empty in mode psk. ikm = psk (psk) or ECDH(e_c,S) || ECDH(e_c,e_s) || psk (nk). k_* = HKDF-SHA256(ikm, salt=nc||ns, info=label||th, 32) with labels 'MBSC1 c2s key ', 'MBSC1 s2c key ', 'MBSC1 c finished ', 'MBSC1 s finished '. smac = HMAC-SHA256(k_sfin, th), cmac = HMAC-SHA256(k_cfin, th). kh = HMAC-SHA256(psk, 'MBSC1 key hint')[0:8] (not in the transcript: it only picks which of a kid's keys the server uses).",
     "records.c2s / records.s2c: the first records each side sends, in order: record = AES-256-GCM(key, nonce = 00000000 || u64_be(seq), aad = 'MBSC1 rec' || dir || u64_be(seq), plaintext), ciphertext || 16-byte tag; dir is 01 for c2s (key k_c2s) and 02 for s2c (key k_s2c).",
     "badStreams[]: a fresh receiver for direction 'receiver' (c2s: the server, key k_c2s, dir 01; s2c: the client, key k_s2c, dir 02) is given 'stream' in order, the i-th record at implicit seq i while it is alive. It must accept every record before failsAt, reject the record at failsAt, and from then on reject everything (the session is dead).",
     "badResults[]: after sending this case's hello, a client must refuse each result in finish() and send no auth. badAuths[]: after answering this case's hello, a server must refuse each auth params. badHellos[] (top level): a server configured as 'server' must refuse each hello params.",
@@ -90,7 +90,7 @@ def hmac256(key: bytes, data: bytes) -> bytes:
 
 def schedule(mode: str, kid: str, key: str, nc: bytes, ns: bytes, e_c=None, e_s=None, static=None) -> dict[str, bytes]:
     psk = hkdf(key.encode(), b"", b"MBSC1 psk")
-    out: dict[str, Any] = {"psk": psk, "es": None, "ee": None}
+    out: dict[str, Any] = {"psk": psk, "kh": hmac256(psk, b"MBSC1 key hint")[:8], "es": None, "ee": None}
     if mode == "nk":
         out["es"] = e_c.exchange(ec.ECDH(), static.public_key())
         out["ee"] = e_c.exchange(ec.ECDH(), e_s.public_key())
@@ -160,7 +160,7 @@ def build_case(name: str, mode: str, kid: str) -> dict[str, Any]:
     e_s = private_key(f"{name} server ephemeral") if mode == "nk" else None
     ks = schedule(mode, kid, key, nc, ns, e_c, e_s, STATIC if mode == "nk" else None)
 
-    hello: dict[str, Any] = {"v": 1, "mode": mode, "kid": kid, "nc": b64(nc)}
+    hello: dict[str, Any] = {"v": 1, "mode": mode, "kid": kid, "nc": b64(nc), "kh": b64(ks["kh"])}
     result: dict[str, Any] = {"ns": b64(ns)}
     if mode == "nk":
         hello["e"] = b64(point(e_c))
@@ -274,6 +274,8 @@ def bad_hellos() -> list[dict[str, Any]]:
         {"name": "ephemeral in hybrid form (06/07)", "params": {**good_nk, "e": b64(hybrid(point(eph)))}},
         {"name": "ephemeral with a 03 prefix", "params": {**good_nk, "e": b64(b"\x03" + point(eph)[1:])}},
         {"name": "params not an object", "params": ["psk"]},
+        {"name": "kh of 7 bytes", "params": {**good_psk, "kh": b64(label_bytes("bad hello kh", 7))}},
+        {"name": "kh of no key of the kid", "params": {**good_psk, "kh": b64(label_bytes("bad hello kh", 8))}},
     ]
 
 

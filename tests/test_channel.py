@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from server import channel
-from server.channel import ChannelError, ClientHandshake, ServerHandshake, Records, derive_psk, key_schedule
-from server.config import _fresh_keys, public_key
+from server.channel import ChannelError, ClientHandshake, ServerHandshake, Records, derive_psk, key_hint, key_schedule
+from server.config import fresh_keys, public_key
 from server.errors import MontybaseError, UnauthenticatedError
 
 CASES_FILE = Path(__file__).parent / "cases" / "channel.json"
@@ -80,7 +80,7 @@ def handshake(kid="client", key="mb-test", *, server_key=None, pin=True, keys=No
 
 @pytest.fixture(scope="module")
 def server_key() -> str:
-    return _fresh_keys()["serverKey"]
+    return fresh_keys()["serverKey"]
 
 
 # --- the shared vectors ----------------------------------------------------------------------
@@ -237,7 +237,8 @@ def test_fresh_keys_per_connection(server_key):
 
 def test_hello_shapes(server_key):
     psk = ClientHandshake("client", "mb-k").hello()
-    assert set(psk) == {"v", "mode", "kid", "nc"} and psk["mode"] == "psk" and len(b64d(psk["nc"])) == 32
+    assert set(psk) == {"v", "mode", "kid", "nc", "kh"} and psk["mode"] == "psk" and len(b64d(psk["nc"])) == 32
+    assert b64d(psk["kh"]) == key_hint(derive_psk("mb-k"))
     nk = ClientHandshake("client", "mb-k", public_key(server_key)).hello()
     assert nk["mode"] == "nk" and b64d(nk["e"])[0] == 4 and len(b64d(nk["e"])) == 65
     result = ServerHandshake({"client": "mb-k"}, server_key).hello(nk)
@@ -245,10 +246,42 @@ def test_hello_shapes(server_key):
     assert set(ServerHandshake({"client": "mb-k"}, server_key).hello(psk)) == {"ns", "smac"}
 
 
+def without_hint(hello: dict) -> dict:
+    """A hello as a client without key hints sends it: the server answers with its current key."""
+    return {k: v for k, v in hello.items() if k != "kh"}
+
+
+def test_wrong_key_is_refused_at_hello_by_its_key_hint():
+    with pytest.raises(ChannelError, match="key hint matches no client key"):
+        ServerHandshake({"client": "mb-right"}).hello(ClientHandshake("client", "mb-wrong").hello())
+
+
+def test_a_key_hint_picks_the_listed_key_the_client_holds():
+    server_keys = {"client": ["mb-new", "mb-old"], "admin": "mba-admin"}
+    for key in ("mb-new", "mb-old"):
+        client_side, server_side, _ = handshake("client", key, keys=server_keys)
+        assert server_side.open(client_side.seal(b"{}")) == b"{}"
+    with pytest.raises(ChannelError, match="key hint"):
+        ServerHandshake({"client": ["mb-new"]}).hello(ClientHandshake("client", "mb-old").hello())
+
+
+def test_a_hello_without_a_key_hint_uses_the_current_key():
+    client = ClientHandshake("client", "mb-old")
+    result = ServerHandshake({"client": ["mb-new", "mb-old"]}).hello(without_hint(client.hello()))
+    with pytest.raises(ChannelError, match="smac"):
+        client.finish(result)
+
+
+def test_a_key_hint_of_the_wrong_length_is_refused():
+    hello = ClientHandshake("client", "mb-k").hello()
+    with pytest.raises(ChannelError, match="kh"):
+        ServerHandshake({"client": "mb-k"}).hello({**hello, "kh": b64e(bytes(7))})
+
+
 def test_wrong_key_client_refuses_the_smac():
     client = ClientHandshake("client", "mb-wrong")
     server = ServerHandshake({"client": "mb-right"})
-    result = server.hello(client.hello())
+    result = server.hello(without_hint(client.hello()))
     with pytest.raises(ChannelError, match="smac"):
         client.finish(result)
 
@@ -258,7 +291,7 @@ def test_wrong_key_server_refuses_the_cmac(server_key, mode):
     """A client holding the wrong key that ignores the bad smac and sends its cmac anyway."""
     ephemeral = ec.generate_private_key(ec.SECP256R1())
     server_public = public_key(server_key) if mode == "nk" else None
-    hello = ClientHandshake("client", "mb-wrong", server_public, ephemeral=ephemeral).hello()
+    hello = without_hint(ClientHandshake("client", "mb-wrong", server_public, ephemeral=ephemeral).hello())
     server = ServerHandshake({"client": "mb-right"}, server_key)
     result = server.hello(hello)
     ikm = derive_psk("mb-wrong")
@@ -318,7 +351,7 @@ def test_psk_client_refuses_an_nk_result(server_key):
 def test_mitm_with_its_own_static_key_is_refused(server_key):
     """A server without the pinned static key cannot produce a valid smac, even knowing the psk."""
     pinned = ClientHandshake("client", "mb-k", public_key(server_key))
-    impostor = ServerHandshake({"client": "mb-k"}, _fresh_keys()["serverKey"])
+    impostor = ServerHandshake({"client": "mb-k"}, fresh_keys()["serverKey"])
     with pytest.raises(ChannelError, match="smac"):
         pinned.finish(impostor.hello(pinned.hello()))
 

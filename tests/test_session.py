@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -69,10 +70,31 @@ def test_the_handshake_gives_the_session_its_principal_and_record_keys(service):
     assert admin.principal.admin
 
 
-def test_a_wrong_key_is_refused_with_one_answer_and_a_close(service):
+def test_a_wrong_key_is_refused_at_hello_with_one_answer_and_a_close(service):
+    session = service.session(Sink())
+    hello = ClientHandshake("client", "mb-not-the-key-0123456789ab", None).hello()
+    reply = session.handshake(request("hello", hello, 0))
+    assert reply.close == (CLOSE_AUTH_FAILED, "authentication failed")
+    assert json.loads(reply.text)["error"]["message"] == "authentication failed"
+    assert session.records is None and session.principal is None
+
+
+def test_an_old_client_key_is_accepted_until_its_grace_ends(service):
+    old = "mb-the-old-client-key-0123456789"
+    service.previous = (("client", old, time.time() + 60),)
+    session, _, _ = connect(service, "client", old)
+    assert session.principal.role == "client"
+    service.previous = (("client", old, time.time() - 1),)
+    reply = service.session(Sink()).handshake(request("hello", ClientHandshake("client", old).hello(), 0))
+    assert reply.close == (CLOSE_AUTH_FAILED, "authentication failed")
+    assert connect(service)[0].principal.role == "client", "the current key works throughout"
+
+
+def test_a_wrong_key_without_a_key_hint_is_refused_at_auth(service):
     session = service.session(Sink())
     client = ClientHandshake("client", "mb-not-the-key-0123456789ab", None)
-    hello = json.loads(session.handshake(request("hello", client.hello(), 0)).text)["result"]
+    params = {k: v for k, v in client.hello().items() if k != "kh"}  # as a client without hints: the current key
+    hello = json.loads(session.handshake(request("hello", params, 0)).text)["result"]
     with pytest.raises(Exception):  # the client sees the server's proof fail: it holds another key
         client.finish(hello)
     forged = {"kid": "client", "cmac": "A" * 43}
@@ -182,3 +204,20 @@ def test_the_admin_session_has_the_limits_of_a_remote_admin():
             admin.call("explode", {})
     finally:
         database.close()
+
+
+def test_a_rules_reload_shows_each_listener_what_the_new_rules_let_it_read(service):
+    session, _, sink = connect(service)
+    assert ask(session, "add", {"path": ["open", "a"], "value": {"n": 1}})["result"] == {"id": "a"}
+    assert ask(session, "subscribe", {"sub": 1, "query": {"path": ["open"]}})["result"] == {"sub": 1}
+    assert [change["id"] for change in sink.delivered[-1][1]["changes"]] == ["a"]
+    service.database.rules = Rules({**RULES, "open": {"read": "none", "write": "public"}})
+    service.recheck()
+    assert sink.delivered[-1] == ((1,), {"docs": [], "changes": []})
+    ask(session, "add", {"path": ["open", "b"], "value": {"n": 2}})
+    assert sink.delivered[-1] == ((1,), {"docs": [], "changes": []}), "nothing more reaches it"
+    service.database.rules = Rules(RULES)
+    service.recheck()
+    assert [doc["id"] for doc in sink.delivered[-1][1]["docs"]] == ["a", "b"]
+    session.close()
+    assert session not in service.sessions

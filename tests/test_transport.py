@@ -102,10 +102,19 @@ def test_every_answer_matches_its_result_schema(served):
     raw.close()
 
 
-def test_a_wrong_key_is_refused_with_one_error_and_close_1008(served):
+def test_a_wrong_key_is_refused_at_hello_by_its_key_hint_with_close_1008(served):
+    raw = Raw(served, handshake=False)
+    hello = ClientHandshake("client", "mb-wrong-key-0123456789").hello()
+    refused = raw.text({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": hello})
+    assert refused["error"]["data"] == {"reason": "UNAUTHENTICATED"} and refused["error"]["code"] == -32000
+    assert raw.close_code() == 1008
+
+
+def test_a_wrong_key_without_a_key_hint_is_refused_with_one_error_and_close_1008(served):
     raw = Raw(served, handshake=False)
     client = ClientHandshake("client", "mb-wrong-key-0123456789")  # psk mode: the server answers, the proof fails
-    hello = raw.text({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": client.hello()})
+    params = {k: v for k, v in client.hello().items() if k != "kh"}  # as a client without hints: the current key
+    hello = raw.text({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": params})
     with pytest.raises(Exception):
         client.finish(hello["result"])  # the server's proof does not verify under the wrong key
     refused = raw.text({"jsonrpc": "2.0", "id": 0, "method": "auth", "params": {"cmac": "A" * 43}})

@@ -1,0 +1,41 @@
+"""`montybase reload`: check montybase.json, then have the server that uses it read it again."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from pathlib import Path
+
+from ..config import load_config, storage_path
+from ..errors import UnavailableError
+from ..storage import lock_holder
+from .serve import settings
+
+__all__ = ["arguments", "running_server", "run"]
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """No options beyond --config."""
+
+
+def running_server(config_path: Path, storage: str) -> int | None:
+    """The pid of the server serving `config_path`: the holder of its storage's lock (or, for a
+    server without storage, of the config's own lock); None when none runs."""
+    lock = Path(storage + ".lock") if storage != ":memory:" else config_path.with_name(config_path.name + ".lock")
+    return lock_holder(lock)
+
+
+def run(args: argparse.Namespace) -> int:
+    config_path = Path(args.config).absolute()
+    if not config_path.is_file():
+        raise UnavailableError(f"no config at {config_path}: name the running server's with --config")
+    config, _ = load_config(config_path, create=False)
+    storage = storage_path(config, config_path)
+    settings(config, config_path, storage)  # a file the server would refuse is refused here, and not sent
+    pid = running_server(config_path, storage)
+    if pid is None:
+        raise UnavailableError(f"no running server uses {config_path} (nothing holds the lock of its storage {storage})")
+    os.kill(pid, signal.SIGHUP)
+    print(f"asked the server (process {pid}) to reload {config_path}; its log says what changed", flush=True)
+    return 0

@@ -1,0 +1,179 @@
+"""`montybase rules check` and `montybase rules test`: the rules of montybase.json, answered by
+server/rules.py offline (no server; the data files are read, never locked or changed, only when
+an answer depends on what is stored)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Limits, load_config, storage_path
+from ..database import Database
+from ..errors import InvalidArgumentError, MontybaseError, PermissionDeniedError, UnavailableError
+from ..paths import check_path
+from ..query import parse_query
+from ..rules import OPERATIONS, Principal, Rule, Rules
+from ..storage import StorageReader
+
+__all__ = ["check", "check_arguments", "test", "test_arguments"]
+
+_SHOWN = 20  # collections listed by `rules check` before "… and N more"
+
+
+def _load(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    config_path = Path(args.config).absolute()
+    if not config_path.is_file():
+        raise UnavailableError(f"no config at {config_path}: name it with --config")
+    config, _ = load_config(config_path, create=False)
+    return config, config_path
+
+
+def _stored(config: dict[str, Any], config_path: Path) -> Database | None:
+    """The data as stored (None without a storage file): read as it is, even while a server runs."""
+    bucket = storage_path(config, config_path)
+    if bucket == ":memory:":
+        return None
+    try:
+        return Database(StorageReader(bucket))
+    except (ValueError, OSError) as exc:
+        raise UnavailableError(f"cannot read the data in {bucket}: {exc}") from None
+
+
+# rules check
+
+
+def check_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options beyond --config."""
+
+
+def check(args: argparse.Namespace) -> int:
+    """Every pattern's rule parses (grants, schema, fields, rates); every collection of the data
+    has a rule, or is listed as one client keys cannot use. Exit 1 when a rule is bad."""
+    config, config_path = _load(args)
+    specs = config.get("rules")
+    if specs is None:
+        print(f"no rules in {config_path.name}: client keys may do nothing (only the admin key has access)")
+        return 0
+    bad = 0
+    for pattern, spec in specs.items():
+        try:
+            Rule.parse(pattern, spec)
+        except MontybaseError as exc:
+            print(f"bad rule: {exc}")
+            bad += 1
+    if bad:
+        print(f"{bad} of {len(specs)} rules are bad: the server refuses to start (or reload) with them")
+        return 1
+    limits = Limits.from_config(config.get("limits"))
+    rules = Rules(specs, max_doc_bytes=limits.maxDocBytes, max_results=limits.maxResults)
+    print(f"{len(specs)} rule, valid" if len(specs) == 1 else f"{len(specs)} rules, every one valid")
+    if rules.open:
+        print('the rule "**" opens every collection to every client key (see "Securing a public app" in the README)')
+    database = _stored(config, config_path)
+    if database is None:
+        print("no stored data to compare (storageBucket is :memory:)")
+        return 0
+    collections = sorted(path for path, docs in database.tree.collections.items()
+                         if docs and not path[0].startswith("__"))  # the accounts' own store is no rule's
+    uncovered = [path for path in collections if rules.match(path) is None]
+    for path in uncovered[:_SHOWN]:
+        count = len(database.tree.collections[path])
+        print(f"no rule matches collection {'/'.join(path)} ({count} documents): client keys may do nothing there")
+    if len(uncovered) > _SHOWN:
+        print(f"… and {len(uncovered) - _SHOWN} more collections that no rule matches")
+    if not uncovered:
+        print(f"every collection of the data ({len(collections)}) is matched by a rule")
+    return 0
+
+
+# rules test
+
+
+def _principal(text: str) -> Principal:
+    if text == "anonymous":
+        return Principal("client")
+    if text == "admin":
+        return Principal("admin")
+    if text.startswith("user:") and len(text) > len("user:"):
+        return Principal("client", text[len("user:"):])
+    raise argparse.ArgumentTypeError(f"{text!r}: --as takes anonymous, user:UID or admin")
+
+
+def _value(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--value is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--value is a document: a JSON object")
+    return value
+
+
+def test_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--as", dest="principal", type=_principal, default=Principal("client"), metavar="WHO",
+                        help="anonymous (the default: a client key, nobody signed in), user:UID or admin")
+    parser.add_argument("op", choices=OPERATIONS, help="the operation")
+    parser.add_argument("path", help="a document (scores/abc) for get, create, update, delete; a collection for list")
+    parser.add_argument("--value", type=_value, metavar="JSON",
+                        help="the document as the write would leave it: checks the data rules too")
+
+
+def test(args: argparse.Namespace) -> int:
+    """ALLOW or DENY, and the rule that decided: exit 0 or 1."""
+    config, config_path = _load(args)
+    principal, op, value = args.principal, args.op, args.value
+    path = check_path([segment for segment in args.path.split("/") if segment], "PATH")
+    if (op == "list") != (len(path) % 2 == 1):
+        kind = "a collection" if op == "list" else "a document"
+        raise InvalidArgumentError(f"{op} takes {kind} path, got {args.path!r}")
+    limits = Limits.from_config(config.get("limits"))
+    rules = Rules(config.get("rules"), max_doc_bytes=limits.maxDocBytes, max_results=limits.maxResults)
+    collection = path if op == "list" else path[:-1]
+    rule = rules.match(collection)
+    who = "admin" if principal.admin else f"user:{principal.uid}" if principal.uid else "anonymous"
+    asked = f"{op} {'/'.join(path)} as {who}"
+    if principal.admin:
+        print(f"ALLOW {asked} (the admin key passes every rule)")
+        return 0
+    if rule is None:
+        print(f"DENY {asked} (no rule matches {'/'.join(collection)}: denied by default)")
+        return 1
+    decided = f'rule "{rule.pattern}": {op} is {rule.grants[op]}'
+    old, size = _existing(config, config_path, rule, op, path, value)
+    try:
+        if op == "get":
+            rules.check_read(principal, path, old)
+        elif op == "list":
+            if rules.narrow(principal, parse_query({"path": list(path)})).owner is not None:
+                decided += ", so only the documents this user owns"
+        elif value is None and op != "delete":  # the grant alone: no document to check the data rules on
+            if not rule.allows(principal, op, path[-1], old if op == "update" else None):
+                raise PermissionDeniedError(f"{op} is {rule.grants[op]}")
+            decided += "; pass --value to check the data rules too"
+        else:
+            now_ms = int(time.time() * 1000)
+            rules.check_write(principal, op, path, old, value, now_ms, size, replacing=op == "update")
+    except MontybaseError as exc:
+        reason = "" if exc.reason == "PERMISSION_DENIED" else f"; {exc.reason}: {exc.message}"
+        print(f"DENY {asked} ({decided}{reason})")
+        return 1
+    print(f"ALLOW {asked} ({decided})")
+    return 0
+
+
+def _existing(config: dict[str, Any], config_path: Path, rule: Rule, op: str, path: tuple[str, ...],
+              value: Any) -> tuple[Any, int]:
+    """The stored document at `path` and the size of its collection, read only when the answer
+    depends on them: an owner field to look up, fields an update may not change, a maxDocs."""
+    needs_document = op in ("get", "update", "delete") and (
+        (rule.grants[op] == "owner" and rule.owner is not None) or (op == "update" and value is not None and rule.fixed))
+    needs_size = op == "create" and value is not None and rule.max_docs is not None
+    if not (needs_document or needs_size):
+        return None, 0
+    database = _stored(config, config_path)
+    if database is None:
+        return None, 0
+    return database.document(path), len(database.documents(path[:-1]))

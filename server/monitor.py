@@ -1,0 +1,222 @@
+"""What an operator watches on a running server: /healthz, /metrics, and the lines about requests."""
+
+from __future__ import annotations
+
+import bisect
+import hmac
+import ipaddress
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from .logs import clip
+from .session import METHODS
+
+if TYPE_CHECKING:
+    from .session import Session
+    from .transport import MontybaseServer
+
+__all__ = ["BUCKETS", "Monitor", "document_count"]
+
+log = logging.getLogger("montybase.server")
+
+# Request latency buckets, in seconds: a get over the network takes about 0.2 ms; hashing a password 50 ms.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_OTHER = "other"  # the method label of a request whose method is not in the table: labels stay few
+_JSON = "application/json"
+
+
+def document_count(collections: dict[tuple[str, ...], dict[str, Any]]) -> int:
+    """The documents of the data, leaving out the accounts' own store (reserved `__name__` collections)."""
+    return sum(len(docs) for path, docs in list(collections.items()) if not path[0].startswith("__"))
+
+
+class Monitor:
+    """One server's numbers and the lines requests cause. Requests are counted on their way out
+    (a few integer increments); everything else is read when /metrics or /healthz is asked."""
+
+    def __init__(self, server: MontybaseServer):
+        self.server = server
+        self.started = time.monotonic()
+        self.first_seq = server.database.seq  # journal records appended since start: seq minus this
+        self.metrics: dict[str, Any] | None = None  # `metrics` of the config: None is off
+        self.slow: float | None = 1.0  # seconds; a request slower than this is logged (`logSlowMs`)
+        self.notification_frames = 0
+        self.sent_bytes = 0
+        self._lock = threading.Lock()  # requests are answered on the loop and on executor threads
+        self._requests: Counter[tuple[str, str]] = Counter()
+        self._latency: dict[str, list[float]] = {}  # method → [count per bucket…, +Inf count, sum]
+        self._registry: CollectorRegistry | None = None
+        server.service.observe = self.request
+
+    def configure(self, metrics: dict[str, Any] | None, slow_ms: float | None) -> None:
+        self.metrics = metrics
+        self.slow = None if slow_ms is None else slow_ms / 1000
+
+    # Requests
+
+    def request(self, session: Session, message: Any, answer: dict[str, Any] | None, seconds: float) -> None:
+        """Count one answered request; log it when it is slow, denied or rate limited (bounded
+        per client address); log an ignored notification."""
+        method = message.get("method") if isinstance(message, dict) else None
+        label = method if method in METHODS else _OTHER
+        lines, number, address = session.service.throttle, session.number, session.address
+        if answer is None:
+            lines.log(logging.INFO, "notification", address, "connection %d: ignored a notification (method %s)",
+                      number, clip(method))
+            return
+        error = answer.get("error")
+        code = error["data"]["reason"] if error is not None else "OK"
+        with self._lock:
+            self._requests[label, code] += 1
+            buckets = self._latency.get(label)
+            if buckets is None:
+                buckets = self._latency[label] = [0] * (len(BUCKETS) + 2)
+            buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+            buckets[-1] += seconds
+        if code == "PERMISSION_DENIED":
+            lines.log(logging.INFO, "permission denied", address, "connection %d from %s: %s", number, address,
+                      clip(error["message"], 160))
+        elif code == "RATE_LIMITED":
+            lines.log(logging.WARNING, "rate limited", address, "connection %d from %s: rate limited: %s", number,
+                      address, clip(error["message"], 160))
+        if self.slow is not None and seconds >= self.slow:
+            lines.log(logging.WARNING, "slow request", address, "slow request: %s %s took %.0f ms (connection %d, %s)",
+                      label, _path(message), seconds * 1000, number, code)
+
+    # /healthz
+
+    def health(self) -> tuple[int, str, bytes]:
+        """200 while the server can serve and write, else 503; counts only, never data or keys."""
+        database = self.server.database
+        storage = database.storage
+        if database.closed:
+            state = "closed"
+        elif storage.failure is not None:
+            state = "failed"
+        else:
+            state = "ok" if storage.durable else "memory"
+        snapshot = storage.snapshot_time
+        body = {
+            "status": "ok" if state in ("ok", "memory") else "unavailable",
+            "uptimeSeconds": round(time.monotonic() - self.started, 3),
+            "documents": document_count(database.tree.collections),
+            "connections": self._connections(),
+            "storage": state,
+            "lastSnapshotAgeSeconds": None if snapshot is None else round(max(0.0, time.time() - snapshot), 3),
+        }
+        return (200 if body["status"] == "ok" else 503), _JSON, json.dumps(body).encode() + b"\n"
+
+    def _connections(self) -> dict[str, int]:
+        pending = self.server._unauthenticated
+        return {"authenticated": self.server._open - pending, "pending": pending}
+
+    # /metrics
+
+    def scrape(self, address: str, authorization: str | None) -> tuple[int, str, bytes, dict[str, str]]:
+        """The Prometheus text for a caller the `metrics` config admits: 404 while metrics are off,
+        401 without the bearer token, 403 from an address not allowed."""
+        config = self.metrics
+        if not config:
+            return 404, "text/plain; charset=utf-8", b"Not found\n", {}
+        token = config.get("token")
+        if not (_allowed(address, config.get("allow") or ()) or (
+                token and authorization is not None
+                and hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()))):
+            if token:
+                challenge = {"WWW-Authenticate": 'Bearer realm="metrics"'}
+                return 401, "text/plain; charset=utf-8", b"Unauthorized\n", challenge
+            return 403, "text/plain; charset=utf-8", b"Forbidden\n", {}
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(_Collector(self))
+            ProcessCollector(registry=self._registry)  # process_resident_memory_bytes and the like
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry), {}
+
+    def collect(self) -> Iterator[Metric]:
+        database = self.server.database
+        with self._lock:
+            requests = dict(self._requests)
+            latency = {method: list(buckets) for method, buckets in self._latency.items()}
+        family = CounterMetricFamily("montybase_requests", "Requests answered, by method and result code",
+                                     labels=("method", "code"))
+        for (method, code), count in sorted(requests.items()):
+            family.add_metric((method, code), count)
+        yield family
+        histogram = HistogramMetricFamily("montybase_request_duration_seconds",
+                                          "Time to answer a request (before a hot write's fsync)", labels=("method",))
+        for method, buckets in sorted(latency.items()):
+            cumulative, running = [], 0
+            for bound, count in zip((*map(str, BUCKETS), "+Inf"), buckets[:-1]):
+                running += count
+                cumulative.append((bound, running))
+            histogram.add_metric((method,), cumulative, buckets[-1])
+        yield histogram
+        connections = GaugeMetricFamily("montybase_connections", "Open connections, by handshake state",
+                                        labels=("state",))
+        for state, count in self._connections().items():
+            connections.add_metric((state,), count)
+        yield connections
+        yield GaugeMetricFamily("montybase_listeners", "Active listeners", value=len(database.watcher))
+        yield CounterMetricFamily("montybase_notification_frames", "Frames of listener notifications sent",
+                                  value=self.notification_frames)
+        yield CounterMetricFamily("montybase_sent_bytes", "Bytes of encrypted frames sent (answers and notifications)",
+                                  value=self.sent_bytes)
+        yield CounterMetricFamily("montybase_journal_appends", "Writes appended to the journal since start",
+                                  value=database.seq - self.first_seq if database.storage.durable else 0)
+        yield GaugeMetricFamily("montybase_documents", "Documents stored",
+                                value=document_count(database.tree.collections))
+        duration = database.snapshot_duration
+        yield GaugeMetricFamily("montybase_snapshot_duration_seconds", "How long the last snapshot took",
+                                value=duration if duration is not None else float("nan"))
+        snapshot = database.storage.snapshot_time
+        yield GaugeMetricFamily("montybase_snapshot_age_seconds", "Seconds since the snapshot on disk was written",
+                                value=time.time() - snapshot if snapshot is not None else float("nan"))
+        yield GaugeMetricFamily("montybase_uptime_seconds", "Seconds since the server started",
+                                value=time.monotonic() - self.started)
+
+
+class _Collector:
+    """prometheus_client's view of a Monitor."""
+
+    def __init__(self, monitor: Monitor):
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        return self.monitor.collect()
+
+
+def _allowed(address: str, allow: Any) -> bool:
+    """Whether `address` is in `allow` (addresses or networks: "127.0.0.1", "10.0.0.0/8")."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for entry in allow:
+        try:
+            if ip in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _path(message: dict[str, Any]) -> str:
+    """The path a request names (its document, collection or query), for a log line."""
+    params = message.get("params")
+    if not isinstance(params, dict):
+        return "-"
+    path = params.get("path")
+    if path is None and isinstance(params.get("query"), dict):
+        path = params["query"].get("path")
+    if isinstance(path, list):
+        return clip("/".join(map(str, path)))
+    return "-" if path is None else clip(path)
