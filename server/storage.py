@@ -439,10 +439,6 @@ class FileStorage(Storage):
         self.failure = None
         self._sync_lock = threading.Lock()
 
-    @property
-    def failure(self) -> str | None:
-        return self._failure
-
     # Start-up
 
     def _lock(self) -> None:

@@ -267,7 +267,7 @@ def test_rules_check_names_every_bad_rule_and_exits_1(tmp_path):
                                   "fine": OPEN})
     done = montybase(tmp_path, "rules", "check")
     assert done.returncode == 1
-    assert "rules.scores.schema" in done.stdout and "rules.posts.rate" in done.stdout
+    assert "/rules/scores/schema" in done.stdout and "/rules/posts/rate" in done.stdout
     assert "2 of 3 rules are bad" in done.stdout
 
 
