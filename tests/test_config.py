@@ -92,6 +92,29 @@ def test_a_bad_field_names_a_json_pointer_in_data(tmp_path):
     assert caught.value.data["path"] == "/limits/maxMessageBytes"
 
 
+def test_trusted_proxies_that_are_no_address_or_network_are_named_at_start(tmp_path):
+    config, _ = load_config(tmp_path / "montybase.json")
+    path = tmp_path / "montybase.json"
+    path.write_text(json.dumps({**config, "trustedProxies": ["127.0.0.1", "10.0.0.0/8", "::1", "proxy.example"]}))
+    with pytest.raises(InvalidArgumentError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and "'proxy.example'" in message
+    assert caught.value.data["path"] == "/trustedProxies/3"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("signUps", "0/min"), ("signUpsPerAddress", "10 per minute"), ("signInFailures", 0), ("maxListeners", 0),
+    ("maxOutgoingBytes", 10), ("maxOutgoingBytesTotal", "1 GB"), ("maxUnauthenticatedPerAddress", 0),
+])
+def test_a_bad_limit_is_named_at_start(tmp_path, field, value):
+    path = tmp_path / "montybase.json"
+    path.write_text(json.dumps({"limits": {field: value}}))
+    with pytest.raises(InvalidArgumentError) as caught:
+        load_config(path)
+    assert caught.value.data["path"] == f"/limits/{field}"
+
+
 @pytest.mark.parametrize(
     "served,public,expected",
     [("ws://127.0.0.1:9000", None, "ws://127.0.0.1:9000"), ("ws://0.0.0.0:9000", None, "ws://127.0.0.1:9000"),
