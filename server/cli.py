@@ -100,6 +100,7 @@ async def serve(
         tls=tls,
         client_config=client_config(config, config.get("publicEndpoint", "")),
         static=static,
+        trusted_proxies=config.get("trustedProxies"),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import ssl
@@ -18,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .channel import CLOSE_BAD_RECORD, ChannelError
-from .config import Limits
+from .config import Limits, trusted_networks
 from .database import Database
 from .session import Service, Session
 from .web import route
@@ -30,6 +31,7 @@ log = logging.getLogger("montybase.server")
 _FRAME_OVERHEAD = 16 * 1024  # GCM tag and JSON-RPC envelope around a maximal message
 CLOSE_HANDSHAKE_TIMEOUT = 4001  # no handshake within limits.handshakeTimeout
 CLOSE_LISTENER_OVERFLOW = 4008  # a listener fell too far behind; the client reconnects and resubscribes
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A connection gets at most one notification frame this often (seconds): what comes sooner waits
 # and goes out in the next frame, so a stream of writes costs its listeners fewer, fuller frames
 # while a lone write is sent at once.
@@ -41,6 +43,8 @@ class MontybaseServer:
     the frames mean is each connection's Session (server/session.py).
 
     Keys: `keys` maps a key id ("client", "admin") to its key string; the id is the role.
+    `trusted_proxies`: addresses or networks of reverse proxies; for connections from them the
+    client's address (for per-address limits) is taken from X-Forwarded-For or Forwarded.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class MontybaseServer:
         client_config: dict[str, Any] | None = None,
         static: Path | None = None,
         ping_interval: float = 20.0,
+        trusted_proxies: list[str] | None = None,
     ):
         self.database = database
         self.limits = limits or Limits()
@@ -64,11 +69,13 @@ class MontybaseServer:
         self.client_config = client_config or {}
         self.static = static
         self.ping_interval = ping_interval  # keepalive: a connection that leaves a ping unanswered this long is closed
+        self.trusted_proxies = trusted_networks(trusted_proxies)
         self.server: Server | None = None
         self._numbers = itertools.count(1)
         self._open = 0
         self._unauthenticated = 0
         self._per_address: Counter[str] = Counter()
+        self._unauthenticated_per_address: Counter[str] = Counter()
 
     # Lifecycle
 
@@ -104,16 +111,20 @@ class MontybaseServer:
     # Admission, before the WebSocket upgrade
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        address = _address(connection)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return self._page(request)
+        address = self._client_address(connection, request)
         if self._open >= self.limits.maxConnections or self._unauthenticated >= self.limits.maxUnauthenticated:
             log.warning("refused %s: server at its connection limit", address)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
-        if self._per_address[address] >= self.limits.maxConnectionsPerAddress:
+        if (self._per_address[address] >= self.limits.maxConnectionsPerAddress
+                or self._unauthenticated_per_address[address] >= self.limits.maxUnauthenticatedPerAddress):
             log.warning("refused %s: too many connections from this address", address)
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too many connections from your address\n")
         return None
+
+    def _client_address(self, connection: ServerConnection, request: Request) -> str:
+        return _client_address(connection.remote_address, request.headers, self.trusted_proxies)
 
     def _page(self, request: Request) -> Response:
         try:
@@ -131,25 +142,27 @@ class MontybaseServer:
     # One connection
 
     async def _connection(self, ws: ServerConnection) -> None:
-        number, address = next(self._numbers), _address(ws)
+        number, address = next(self._numbers), self._client_address(ws, ws.request)
         self._open += 1
         self._unauthenticated += 1
         self._per_address[address] += 1
+        self._unauthenticated_per_address[address] += 1
         connection = _Connection(ws, self.limits.maxOutgoing, number)
         session = connection.session = self.service.session(connection.deliver, number=number, address=address)
         log.info("connection %d opened from %s", number, address)
         try:
             if await self._handshake(ws, session):
                 self._unauthenticated -= 1
+                _decrement(self._unauthenticated_per_address, address)
                 log.info("connection %d authenticated as %s", number, session.principal.role)
                 await self._serve(ws, connection, session)
         finally:
             session.close()
             self._open -= 1
-            self._unauthenticated -= session.records is None
-            self._per_address[address] -= 1
-            if not self._per_address[address]:
-                del self._per_address[address]
+            if session.records is None:
+                self._unauthenticated -= 1
+                _decrement(self._unauthenticated_per_address, address)
+            _decrement(self._per_address, address)
             log.info("connection %d closed (code %s)", number, ws.close_code)
 
     async def _handshake(self, ws: ServerConnection, session: Session) -> bool:
@@ -285,6 +298,53 @@ class _Connection:
                 pass
 
 
-def _address(connection: ServerConnection) -> str:
-    remote = connection.remote_address
-    return str(remote[0]) if remote else "unknown"
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if not counter[key]:
+        del counter[key]
+
+
+def _client_address(peer: Any, headers: Headers, trusted: tuple[_Network, ...]) -> str:
+    """The client's address: the peer's; or, when the peer is a trusted proxy, the right-most
+    address in X-Forwarded-For (else Forwarded) that is not itself a trusted proxy. Addresses to
+    its left were written by the client, so they are never believed; a hop that is no address
+    (a proxy that did not add one) stops the walk at the last proxy seen."""
+    address = str(peer[0]) if peer else "unknown"
+    ip = _ip(address)
+    if ip is None or not any(ip in network for network in trusted):
+        return address
+    for hop in reversed(_forwarded_for(headers)):
+        ip = _ip(hop)
+        if ip is None:
+            break
+        address = str(ip)
+        if not any(ip in network for network in trusted):
+            break
+    return address
+
+
+def _forwarded_for(headers: Headers) -> list[str]:
+    """The hops named in X-Forwarded-For, or in Forwarded's `for=` (RFC 7239), left to right."""
+    forwarded_for = headers.get_all("X-Forwarded-For")
+    if forwarded_for:
+        return [hop for value in forwarded_for for hop in value.split(",")]
+    hops = []
+    for value in headers.get_all("Forwarded"):
+        for element in value.split(","):
+            pairs = (pair.partition("=") for pair in element.split(";"))
+            hops.append(next((hop for name, _, hop in pairs if name.strip().lower() == "for"), ""))
+    return hops
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in a hop ("192.0.2.1", "192.0.2.1:4711", "[2001:db8::1]:4711", quoted), or None."""
+    text = text.strip().strip('"')
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip

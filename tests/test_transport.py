@@ -6,8 +6,10 @@ import asyncio
 import base64
 import json
 import secrets
+import socket
 import threading
 import time
+from collections import Counter
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -15,10 +17,11 @@ from referencing import Registry, Resource
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import Served, hand_handshake
+from conftest import Served, connect_from, hand_handshake
+from procs import Proc, server_command
 from python_client import ConnectionLostError, PermissionDeniedError, doc
 from server.channel import ClientHandshake, Records, derive_psk, key_schedule
-from server.config import open_database, public_key
+from server.config import create_config, open_database, public_key
 from server.schemas import load_schema
 from server.transport import Limits, MontybaseServer
 
@@ -503,3 +506,113 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_by_the_next_call(
         closing.result(10)
     finally:
         client.close()
+
+
+# Every resource capped, per stranger (the client key is public: anyone can connect)
+
+
+class _Upgrades:
+    """Upgrades to a server that never start the handshake: whether each was admitted."""
+
+    def __init__(self, url):
+        self.url, self.held = url, []
+
+    def admitted(self, headers=None, source="127.0.0.1"):
+        try:
+            self.held.append(connect_from(self.url, source, additional_headers=headers or {}))
+            return True
+        except InvalidStatus as exc:
+            assert exc.response.status_code in (429, 503)  # too many from the address, or in all
+            return False
+
+    def close(self):
+        for ws in self.held:
+            ws.close()
+
+
+def test_idle_upgrades_from_several_addresses_leave_room_for_a_new_client(loop_thread, tmp_path):
+    # Every default but the deadline, so the idle upgrades stay for the whole test.
+    served = Served(loop_thread, tmp_path, limits=Limits(handshakeTimeout=60))
+    upgrades = _Upgrades(served.url)
+    try:
+        sources = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6")
+        admitted = [sum(upgrades.admitted(source=source) for _ in range(30)) for source in sources]  # 150 attempts
+        client = served.client()
+        assert doc(client, "c").add({"while": "the idle upgrades are held"})
+        client.close()
+        assert admitted == [Limits().maxUnauthenticatedPerAddress] * len(sources)
+    finally:
+        upgrades.close()
+        served.stop()
+
+
+def _raw_upgrade(port):
+    request = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {base64.b64encode(secrets.token_bytes(16)).decode()}\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n")
+    return request.encode()
+
+
+def test_upgrades_that_arrive_together_are_each_counted(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(handshakeTimeout=60))
+    port = int(served.url.rsplit(":", 1)[1])
+    sockets = []
+    try:
+        for _ in range(40):
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)))
+        for sock in sockets:  # all requests written before any answer is read
+            sock.sendall(_raw_upgrade(port))
+        statuses = Counter()
+        for sock in sockets:
+            answer = b""
+            while b"\r\n" not in answer and len(answer) < 4096:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            statuses[answer.split(b" ", 2)[1].decode()] += 1
+        assert statuses == {"101": Limits().maxUnauthenticatedPerAddress, "429": 40 - Limits().maxUnauthenticatedPerAddress}
+    finally:
+        for sock in sockets:
+            sock.close()
+        served.stop()
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limits(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(maxConnectionsPerAddress=2, handshakeTimeout=60),
+                    trusted_proxies=["127.0.0.1", "10.0.0.0/8"])
+    upgrades = _Upgrades(served.url)
+    try:
+        client = {"X-Forwarded-For": "203.0.113.5"}
+        assert [upgrades.admitted(client) for _ in range(3)] == [True, True, False]
+        assert upgrades.admitted({"X-Forwarded-For": "203.0.113.6"})  # another client of the same proxy
+        # What a client wrote left of what the proxies added is never believed.
+        assert not upgrades.admitted({"X-Forwarded-For": "198.51.100.1, 203.0.113.5"})
+        # Trusted proxies on the way are skipped: the client is the right-most other address.
+        assert not upgrades.admitted({"X-Forwarded-For": "203.0.113.5, 10.1.2.3"})
+        assert not upgrades.admitted({"X-Forwarded-For": "203.0.113.5", "Forwarded": "for=203.0.113.77"})
+        forwarded = {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}  # RFC 7239, when X-Forwarded-For is absent
+        assert [upgrades.admitted(forwarded) for _ in range(3)] == [True, True, False]
+        # A hop that is no address (the proxy added none): the proxy's own address counts.
+        assert [upgrades.admitted({"X-Forwarded-For": "unknown"}) for _ in range(3)] == [True, True, False]
+        # From an address that is no trusted proxy, the headers are ignored.
+        spoofed = [upgrades.admitted({"X-Forwarded-For": f"203.0.113.{n}"}, "127.0.0.2") for n in (7, 8, 9)]
+        assert spoofed == [True, True, False]
+    finally:
+        upgrades.close()
+        served.stop()
+
+
+def test_the_server_command_takes_trusted_proxies_from_the_config(tmp_path):
+    config = create_config(tmp_path / "montybase.json")
+    config.update(storageBucket=":memory:", trustedProxies=["127.0.0.1"],
+                  limits={"maxConnectionsPerAddress": 1, "handshakeTimeout": 60})
+    (tmp_path / "montybase.json").write_text(json.dumps(config), encoding="utf-8")
+    with Proc(server_command("--config", str(tmp_path / "montybase.json"), "--port", "0"), cwd=tmp_path) as proc:
+        upgrades = _Upgrades(proc.endpoint())
+        try:
+            assert upgrades.admitted({"X-Forwarded-For": "203.0.113.5"})
+            assert not upgrades.admitted({"X-Forwarded-For": "203.0.113.5"})
+            assert upgrades.admitted({"X-Forwarded-For": "203.0.113.6"})
+        finally:
+            upgrades.close()
