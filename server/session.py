@@ -309,18 +309,22 @@ def _answered(answer: dict[str, Any]) -> Work:
 
 _recent: dict[int, tuple[dict[str, Any], str]] = {}  # id(message) → (message, its JSON), newest last
 _RECENT = 64
+_RECENT_CHARS = 16 * 1024 * 1024  # and no more JSON than this: big messages would hold gigabytes
+_recent_chars = 0
 
 
 def _encoded(message: dict[str, Any]) -> str:
     """A message's JSON, encoded once however many sessions it goes to (they flush one after
     another on the loop thread, within a few messages). Holding the message keeps its id unique."""
+    global _recent_chars
     found = _recent.get(id(message))
     if found is not None:
         return found[1]
     text = dumps(message)
     _recent[id(message)] = (message, text)
-    if len(_recent) > _RECENT:
-        del _recent[next(iter(_recent))]
+    _recent_chars += len(text)
+    while len(_recent) > _RECENT or (_recent_chars > _RECENT_CHARS and len(_recent) > 1):
+        _recent_chars -= len(_recent.pop(next(iter(_recent)))[1])
     return text
 
 

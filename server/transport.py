@@ -76,6 +76,7 @@ class MontybaseServer:
         self._unauthenticated = 0
         self._per_address: Counter[str] = Counter()
         self._unauthenticated_per_address: Counter[str] = Counter()
+        self._backlog = _Backlog(self.limits.maxOutgoingBytesTotal)
 
     # Lifecycle
 
@@ -147,7 +148,7 @@ class MontybaseServer:
         self._unauthenticated += 1
         self._per_address[address] += 1
         self._unauthenticated_per_address[address] += 1
-        connection = _Connection(ws, self.limits.maxOutgoing, number)
+        connection = _Connection(ws, self.limits, number, self._backlog)
         session = connection.session = self.service.session(connection.deliver, number=number, address=address)
         log.info("connection %d opened from %s", number, address)
         try:
@@ -158,6 +159,7 @@ class MontybaseServer:
                 await self._serve(ws, connection, session)
         finally:
             session.close()
+            connection.discard()
             self._open -= 1
             if session.records is None:
                 self._unauthenticated -= 1
@@ -191,6 +193,8 @@ class MontybaseServer:
         sender = asyncio.create_task(connection.send_all())
         try:
             async for frame in ws:
+                if connection.closing:  # closed for falling behind, or signed out elsewhere
+                    break
                 if not isinstance(frame, bytes):
                     raise ChannelError("a text frame after the handshake", CLOSE_BAD_RECORD)
                 work = session.receive(records.open(frame))
@@ -208,23 +212,46 @@ class MontybaseServer:
             sender.cancel()
 
 
+class _Backlog:
+    """The bytes waiting to be sent on every connection, capped in total: past the cap, the
+    connection furthest behind is closed (4008) and what it had queued is dropped."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.total = 0
+        self.connections: set[_Connection] = set()
+
+    def shed(self) -> None:
+        while self.total > self.limit:
+            behind = max((c for c in self.connections if not c.outgoing.empty()), key=lambda c: c.queued, default=None)
+            if behind is None:  # only frames already being sent: they cannot be taken back
+                return
+            behind.overflow(f"the server's outgoing queues hold more than {self.limit} bytes and it is furthest behind")
+
+
 class _Connection:
     """One connection's queue of outgoing frames, sealed with its session's record keys.
 
     Notifications go out as one frame, a JSON-RPC batch: those of one moment (one commit, one
     subscription), and those of every moment until NOTIFICATION_GAP has passed since the last
     frame. Answers are not held back: one goes out at once, after the notifications before
-    it. Notifications never wait: a connection with `max_outgoing` notification frames still unsent
-    is closed with 4008, so a slow subscriber never delays a writer or anyone else. Answers
-    wait while the queue is that long, which stops reading from a client that does not read.
+    it. Notifications never wait: a connection with `maxOutgoing` notification frames or
+    `maxOutgoingBytes` bytes still unsent is closed with 4008 (one frame, however large, is
+    always taken into an empty queue), so a slow subscriber never delays a writer or anyone
+    else; so is the one furthest behind when all connections together hold more than
+    `maxOutgoingBytesTotal`. Answers wait while the queue is that long, which stops reading
+    from a client that does not read.
     """
 
-    def __init__(self, ws: ServerConnection, max_outgoing: int, number: int):
-        self.ws, self.max_outgoing, self.number = ws, max_outgoing, number
+    def __init__(self, ws: ServerConnection, limits: Limits, number: int, backlog: _Backlog):
+        self.ws, self.number, self.backlog = ws, number, backlog
+        self.max_frames, self.max_bytes = limits.maxOutgoing, limits.maxOutgoingBytes
         self.session: Session  # set right after, with this connection's `deliver` as its sink
-        self.outgoing: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()  # (frame, is a notification)
+        self.outgoing: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()  # (frame, is a notification)
         self.notifications = 0  # notification frames in the queue
-        self.room = asyncio.Event()  # set while the queue is shorter than max_outgoing
+        self.queued = 0  # bytes of the frames in the queue and of the one being sent
+        self.closing = False  # closed, or being closed by the server: nothing more is queued
+        self.room = asyncio.Event()  # set while the queue is shorter than max_frames and max_bytes
         self.room.set()
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
@@ -232,6 +259,8 @@ class _Connection:
         self._flushing: asyncio.Handle | None = None  # the call of _flush that will queue them
         self._flushed_at = -NOTIFICATION_GAP  # loop time of the last notification frame
         self._sending = asyncio.Lock()  # held while a frame is sealed and sent: records go out in counter order
+        self._closer: asyncio.Task[None] | None = None  # the server's close of this connection, kept referenced
+        backlog.connections.add(self)
 
     def deliver(self, chosen: tuple[int, ...], message: dict[str, Any]) -> None:
         """The sink of this connection's listeners (`chosen`: the client's ids for them)."""
@@ -241,6 +270,8 @@ class _Connection:
             self._loop.call_soon_threadsafe(self._collect, chosen, message)
 
     def _collect(self, chosen: tuple[int, ...], message: dict[str, Any]) -> None:
+        if self.closing:
+            return
         if self._flushing is None:
             wait = self._flushed_at + NOTIFICATION_GAP - self._loop.time()
             self._flushing = self._loop.call_later(wait, self._flush) if wait > 0 else self._loop.call_soon(self._flush)
@@ -252,21 +283,39 @@ class _Connection:
             self._flushing.cancel()
             self._flushing = None
         pending, self._pending = self._pending, []
-        if not pending:  # already sent ahead of an answer
+        if not pending or self.closing:  # already sent ahead of an answer, or nobody to send to
             return
-        if self.notifications >= self.max_outgoing:
-            if self.ws.state.name == "OPEN":
-                log.warning("connection %d closed: its listeners fell %d messages behind", self.number, self.max_outgoing)
-                self._loop.create_task(self.ws.close(CLOSE_LISTENER_OVERFLOW, "listener queue overflow"))
+        if self.notifications >= self.max_frames:
+            self.overflow(f"its listeners fell {self.max_frames} messages behind")
             return
-        frame = self.session.notification(pending)
+        frame = self.session.notification(pending).encode()
+        if self.queued and self.queued + len(frame) > self.max_bytes:
+            self.overflow(f"its listeners fell more than {self.max_bytes} bytes behind")
+            return
         self.notifications += 1
         self._flushed_at = self._loop.time()
         self._put(frame, True)
 
-    def _put(self, frame: str, notification: bool) -> None:
+    def _put(self, frame: bytes, notification: bool) -> None:
         self.outgoing.put_nowait((frame, notification))
-        if self.outgoing.qsize() >= self.max_outgoing:
+        self._hold(len(frame))
+
+    def _hold(self, size: int) -> None:
+        self.queued += size
+        self.backlog.total += size
+        self._update_room()
+        if self.backlog.total > self.backlog.limit:
+            self.backlog.shed()
+
+    def _release(self, size: int) -> None:
+        self.queued -= size
+        self.backlog.total -= size
+        self._update_room()
+
+    def _update_room(self) -> None:
+        if self.closing or (self.outgoing.qsize() < self.max_frames and self.queued < self.max_bytes):
+            self.room.set()
+        else:
             self.room.clear()
 
     async def answer(self, frame: str) -> None:
@@ -274,28 +323,65 @@ class _Connection:
         snapshot arrives before the answer to it)."""
         if self._pending:
             self._flush()
+        if self.closing:
+            return
+        data = frame.encode()
         if not self._sending.locked() and self.outgoing.empty():  # nothing before it: send it now
-            await self._send(frame)
+            self._hold(len(data))
+            try:
+                await self._send(data)
+            finally:
+                self._release(len(data))
             return
         await self.room.wait()
-        self._put(frame, False)
+        if not self.closing:
+            self._put(data, False)
 
     async def send_all(self) -> None:
         """Send what is queued, in order."""
         while True:
             frame, notification = await self.outgoing.get()
             self.notifications -= notification
-            if self.outgoing.qsize() < self.max_outgoing:
-                self.room.set()
-            await self._send(frame)
+            try:
+                await self._send(frame)
+            finally:
+                self._release(len(frame))
 
-    async def _send(self, frame: str) -> None:
+    async def _send(self, frame: bytes) -> None:
         """Seal and send one frame; once the connection is gone, drop it."""
         async with self._sending:
             try:
-                await self.ws.send(self.session.records.seal(frame.encode()))
+                await self.ws.send(self.session.records.seal(frame))
             except ConnectionClosed:
                 pass
+
+    def overflow(self, why: str) -> None:
+        """Close the connection for falling behind (4008), dropping what it has queued."""
+        if not self.closing:
+            log.warning("connection %d closed: %s", self.number, why)
+            self.end(CLOSE_LISTENER_OVERFLOW, "listener queue overflow")
+
+    def end(self, code: int, reason: str) -> None:
+        """Close the connection from the server's side, from any thread; what is queued is dropped."""
+        if threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self.end, code, reason)
+        elif not self.closing:
+            self.discard()
+            self._closer = self._loop.create_task(self.ws.close(code, reason))
+
+    def discard(self) -> None:
+        """Queue nothing more, and free what is queued (a frame being sent still goes out)."""
+        self.closing = True
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
+        self._pending.clear()
+        while not self.outgoing.empty():
+            frame, _ = self.outgoing.get_nowait()
+            self._release(len(frame))
+        self.notifications = 0
+        self.backlog.connections.discard(self)
+        self.room.set()
 
 
 def _decrement(counter: Counter[str], key: str) -> None:

@@ -10,6 +10,8 @@ import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -17,9 +19,9 @@ from referencing import Registry, Resource
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import Served, connect_from, hand_handshake
+from conftest import Served, Stranger, connect_from, hand_handshake
 from procs import Proc, server_command
-from python_client import ConnectionLostError, PermissionDeniedError, doc
+from python_client import ConnectionLostError, Montybase, PermissionDeniedError, doc
 from server.channel import ClientHandshake, Records, derive_psk, key_schedule
 from server.config import create_config, open_database, public_key
 from server.schemas import load_schema
@@ -576,6 +578,105 @@ def test_upgrades_that_arrive_together_are_each_counted(loop_thread, tmp_path):
         for sock in sockets:
             sock.close()
         served.stop()
+
+
+def _big_documents(writer, count=50, size=40_000):
+    for first in range(0, count, 5):  # 200 KB a request, under maxMessageBytes
+        batch = writer.batch()
+        for n in range(first, first + 5):
+            batch.set(doc(writer, "c", f"d{n:02d}"), {"n": 0, "pad": "x" * size})
+        batch.commit()
+
+
+def _touch_every_document(writer, step, count=50):
+    """One commit that changes a small field of every document: one notification of every
+    document (about 2 MB) to each listener of the collection."""
+    batch = writer.batch()
+    for n in range(count):
+        batch.update(doc(writer, "c", f"d{n:02d}"), {"n": step})
+    batch.commit()
+
+
+def test_a_subscriber_that_stops_reading_is_closed_past_max_outgoing_bytes(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(maxOutgoingBytes=1024 * 1024))
+    writer = served.client(admin=True)
+    listener = served.client()
+    stalled = Stranger(served, max_queue=1, max_size=None)  # reads nothing once subscribed (its socket fills up)
+    seen = []
+    try:
+        _big_documents(writer)
+        assert stalled.call("subscribe", {"sub": 1, "query": {"path": ["c"]}})["result"] == {"sub": 1}
+        stop = doc(listener, "c").on_snapshot(lambda snapshot: seen.append(snapshot))
+        for step in range(1, 21):  # 40 MB of notifications: more than the kernel's socket buffers hold
+            _touch_every_document(writer, step)
+        assert stalled.close_code(timeout=10) == 4008
+        deadline = time.monotonic() + 10
+        while not (seen and seen[-1].docs[0]["value"]["n"] == 20) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # A client that reads gets every change (reconnecting if it too fell behind a moment).
+        assert seen[-1].docs[0]["value"]["n"] == 20
+        stop()
+    finally:
+        stalled.close()
+        listener.close()
+        writer.close()
+        served.stop()
+
+
+def test_past_max_outgoing_bytes_total_the_connection_furthest_behind_is_closed(loop_thread, tmp_path):
+    # Each connection may hold 16 MB, all of them together 4 MB: the stalled one is closed.
+    served = Served(loop_thread, tmp_path, limits=Limits(maxOutgoingBytesTotal=4 * 1024 * 1024))
+    writer = served.client(admin=True)
+    listener = served.client()
+    stalled = Stranger(served, max_queue=1, max_size=None)
+    seen = []
+    try:
+        _big_documents(writer)
+        assert stalled.call("subscribe", {"sub": 1, "query": {"path": ["c"]}})["result"] == {"sub": 1}
+        stop = doc(listener, "c").on_snapshot(lambda snapshot: seen.append(snapshot))
+        for step in range(1, 11):  # 20 MB of notifications
+            _touch_every_document(writer, step)
+        assert stalled.close_code(timeout=10) == 4008
+        deadline = time.monotonic() + 10
+        while not (seen and seen[-1].docs[0]["value"]["n"] == 10) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen[-1].docs[0]["value"]["n"] == 10
+        stop()
+    finally:
+        stalled.close()
+        listener.close()
+        writer.close()
+        served.stop()
+
+
+def _memory_kb(pid, field):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_a_subscriber_that_never_reads_costs_the_server_bounded_memory(tmp_path):
+    config = create_config(tmp_path / "montybase.json")
+    config["storageBucket"] = ":memory:"
+    (tmp_path / "montybase.json").write_text(json.dumps(config), encoding="utf-8")
+    with Proc(server_command("--config", str(tmp_path / "montybase.json"), "--port", "0"), cwd=tmp_path) as proc:
+        server = SimpleNamespace(url=proc.endpoint(), config=config)
+        writer = Montybase(api=server.url, config=tmp_path / "montybase.json")
+        stalled = None
+        try:
+            _big_documents(writer)
+            stalled = Stranger(server, max_queue=1, max_size=None)
+            assert stalled.call("subscribe", {"sub": 1, "query": {"path": ["c"]}})["result"] == {"sub": 1}
+            before = _memory_kb(proc.pid, "VmRSS")
+            for step in range(1, 101):  # 200 MB of notifications to a client that reads none of them
+                _touch_every_document(writer, step)
+            grown_mb = (_memory_kb(proc.pid, "VmHWM") - before) / 1024
+            assert grown_mb < 100, f"the server's memory grew by {grown_mb:.0f} MB"
+        finally:
+            if stalled is not None:
+                stalled.close()
+            writer.close()
 
 
 def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limits(loop_thread, tmp_path):
