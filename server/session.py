@@ -220,9 +220,15 @@ class Session:
     # Listeners
 
     def subscribe(self, target: dict[str, Any], tag: Any) -> None:
-        """Listen to {"path": …} or {"query": …}; the session's sink gets its snapshots with `tag`."""
+        """Listen to {"path": …} or {"query": …}; the session's sink gets its snapshots with `tag`.
+        A client key holds at most `limits.maxListeners` on one connection (every listener makes
+        every write cost more)."""
         if tag in self._listeners:
             raise InvalidArgumentError(f"listener {tag} is already in use on this connection", {"path": "params.sub"})
+        limit = self.service.limits.maxListeners
+        if len(self._listeners) >= limit and not self.principal.admin:
+            raise LimitExceededError(f"a connection holds at most {limit} listeners; unsubscribe one first",
+                                     {"limit": limit, "actual": len(self._listeners) + 1})
         subscription = self.database.watch(target, self.deliver, tag, self.principal)
         self._listeners[tag] = (subscription, target)
 

@@ -580,6 +580,39 @@ def test_upgrades_that_arrive_together_are_each_counted(loop_thread, tmp_path):
         served.stop()
 
 
+def test_a_connection_holds_at_most_max_listeners_with_a_client_key(served):
+    stranger = Stranger(served)
+    limit = Limits().maxListeners
+    try:
+        for first in range(1, limit + 1, 50):  # in batches of 50, each batch answered by one frame
+            batch = [{"jsonrpc": "2.0", "id": sub, "method": "subscribe", "params": {"sub": sub, "path": ["c", "d"]}}
+                     for sub in range(first, first + 50)]
+            stranger.ws.send(stranger.records.seal(json.dumps(batch).encode()))
+            answers = None
+            while answers is None:
+                message = stranger.receive()
+                if isinstance(message, list) and "id" in message[0]:
+                    answers = message
+            assert all(answer.get("result") for answer in answers), answers
+        refused = stranger.call("subscribe", {"sub": limit + 1, "path": ["c", "d"]})
+        assert refused["error"]["data"] == {"reason": "LIMIT_EXCEEDED", "limit": limit, "actual": limit + 1}
+        assert stranger.call("unsubscribe", {"sub": 1})["result"] == {"found": True}
+        assert stranger.call("subscribe", {"sub": limit + 1, "path": ["c", "d"]})["result"] == {"sub": limit + 1}
+    finally:
+        stranger.close()
+
+
+def test_the_admin_key_has_no_listener_limit(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(maxListeners=2))
+    admin = Stranger(served, kid="admin")
+    try:
+        for sub in range(1, 6):
+            assert admin.call("subscribe", {"sub": sub, "path": ["c", "d"]})["result"] == {"sub": sub}
+    finally:
+        admin.close()
+        served.stop()
+
+
 def _big_documents(writer, count=50, size=40_000):
     for first in range(0, count, 5):  # 200 KB a request, under maxMessageBytes
         batch = writer.batch()
