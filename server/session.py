@@ -63,7 +63,7 @@ class Service:
         self.limits = limits or Limits()
         self.keys = {kid: key for kid, key in (keys or {}).items() if key}
         self.server_key = server_key
-        self.accounts = Accounts(database)
+        self.accounts = Accounts(database, self.limits)
         self.rpc = Rpc((*HANDSHAKE, *METHODS), max_batch=self.limits.maxBatch)
 
     def session(self, deliver: Sink, *, number: int = 0, address: str = "") -> Session:
@@ -200,10 +200,10 @@ class Session:
         return {"found": self.unsubscribe(params["sub"])}, 0
 
     def _sign_up(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        return self._signed_in(self.service.accounts.sign_up(params)), 0
+        return self._signed_in(self.service.accounts.sign_up(params, self.principal)), 0
 
     def _sign_in(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        return self._signed_in(self.service.accounts.sign_in(params, self.address)), 0
+        return self._signed_in(self.service.accounts.sign_in(params, self.principal)), 0
 
     def _resume(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         return self._signed_in(self.service.accounts.resume(params)), 0
