@@ -9,12 +9,13 @@ admin, so embedded and served databases check, limit and answer alike (httpx's A
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from .accounts import Accounts
+from .accounts import Accounts, token_key
 from .channel import CLOSE_AUTH_FAILED, Records, ServerHandshake
 from .config import Limits
 from .database import Database
@@ -25,11 +26,12 @@ from .rpc import Call, Rpc, dumps, internal, loads
 from .rules import Principal
 from .watch import Sink, nothing_readable
 
-__all__ = ["METHODS", "Reply", "Service", "Session", "Work"]
+__all__ = ["CLOSE_SIGNED_OUT", "METHODS", "Reply", "Service", "Session", "Work"]
 
 log = logging.getLogger("montybase.session")
 
 HANDSHAKE = ("hello", "auth")
+CLOSE_SIGNED_OUT = 4003  # another connection signed this one's session out; the client resumes, fails, and is signed out
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ class Work:
 
 class Service:
     """What the sessions of one database share: the database, its accounts, the compiled request
-    validators, the keys and the limits."""
+    validators, the keys, the limits, and which sessions are signed in with which session token."""
 
     def __init__(
         self, database: Database, *, limits: Limits | None = None, keys: dict[str, str] | None = None,
@@ -65,24 +67,47 @@ class Service:
         self.server_key = server_key
         self.accounts = Accounts(database, self.limits)
         self.rpc = Rpc((*HANDSHAKE, *METHODS), max_batch=self.limits.maxBatch)
+        self._holders: dict[str, set[Session]] = {}  # a session token's hash → the sessions signed in with it
+        self._holding = threading.Lock()  # sign-ins are answered on executor threads
 
-    def session(self, deliver: Sink, *, number: int = 0, address: str = "") -> Session:
-        """A network client's session: anonymous until its handshake proves a key."""
-        return Session(self, deliver, None, number=number, address=address)
+    def session(self, deliver: Sink, *, number: int = 0, address: str = "",
+                end: Callable[[int, str], None] | None = None) -> Session:
+        """A network client's session: anonymous until its handshake proves a key. `end(code,
+        reason)` closes its connection."""
+        return Session(self, deliver, None, number=number, address=address, end=end)
 
     def admin(self, deliver: Sink) -> Session:
         """The session of the program that owns the database (the embedded backend)."""
         return Session(self, deliver, Principal("admin"))
+
+    def hold(self, session: Session, token: str | None) -> None:
+        """Note that `session` is signed in with the session token of hash `token` (None: with none)."""
+        with self._holding:
+            if session.token is not None:
+                holders = self._holders[session.token]
+                holders.discard(session)
+                if not holders:
+                    del self._holders[session.token]
+            session.token = token
+            if token is not None:
+                self._holders.setdefault(token, set()).add(session)
+
+    def holders(self, token: str) -> list[Session]:
+        """The sessions signed in with the session token of hash `token`."""
+        with self._holding:
+            return list(self._holders.get(token, ()))
 
 
 class Session:
     """One client: `handshake` frames until `records` is set, then `receive` (remote), or `call`
     (embedded); `notification` builds the frames of its listeners; `close` stops them."""
 
-    def __init__(self, service: Service, deliver: Sink, principal: Principal | None, *, number: int = 0, address: str = ""):
-        self.service, self.database, self.deliver = service, service.database, deliver
+    def __init__(self, service: Service, deliver: Sink, principal: Principal | None, *, number: int = 0, address: str = "",
+                 end: Callable[[int, str], None] | None = None):
+        self.service, self.database, self.deliver, self._end = service, service.database, deliver, end
         self.principal = principal
         self.number, self.address = number, address
+        self.token: str | None = None  # the hash of the session token signed in with (Service.hold)
         self.records: Records | None = None  # the record keys, once the handshake is done
         self._handshake = ServerHandshake(service.keys, service.server_key) if principal is None else None
         self._said_hello = False
@@ -200,22 +225,42 @@ class Session:
         return {"found": self.unsubscribe(params["sub"])}, 0
 
     def _sign_up(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        return self._signed_in(self.service.accounts.sign_up(params, self.principal)), 0
+        result = self.service.accounts.sign_up(params, self.principal)
+        return self._signed_in(result, result["token"]), 0
 
     def _sign_in(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        return self._signed_in(self.service.accounts.sign_in(params, self.principal)), 0
+        result = self.service.accounts.sign_in(params, self.principal)
+        return self._signed_in(result, result["token"]), 0
 
     def _resume(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        return self._signed_in(self.service.accounts.resume(params)), 0
+        return self._signed_in(self.service.accounts.resume(params), params["token"]), 0
 
     def _sign_out(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """End the session of `token` everywhere: every other connection that resumed it is
+        closed (CLOSE_SIGNED_OUT), so its client learns at once, on resuming, that it is signed out."""
         result = self.service.accounts.sign_out(params)
+        if params.get("token") is not None:
+            for other in self.service.holders(token_key(params["token"])):
+                if other is not self:
+                    other.signed_out()
+        self.service.hold(self, None)
         self._become(None)
         return result, 0
 
-    def _signed_in(self, result: dict[str, Any]) -> dict[str, Any]:
+    def _signed_in(self, result: dict[str, Any], token: str) -> dict[str, Any]:
+        self.service.hold(self, token_key(token))
         self._become(result["uid"])
         return result
+
+    def signed_out(self) -> None:
+        """Another session ended this one's session token: no request from here on is the
+        user's; the connection closes (one without a connection shows what anyone may read)."""
+        self.service.hold(self, None)
+        if self._end is None:
+            self._become(None)
+            return
+        self.principal.uid = None
+        self._end(CLOSE_SIGNED_OUT, "signed out")
 
     # Listeners
 
@@ -277,6 +322,7 @@ class Session:
 
     def close(self) -> None:
         """Stop every listener of this session."""
+        self.service.hold(self, None)
         for subscription, _ in self._listeners.values():
             if subscription is not None:
                 self.database.unwatch(subscription)

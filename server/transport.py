@@ -149,7 +149,8 @@ class MontybaseServer:
         self._per_address[address] += 1
         self._unauthenticated_per_address[address] += 1
         connection = _Connection(ws, self.limits, number, self._backlog)
-        session = connection.session = self.service.session(connection.deliver, number=number, address=address)
+        session = connection.session = self.service.session(
+            connection.deliver, number=number, address=address, end=connection.end)
         log.info("connection %d opened from %s", number, address)
         try:
             if await self._handshake(ws, session):

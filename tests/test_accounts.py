@@ -30,6 +30,7 @@ from python_client.errors import (
 )
 from server.config import DEFAULTS, Limits, create_config, open_database
 from server.rules import parse_rate
+from server.session import CLOSE_SIGNED_OUT
 from server.transport import MontybaseServer
 
 PASSWORD = "correct horse battery"
@@ -438,6 +439,39 @@ def test_sign_out_also_ends_what_listeners_show(accounts):
     for stop in stops:
         stop()
     assert not [s for s in seen if s.exists], f"a signed-out connection still received: {seen}"
+
+
+def test_signing_out_closes_every_other_connection_that_resumed_the_session(accounts):
+    handle = accounts.client()
+    handle.sign_in(accounts.alice_email, PASSWORD)
+    token = handle._backend.token
+    note_id = doc(handle, "notes").add({"text": "alice's"})
+    resumed = [Stranger(accounts.served, "127.0.0.2"), Stranger(accounts.served, "127.0.0.3")]
+    elsewhere = Stranger(accounts.served, "127.0.0.4")  # alice's own, other session
+    follower = accounts.client()  # a client handle that holds the same session
+    try:
+        for stranger in resumed:
+            assert stranger.call("resume", {"token": token})["result"]["uid"] == accounts.alice_uid
+            assert stranger.call("subscribe", {"sub": 1, "path": ["notes", note_id]})["result"] == {"sub": 1}
+        assert _reason(_sign_in(elsewhere, accounts.alice_email, PASSWORD)) == "OK"
+        follower._backend.token, follower._backend.user = token, handle.current_user
+        assert doc(follower, "notes", note_id).get() == {"text": "alice's", "ownerId": accounts.alice_uid}
+
+        handle.sign_out()
+        assert [stranger.close_code(timeout=5) for stranger in resumed] == [CLOSE_SIGNED_OUT] * 2
+        # The follower reconnects, fails to resume, and says it is signed out.
+        outcome = "CONNECTION_LOST"
+        for _ in range(100):  # until its reader has seen the close (bounded: about 5 s)
+            outcome = reason_of(doc(follower, "notes", note_id).get)
+            if outcome != "CONNECTION_LOST":
+                break
+            time.sleep(0.05)
+        assert outcome == "PERMISSION_DENIED" and follower.current_user is None
+        # Alice's other session goes on.
+        assert elsewhere.call("get", {"path": ["notes", note_id]})["result"]["value"]["text"] == "alice's"
+    finally:
+        for stranger in (*resumed, elsewhere):
+            stranger.close()
 
 
 async def _close_listener(served: Served) -> None:
