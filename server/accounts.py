@@ -11,22 +11,27 @@ import base64
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 import unicodedata
 from typing import Any
 
+from .config import Limits
 from .database import Database
 from .errors import AlreadyExistsError, InvalidArgumentError, RateLimitedError, UnauthenticatedError
 from .paths import check_key, generate_id
+from .rules import Principal, RateLimiter, parse_rate
 
-__all__ = ["ACCOUNTS", "SESSIONS", "Accounts"]
+__all__ = ["ACCOUNTS", "SESSIONS", "Accounts", "token_key"]
 
 ACCOUNTS = "__accounts__"
 SESSIONS = "__sessions__"
 SESSION_SECONDS = 30 * 24 * 3600
 SWEEP_SECONDS = 3600  # expired sessions are deleted at most this often, with a new session
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-_FAILURES_PER_MINUTE = 10
+# Failed sign-ins past their allowance space out the next attempts: 1 s, then twice as long
+# after each further failure, up to 15 min; failures are forgotten an hour after the last attempt.
+DELAY_FIRST, DELAY_MAX, FORGET_SECONDS = 1.0, 900.0, 3600.0
 
 
 def _b64(raw: bytes) -> str:
@@ -67,25 +72,35 @@ def _credentials(params: dict[str, Any]) -> tuple[str, str]:
     return check_key(email, "/email"), password
 
 
-def _token_key(token: Any) -> str:
+def token_key(token: Any) -> str:
+    """What the store keeps of a session token: its hash."""
     if not isinstance(token, str) or not token:
         raise InvalidArgumentError("/token: a token is a string", {"path": "/token"})
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Accounts:
-    """Accounts and sessions of one database, kept through its public write path."""
+    """Accounts and sessions of one database, kept through its public write path; sign-ups and
+    failed sign-ins with client keys are limited per address (`limits`)."""
 
-    def __init__(self, database: Database):
+    def __init__(self, database: Database, limits: Limits | None = None):
         self.database = database
-        self._failures: dict[str, list[float]] = {}
+        self.limits = limits = limits or Limits()
+        self._sign_up_rates = (parse_rate(limits.signUps, "/limits/signUps"),
+                               parse_rate(limits.signUpsPerAddress, "/limits/signUpsPerAddress"))
+        self._sign_ups = RateLimiter()
+        # ("account", email, address) or ("address", address) → (failures, monotonic time of the last
+        # attempt); an attempt counts as a failure from its start until it succeeds, so concurrent
+        # guesses (checked on executor threads) never pass the allowance together.
+        self._failures: dict[tuple[str, ...], tuple[int, float]] = {}
+        self._lock = threading.Lock()
         self._swept = float("-inf")  # monotonic time of the last sweep of expired sessions
 
     def _session(self, account: dict[str, Any]) -> dict[str, Any]:
         token = secrets.token_urlsafe(32)
         now = time.time()
         session = {"uid": account["uid"], "email": account["email"], "expires": int(now) + SESSION_SECONDS}
-        writes = [{"op": "set", "path": [SESSIONS, _token_key(token)], "value": session}, *self._expired(now)]
+        writes = [{"op": "set", "path": [SESSIONS, token_key(token)], "value": session}, *self._expired(now)]
         self.database.commit(writes, private=True)
         return {"uid": account["uid"], "email": account["email"], "token": token}
 
@@ -100,18 +115,13 @@ class Accounts:
         self._swept = time.monotonic() if len(expired) <= room else float("-inf")
         return [{"op": "delete", "path": [SESSIONS, key]} for key in expired[:room]]
 
-    def _throttle(self, keys: list[str]) -> None:
-        now = time.monotonic()
-        for key in keys:
-            recent = [t for t in self._failures.get(key, ()) if now - t < 60]
-            self._failures[key] = recent
-            if len(recent) >= _FAILURES_PER_MINUTE:
-                wait_ms = int((60 - (now - recent[0])) * 1000) + 1
-                raise RateLimitedError(f"too many failed sign-ins; retry in {wait_ms} ms", {"retryAfterMs": wait_ms})
-
-    def sign_up(self, params: dict[str, Any]) -> dict[str, Any]:
-        """A new account, signed in: {uid, email, token}."""
+    def sign_up(self, params: dict[str, Any], principal: Principal | None = None) -> dict[str, Any]:
+        """A new account, signed in: {uid, email, token}. `principal` None: the database's owner."""
         email, password = _credentials(params)
+        if principal is not None and not principal.admin:  # counted before the costly hashing
+            (count, seconds), (per_address, per_seconds) = self._sign_up_rates
+            buckets = [(("all",), count, seconds), (("address", principal.address), per_address, per_seconds)]
+            self._sign_ups.spend(buckets, "sign-ups")
         account = {"uid": generate_id(), "email": email, "hash": hash_password(password), "created": int(time.time() * 1000)}
         try:
             self.database.commit([{"op": "add", "path": [ACCOUNTS, email], "value": account}], private=True)
@@ -119,25 +129,58 @@ class Accounts:
             raise AlreadyExistsError("/email: an account with this email exists", {"path": "/email"}) from None
         return self._session(account)
 
-    def sign_in(self, params: dict[str, Any], address: str) -> dict[str, Any]:
-        """A new session of an account: {uid, email, token}; failures are counted per email and address."""
+    def sign_in(self, params: dict[str, Any], principal: Principal | None = None) -> dict[str, Any]:
+        """A new session of an account: {uid, email, token}. With a client key, failures are
+        counted per account and address, and per address: past `limits.signInFailures` (or
+        `signInFailuresPerAddress`) each attempt from there waits a growing delay. The owner
+        signing in from elsewhere is never delayed by someone else's guesses."""
         email, password = _credentials(params)
-        keys = [f"email:{email}", f"address:{address}"]
-        self._throttle(keys)
+        address = None if principal is None or principal.admin else principal.address
+        keys = [] if address is None else [("account", email, address), ("address", address)]
+        self._attempt(keys)
         account = self.database.document((ACCOUNTS, email))
         # The same work and the same answer whether or not the email has an account.
         if not _verify(password, account["hash"] if account else _DUMMY_HASH) or account is None:
-            now = time.monotonic()
-            for key in keys:
-                self._failures.setdefault(key, []).append(now)
-            if len(self._failures) > 100_000:
-                self._failures = {k: v for k, v in self._failures.items() if v and now - v[-1] < 60}
             raise UnauthenticatedError("wrong email or password")
+        self._succeeded(keys)
         return self._session(account)
+
+    def _attempt(self, keys: list[tuple[str, ...]]) -> None:
+        """Count a sign-in attempt as a failure of each key, or raise RATE_LIMITED while one of
+        them must still wait; checked and counted under one lock."""
+        allowances = {"account": self.limits.signInFailures, "address": self.limits.signInFailuresPerAddress}
+        with self._lock:
+            now = time.monotonic()
+            counts = []
+            for key in keys:
+                failures, last = self._failures.get(key, (0, now))
+                if now - last > FORGET_SECONDS:
+                    failures = 0
+                over = failures - allowances[key[0]]
+                wait = min(DELAY_FIRST * 2 ** min(over, 30), DELAY_MAX) - (now - last) if over >= 0 else 0
+                if wait > 0:
+                    wait_ms = int(wait * 1000) + 1
+                    raise RateLimitedError(f"too many failed sign-ins; retry in {wait_ms} ms", {"retryAfterMs": wait_ms})
+                counts.append((key, failures))
+            for key, failures in counts:
+                self._failures[key] = (failures + 1, now)
+            if len(self._failures) > 100_000:
+                self._failures = {k: v for k, v in self._failures.items() if v[0] and now - v[1] <= FORGET_SECONDS}
+
+    def _succeeded(self, keys: list[tuple[str, ...]]) -> None:
+        """A sign-in succeeded: its account starts afresh from that address; its address gets
+        back the failure its attempt was counted as."""
+        with self._lock:
+            for key in keys:
+                if key[0] == "account":
+                    self._failures.pop(key, None)
+                elif key in self._failures:
+                    failures, last = self._failures[key]
+                    self._failures[key] = (max(failures - 1, 0), last)
 
     def resume(self, params: dict[str, Any]) -> dict[str, Any]:
         """The account of a session token: {uid, email}."""
-        key = _token_key(params.get("token"))
+        key = token_key(params.get("token"))
         session = self.database.document((SESSIONS, key))
         if session is None or session["expires"] < time.time():
             raise UnauthenticatedError("the session is over; sign in again")
@@ -146,5 +189,5 @@ class Accounts:
     def sign_out(self, params: dict[str, Any]) -> dict[str, Any]:
         """End the session of `token`, if one is given."""
         if params.get("token") is not None:
-            self.database.commit([{"op": "delete", "path": [SESSIONS, _token_key(params["token"])]}], private=True)
+            self.database.commit([{"op": "delete", "path": [SESSIONS, token_key(params["token"])]}], private=True)
         return {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import secrets
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULTS", "OPEN_RULES", "Limits", "client_config", "client_endpoint", "create_config", "load_config",
-    "fresh_keys", "open_database", "public_key", "save_config", "storage_path", "write_client_config",
+    "fresh_keys", "open_database", "public_key", "save_config", "storage_path", "trusted_networks", "write_client_config",
 ]
 
 # A fresh config opens documents to the client key, so a first run works over the network;
@@ -48,15 +49,37 @@ class Limits:
     maxConnections: int = 1000
     maxUnauthenticated: int = 100
     maxConnectionsPerAddress: int = 64
+    maxUnauthenticatedPerAddress: int = 16
     handshakeTimeout: float = 5.0
     maxQueue: int = 8
     maxOutgoing: int = 256
+    maxOutgoingBytes: int = 16 * 1024 * 1024
+    maxOutgoingBytesTotal: int = 256 * 1024 * 1024
+    maxListeners: int = 1000
     maxDocBytes: int = 64 * 1024
     maxResults: int = 1000
+    signUps: str = "60/min"
+    signUpsPerAddress: str = "20/hour"
+    signInFailures: int = 5
+    signInFailuresPerAddress: int = 50
 
     @classmethod
     def from_config(cls, limits: dict[str, Any] | None) -> Limits:
         return cls(**(limits or {}))
+
+
+def trusted_networks(entries: list[str] | None) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The networks of `trustedProxies` (a bare address is a network of one)."""
+    networks = []
+    for index, entry in enumerate(entries or ()):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise InvalidArgumentError(
+                f"trustedProxies: {entry!r} is not an address or a network like \"10.0.0.0/8\"",
+                {"path": f"/trustedProxies/{index}"},
+            ) from None
+    return tuple(networks)
 
 
 def _validate(config: Any, source: str) -> None:
@@ -199,6 +222,10 @@ def load_config(path: str | Path, *, create: bool = True) -> tuple[dict[str, Any
                 f"{path}: serverKey: not a P-256 private key (PKCS#8 DER, base64url); restore it, or move the "
                 "file away to have fresh keys made", {"path": "/serverKey", "file": str(path)},
             ) from None
+    try:
+        trusted_networks(config.get("trustedProxies"))
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{path}: {exc.message}", {**exc.data, "file": str(path)}) from None
     return {**DEFAULTS, **config}, created
 
 

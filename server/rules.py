@@ -10,6 +10,7 @@ passes every rule (limits still apply).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,7 @@ from .paths import field_path, pointer
 from .query import Query, field_value
 from .values import json_equal
 
-__all__ = ["GRANTS", "OPERATIONS", "Principal", "RateLimiter", "Rule", "Rules"]
+__all__ = ["GRANTS", "OPERATIONS", "Principal", "RateLimiter", "Rule", "Rules", "parse_rate"]
 
 OPERATIONS = ("get", "list", "create", "update", "delete")
 GRANTS = ("none", "public", "user", "owner", "admin")
@@ -48,7 +49,8 @@ class Principal:
         return self.role == "admin"
 
 
-def _rate(text: str, where: str) -> tuple[int, float]:
+def parse_rate(text: str, where: str) -> tuple[int, float]:
+    """A rate like "10/min" as (count, seconds)."""
     count, _, unit = text.partition("/")
     if not count.isdigit() or int(count) < 1 or unit not in _UNITS:
         raise InvalidArgumentError(f"{where}: a rate is like \"10/min\" (per s, min, hour or day), got {text!r}", {"path": where})
@@ -161,7 +163,7 @@ class Rule:
         rates = {}
         for op, text in (spec.get("rate") or {}).items():
             for name in _SHORTHANDS.get(op, (op,)):
-                rates[name] = _rate(text, pointer(where, "rate", op))
+                rates[name] = parse_rate(text, pointer(where, "rate", op))
         return cls(
             pattern,
             grants,
@@ -399,29 +401,37 @@ class Rules:
 
 
 class RateLimiter:
-    """Token buckets per (connection or address, collection pattern, operation)."""
+    """Token buckets per (connection or address, collection pattern, operation), and any others
+    a caller names (sign-ups). Thread-safe: sign-ups are counted on executor threads."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
-        self._buckets: dict[tuple[Any, ...], tuple[float, float]] = {}
+        self._buckets: dict[tuple[Any, ...], tuple[float, float, float]] = {}  # key → (tokens, when, full again at)
+        self._lock = threading.Lock()
 
     def take(self, principal: Principal, rule: Rule | None, op: str) -> None:
         """Spend one token of each bucket the operation falls in, or raise RATE_LIMITED."""
         if principal.admin or rule is None or op not in rule.rates:
             return
         count, seconds = rule.rates[op]
-        now = self.clock()
         keys = [("connection", principal.connection, rule.pattern, op), ("address", principal.address, rule.pattern, op)]
-        levels = []
-        for key in keys:
-            tokens, last = self._buckets.get(key, (float(count), now))
-            tokens = min(float(count), tokens + (now - last) * count / seconds)
-            if tokens < 1:
-                wait_ms = int((1 - tokens) * seconds / count * 1000) + 1
-                raise RateLimitedError(f"at most {count} {op} per {seconds:g}s here; retry in {wait_ms} ms",
-                                       {"retryAfterMs": wait_ms})
-            levels.append((key, tokens))
-        for key, tokens in levels:
-            self._buckets[key] = (tokens - 1, now)
-        if len(self._buckets) > 100_000:  # forget idle buckets (they are full again anyway)
-            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 3600}
+        self.spend([(key, count, seconds) for key in keys], op)
+
+    def spend(self, buckets: list[tuple[tuple[Any, ...], int, float]], what: str) -> None:
+        """Spend one token of each bucket (key, count, per seconds), or none of them and raise
+        RATE_LIMITED with the wait until the emptiest has one again."""
+        with self._lock:
+            now = self.clock()
+            levels = []
+            for key, count, seconds in buckets:
+                tokens, last, _ = self._buckets.get(key, (float(count), now, now))
+                tokens = min(float(count), tokens + (now - last) * count / seconds)
+                if tokens < 1:
+                    wait_ms = int((1 - tokens) * seconds / count * 1000) + 1
+                    raise RateLimitedError(f"at most {count} {what} per {seconds:g}s here; retry in {wait_ms} ms",
+                                           {"retryAfterMs": wait_ms})
+                levels.append((key, tokens - 1, now + (count - tokens + 1) * seconds / count))
+            for key, tokens, full in levels:
+                self._buckets[key] = (tokens, now, full)
+            if len(self._buckets) > 100_000:  # forget the buckets that are full again: a new one is the same
+                self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}

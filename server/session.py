@@ -9,13 +9,14 @@ admin, so embedded and served databases check, limit and answer alike (httpx's A
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from .accounts import Accounts
+from .accounts import Accounts, token_key
 from .channel import CLOSE_AUTH_FAILED, Records, ServerHandshake
 from .config import Limits
 from .database import Database
@@ -27,11 +28,12 @@ from .rpc import Call, Rpc, dumps, internal, loads
 from .rules import Principal
 from .watch import Sink, nothing_readable
 
-__all__ = ["METHODS", "Reply", "Service", "Session", "Work"]
+__all__ = ["CLOSE_SIGNED_OUT", "METHODS", "Reply", "Service", "Session", "Work"]
 
 log = logging.getLogger("montybase.session")
 
 HANDSHAKE = ("hello", "auth")
+CLOSE_SIGNED_OUT = 4003  # another connection signed this one's session out; the client resumes, fails, and is signed out
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,8 @@ class Service:
     """What the sessions of one database share: the database, its accounts, the compiled request
     validators, the keys and the limits; `previous` holds old keys a handshake still accepts until
     their time ((kid, key, until epoch seconds): a rotation's grace); `observe`, when set, is told
-    of every answered request (server/monitor.py); `throttle` bounds the lines clients cause."""
+    of every answered request (server/monitor.py); `throttle` bounds the lines clients cause; and
+    which sessions are signed in with which session token."""
 
     def __init__(
         self, database: Database, *, limits: Limits | None = None, keys: dict[str, str] | None = None,
@@ -68,11 +71,13 @@ class Service:
         self.keys = {kid: key for kid, key in (keys or {}).items() if key}
         self.server_key = server_key
         self.previous: tuple[tuple[str, str, float], ...] = ()
-        self.accounts = Accounts(database)
+        self.accounts = Accounts(database, self.limits)
         self.rpc = Rpc((*HANDSHAKE, *METHODS), max_batch=self.limits.maxBatch)
         self.observe: Callable[[Session, Any, dict[str, Any] | None, float], None] | None = None
         self.throttle = Throttle(logging.getLogger("montybase.clients"))
         self.sessions: set[Session] = set()  # open network sessions, whose listeners a rules reload re-checks
+        self._holders: dict[str, set[Session]] = {}  # a session token's hash → the sessions signed in with it
+        self._holding = threading.Lock()  # sign-ins are answered on executor threads
 
     def handshake_keys(self) -> dict[str, tuple[str, ...]]:
         """Each kid's keys a handshake accepts now: its key, then the old ones whose grace lasts."""
@@ -89,9 +94,11 @@ class Service:
         for session in list(self.sessions):
             session._rewatch()
 
-    def session(self, deliver: Sink, *, number: int = 0, address: str = "") -> Session:
-        """A network client's session: anonymous until its handshake proves a key."""
-        session = Session(self, deliver, None, number=number, address=address)
+    def session(self, deliver: Sink, *, number: int = 0, address: str = "",
+                end: Callable[[int, str], None] | None = None) -> Session:
+        """A network client's session: anonymous until its handshake proves a key. `end(code,
+        reason)` closes its connection."""
+        session = Session(self, deliver, None, number=number, address=address, end=end)
         self.sessions.add(session)
         return session
 
@@ -99,15 +106,34 @@ class Service:
         """The session of the program that owns the database (the embedded backend)."""
         return Session(self, deliver, Principal("admin"))
 
+    def hold(self, session: Session, token: str | None) -> None:
+        """Note that `session` is signed in with the session token of hash `token` (None: with none)."""
+        with self._holding:
+            if session.token is not None:
+                holders = self._holders[session.token]
+                holders.discard(session)
+                if not holders:
+                    del self._holders[session.token]
+            session.token = token
+            if token is not None:
+                self._holders.setdefault(token, set()).add(session)
+
+    def holders(self, token: str) -> list[Session]:
+        """The sessions signed in with the session token of hash `token`."""
+        with self._holding:
+            return list(self._holders.get(token, ()))
+
 
 class Session:
     """One client: `handshake` frames until `records` is set, then `receive` (remote), or `call`
     (embedded); `notification` builds the frames of its listeners; `close` stops them."""
 
-    def __init__(self, service: Service, deliver: Sink, principal: Principal | None, *, number: int = 0, address: str = ""):
-        self.service, self.database, self.deliver = service, service.database, deliver
+    def __init__(self, service: Service, deliver: Sink, principal: Principal | None, *, number: int = 0, address: str = "",
+                 end: Callable[[int, str], None] | None = None):
+        self.service, self.database, self.deliver, self._end = service, service.database, deliver, end
         self.principal = principal
         self.number, self.address = number, address
+        self.token: str | None = None  # the hash of the session token signed in with (Service.hold)
         self.records: Records | None = None  # the record keys, once the handshake is done
         self._handshake = ServerHandshake(service.handshake_keys(), service.server_key) if principal is None else None
         self._said_hello = False
@@ -233,29 +259,55 @@ class Session:
         return {"found": self.unsubscribe(params["sub"])}, 0
 
     def _sign_up(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        return self._signed_in(self.service.accounts.sign_up(params)), 0
+        result = self.service.accounts.sign_up(params, self.principal)
+        return self._signed_in(result, result["token"]), 0
 
     def _sign_in(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        return self._signed_in(self.service.accounts.sign_in(params, self.address)), 0
+        result = self.service.accounts.sign_in(params, self.principal)
+        return self._signed_in(result, result["token"]), 0
 
     def _resume(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        return self._signed_in(self.service.accounts.resume(params)), 0
+        return self._signed_in(self.service.accounts.resume(params), params["token"]), 0
 
     def _sign_out(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """End the session of `token` everywhere: every other connection that resumed it is
+        closed (CLOSE_SIGNED_OUT), so its client learns at once, on resuming, that it is signed out."""
         result = self.service.accounts.sign_out(params)
+        if params.get("token") is not None:
+            for other in self.service.holders(token_key(params["token"])):
+                if other is not self:
+                    other.signed_out()
+        self.service.hold(self, None)
         self._become(None)
         return result, 0
 
-    def _signed_in(self, result: dict[str, Any]) -> dict[str, Any]:
+    def _signed_in(self, result: dict[str, Any], token: str) -> dict[str, Any]:
+        self.service.hold(self, token_key(token))
         self._become(result["uid"])
         return result
+
+    def signed_out(self) -> None:
+        """Another session ended this one's session token: no request from here on is the
+        user's; the connection closes (one without a connection shows what anyone may read)."""
+        self.service.hold(self, None)
+        if self._end is None:
+            self._become(None)
+            return
+        self.principal.uid = None
+        self._end(CLOSE_SIGNED_OUT, "signed out")
 
     # Listeners
 
     def subscribe(self, target: dict[str, Any], tag: Any) -> None:
-        """Listen to {"path": …} or {"query": …}; the session's sink gets its snapshots with `tag`."""
+        """Listen to {"path": …} or {"query": …}; the session's sink gets its snapshots with `tag`.
+        A client key holds at most `limits.maxListeners` on one connection (every listener makes
+        every write cost more)."""
         if tag in self._listeners:
             raise InvalidArgumentError(f"/sub: listener {tag} is already in use on this connection", {"path": "/sub"})
+        limit = self.service.limits.maxListeners
+        if len(self._listeners) >= limit and not self.principal.admin:
+            raise LimitExceededError(f"/sub: a connection holds at most {limit} listeners; unsubscribe one first",
+                                     {"path": "/sub", "limit": limit, "actual": len(self._listeners) + 1})
         subscription = self.database.watch(target, self.deliver, tag, self.principal)
         self._listeners[tag] = (subscription, target)
 
@@ -309,6 +361,7 @@ class Session:
     def close(self) -> None:
         """Stop every listener of this session."""
         self.service.sessions.discard(self)
+        self.service.hold(self, None)
         for subscription, _ in self._listeners.values():
             if subscription is not None:
                 self.database.unwatch(subscription)
@@ -347,18 +400,22 @@ def _answered(answer: dict[str, Any]) -> Work:
 
 _recent: dict[int, tuple[dict[str, Any], str]] = {}  # id(message) → (message, its JSON), newest last
 _RECENT = 64
+_RECENT_CHARS = 16 * 1024 * 1024  # and no more JSON than this: big messages would hold gigabytes
+_recent_chars = 0
 
 
 def _encoded(message: dict[str, Any]) -> str:
     """A message's JSON, encoded once however many sessions it goes to (they flush one after
     another on the loop thread, within a few messages). Holding the message keeps its id unique."""
+    global _recent_chars
     found = _recent.get(id(message))
     if found is not None:
         return found[1]
     text = dumps(message)
     _recent[id(message)] = (message, text)
-    if len(_recent) > _RECENT:
-        del _recent[next(iter(_recent))]
+    _recent_chars += len(text)
+    while len(_recent) > _RECENT or (_recent_chars > _RECENT_CHARS and len(_recent) > 1):
+        _recent_chars -= len(_recent.pop(next(iter(_recent)))[1])
     return text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import ssl
@@ -18,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .channel import CLOSE_BAD_RECORD, ChannelError
-from .config import Limits
+from .config import Limits, trusted_networks
 from .database import Database
 from .logs import clip
 from .monitor import Monitor
@@ -32,6 +33,7 @@ log = logging.getLogger("montybase.server")
 _FRAME_OVERHEAD = 16 * 1024  # GCM tag and JSON-RPC envelope around a maximal message
 CLOSE_HANDSHAKE_TIMEOUT = 4001  # no handshake within limits.handshakeTimeout
 CLOSE_LISTENER_OVERFLOW = 4008  # a listener fell too far behind; the client reconnects and resubscribes
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A connection gets at most one notification frame this often (seconds): what comes sooner waits
 # and goes out in the next frame, so a stream of writes costs its listeners fewer, fuller frames
 # while a lone write is sent at once.
@@ -43,6 +45,8 @@ class MontybaseServer:
     the frames mean is each connection's Session (server/session.py).
 
     Keys: `keys` maps a key id ("client", "admin") to its key string; the id is the role.
+    `trusted_proxies`: addresses or networks of reverse proxies; for connections from them the
+    client's address (for per-address limits) is taken from X-Forwarded-For or Forwarded.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class MontybaseServer:
         client_config: dict[str, Any] | None = None,
         static: Path | None = None,
         ping_interval: float = 20.0,
+        trusted_proxies: list[str] | None = None,
     ):
         self.database = database
         self.limits = limits or Limits()
@@ -66,12 +71,15 @@ class MontybaseServer:
         self.client_config = client_config or {}
         self.static = static
         self.ping_interval = ping_interval  # keepalive: a connection that leaves a ping unanswered this long is closed
+        self.trusted_proxies = trusted_networks(trusted_proxies)
         self.server: Server | None = None
         self._numbers = itertools.count(1)
         self._open = 0
         self._unauthenticated = 0
         self._per_address: Counter[str] = Counter()
         self.monitor = Monitor(self)
+        self._unauthenticated_per_address: Counter[str] = Counter()
+        self._backlog = _Backlog(self.limits.maxOutgoingBytesTotal)
 
     # Lifecycle
 
@@ -128,18 +136,22 @@ class MontybaseServer:
         return response
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        address = _address(connection)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return self._page(connection, request)
+        address = self._client_address(connection, request)
         if self._open >= self.limits.maxConnections or self._unauthenticated >= self.limits.maxUnauthenticated:
             self.service.throttle.log(logging.WARNING, "connection limit", address,
                                       "refused %s: server at its connection limit", address)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
-        if self._per_address[address] >= self.limits.maxConnectionsPerAddress:
+        if (self._per_address[address] >= self.limits.maxConnectionsPerAddress
+                or self._unauthenticated_per_address[address] >= self.limits.maxUnauthenticatedPerAddress):
             self.service.throttle.log(logging.WARNING, "address limit", address,
                                       "refused %s: too many connections from this address", address)
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too many connections from your address\n")
         return None
+
+    def _client_address(self, connection: ServerConnection, request: Request) -> str:
+        return _client_address(connection.remote_address, request.headers, self.trusted_proxies)
 
     def _page(self, connection: ServerConnection, request: Request) -> Response:
         extra: dict[str, str] = {}
@@ -165,25 +177,29 @@ class MontybaseServer:
     # One connection
 
     async def _connection(self, ws: ServerConnection) -> None:
-        number, address = next(self._numbers), _address(ws)
+        number, address = next(self._numbers), self._client_address(ws, ws.request)
         self._open += 1
         self._unauthenticated += 1
         self._per_address[address] += 1
-        connection = _Connection(ws, self.limits.maxOutgoing, number, self.monitor)
-        session = connection.session = self.service.session(connection.deliver, number=number, address=address)
+        self._unauthenticated_per_address[address] += 1
+        connection = _Connection(ws, self.limits, number, self._backlog, self.monitor)
+        session = connection.session = self.service.session(
+            connection.deliver, number=number, address=address, end=connection.end)
         log.info("connection %d opened from %s", number, address)
         try:
             if await self._handshake(ws, session):
                 self._unauthenticated -= 1
+                _decrement(self._unauthenticated_per_address, address)
                 log.info("connection %d authenticated as %s", number, session.principal.role)
                 await self._serve(ws, connection, session)
         finally:
             session.close()
+            connection.discard()
             self._open -= 1
-            self._unauthenticated -= session.records is None
-            self._per_address[address] -= 1
-            if not self._per_address[address]:
-                del self._per_address[address]
+            if session.records is None:
+                self._unauthenticated -= 1
+                _decrement(self._unauthenticated_per_address, address)
+            _decrement(self._per_address, address)
             log.info("connection %d closed (code %s)", number, ws.close_code)
 
     async def _handshake(self, ws: ServerConnection, session: Session) -> bool:
@@ -214,6 +230,8 @@ class MontybaseServer:
         sender = asyncio.create_task(connection.send_all())
         try:
             async for frame in ws:
+                if connection.closing:  # closed for falling behind, or signed out elsewhere
+                    break
                 if not isinstance(frame, bytes):
                     raise ChannelError("a text frame after the handshake", CLOSE_BAD_RECORD)
                 work = session.receive(records.open(frame))
@@ -231,23 +249,46 @@ class MontybaseServer:
             sender.cancel()
 
 
+class _Backlog:
+    """The bytes waiting to be sent on every connection, capped in total: past the cap, the
+    connection furthest behind is closed (4008) and what it had queued is dropped."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.total = 0
+        self.connections: set[_Connection] = set()
+
+    def shed(self) -> None:
+        while self.total > self.limit:
+            behind = max((c for c in self.connections if not c.outgoing.empty()), key=lambda c: c.queued, default=None)
+            if behind is None:  # only frames already being sent: they cannot be taken back
+                return
+            behind.overflow(f"the server's outgoing queues hold more than {self.limit} bytes and it is furthest behind")
+
+
 class _Connection:
     """One connection's queue of outgoing frames, sealed with its session's record keys.
 
     Notifications go out as one frame, a JSON-RPC batch: those of one moment (one commit, one
     subscription), and those of every moment until NOTIFICATION_GAP has passed since the last
     frame. Answers are not held back: one goes out at once, after the notifications before
-    it. Notifications never wait: a connection with `max_outgoing` notification frames still unsent
-    is closed with 4008, so a slow subscriber never delays a writer or anyone else. Answers
-    wait while the queue is that long, which stops reading from a client that does not read.
+    it. Notifications never wait: a connection with `maxOutgoing` notification frames or
+    `maxOutgoingBytes` bytes still unsent is closed with 4008 (one frame, however large, is
+    always taken into an empty queue), so a slow subscriber never delays a writer or anyone
+    else; so is the one furthest behind when all connections together hold more than
+    `maxOutgoingBytesTotal`. Answers wait while the queue is that long, which stops reading
+    from a client that does not read.
     """
 
-    def __init__(self, ws: ServerConnection, max_outgoing: int, number: int, monitor: Monitor):
-        self.ws, self.max_outgoing, self.number, self.monitor = ws, max_outgoing, number, monitor
+    def __init__(self, ws: ServerConnection, limits: Limits, number: int, backlog: _Backlog, monitor: Monitor):
+        self.ws, self.number, self.backlog, self.monitor = ws, number, backlog, monitor
+        self.max_frames, self.max_bytes = limits.maxOutgoing, limits.maxOutgoingBytes
         self.session: Session  # set right after, with this connection's `deliver` as its sink
-        self.outgoing: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()  # (frame, is a notification)
+        self.outgoing: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()  # (frame, is a notification)
         self.notifications = 0  # notification frames in the queue
-        self.room = asyncio.Event()  # set while the queue is shorter than max_outgoing
+        self.queued = 0  # bytes of the frames in the queue and of the one being sent
+        self.closing = False  # closed, or being closed by the server: nothing more is queued
+        self.room = asyncio.Event()  # set while the queue is shorter than max_frames and max_bytes
         self.room.set()
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
@@ -255,6 +296,8 @@ class _Connection:
         self._flushing: asyncio.Handle | None = None  # the call of _flush that will queue them
         self._flushed_at = -NOTIFICATION_GAP  # loop time of the last notification frame
         self._sending = asyncio.Lock()  # held while a frame is sealed and sent: records go out in counter order
+        self._closer: asyncio.Task[None] | None = None  # the server's close of this connection, kept referenced
+        backlog.connections.add(self)
 
     def deliver(self, chosen: tuple[int, ...], message: dict[str, Any]) -> None:
         """The sink of this connection's listeners (`chosen`: the client's ids for them)."""
@@ -264,6 +307,8 @@ class _Connection:
             self._loop.call_soon_threadsafe(self._collect, chosen, message)
 
     def _collect(self, chosen: tuple[int, ...], message: dict[str, Any]) -> None:
+        if self.closing:
+            return
         if self._flushing is None:
             wait = self._flushed_at + NOTIFICATION_GAP - self._loop.time()
             self._flushing = self._loop.call_later(wait, self._flush) if wait > 0 else self._loop.call_soon(self._flush)
@@ -275,22 +320,40 @@ class _Connection:
             self._flushing.cancel()
             self._flushing = None
         pending, self._pending = self._pending, []
-        if not pending:  # already sent ahead of an answer
+        if not pending or self.closing:  # already sent ahead of an answer, or nobody to send to
             return
-        if self.notifications >= self.max_outgoing:
-            if self.ws.state.name == "OPEN":
-                log.warning("connection %d closed: its listeners fell %d messages behind", self.number, self.max_outgoing)
-                self._loop.create_task(self.ws.close(CLOSE_LISTENER_OVERFLOW, "listener queue overflow"))
+        if self.notifications >= self.max_frames:
+            self.overflow(f"its listeners fell {self.max_frames} messages behind")
             return
-        frame = self.session.notification(pending)
+        frame = self.session.notification(pending).encode()
+        if self.queued and self.queued + len(frame) > self.max_bytes:
+            self.overflow(f"its listeners fell more than {self.max_bytes} bytes behind")
+            return
         self.notifications += 1
         self.monitor.notification_frames += 1
         self._flushed_at = self._loop.time()
         self._put(frame, True)
 
-    def _put(self, frame: str, notification: bool) -> None:
+    def _put(self, frame: bytes, notification: bool) -> None:
         self.outgoing.put_nowait((frame, notification))
-        if self.outgoing.qsize() >= self.max_outgoing:
+        self._hold(len(frame))
+
+    def _hold(self, size: int) -> None:
+        self.queued += size
+        self.backlog.total += size
+        self._update_room()
+        if self.backlog.total > self.backlog.limit:
+            self.backlog.shed()
+
+    def _release(self, size: int) -> None:
+        self.queued -= size
+        self.backlog.total -= size
+        self._update_room()
+
+    def _update_room(self) -> None:
+        if self.closing or (self.outgoing.qsize() < self.max_frames and self.queued < self.max_bytes):
+            self.room.set()
+        else:
             self.room.clear()
 
     async def answer(self, frame: str) -> None:
@@ -298,32 +361,116 @@ class _Connection:
         snapshot arrives before the answer to it)."""
         if self._pending:
             self._flush()
+        if self.closing:
+            return
+        data = frame.encode()
         if not self._sending.locked() and self.outgoing.empty():  # nothing before it: send it now
-            await self._send(frame)
+            self._hold(len(data))
+            try:
+                await self._send(data)
+            finally:
+                self._release(len(data))
             return
         await self.room.wait()
-        self._put(frame, False)
+        if not self.closing:
+            self._put(data, False)
 
     async def send_all(self) -> None:
         """Send what is queued, in order."""
         while True:
             frame, notification = await self.outgoing.get()
             self.notifications -= notification
-            if self.outgoing.qsize() < self.max_outgoing:
-                self.room.set()
-            await self._send(frame)
+            try:
+                await self._send(frame)
+            finally:
+                self._release(len(frame))
 
-    async def _send(self, frame: str) -> None:
+    async def _send(self, frame: bytes) -> None:
         """Seal and send one frame; once the connection is gone, drop it."""
         async with self._sending:
             try:
-                record = self.session.records.seal(frame.encode())
+                record = self.session.records.seal(frame)
                 self.monitor.sent_bytes += len(record)
                 await self.ws.send(record)
             except ConnectionClosed:
                 pass
 
+    def overflow(self, why: str) -> None:
+        """Close the connection for falling behind (4008), dropping what it has queued."""
+        if not self.closing:
+            log.warning("connection %d closed: %s", self.number, why)
+            self.end(CLOSE_LISTENER_OVERFLOW, "listener queue overflow")
 
-def _address(connection: ServerConnection) -> str:
-    remote = connection.remote_address
-    return str(remote[0]) if remote else "unknown"
+    def end(self, code: int, reason: str) -> None:
+        """Close the connection from the server's side, from any thread; what is queued is dropped."""
+        if threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self.end, code, reason)
+        elif not self.closing:
+            self.discard()
+            self._closer = self._loop.create_task(self.ws.close(code, reason))
+
+    def discard(self) -> None:
+        """Queue nothing more, and free what is queued (a frame being sent still goes out)."""
+        self.closing = True
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
+        self._pending.clear()
+        while not self.outgoing.empty():
+            frame, _ = self.outgoing.get_nowait()
+            self._release(len(frame))
+        self.notifications = 0
+        self.backlog.connections.discard(self)
+        self.room.set()
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if not counter[key]:
+        del counter[key]
+
+
+def _client_address(peer: Any, headers: Headers, trusted: tuple[_Network, ...]) -> str:
+    """The client's address: the peer's; or, when the peer is a trusted proxy, the right-most
+    address in X-Forwarded-For (else Forwarded) that is not itself a trusted proxy. Addresses to
+    its left were written by the client, so they are never believed; a hop that is no address
+    (a proxy that did not add one) stops the walk at the last proxy seen."""
+    address = str(peer[0]) if peer else "unknown"
+    ip = _ip(address)
+    if ip is None or not any(ip in network for network in trusted):
+        return address
+    for hop in reversed(_forwarded_for(headers)):
+        ip = _ip(hop)
+        if ip is None:
+            break
+        address = str(ip)
+        if not any(ip in network for network in trusted):
+            break
+    return address
+
+
+def _forwarded_for(headers: Headers) -> list[str]:
+    """The hops named in X-Forwarded-For, or in Forwarded's `for=` (RFC 7239), left to right."""
+    forwarded_for = headers.get_all("X-Forwarded-For")
+    if forwarded_for:
+        return [hop for value in forwarded_for for hop in value.split(",")]
+    hops = []
+    for value in headers.get_all("Forwarded"):
+        for element in value.split(","):
+            pairs = (pair.partition("=") for pair in element.split(";"))
+            hops.append(next((hop for name, _, hop in pairs if name.strip().lower() == "for"), ""))
+    return hops
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in a hop ("192.0.2.1", "192.0.2.1:4711", "[2001:db8::1]:4711", quoted), or None."""
+    text = text.strip().strip('"')
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 from python_client import Montybase
 from server.channel import ClientHandshake, Records
-from server.config import client_config, create_config, open_database
+from server.config import client_config, create_config, open_database, public_key
 from server.database import Database
 from server.storage import MemoryStorage
 from server.transport import Limits, MontybaseServer
@@ -89,6 +93,66 @@ class Served:
 
     def stop(self) -> None:
         self.loop_thread.run(self.server.stop())
+
+
+def connect_from(url: str, source: str = "127.0.0.1", **options: Any) -> ClientConnection:
+    """A websockets sync connection to a test server from a chosen loopback address (every
+    127.x.y.z is on the loopback interface on Linux), as a stranger at that address."""
+    host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0))
+    try:
+        return connect(url, sock=sock, compression=None, proxy=None, open_timeout=5, legacy=True, **options)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class Stranger:
+    """A client-key connection from a chosen loopback address, driven by hand: the handshake,
+    then sealed requests; the notifications that arrive meanwhile are kept in `notifications`."""
+
+    def __init__(self, served: Served, source: str = "127.0.0.1", kid: str = "client", **options: Any):
+        self.ws = connect_from(served.url, source, **options)
+        key = served.config["apiKey"] if kid == "client" else served.config["adminKey"]
+        self.records, _ = hand_handshake(self.ws, kid, key, public_key(served.config["serverKey"]))
+        self.notifications: list[dict[str, Any]] = []
+        self._ids = iter(range(1, 1_000_000))
+
+    def send(self, method: str, params: dict[str, Any]) -> int:
+        request_id = next(self._ids)
+        request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        self.ws.send(self.records.seal(json.dumps(request).encode()))
+        return request_id
+
+    def receive(self, timeout: float = 10) -> Any:
+        return json.loads(self.records.open(self.ws.recv(timeout=timeout)))
+
+    def answer(self, request_id: int, timeout: float = 10) -> dict[str, Any]:
+        """The answer to `request_id`, keeping the notifications that come first."""
+        while True:
+            message = self.receive(timeout)
+            if isinstance(message, dict) and message.get("id") == request_id:
+                return message
+            self.notifications.extend(message if isinstance(message, list) else [message])
+
+    def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return self.answer(self.send(method, params))
+
+    def close_code(self, timeout: float = 10) -> int | None:
+        """Read (and drop) frames until the server closes the connection: its close code (None
+        if it stays open until `timeout`)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                self.ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+        except ConnectionClosed:
+            return self.ws.close_code
+        except TimeoutError:
+            pass
+        return None
+
+    def close(self) -> None:
+        self.ws.close()
 
 
 def hand_handshake(ws: Any, kid: str, key: str, server_public: str | None = None,

@@ -12,12 +12,13 @@ import hashlib
 import json
 import queue
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Served
+from conftest import Served, Stranger
 from python_client import Montybase, doc
 from python_client.errors import (
     AlreadyExistsError,
@@ -27,7 +28,9 @@ from python_client.errors import (
     RateLimitedError,
     UnauthenticatedError,
 )
-from server.config import DEFAULTS, create_config, open_database
+from server.config import DEFAULTS, Limits, create_config, open_database
+from server.rules import parse_rate
+from server.session import CLOSE_SIGNED_OUT
 from server.transport import MontybaseServer
 
 PASSWORD = "correct horse battery"
@@ -41,9 +44,9 @@ RULES = {
 RESERVED = ("__accounts__", "__sessions__")
 
 
-def serve(loop_thread, folder: Path, bucket: str = ":memory:") -> Served:
+def serve(loop_thread, folder: Path, bucket: str = ":memory:", limits: Limits | None = None) -> Served:
     database = open_database({**DEFAULTS, "rules": RULES}, bucket)
-    return Served(loop_thread, folder, database=database)
+    return Served(loop_thread, folder, database=database, limits=limits or Limits())
 
 
 class Snapshots:
@@ -270,28 +273,132 @@ def test_passwords_are_kept_only_as_scrypt_hashes_and_sessions_only_as_token_has
     assert all(len(key) == 64 and set(key) <= set("0123456789abcdef") for key in sessions)
 
 
-def test_repeated_failed_sign_ins_are_rate_limited(loop_thread, tmp_path):
+# Limits on sign-ups and failed sign-ins (client keys)
+
+
+def _reason(answer: dict[str, Any]) -> str:
+    return answer["error"]["data"]["reason"] if "error" in answer else "OK"
+
+
+def _sign_in(stranger: Stranger, email: str, password: str) -> dict[str, Any]:
+    return stranger.call("signIn", {"email": email, "password": password})
+
+
+def test_failed_sign_ins_of_an_account_from_one_address_wait_a_delay_that_doubles(loop_thread, tmp_path):
     served = serve(loop_thread, tmp_path)
-    victim, attacker = served.client(), served.client()
+    owner = served.client()
+    attacker = Stranger(served, "127.0.0.2")
     try:
-        victim.sign_up("victim@accounts.example", PASSWORD)
-        failures = 0
-        while True:
-            error = _error(lambda: attacker.sign_in("victim@accounts.example", f"guess {failures:04d}"))
-            if isinstance(error, RateLimitedError):
-                break
-            assert isinstance(error, UnauthenticatedError)
-            failures += 1
-            assert failures <= 20, "20 failed sign-ins in a row and still no RATE_LIMITED"
-        assert failures >= 3
-        assert 0 < error.data["retryAfterMs"] <= 60_000
-        # While limited, even the right password is refused, and so is any email from this address.
-        assert isinstance(_error(lambda: attacker.sign_in("victim@accounts.example", PASSWORD)), RateLimitedError)
-        assert isinstance(_error(lambda: attacker.sign_in("other@accounts.example", PASSWORD)), RateLimitedError)
-        assert attacker.current_user is None
+        owner.sign_up("victim@accounts.example", PASSWORD)
+        allowed = Limits().signInFailures
+        for guess in range(allowed):
+            assert _reason(_sign_in(attacker, "victim@accounts.example", f"wrong guess {guess}")) == "UNAUTHENTICATED"
+        refused = _sign_in(attacker, "victim@accounts.example", "one guess too many")
+        assert _reason(refused) == "RATE_LIMITED"
+        first_wait = refused["error"]["data"]["retryAfterMs"]
+        assert 0 < first_wait <= 1001
+        # While it waits, even the right password is refused from there.
+        assert _reason(_sign_in(attacker, "victim@accounts.example", PASSWORD)) == "RATE_LIMITED"
+        time.sleep(first_wait / 1000 + 0.05)
+        assert _reason(_sign_in(attacker, "victim@accounts.example", "after the wait")) == "UNAUTHENTICATED"
+        second_wait = _sign_in(attacker, "victim@accounts.example", "wrong again")["error"]["data"]["retryAfterMs"]
+        assert 1000 < second_wait <= 2001  # doubled
+        # Another account from the same address is not delayed, nor is the owner anywhere else.
+        assert _reason(_sign_in(attacker, "someone.else@accounts.example", "a wrong guess")) == "UNAUTHENTICATED"
+        assert owner.sign_in("victim@accounts.example", PASSWORD)["email"] == "victim@accounts.example"
     finally:
-        victim.close()
         attacker.close()
+        owner.close()
+        served.stop()
+
+
+def test_guesses_from_another_address_never_lock_the_owner_out(loop_thread, tmp_path):
+    served = serve(loop_thread, tmp_path)
+    owner = served.client()
+    attacker = Stranger(served, "127.0.0.2")
+    try:
+        owner.sign_up("victim@accounts.example", PASSWORD)
+        reasons = []
+        while "RATE_LIMITED" not in reasons and len(reasons) < 20:
+            reasons.append(_reason(_sign_in(attacker, "victim@accounts.example", f"wrong guess {len(reasons)}")))
+        assert reasons[-1] == "RATE_LIMITED"
+        for _ in range(3):  # again and again: the owner signs in from its own address
+            assert owner.sign_in("victim@accounts.example", PASSWORD)["email"] == "victim@accounts.example"
+    finally:
+        attacker.close()
+        owner.close()
+        served.stop()
+
+
+def test_concurrent_guesses_are_counted_before_they_are_checked(loop_thread, tmp_path):
+    served = serve(loop_thread, tmp_path)
+    owner = served.client()
+    guessers = []
+    try:
+        owner.sign_up("victim@accounts.example", PASSWORD)
+        guessers = [Stranger(served, "127.0.0.2") for _ in range(30)]
+        sent = [(g, g.send("signIn", {"email": "victim@accounts.example", "password": f"wrong guess {n}"}))
+                for n, g in enumerate(guessers)]
+        reasons = Counter(_reason(guesser.answer(request_id, timeout=60)) for guesser, request_id in sent)
+        assert set(reasons) <= {"UNAUTHENTICATED", "RATE_LIMITED"}, reasons
+        assert reasons["UNAUTHENTICATED"] == Limits().signInFailures, reasons  # checked: exactly the allowance
+    finally:
+        for guesser in guessers:
+            guesser.close()
+        owner.close()
+        served.stop()
+
+
+def test_failed_sign_ins_from_one_address_over_many_accounts_are_limited(loop_thread, tmp_path):
+    served = serve(loop_thread, tmp_path, limits=Limits(signInFailuresPerAddress=3))
+    sprayer, bystander = Stranger(served, "127.0.0.2"), Stranger(served, "127.0.0.3")
+    try:
+        for n in range(3):
+            assert _reason(_sign_in(sprayer, f"user{n}@accounts.example", PASSWORD)) == "UNAUTHENTICATED"
+        refused = _sign_in(sprayer, "user9@accounts.example", PASSWORD)
+        assert _reason(refused) == "RATE_LIMITED" and refused["error"]["data"]["retryAfterMs"] > 0
+        assert _reason(_sign_in(bystander, "user9@accounts.example", PASSWORD)) == "UNAUTHENTICATED"
+    finally:
+        sprayer.close()
+        bystander.close()
+        served.stop()
+
+
+def _sign_up(stranger: Stranger, email: str) -> dict[str, Any]:
+    return stranger.call("signUp", {"email": email, "password": PASSWORD})
+
+
+def test_sign_ups_from_one_address_are_rate_limited(loop_thread, tmp_path):
+    served = serve(loop_thread, tmp_path)
+    creator, newcomer = Stranger(served, "127.0.0.2"), Stranger(served, "127.0.0.3")
+    admin = served.client(admin=True)
+    try:
+        count, _ = parse_rate(Limits().signUpsPerAddress, "")
+        for n in range(count):
+            assert _reason(_sign_up(creator, f"bulk{n}@accounts.example")) == "OK"
+        refused = _sign_up(creator, "one.more@accounts.example")
+        assert _reason(refused) == "RATE_LIMITED" and refused["error"]["data"]["retryAfterMs"] > 0
+        assert served.database.document(("__accounts__", "one.more@accounts.example")) is None
+        assert _reason(_sign_up(newcomer, "newcomer@accounts.example")) == "OK"  # another address
+        assert admin.sign_up("by.the.admin@accounts.example", PASSWORD)  # the admin key is not limited
+    finally:
+        creator.close()
+        newcomer.close()
+        admin.close()
+        served.stop()
+
+
+def test_sign_ups_from_all_addresses_together_are_rate_limited(loop_thread, tmp_path):
+    served = serve(loop_thread, tmp_path, limits=Limits(signUps="3/min"))
+    strangers = [Stranger(served, f"127.0.0.{n}") for n in range(2, 6)]
+    try:
+        for n, stranger in enumerate(strangers[:3]):
+            assert _reason(_sign_up(stranger, f"user{n}@accounts.example")) == "OK"
+        refused = _sign_up(strangers[3], "user3@accounts.example")
+        assert _reason(refused) == "RATE_LIMITED" and 0 < refused["error"]["data"]["retryAfterMs"] <= 20_001
+    finally:
+        for stranger in strangers:
+            stranger.close()
         served.stop()
 
 
@@ -332,6 +439,39 @@ def test_sign_out_also_ends_what_listeners_show(accounts):
     for stop in stops:
         stop()
     assert not [s for s in seen if s.exists], f"a signed-out connection still received: {seen}"
+
+
+def test_signing_out_closes_every_other_connection_that_resumed_the_session(accounts):
+    handle = accounts.client()
+    handle.sign_in(accounts.alice_email, PASSWORD)
+    token = handle._backend.token
+    note_id = doc(handle, "notes").add({"text": "alice's"})
+    resumed = [Stranger(accounts.served, "127.0.0.2"), Stranger(accounts.served, "127.0.0.3")]
+    elsewhere = Stranger(accounts.served, "127.0.0.4")  # alice's own, other session
+    follower = accounts.client()  # a client handle that holds the same session
+    try:
+        for stranger in resumed:
+            assert stranger.call("resume", {"token": token})["result"]["uid"] == accounts.alice_uid
+            assert stranger.call("subscribe", {"sub": 1, "path": ["notes", note_id]})["result"] == {"sub": 1}
+        assert _reason(_sign_in(elsewhere, accounts.alice_email, PASSWORD)) == "OK"
+        follower._backend.token, follower._backend.user = token, handle.current_user
+        assert doc(follower, "notes", note_id).get() == {"text": "alice's", "ownerId": accounts.alice_uid}
+
+        handle.sign_out()
+        assert [stranger.close_code(timeout=5) for stranger in resumed] == [CLOSE_SIGNED_OUT] * 2
+        # The follower reconnects, fails to resume, and says it is signed out.
+        outcome = "CONNECTION_LOST"
+        for _ in range(100):  # until its reader has seen the close (bounded: about 5 s)
+            outcome = reason_of(doc(follower, "notes", note_id).get)
+            if outcome != "CONNECTION_LOST":
+                break
+            time.sleep(0.05)
+        assert outcome == "PERMISSION_DENIED" and follower.current_user is None
+        # Alice's other session goes on.
+        assert elsewhere.call("get", {"path": ["notes", note_id]})["result"]["value"]["text"] == "alice's"
+    finally:
+        for stranger in (*resumed, elsewhere):
+            stranger.close()
 
 
 async def _close_listener(served: Served) -> None:

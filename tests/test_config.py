@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import stat
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
-from server.config import client_config, client_endpoint, load_config, write_client_config
+from server.config import Limits, client_config, client_endpoint, load_config, write_client_config
 from server.errors import InvalidArgumentError
+from server.schemas import load_schema
 
 
 def test_first_use_creates_both_files_with_fresh_keys(tmp_path):
@@ -90,6 +93,41 @@ def test_a_bad_field_names_a_json_pointer_in_data(tmp_path):
     with pytest.raises(InvalidArgumentError) as caught:
         load_config(path)
     assert caught.value.data["path"] == "/limits/maxMessageBytes"
+
+
+def test_trusted_proxies_that_are_no_address_or_network_are_named_at_start(tmp_path):
+    config, _ = load_config(tmp_path / "montybase.json")
+    path = tmp_path / "montybase.json"
+    path.write_text(json.dumps({**config, "trustedProxies": ["127.0.0.1", "10.0.0.0/8", "::1", "proxy.example"]}))
+    with pytest.raises(InvalidArgumentError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and "'proxy.example'" in message
+    assert caught.value.data["path"] == "/trustedProxies/3"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("signUps", "0/min"), ("signUpsPerAddress", "10 per minute"), ("signInFailures", 0), ("maxListeners", 0),
+    ("maxOutgoingBytes", 10), ("maxOutgoingBytesTotal", "1 GB"), ("maxUnauthenticatedPerAddress", 0),
+])
+def test_a_bad_limit_is_named_at_start(tmp_path, field, value):
+    path = tmp_path / "montybase.json"
+    path.write_text(json.dumps({"limits": {field: value}}))
+    with pytest.raises(InvalidArgumentError) as caught:
+        load_config(path)
+    assert caught.value.data["path"] == f"/limits/{field}"
+
+
+def test_every_limit_has_its_literal_default_in_the_schema_and_the_readme():
+    """One place for the limits (Limits), described alike in schemas/config.json and the README."""
+    schema = load_schema("config")["properties"]["limits"]["properties"]
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for field in fields(Limits):
+        default = field.default
+        assert field.name in schema, field.name
+        shown = json.dumps(default) if not isinstance(default, float) else f"{default:g}"
+        assert f"(default {shown})" in schema[field.name]["description"], field.name
+        assert f"| `{field.name}` | {shown} |" in readme, field.name
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,12 @@ import asyncio
 import base64
 import json
 import secrets
+import socket
 import threading
 import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -15,10 +19,11 @@ from referencing import Registry, Resource
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import Served, hand_handshake
-from python_client import ConnectionLostError, PermissionDeniedError, doc
+from conftest import Served, Stranger, connect_from, hand_handshake
+from procs import Proc, server_command
+from python_client import ConnectionLostError, Montybase, PermissionDeniedError, doc
 from server.channel import ClientHandshake, Records, derive_psk, key_schedule
-from server.config import open_database, public_key
+from server.config import create_config, open_database, public_key
 from server.schemas import load_schema
 from server.transport import Limits, MontybaseServer
 
@@ -512,3 +517,245 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_by_the_next_call(
         closing.result(10)
     finally:
         client.close()
+
+
+# Every resource capped, per stranger (the client key is public: anyone can connect)
+
+
+class _Upgrades:
+    """Upgrades to a server that never start the handshake: whether each was admitted."""
+
+    def __init__(self, url):
+        self.url, self.held = url, []
+
+    def admitted(self, headers=None, source="127.0.0.1"):
+        try:
+            self.held.append(connect_from(self.url, source, additional_headers=headers or {}))
+            return True
+        except InvalidStatus as exc:
+            assert exc.response.status_code in (429, 503)  # too many from the address, or in all
+            return False
+
+    def close(self):
+        for ws in self.held:
+            ws.close()
+
+
+def test_idle_upgrades_from_several_addresses_leave_room_for_a_new_client(loop_thread, tmp_path):
+    # Every default but the deadline, so the idle upgrades stay for the whole test.
+    served = Served(loop_thread, tmp_path, limits=Limits(handshakeTimeout=60))
+    upgrades = _Upgrades(served.url)
+    try:
+        sources = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6")
+        admitted = [sum(upgrades.admitted(source=source) for _ in range(30)) for source in sources]  # 150 attempts
+        client = served.client()
+        assert doc(client, "c").add({"while": "the idle upgrades are held"})
+        client.close()
+        assert admitted == [Limits().maxUnauthenticatedPerAddress] * len(sources)
+    finally:
+        upgrades.close()
+        served.stop()
+
+
+def _raw_upgrade(port):
+    request = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {base64.b64encode(secrets.token_bytes(16)).decode()}\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n")
+    return request.encode()
+
+
+def test_upgrades_that_arrive_together_are_each_counted(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(handshakeTimeout=60))
+    port = int(served.url.rsplit(":", 1)[1])
+    sockets = []
+    try:
+        for _ in range(40):
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)))
+        for sock in sockets:  # all requests written before any answer is read
+            sock.sendall(_raw_upgrade(port))
+        statuses = Counter()
+        for sock in sockets:
+            answer = b""
+            while b"\r\n" not in answer and len(answer) < 4096:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            statuses[answer.split(b" ", 2)[1].decode()] += 1
+        assert statuses == {"101": Limits().maxUnauthenticatedPerAddress, "429": 40 - Limits().maxUnauthenticatedPerAddress}
+    finally:
+        for sock in sockets:
+            sock.close()
+        served.stop()
+
+
+def test_a_connection_holds_at_most_max_listeners_with_a_client_key(served):
+    stranger = Stranger(served)
+    limit = Limits().maxListeners
+    try:
+        for first in range(1, limit + 1, 50):  # in batches of 50, each batch answered by one frame
+            batch = [{"jsonrpc": "2.0", "id": sub, "method": "subscribe", "params": {"sub": sub, "path": ["c", "d"]}}
+                     for sub in range(first, first + 50)]
+            stranger.ws.send(stranger.records.seal(json.dumps(batch).encode()))
+            answers = None
+            while answers is None:
+                message = stranger.receive()
+                if isinstance(message, list) and "id" in message[0]:
+                    answers = message
+            assert all(answer.get("result") for answer in answers), answers
+        refused = stranger.call("subscribe", {"sub": limit + 1, "path": ["c", "d"]})
+        assert refused["error"]["data"] == {"reason": "LIMIT_EXCEEDED", "limit": limit, "actual": limit + 1}
+        assert stranger.call("unsubscribe", {"sub": 1})["result"] == {"found": True}
+        assert stranger.call("subscribe", {"sub": limit + 1, "path": ["c", "d"]})["result"] == {"sub": limit + 1}
+    finally:
+        stranger.close()
+
+
+def test_the_admin_key_has_no_listener_limit(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(maxListeners=2))
+    admin = Stranger(served, kid="admin")
+    try:
+        for sub in range(1, 6):
+            assert admin.call("subscribe", {"sub": sub, "path": ["c", "d"]})["result"] == {"sub": sub}
+    finally:
+        admin.close()
+        served.stop()
+
+
+def _big_documents(writer, count=50, size=40_000):
+    for first in range(0, count, 5):  # 200 KB a request, under maxMessageBytes
+        batch = writer.batch()
+        for n in range(first, first + 5):
+            batch.set(doc(writer, "c", f"d{n:02d}"), {"n": 0, "pad": "x" * size})
+        batch.commit()
+
+
+def _touch_every_document(writer, step, count=50):
+    """One commit that changes a small field of every document: one notification of every
+    document (about 2 MB) to each listener of the collection."""
+    batch = writer.batch()
+    for n in range(count):
+        batch.update(doc(writer, "c", f"d{n:02d}"), {"n": step})
+    batch.commit()
+
+
+def test_a_subscriber_that_stops_reading_is_closed_past_max_outgoing_bytes(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(maxOutgoingBytes=1024 * 1024))
+    writer = served.client(admin=True)
+    listener = served.client()
+    stalled = Stranger(served, max_queue=1, max_size=None)  # reads nothing once subscribed (its socket fills up)
+    seen = []
+    try:
+        _big_documents(writer)
+        assert stalled.call("subscribe", {"sub": 1, "query": {"path": ["c"]}})["result"] == {"sub": 1}
+        stop = doc(listener, "c").on_snapshot(lambda snapshot: seen.append(snapshot))
+        for step in range(1, 21):  # 40 MB of notifications: more than the kernel's socket buffers hold
+            _touch_every_document(writer, step)
+        assert stalled.close_code(timeout=10) == 4008
+        deadline = time.monotonic() + 10
+        while not (seen and seen[-1].docs[0]["value"]["n"] == 20) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # A client that reads gets every change (reconnecting if it too fell behind a moment).
+        assert seen[-1].docs[0]["value"]["n"] == 20
+        stop()
+    finally:
+        stalled.close()
+        listener.close()
+        writer.close()
+        served.stop()
+
+
+def test_past_max_outgoing_bytes_total_the_connection_furthest_behind_is_closed(loop_thread, tmp_path):
+    # Each connection may hold 16 MB, all of them together 4 MB: the stalled one is closed.
+    served = Served(loop_thread, tmp_path, limits=Limits(maxOutgoingBytesTotal=4 * 1024 * 1024))
+    writer = served.client(admin=True)
+    listener = served.client()
+    stalled = Stranger(served, max_queue=1, max_size=None)
+    seen = []
+    try:
+        _big_documents(writer)
+        assert stalled.call("subscribe", {"sub": 1, "query": {"path": ["c"]}})["result"] == {"sub": 1}
+        stop = doc(listener, "c").on_snapshot(lambda snapshot: seen.append(snapshot))
+        for step in range(1, 11):  # 20 MB of notifications
+            _touch_every_document(writer, step)
+        assert stalled.close_code(timeout=10) == 4008
+        deadline = time.monotonic() + 10
+        while not (seen and seen[-1].docs[0]["value"]["n"] == 10) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen[-1].docs[0]["value"]["n"] == 10
+        stop()
+    finally:
+        stalled.close()
+        listener.close()
+        writer.close()
+        served.stop()
+
+
+def _memory_kb(pid, field):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_a_subscriber_that_never_reads_costs_the_server_bounded_memory(tmp_path):
+    config = create_config(tmp_path / "montybase.json")
+    config["storageBucket"] = ":memory:"
+    (tmp_path / "montybase.json").write_text(json.dumps(config), encoding="utf-8")
+    with Proc(server_command("--config", str(tmp_path / "montybase.json"), "--port", "0"), cwd=tmp_path) as proc:
+        server = SimpleNamespace(url=proc.endpoint(), config=config)
+        writer = Montybase(api=server.url, config=tmp_path / "montybase.json")
+        stalled = None
+        try:
+            _big_documents(writer)
+            stalled = Stranger(server, max_queue=1, max_size=None)
+            assert stalled.call("subscribe", {"sub": 1, "query": {"path": ["c"]}})["result"] == {"sub": 1}
+            before = _memory_kb(proc.pid, "VmRSS")
+            for step in range(1, 101):  # 200 MB of notifications to a client that reads none of them
+                _touch_every_document(writer, step)
+            grown_mb = (_memory_kb(proc.pid, "VmHWM") - before) / 1024
+            assert grown_mb < 100, f"the server's memory grew by {grown_mb:.0f} MB"
+        finally:
+            if stalled is not None:
+                stalled.close()
+            writer.close()
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limits(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(maxConnectionsPerAddress=2, handshakeTimeout=60),
+                    trusted_proxies=["127.0.0.1", "10.0.0.0/8"])
+    upgrades = _Upgrades(served.url)
+    try:
+        client = {"X-Forwarded-For": "203.0.113.5"}
+        assert [upgrades.admitted(client) for _ in range(3)] == [True, True, False]
+        assert upgrades.admitted({"X-Forwarded-For": "203.0.113.6"})  # another client of the same proxy
+        # What a client wrote left of what the proxies added is never believed.
+        assert not upgrades.admitted({"X-Forwarded-For": "198.51.100.1, 203.0.113.5"})
+        # Trusted proxies on the way are skipped: the client is the right-most other address.
+        assert not upgrades.admitted({"X-Forwarded-For": "203.0.113.5, 10.1.2.3"})
+        assert not upgrades.admitted({"X-Forwarded-For": "203.0.113.5", "Forwarded": "for=203.0.113.77"})
+        forwarded = {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}  # RFC 7239, when X-Forwarded-For is absent
+        assert [upgrades.admitted(forwarded) for _ in range(3)] == [True, True, False]
+        # A hop that is no address (the proxy added none): the proxy's own address counts.
+        assert [upgrades.admitted({"X-Forwarded-For": "unknown"}) for _ in range(3)] == [True, True, False]
+        # From an address that is no trusted proxy, the headers are ignored.
+        spoofed = [upgrades.admitted({"X-Forwarded-For": f"203.0.113.{n}"}, "127.0.0.2") for n in (7, 8, 9)]
+        assert spoofed == [True, True, False]
+    finally:
+        upgrades.close()
+        served.stop()
+
+
+def test_the_server_command_takes_trusted_proxies_from_the_config(tmp_path):
+    config = create_config(tmp_path / "montybase.json")
+    config.update(storageBucket=":memory:", trustedProxies=["127.0.0.1"],
+                  limits={"maxConnectionsPerAddress": 1, "handshakeTimeout": 60})
+    (tmp_path / "montybase.json").write_text(json.dumps(config), encoding="utf-8")
+    with Proc(server_command("--config", str(tmp_path / "montybase.json"), "--port", "0"), cwd=tmp_path) as proc:
+        upgrades = _Upgrades(proc.endpoint())
+        try:
+            assert upgrades.admitted({"X-Forwarded-For": "203.0.113.5"})
+            assert not upgrades.admitted({"X-Forwarded-For": "203.0.113.5"})
+            assert upgrades.admitted({"X-Forwarded-For": "203.0.113.6"})
+        finally:
+            upgrades.close()
