@@ -604,7 +604,7 @@ def test_a_connection_holds_at_most_max_listeners_with_a_client_key(served):
                     answers = message
             assert all(answer.get("result") for answer in answers), answers
         refused = stranger.call("subscribe", {"sub": limit + 1, "path": ["c", "d"]})
-        assert refused["error"]["data"] == {"reason": "LIMIT_EXCEEDED", "limit": limit, "actual": limit + 1}
+        assert refused["error"]["data"] == {"reason": "LIMIT_EXCEEDED", "path": "/sub", "limit": limit, "actual": limit + 1}
         assert stranger.call("unsubscribe", {"sub": 1})["result"] == {"found": True}
         assert stranger.call("subscribe", {"sub": limit + 1, "path": ["c", "d"]})["result"] == {"sub": limit + 1}
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import (
-    Limits, client_config, client_endpoint, load_config, open_database, storage_path, write_client_config,
+    Limits, client_config, client_endpoint, load_config, open_database, storage_path, trusted_networks, write_client_config,
 )
 from ..database import Database
 from ..errors import InvalidArgumentError, MontybaseError
@@ -141,6 +141,7 @@ def _apply(server: MontybaseServer, new: Settings) -> None:
     database.max_batch = new.limits.maxWrites
     database.rules = new.rules
     server.origins = config.get("origins")
+    server.trusted_proxies = trusted_networks(config.get("trustedProxies"))
     server.static = new.static
     server.client_config = client_config(config, config.get("publicEndpoint", ""))
     server.monitor.configure(config.get("metrics"), new.slow_ms)
