@@ -25,8 +25,6 @@ export const S2C = 0x02;
 export const CLOSE_AUTH_FAILED = 1008;
 /** Close code: the record or byte limit was reached (reconnect for fresh keys). */
 export const CLOSE_LIMIT = 4000;
-/** Close code: the handshake did not finish in time. */
-export const CLOSE_HANDSHAKE_TIMEOUT = 4001;
 /** Close code: a record failed to open. */
 export const CLOSE_BAD_RECORD = 4002;
 /** Records per direction and session. */
@@ -160,17 +158,6 @@ export function b64d(value, length, field) {
  */
 export function toHex(bytes) {
   return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
-}
-
-/**
- * Bytes from hex.
- * @param {string} hex
- * @returns {Uint8Array}
- */
-export function fromHex(hex) {
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  return out;
 }
 
 /**

@@ -135,7 +135,7 @@ class Montybase:
         ready = announce(self.config, config_path, self._created)
         asyncio.run(serve(self._database, self.config, config_path, host, port, ready=ready))
 
-    # Accounts (DESIGN §8): give rules' `user` and `owner` grants a meaning
+    # Accounts: give rules' `user` and `owner` grants a meaning (README "Securing a public app")
 
     def sign_up(self, email: str, password: str) -> dict[str, str]:
         """Create an account and sign in; returns {"uid", "email"}. ALREADY_EXISTS if taken."""

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -21,8 +21,8 @@ from .logs import clip
 from .session import METHODS
 
 if TYPE_CHECKING:
-    from .session import Session
-    from .transport import MontybaseServer
+    from .database import Database
+    from .session import Service, Session
 
 __all__ = ["BUCKETS", "Monitor", "document_count"]
 
@@ -43,10 +43,11 @@ class Monitor:
     """One server's numbers and the lines requests cause. Requests are counted on their way out
     (a few integer increments); everything else is read when /metrics or /healthz is asked."""
 
-    def __init__(self, server: MontybaseServer):
-        self.server = server
+    def __init__(self, database: Database, service: Service, connections: Callable[[], tuple[int, int]]):
+        """`connections()`: the connections open now, and how many of them are still in their handshake."""
+        self.database, self.connections = database, connections
         self.started = time.monotonic()
-        self.first_seq = server.database.seq  # journal records appended since start: seq minus this
+        self.first_seq = database.seq  # journal records appended since start: seq minus this
         self.metrics: dict[str, Any] | None = None  # `metrics` of the config: None is off
         self.slow: float | None = 1.0  # seconds; a request slower than this is logged (`logSlowMs`)
         self.notification_frames = 0
@@ -55,7 +56,7 @@ class Monitor:
         self._requests: Counter[tuple[str, str]] = Counter()
         self._latency: dict[str, list[float]] = {}  # method → [count per bucket…, +Inf count, sum]
         self._registry: CollectorRegistry | None = None
-        server.service.observe = self.request
+        service.observe = self.request
 
     def configure(self, metrics: dict[str, Any] | None, slow_ms: float | None) -> None:
         self.metrics = metrics
@@ -96,7 +97,7 @@ class Monitor:
 
     def health(self) -> tuple[int, str, bytes]:
         """200 while the server can serve and write, else 503; counts only, never data or keys."""
-        database = self.server.database
+        database = self.database
         storage = database.storage
         if database.closed:
             state = "closed"
@@ -116,8 +117,8 @@ class Monitor:
         return (200 if body["status"] == "ok" else 503), _JSON, json.dumps(body).encode() + b"\n"
 
     def _connections(self) -> dict[str, int]:
-        pending = self.server._unauthenticated
-        return {"authenticated": self.server._open - pending, "pending": pending}
+        total, pending = self.connections()
+        return {"authenticated": total - pending, "pending": pending}
 
     # /metrics
 
@@ -142,7 +143,7 @@ class Monitor:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry), {}
 
     def collect(self) -> Iterator[Metric]:
-        database = self.server.database
+        database = self.database
         with self._lock:
             requests = dict(self._requests)
             latency = {method: list(buckets) for method, buckets in self._latency.items()}

@@ -77,7 +77,7 @@ class MontybaseServer:
         self._open = 0
         self._unauthenticated = 0
         self._per_address: Counter[str] = Counter()
-        self.monitor = Monitor(self)
+        self.monitor = Monitor(database, self.service, lambda: (self._open, self._unauthenticated))
         self._unauthenticated_per_address: Counter[str] = Counter()
         self._backlog = _Backlog(self.limits.maxOutgoingBytesTotal)
 

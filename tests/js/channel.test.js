@@ -23,7 +23,6 @@ import {
   concat,
   derivePsk,
   ecdh,
-  fromHex,
   hmac,
   importPoint,
   keySchedule,
@@ -33,6 +32,9 @@ import {
   verifyHmac,
   webAesGcm,
 } from "../../js_client/channel.js";
+
+/** Bytes from hex (the test vectors' form). */
+const fromHex = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (pair) => parseInt(pair, 16));
 import { InvalidArgumentError, Montybase, UnauthenticatedError, UnavailableError } from "../../js_client/index.js";
 import { nodeAesGcm } from "../../js_client/records-node.js";
 import { ROOT, readJson } from "./helpers.js";
