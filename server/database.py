@@ -429,12 +429,12 @@ class Database:
             return self.rules.check_write(principal, op, path, old, new, now_ms, size, replacing=replacing)
 
         for i, write in enumerate(writes):
-            where = "" if single else pointer("/writes", i)
+            where = "" if single else f"/writes/{i}"
             if not isinstance(write, dict) or write.get("op") not in WRITE_OPS:
                 at = pointer(where, "op")
                 raise InvalidArgumentError(f"{at}: op must be one of {', '.join(WRITE_OPS)}", {"path": at})
             op = write["op"]
-            path = tuple(write.get("path") or ()) if private else check_path(write.get("path"), pointer(where, "path"))
+            path = tuple(write.get("path") or ()) if private else check_path(write.get("path"), where + "/path")
             if not path:
                 at = pointer(where, "path")
                 raise InvalidArgumentError(f"{at}: the path is empty: {op} needs a collection or document", {"path": at})
@@ -456,12 +456,12 @@ class Database:
                     raise InvalidArgumentError(f"{at}: update needs a document; on a collection pass key=", {"path": at})
                 old = batch.document(path)
                 check("update", path, old, None, final=False)  # permission before existence: no oracle
-                document = _updated(old or {}, write.get("fields"), now_ms, pointer(where, "fields"))  # bad fields first
+                document = _updated(old or {}, write.get("fields"), now_ms, where + "/fields")  # bad fields first
                 if old is None:
                     raise NotFoundError(f"no document at {'/'.join(path)} to update", {"document": list(path)})
                 document = check("update", path, old, document)
             else:
-                value = _document_value(write.get("value"), pointer(where, "value"))
+                value = _document_value(write.get("value"), where + "/value")
                 if is_collection:
                     doc_id, id_time = new_id()
                     path = path + (doc_id,)
@@ -469,7 +469,7 @@ class Database:
                 else:
                     old = batch.document(path)
                 # set replaces the document first (as Firestore's does): its transforms start from nothing.
-                document = prepare(value, None, pointer(where, "value"), now_ms, "set")
+                document = prepare(value, None, where + "/value", now_ms, "set")
                 if op == "add" and old is not None:
                     check("create", path, None, document, final=False)  # only creators learn it exists
                     raise AlreadyExistsError(f"a document already exists at {'/'.join(path)}", {"document": list(path)})

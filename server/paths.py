@@ -45,7 +45,10 @@ def pointer(where: str, *parts: object) -> str:
     """A JSON Pointer (RFC 6901) below `where`: how every error's `data.path` names a place in
     the request's params ("" the params, "/value/stats/best", "/writes/0/path/1")."""
     for part in parts:
-        where += "/" + str(part).replace("~", "~0").replace("/", "~1")
+        text = part if type(part) is str else str(part)
+        if "~" in text or "/" in text:
+            text = text.replace("~", "~0").replace("/", "~1")
+        where += "/" + text
     return where
 
 
