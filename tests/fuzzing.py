@@ -702,7 +702,7 @@ class Unauthenticated:
         if pick < 0.25:
             return [self.text(self.requests.word() * rng.randint(1, 20))], True
         if pick < 0.35:
-            return [self.text(Text().encode(self.requests.request(Text())))], True
+            return [self.text(text.encode(self.requests.request(text)))], True
         if pick < 0.45:
             encoded = json.dumps(hello).encode()
             return [self.text(encoded[: rng.randrange(len(encoded))])], True
