@@ -118,7 +118,7 @@ class MontybaseServer:
         WebSocket frame have already failed the connection (websockets sent its end): close it
         without an answer, which websockets would otherwise try to send, logging a traceback."""
         if connection.protocol.eof_sent:
-            address = _address(connection)
+            address = self._client_address(connection, request)
             self.service.throttle.log(logging.INFO, "bad bytes", address,
                                       "refused %s: bytes after its HTTP request that are not WebSocket frames", address)
             connection.transport.abort()
@@ -128,7 +128,7 @@ class MontybaseServer:
         if response is None and self.origins is not None:  # an upgrade within the caps, from a page of an allowed site?
             origin = request.headers.get_all("Origin")
             if not (len(origin) <= 1 and (origin[0] if origin else None) in self.origins):
-                address = _address(connection)
+                address = self._client_address(connection, request)
                 self.service.throttle.log(logging.WARNING, "refused origin", address,
                                           "refused %s: Origin %s is not allowed", address, clip(", ".join(origin) or "(none)"))
                 return connection.respond(HTTPStatus.FORBIDDEN,
@@ -161,7 +161,7 @@ class MontybaseServer:
                 status, content_type, body = self.monitor.health()
             elif target == "/metrics":
                 status, content_type, body, extra = self.monitor.scrape(
-                    _address(connection), request.headers.get("Authorization"))
+                    self._client_address(connection, request), request.headers.get("Authorization"))
             else:
                 status, content_type, body = route(
                     request.path, request.headers.get("Host"), self.client_config, self.static, self.tls is not None
