@@ -50,6 +50,10 @@ __all__ = ["Report", "campaign", "seed_from_environment"]
 
 MESSAGE_LIMIT = 16 * 1024  # maxMessageBytes of the fuzzed server: huge strings stay cheap
 FRAME_LIMIT = 2 * MESSAGE_LIMIT + 16 * 1024  # the transport's max_size: a larger frame closes 1009
+METRICS_TOKEN = "fuzz-metrics-token-0123456789"
+# Hops a proxy might pass on (the server trusts 127.0.0.1 as a proxy, so it reads them)
+FORWARDED = ["203.0.113.5", "203.0.113.5, 127.0.0.1", "[2001:db8::1]:4711", '"192.0.2.1:80"', "for=192.0.2.9;proto=https",
+             "unknown", "", ",,,", "999.1.1.1", "::ffff:192.0.2.1", "for=", "a" * 300, "1.2.3.4:99999", "[::1"]
 LIMITS = {"maxMessageBytes": MESSAGE_LIMIT, "maxDocBytes": 8192, "handshakeTimeout": 1.0}
 BOUNDED = {"maxDocs": 200, "maxDocBytes": 4096}
 RULES: dict[str, Any] = {
@@ -670,6 +674,7 @@ class Garbage:
     count: int
     frames: bytes = b""
     wait: bool = True
+    pipelined: bool = False
 
 
 class Unauthenticated:
@@ -770,6 +775,11 @@ class Unauthenticated:
             lambda: Garbage(_upgrade(rng, self.host, self.port)[: rng.randint(5, 60)], 1, wait=False),
             lambda: Garbage(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n", 1),
             lambda: Garbage(f"GET /client-config.json HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), 1),
+            lambda: Garbage(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), 1),
+            lambda: Garbage(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: {self.requests.word()}"
+                            f" {rng.choice([METRICS_TOKEN, 'x' * 40, ''])}\r\n\r\n".encode("utf-8", "surrogatepass"), 1),
+            lambda: Garbage(_upgrade(rng, self.host, self.port, rng.choice(["X-Forwarded-For", "Forwarded"]) + ": "
+                                     + rng.choice(FORWARDED) + "\r\n"), 1),
         ])()
 
     def draw(self) -> Garbage:
@@ -778,7 +788,7 @@ class Unauthenticated:
             return self.broken_http()
         frames, wait = self.first()
         frames += [self.after() for _ in range(rng.choice([0, 1, 2, 3, 4, 6]))]
-        return Garbage(_upgrade(rng, self.host, self.port), len(frames), b"".join(frames), wait)
+        return Garbage(_upgrade(rng, self.host, self.port), len(frames), b"".join(frames), wait, rng.random() < 0.15)
 
 
 def _read_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -807,23 +817,31 @@ def _receive(sock: socket.socket, received: bytes, done: Callable[[bytes], bool]
     return received
 
 
+def _response(received: bytes) -> tuple[bytes, bytes, bool]:
+    """The HTTP response's head and what follows it, and whether the head is complete. A client
+    that sent frames with its request may see a frame first (websockets answers a ping at once)."""
+    head, found, body = received[max(received.find(b"HTTP/1.1 "), 0):].partition(b"\r\n\r\n")
+    return head, body, bool(found)
+
+
 def _closed(received: bytes) -> bool:
-    head, found, body = received.partition(b"\r\n\r\n")
-    return bool(found) and (not head.startswith(b"HTTP/1.1 101") or any(op == 0x8 for op, _ in _read_frames(body)))
+    head, body, complete = _response(received)
+    return complete and (not head.startswith(b"HTTP/1.1 101") or any(op == 0x8 for op, _ in _read_frames(body)))
 
 
 def _garbage_connection(host: str, port: int, garbage: Garbage) -> tuple[str, str | None]:
     """One garbage connection, as a client that waits for the server's answer to its HTTP request
-    before it sends frames: how it ended, and a finding if it ended wrongly."""
+    before it sends frames, or sends them at once (`pipelined`): how it ended, and a finding if
+    it ended wrongly."""
     sent = garbage.request + garbage.frames
     received = b""
     with socket.create_connection((host, port), timeout=10) as sock:
         try:
-            sock.sendall(garbage.request)
-            if garbage.frames or garbage.wait:
-                received = _receive(sock, received, lambda r: b"\r\n\r\n" in r)
-            if received.startswith(b"HTTP/1.1 101") and garbage.frames:
-                sock.sendall(garbage.frames)
+            sock.sendall(sent if garbage.pipelined else garbage.request)
+            if not garbage.pipelined and (garbage.frames or garbage.wait):
+                received = _receive(sock, received, lambda r: _response(r)[2])
+                if received.startswith(b"HTTP/1.1 101") and garbage.frames:
+                    sock.sendall(garbage.frames)
             if not garbage.wait:
                 return "left", None
             # leaving at the close frame ends the connection on both sides
@@ -833,10 +851,10 @@ def _garbage_connection(host: str, port: int, garbage: Garbage) -> tuple[str, st
                 return "reset", None
         except TimeoutError:
             return "hung", f"no close within 10 s after {sent[:200]!r}"
-    head, _, body = received.partition(b"\r\n\r\n")
-    status = head.split(b" ", 2)[1].decode("ascii", "replace") if head.startswith(b"HTTP/1.1 ") else None
-    if status is None:
-        return "no response", None if not received else f"not HTTP: {received[:200]!r}"
+    head, body, _ = _response(received)
+    if not head.startswith(b"HTTP/1.1 "):  # pipelined bytes that are no frame end the connection unanswered
+        return "no response", None if not received or garbage.pipelined else f"not HTTP: {received[:200]!r}"
+    status = head.split(b" ", 2)[1].decode("ascii", "replace")
     if status != "101":
         problem = f"HTTP {status} for {sent[:200]!r}" if status.startswith("5") and status != "503" else None
         return f"HTTP {status}", problem
@@ -847,8 +865,10 @@ def _garbage_connection(host: str, port: int, garbage: Garbage) -> tuple[str, st
                 answer = _strict(payload)
             except ValueError:
                 return "bad answer", f"a handshake answer that is not JSON: {payload[:200]!r}"
-            reason = answer.get("error", {}).get("data", {}).get("reason") if isinstance(answer, dict) else None
-            if reason not in ("UNAUTHENTICATED", None) or (reason is None and "result" not in answer):
+            error = answer.get("error") if isinstance(answer, dict) else None
+            if not (isinstance(answer, dict) and "result" in answer) and not (
+                    isinstance(error, dict) and isinstance(error.get("data"), dict)
+                    and error["data"].get("reason") == "UNAUTHENTICATED"):
                 return "bad answer", f"a handshake answer {payload[:200]!r} for {sent[:200]!r}"
         elif opcode == 0x8:
             code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
@@ -893,7 +913,8 @@ def campaign(folder: Path, seed: int, requests: int, garbage: int, *, progress: 
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "montybase.json"
     config = create_config(config_path)
-    config.update(rules=RULES, limits=LIMITS)
+    config.update(rules=RULES, limits=LIMITS, origins=["https://game.example", None], trustedProxies=["127.0.0.1"],
+                  metrics={"token": METRICS_TOKEN})
     config_path.write_text(json.dumps(config, indent=2))
     report = Report(seed)
     rng = random.Random(seed)
