@@ -70,7 +70,8 @@ def _credentials(params: dict[str, Any]) -> tuple[str, str]:
     if not isinstance(password, str) or not 8 <= len(password) <= 1024:
         raise InvalidArgumentError("/password: a password has 8 to 1024 characters", {"path": "/password"})
     if lone_surrogate(password):  # hashed as UTF-8, which cannot hold one
-        raise InvalidArgumentError("/password: holds a lone surrogate, which is not text", {"path": "/password"})
+        raise InvalidArgumentError("/password: a password holds a lone surrogate, which is not text",
+                                   {"path": "/password"})
     return check_key(email, "/email"), password
 
 
@@ -79,7 +80,7 @@ def token_key(token: Any) -> str:
     if not isinstance(token, str) or not token:
         raise InvalidArgumentError("/token: a token is a string", {"path": "/token"})
     if lone_surrogate(token):  # hashed as UTF-8, which cannot hold one
-        raise InvalidArgumentError("/token: holds a lone surrogate, which is not text", {"path": "/token"})
+        raise InvalidArgumentError("/token: a token holds a lone surrogate, which is not text", {"path": "/token"})
     return hashlib.sha256(token.encode()).hexdigest()
 
 

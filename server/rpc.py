@@ -63,7 +63,7 @@ def _surrogate_in(value: Any) -> tuple[str, bool] | None:
     """Where `value` holds a lone surrogate, first in document order: a JSON Pointer, and whether
     the surrogate is in a key (then the pointer names the object holding that key). Iterative,
     since a frame may nest as deep as the JSON parser goes."""
-    stack: list[tuple[Any, tuple[Any, str] | None]] = [(value, None)]  # (item, (its parent's trail, its key))
+    stack: list[tuple[Any, tuple[Any, str | int] | None]] = [(value, None)]  # (item, (its parent's trail, its key))
     while stack:
         item, trail = stack.pop()
         if type(item) is str:
@@ -78,7 +78,7 @@ def _surrogate_in(value: Any) -> tuple[str, bool] | None:
     return None
 
 
-def _pointer(trail: tuple[Any, str] | None) -> str:
+def _pointer(trail: tuple[Any, str | int] | None) -> str:
     keys = []
     while trail is not None:
         trail, key = trail
