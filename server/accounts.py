@@ -19,7 +19,7 @@ from typing import Any
 from .config import Limits
 from .database import Database
 from .errors import AlreadyExistsError, InvalidArgumentError, RateLimitedError, UnauthenticatedError
-from .paths import check_key, generate_id
+from .paths import check_key, generate_id, lone_surrogate
 from .rules import Principal, RateLimiter, parse_rate
 
 __all__ = ["ACCOUNTS", "SESSIONS", "Accounts", "token_key"]
@@ -69,6 +69,9 @@ def _credentials(params: dict[str, Any]) -> tuple[str, str]:
         raise InvalidArgumentError("/email: not an email address", {"path": "/email"})
     if not isinstance(password, str) or not 8 <= len(password) <= 1024:
         raise InvalidArgumentError("/password: a password has 8 to 1024 characters", {"path": "/password"})
+    if lone_surrogate(password):  # hashed as UTF-8, which cannot hold one
+        raise InvalidArgumentError("/password: a password holds a lone surrogate, which is not text",
+                                   {"path": "/password"})
     return check_key(email, "/email"), password
 
 
@@ -76,6 +79,8 @@ def token_key(token: Any) -> str:
     """What the store keeps of a session token: its hash."""
     if not isinstance(token, str) or not token:
         raise InvalidArgumentError("/token: a token is a string", {"path": "/token"})
+    if lone_surrogate(token):  # hashed as UTF-8, which cannot hold one
+        raise InvalidArgumentError("/token: a token holds a lone surrogate, which is not text", {"path": "/token"})
     return hashlib.sha256(token.encode()).hexdigest()
 
 

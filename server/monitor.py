@@ -68,7 +68,7 @@ class Monitor:
         """Count one answered request; log it when it is slow, denied or rate limited (bounded
         per client address); log an ignored notification."""
         method = message.get("method") if isinstance(message, dict) else None
-        label = method if method in METHODS else _OTHER
+        label = method if type(method) is str and method in METHODS else _OTHER  # a list or an object is no key
         lines, number, address = session.service.throttle, session.number, session.address
         if answer is None:
             lines.log(logging.INFO, "notification", address, "connection %d: ignored a notification (method %s)",

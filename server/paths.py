@@ -23,6 +23,7 @@ __all__ = [
     "field_path",
     "generate_id",
     "id_clock",
+    "lone_surrogate",
     "new_id",
     "pointer",
     "simple_key",
@@ -34,6 +35,13 @@ MAX_PATH_SEGMENTS = 64
 # Control characters (C0, DEL, C1), the path separator, and lone surrogates,
 # which Python accepts in str but cannot encode as UTF-8.
 _FORBIDDEN_CHARS = re.compile("[\x00-\x1f\x7f-\x9f/\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> bool:
+    """Whether `text` holds a surrogate code point: one comes from a JSON escape such as
+    `\\ud800` without its pair (JSON joins a pair into one code point), and UTF-8 cannot encode it."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 # Most keys (generated ids, plain names) are ASCII letters, digits, "_" and "-", and do not start

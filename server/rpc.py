@@ -16,10 +16,10 @@ import fastjsonschema
 from .errors import (
     InternalError, InvalidArgumentError, InvalidRequestError, LimitExceededError, MontybaseError, ParseError,
 )
-from .paths import CheckedPath, pointer
+from .paths import CheckedPath, lone_surrogate, pointer
 from .schemas import load_schema
 
-__all__ = ["Call", "Rpc", "compile_params", "dumps", "internal", "loads"]
+__all__ = ["Call", "Refused", "Rpc", "compile_params", "dumps", "internal", "loads"]
 
 log = logging.getLogger("montybase.rpc")
 
@@ -44,6 +44,64 @@ class Call:
     method: str
     params: dict[str, Any]
     notification: bool
+
+
+# A lone surrogate can only come from an escape (\ud800 to \udfff): UTF-8 cannot hold one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A request refused as its frame was parsed: the id to answer it by, and the error."""
+
+    id: str | int | None
+    error: MontybaseError
+
+
+def _surrogate_in(value: Any) -> tuple[str, bool] | None:
+    """Where `value` holds a lone surrogate, first in document order: a JSON Pointer, and whether
+    the surrogate is in a key (then the pointer names the object holding that key). Iterative,
+    since a frame may nest as deep as the JSON parser goes."""
+    stack: list[tuple[Any, tuple[Any, str | int] | None]] = [(value, None)]  # (item, (its parent's trail, its key))
+    while stack:
+        item, trail = stack.pop()
+        if type(item) is str:
+            if lone_surrogate(item):
+                return _pointer(trail), False
+        elif type(item) is dict:
+            if any(lone_surrogate(key) for key in item):
+                return _pointer(trail), True
+            stack.extend((child, (trail, key)) for key, child in reversed(item.items()))
+        elif type(item) is list:
+            stack.extend((item[index], (trail, index)) for index in range(len(item) - 1, -1, -1))
+    return None
+
+
+def _pointer(trail: tuple[Any, str | int] | None) -> str:
+    keys = []
+    while trail is not None:
+        trail, key = trail
+        keys.append(key)
+    return pointer("", *reversed(keys))
+
+
+def _screened(message: Any) -> Any:
+    """The message, or a Refused if its id or params hold a lone surrogate: Python reads one from
+    an escape (`\\ud800`) but cannot encode it as UTF-8 again, in an answer that echoes the id or
+    names a key, or as a password to hash."""
+    if not isinstance(message, dict):
+        return message
+    request_id = message.get("id")
+    if type(request_id) is str and lone_surrogate(request_id):
+        return Refused(None, InvalidArgumentError("the request id holds a lone surrogate, which is not text"))
+    found = _surrogate_in(message.get("params"))
+    if found is None:
+        return message
+    where, in_key = found
+    what = f"a key of {where or 'params'}" if in_key else where or "params"
+    error = InvalidArgumentError(f"{what} holds a lone surrogate, which is not text", {"path": where})
+    return Refused(Rpc.request_id(message), error)
 
 
 def _json_path(parts: list[str]) -> str:
@@ -88,14 +146,16 @@ class Rpc:
         self.validators = {method: compile_params(method) for method in methods}
 
     def parse(self, data: str | bytes) -> tuple[list[Any], bool]:
-        """The messages in a frame and whether it was a batch."""
+        """The messages in a frame and whether it was a batch; one whose id or params hold a lone
+        surrogate comes as a Refused, which `call` raises."""
         try:
             message = loads(data)
         except RecursionError:
             raise LimitExceededError("the message is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParseError(f"the frame is not JSON: {exc}") from None
-        if isinstance(message, list):
+        batch = isinstance(message, list)
+        if batch:
             if not message:
                 raise InvalidRequestError("an empty batch")
             if len(message) > self.max_batch:
@@ -103,11 +163,15 @@ class Rpc:
                     f"a batch holds at most {self.max_batch} requests, got {len(message)}",
                     {"limit": self.max_batch, "actual": len(message)},
                 )
-            return message, True
-        return [message], False
+        messages = message if batch else [message]
+        if (_SURROGATE_ESCAPE_BYTES if isinstance(data, bytes) else _SURROGATE_ESCAPE).search(data):
+            messages = [_screened(message) for message in messages]
+        return messages, batch
 
     def call(self, message: Any) -> Call:
         """Check one request object and its params; raise the error to answer with."""
+        if type(message) is Refused:
+            raise message.error
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
             raise InvalidRequestError('a request is an object with "jsonrpc": "2.0" and a string "method"')
         notification = "id" not in message
@@ -137,10 +201,15 @@ class Rpc:
 
     @staticmethod
     def request_id(message: Any) -> Any:
-        """The id to answer a bad request with: its own if readable, else null."""
+        """The id to answer a bad request with: its own if readable (not with a lone surrogate,
+        which an answer cannot carry), else null."""
+        if type(message) is Refused:
+            return message.id
         if isinstance(message, dict):
             request_id = message.get("id")
-            if request_id is None or isinstance(request_id, str) or type(request_id) is int:
+            if request_id is None or type(request_id) is int:
+                return request_id
+            if type(request_id) is str and not lone_surrogate(request_id):
                 return request_id
         return None
 

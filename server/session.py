@@ -184,7 +184,8 @@ class Session:
             return _answered(Rpc.error(None, exc))
         blocking = False
         for message in messages:
-            route = METHODS.get(message.get("method")) if isinstance(message, dict) else None
+            method = message.get("method") if isinstance(message, dict) else None
+            route = METHODS.get(method) if type(method) is str else None  # a list or an object is no key
             blocking = blocking or (route is not None and route[1])
         return Work(partial(self._answer_all, messages, batch), blocking)
 

@@ -386,7 +386,9 @@ class _Connection:
                 self._release(len(frame))
 
     async def _send(self, frame: bytes) -> None:
-        """Seal and send one frame; once the connection is gone, drop it."""
+        """Seal and send one frame; once the connection is gone, drop it. A frame that cannot go
+        out closes the connection, whose client then reconnects instead of waiting for it: at the
+        record limit (4000, rekey), or 1011 after anything unexpected, which the log shows."""
         async with self._sending:
             try:
                 record = self.session.records.seal(frame)
@@ -394,6 +396,12 @@ class _Connection:
                 await self.ws.send(record)
             except ConnectionClosed:
                 pass
+            except ChannelError as exc:
+                log.warning("connection %d closed: %s", self.number, exc)
+                self.end(exc.close_code, "rekey")
+            except Exception as exc:  # the sender goes on: a task that died would leave the client waiting
+                log.error("connection %d closed: a frame could not be sent", self.number, exc_info=exc)
+                self.end(1011, "internal error")
 
     def overflow(self, why: str) -> None:
         """Close the connection for falling behind (4008), dropping what it has queued."""

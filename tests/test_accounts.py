@@ -607,6 +607,24 @@ def test_embedded_accounts(tmp_path, monkeypatch):
         db.close()
 
 
+def test_embedded_credentials_with_a_lone_surrogate_are_invalid_arguments(tmp_path, monkeypatch):
+    """A str may hold what UTF-8 cannot encode; the password and the token are hashed as UTF-8."""
+    monkeypatch.chdir(tmp_path)
+    db = Montybase(storageBucket=":memory:")
+    try:
+        for method, params, where in [
+            ("signUp", {"email": "lone@accounts.example", "password": PASSWORD + "\ud800"}, "/password"),
+            ("signIn", {"email": "lone@accounts.example", "password": "\udc00" + PASSWORD}, "/password"),
+            ("resume", {"token": "\ud800"}, "/token"),
+            ("signOut", {"token": "\udfff"}, "/token"),
+        ]:
+            error = _error(lambda: db._backend.call(method, params))
+            assert isinstance(error, InvalidArgumentError) and error.data["path"] == where, (method, error)
+        assert db.current_user is None
+    finally:
+        db.close()
+
+
 def test_rules_do_not_apply_to_the_program_that_embeds_the_database(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = create_config(tmp_path / "montybase.json")

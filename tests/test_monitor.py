@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import Served
+from conftest import Served, hand_handshake
 from python_client import MontybaseError, PermissionDeniedError, RateLimitedError, UnavailableError, doc
 from server.channel import ClientHandshake
-from server.config import open_database
+from server.config import open_database, public_key
 from server.database import Database
 from server.rules import Rules
 from server.storage import FileStorage, LocalFiles
@@ -165,6 +165,20 @@ def test_a_method_outside_the_table_is_counted_as_other(open_rules_served):
         for n in range(3):
             with pytest.raises(MontybaseError, match="unknown method"):
                 db._backend.call(f"made-up-method-{n}", {})
+    methods = {dict(labels).get("method") for (name, labels) in samples(fetch(served, "/metrics", TOKEN)[2])
+               if name == "montybase_requests_total"}
+    assert methods == {"other"}
+
+
+def test_a_method_that_is_no_string_is_answered_and_counted_as_other(open_rules_served):
+    served = open_rules_served
+    served.server.monitor.configure({"token": TOKEN}, None)
+    with connect(served.url, compression=None, proxy=None, open_timeout=5) as ws:
+        records, _ = hand_handshake(ws, "client", served.config["apiKey"], public_key(served.config["serverKey"]))
+        for request_id, method in enumerate((["get"], {"get": 1}, None)):
+            ws.send(records.seal(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method}).encode()))
+            answer = json.loads(records.open(ws.recv(timeout=5)))
+            assert answer["id"] == request_id and answer["error"]["data"]["reason"] == "INVALID_REQUEST"
     methods = {dict(labels).get("method") for (name, labels) in samples(fetch(served, "/metrics", TOKEN)[2])
                if name == "montybase_requests_total"}
     assert methods == {"other"}

@@ -100,6 +100,24 @@ def test_an_unexpected_exception_becomes_internal_with_an_id_and_no_traceback(ca
 
 def test_request_id_for_answers_to_bad_requests():
     assert Rpc.request_id({"id": 4}) == 4 and Rpc.request_id({"id": 1.5}) is None and Rpc.request_id([]) is None
+    assert Rpc.request_id({"id": "a\udc00"}) is None  # an answer could not carry it
+
+
+def test_a_lone_surrogate_refuses_its_request_naming_where_and_leaves_the_others():
+    frame = json.dumps([  # ASCII JSON: every surrogate an escape
+        request("get", {"path": ["c", "\ud800"]}, request_id="a"),
+        request("get", {"path": ["c", "d"]}, request_id="\udbff"),
+        request("set", {"path": ["c", "d"], "value": {"x": [{"~k\udc00": 1}]}}, request_id=3),
+    ]).encode()
+    refusals = []
+    for message in rpc.parse(frame)[0]:
+        with pytest.raises(InvalidArgumentError) as caught:
+            rpc.call(message)
+        refusals.append((Rpc.request_id(message), caught.value.data.get("path"), str(caught.value)))
+    assert [(request_id, where) for request_id, where, _ in refusals] == [("a", "/path/1"), (None, None), (3, "/value/x/0")]
+    assert "request id" in refusals[1][2] and "a key of /value/x/0" in refusals[2][2]
+    paired = json.dumps(request("get", {"path": ["c", "\U0001f600"]}, request_id="\U0001f600")).encode()
+    assert rpc.call(rpc.parse(paired)[0][0]).params["path"] == ["c", "\U0001f600"]
 
 
 # The compiled validators must agree with the reference 2020-12 validator on what they accept.

@@ -131,6 +131,14 @@ def test_unknown_and_handshake_methods_after_the_handshake_are_refused(service):
         "INVALID_REQUEST", "INVALID_ARGUMENT")
 
 
+@pytest.mark.parametrize("method", [["get"], {"get": 1}, None, 5], ids=repr)
+def test_a_method_that_is_not_a_string_is_invalid_request(service, method):
+    session, _, _ = connect(service)
+    frame = json.dumps({"jsonrpc": "2.0", "id": 3, "method": method, "params": {}}).encode()
+    answer = json.loads(session.receive(frame).run().text)
+    assert answer["id"] == 3 and answer["error"]["data"]["reason"] == "INVALID_REQUEST"
+
+
 def test_an_oversized_message_is_limit_exceeded_by_its_own_id(service):
     session, _, _ = connect(service)
     answer = ask(session, "add", {"path": ["open", "c"], "value": {"text": "x" * 5000}}, 42)

@@ -241,6 +241,73 @@ def test_bad_frames_get_the_documented_errors_and_change_nothing(served):
     raw.close()
 
 
+def escaped(message):
+    """A request as raw JSON text in which a lone surrogate stays an escape (\\ud800), as a
+    browser's JSON.stringify writes it."""
+    return json.dumps(message, ensure_ascii=True).encode()
+
+
+def test_a_lone_surrogate_in_a_request_id_is_answered_with_id_null_and_the_connection_lives_on(served):
+    raw = Raw(served)
+    raw.send(escaped({"jsonrpc": "2.0", "id": "x\ud800", "method": "get", "params": {"path": ["c", "d"]}}))
+    answer = raw.recv()
+    assert answer["id"] is None and answer["error"]["data"]["reason"] == "INVALID_ARGUMENT"
+    assert "id" in answer["error"]["message"]
+    assert raw.call("get", {"path": ["c", "d"]}, request_id=2) == {"jsonrpc": "2.0", "id": 2, "result": {"value": None}}
+    raw.close()
+
+
+def test_an_answer_queued_behind_notifications_with_a_lone_surrogate_id_keeps_the_connection_answering(served):
+    """The batch's write notifies the connection's own listener, so its answer waits in the queue
+    behind that notification and goes out from the connection's sender task."""
+    raw = Raw(served)
+    raw.send({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"sub": 1, "path": ["c", "d"]}})
+    raw.recv(), raw.recv()  # the listener's first snapshot, then the answer
+    raw.send(escaped([
+        {"jsonrpc": "2.0", "id": 1, "method": "set", "params": {"path": ["c", "d"], "value": {"n": 1}}},
+        {"jsonrpc": "2.0", "id": "\udc00", "method": "get", "params": {"path": ["c", "d"]}},
+    ]))
+    assert raw.recv()["method"] == "snapshot"
+    answers = raw.recv()
+    assert [answer["id"] for answer in answers] == [1, None]
+    assert answers[1]["error"]["data"]["reason"] == "INVALID_ARGUMENT"
+    assert raw.call("get", {"path": ["c", "d"]}, request_id=3)["result"] == {"value": {"n": 1}}
+    raw.close()
+
+
+@pytest.mark.parametrize("method, params, where", [
+    ("signUp", {"email": "lone@surrogate.example", "password": "\ud800 correct horse"}, "/password"),
+    ("signIn", {"email": "lone@surrogate.example", "password": "correct horse \udfff"}, "/password"),
+    ("resume", {"token": "\ud800"}, "/token"),
+    ("signOut", {"token": "token\udc00"}, "/token"),
+    ("set", {"path": ["c", "d"], "value": {"a": ["ok", "\ud800"]}}, "/value/a/1"),
+    ("set", {"path": ["c", "d"], "value": {"a/b": {"k\ud800": 1}}}, "/value/a~1b"),
+    ("query", {"query": {"path": ["c"], "where": [["a", "==", "\ud800"]]}}, "/query/where/0/2"),
+], ids=["signUp", "signIn", "resume", "signOut", "value", "key", "where"])
+def test_a_lone_surrogate_in_params_is_invalid_argument_naming_where(served, method, params, where):
+    raw = Raw(served)
+    raw.send(escaped({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}))
+    answer = raw.recv()
+    assert answer["id"] == 7 and answer["error"]["data"] == {"reason": "INVALID_ARGUMENT", "path": where}
+    assert everything(served) == {}
+    assert raw.call("get", {"path": ["c", "d"]}, request_id=8)["result"] == {"value": None}
+    raw.close()
+
+
+def test_reaching_the_record_limit_while_the_sender_is_busy_closes_4000(served, monkeypatch):
+    """The server's sender task seals an answer past the record limit: it closes the connection
+    (rekey), so the client reconnects instead of waiting for an answer that never comes."""
+    from server import channel
+
+    monkeypatch.setattr(channel, "MAX_RECORDS", 3)  # the records this connection may seal each way
+    raw = Raw(served)
+    raw.send({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"sub": 1, "path": ["c", "d"]}})
+    raw.recv(), raw.recv()  # records 1 and 2: the first snapshot, then the answer
+    raw.send([{"jsonrpc": "2.0", "id": 2, "method": "set", "params": {"path": ["c", "d"], "value": {"n": 1}}}])
+    assert raw.recv()["method"] == "snapshot"  # record 3; the answer behind it is one too many
+    assert raw.close_code() == 4000
+
+
 def test_batches_answer_in_order_and_notifications_get_no_answer(served):
     raw = Raw(served, kid="admin")
     raw.send([
