@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import itertools
 import logging
@@ -21,7 +22,7 @@ from websockets.http11 import Request, Response
 from .channel import CLOSE_BAD_RECORD, ChannelError
 from .config import Limits, trusted_networks
 from .database import Database
-from .logs import clip
+from .logs import Throttle, clip
 from .monitor import Monitor
 from .session import Service, Session
 from .web import route
@@ -101,6 +102,7 @@ class MontybaseServer:
             ping_timeout=self.ping_interval,
             ssl=self.tls,
         )
+        _quiet_accept_errors(asyncio.get_running_loop(), self.service.throttle)
         bound = next(iter(self.server.sockets)).getsockname()
         return bound[0], bound[1]
 
@@ -436,6 +438,31 @@ def _decrement(counter: Counter[str], key: str) -> None:
     counter[key] -= 1
     if not counter[key]:
         del counter[key]
+
+
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _quiet_accept_errors(loop: asyncio.AbstractEventLoop, lines: Throttle) -> None:
+    """Out of file descriptors, asyncio stops accepting for a second and tries again, logging a
+    traceback each time (thousands under a flood): one bounded line instead. Other errors go to
+    the handler the loop had."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "montybase", False):
+        return
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in _OUT_OF_RESOURCES:
+            lines.log(logging.ERROR, "accept", "server", "not accepting connections for a second: %s "
+                      "(raise the open-files limit, ulimit -n, or lower limits.maxConnections)", error.strerror)
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handle.montybase = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handle)
 
 
 def _client_address(peer: Any, headers: Headers, trusted: tuple[_Network, ...]) -> str:

@@ -826,3 +826,44 @@ def test_the_server_command_takes_trusted_proxies_from_the_config(tmp_path):
             assert upgrades.admitted({"X-Forwarded-For": "203.0.113.6"})
         finally:
             upgrades.close()
+
+
+# File descriptors: every connection holds one
+
+
+def test_the_server_raises_its_open_files_limit_to_the_hard_limit(tmp_path):
+    command = ["prlimit", "--nofile=64:256", *server_command("--port", "0")]  # as a low `ulimit -n` leaves it
+    with Proc(command, cwd=tmp_path) as proc:
+        proc.endpoint()
+        limits = (Path("/proc") / str(proc.pid) / "limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert line.split()[3:5] == ["256", "256"], line
+
+
+def test_out_of_file_descriptors_the_server_logs_a_line_not_tracebacks_and_recovers(tmp_path):
+    config = create_config(tmp_path / "montybase.json")
+    config.update(storageBucket=":memory:", limits={"maxConnectionsPerAddress": 1000, "maxUnauthenticatedPerAddress": 1000,
+                                                    "maxUnauthenticated": 1000, "handshakeTimeout": 30})
+    (tmp_path / "montybase.json").write_text(json.dumps(config), encoding="utf-8")
+    command = ["prlimit", "--nofile=48:48", *server_command("--config", str(tmp_path / "montybase.json"), "--port", "0")]
+    with Proc(command, cwd=tmp_path) as proc:
+        host, port = proc.endpoint().removeprefix("ws://").rsplit(":", 1)
+        held = []
+        try:
+            for _ in range(80):  # more than the server has descriptors: the last ones wait in the backlog
+                held.append(socket.create_connection((host, int(port)), timeout=5))
+            time.sleep(3.5)  # asyncio retries the accept every second
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(1.5)
+        client = Montybase(api=f"ws://{host}:{port}", config=tmp_path / "montybase.json")
+        try:
+            doc(client, "c", "after").set({"n": 1})  # accepting again
+            assert doc(client, "c", "after").get() == {"n": 1}
+        finally:
+            client.close()
+        proc.stop()
+        log = proc.stderr
+        assert "not accepting connections for a second" in log, proc.describe()
+        assert log.count("not accepting connections") <= 11 and "Traceback" not in log, proc.describe()

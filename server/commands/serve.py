@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import ssl
 from collections.abc import Callable
@@ -130,6 +131,21 @@ def settings(config: dict[str, Any], config_path: Path, storage: str) -> Setting
     )
 
 
+def raise_open_files_limit() -> None:
+    """Every connection is a file descriptor: take all the kernel allows this process (the soft
+    limit up to the hard one; often 1,024 → 524,288), and say so when it stays low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # a kernel cap below the hard limit: keep what we have
+            pass
+    if soft != resource.RLIM_INFINITY and soft < 4096:
+        log.warning("open-files limit %d: at most about %d connections; raise it (ulimit -n)", soft, soft - 64)
+
+
 def _apply(server: MontybaseServer, new: Settings) -> None:
     """Make `new` the running settings: what the next request, handshake or page sees."""
     database, service, config = server.database, server.service, new.config
@@ -193,6 +209,7 @@ async def serve(
     """Serve until SIGINT/SIGTERM, then stop accepting, finish in-flight writes, snapshot.
     SIGHUP reloads the config file (`overrides`, from the command line, stay over it)."""
     overrides = overrides or {}
+    raise_open_files_limit()
     storage = str(getattr(database.storage, "path", ":memory:"))
     lock = None
     try:
