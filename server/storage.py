@@ -269,7 +269,7 @@ def _flock_owner(fd: int) -> str | None:
                 if fields[1:2] == ["FLOCK"] and fields[3:4] == ["WRITE"] and fields[5:6] == [inode]:
                     return f"process {fields[4]}"
     except OSError:
-        pass
+        pass  # no /proc (not Linux): the holder stays unnamed
     return None
 
 
@@ -301,7 +301,7 @@ class MemoryFiles(LocalFiles):
         self._open[fd] += data
 
     def fsync(self, fd: int) -> None:
-        pass
+        pass  # memory is as durable as it gets: the twin has no cache to flush
 
     def close(self, fd: int) -> None:
         del self._open[fd]
@@ -321,7 +321,7 @@ class MemoryFiles(LocalFiles):
         del self.files[source]
 
     def fsync_dir(self, path: Path) -> None:
-        pass
+        pass  # names in memory are final at once
 
     def unlink(self, path: Path) -> None:
         self._inode(path)
@@ -334,7 +334,7 @@ class MemoryFiles(LocalFiles):
         return path in self.files
 
     def make_dir(self, path: Path) -> None:
-        pass
+        pass  # paths in memory need no folders
 
     def lock(self, fd: int) -> bool:
         return True
@@ -755,7 +755,7 @@ class MemoryStorage(FileStorage):
         return super().load()
 
     def _lock(self) -> None:
-        pass
+        pass  # one object, one owner: no other process can reach it
 
     def _unlock(self) -> None:
-        pass
+        pass  # nothing was locked

@@ -45,7 +45,7 @@ def _shipped_endpoint(config: dict[str, Any], config_path: Path) -> str:
         if isinstance(shipped, dict) and isinstance(shipped.get("endpoint"), str):
             return shipped["endpoint"]
     except (OSError, ValueError):
-        pass
+        pass  # no usable client-config.json: the endpoint from the settings, below
     return client_endpoint(config, f"ws://{config['host']}:{config['port']}")
 
 
