@@ -74,7 +74,7 @@ class _Pending:
         try:
             self.done.release()
         except RuntimeError:  # already awake
-            pass
+            pass  # a second wake finds it awake: nothing to do
 
 
 class RemoteBackend:

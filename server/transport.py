@@ -397,7 +397,7 @@ class _Connection:
                 self.monitor.sent_bytes += len(record)
                 await self.ws.send(record)
             except ConnectionClosed:
-                pass
+                pass  # the client is gone: the frame needs no delivery
             except ChannelError as exc:
                 log.warning("connection %d closed: %s", self.number, exc)
                 self.end(exc.close_code, "rekey")

@@ -140,8 +140,8 @@ def raise_open_files_limit() -> None:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
-        except (ValueError, OSError):  # a kernel cap below the hard limit: keep what we have
-            pass
+        except (ValueError, OSError):
+            pass  # the kernel caps it below the hard limit: keep what we have (warned below)
     if soft != resource.RLIM_INFINITY and soft < 4096:
         log.warning("open-files limit %d: at most about %d connections; raise it (ulimit -n)", soft, soft - 64)
 
