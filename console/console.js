@@ -21,6 +21,7 @@ const state = {
   pages: [], // the first document of each page before this one, to go back
   cursor: null, // the last document of the previous page (startAfter), or null on the first page
   docs: [], // the current page's documents
+  more: false, // whether documents follow them
   stop: null, // the current page's listener
   editing: null, // {path, opened value as JSON, stop} of the document in the editor
   health: [],
@@ -176,7 +177,7 @@ function listenPage() {
   let query = state.query;
   try {
     if (state.cursor) query = query.startAfter(state.cursor);
-    query = query.limit(limit());
+    query = query.limit(limit() + 1); // one more than shown: whether a next page exists
   } catch (error) {
     $("query-error").textContent = errorText(error);
     return;
@@ -187,7 +188,8 @@ function listenPage() {
   state.stop = query.onSnapshot((snapshot) => {
     const changed = first ? new Set() : new Set(snapshot.changes.filter((c) => c.type !== "removed").map((c) => c.id));
     first = false;
-    state.docs = snapshot.docs;
+    state.docs = snapshot.docs.slice(0, limit());
+    state.more = snapshot.docs.length > state.docs.length;
     renderTable(changed);
     $("live").textContent = "live";
     $("live").className = "live on";
@@ -220,7 +222,7 @@ function renderTable(changed) {
     ? `documents ${(start + 1).toLocaleString()}–${(start + state.docs.length).toLocaleString()}`
     : "no documents here";
   $("prev-page").disabled = $("first-page").disabled = state.pages.length === 0;
-  $("next-page").disabled = state.docs.length < limit();
+  $("next-page").disabled = !state.more;
 }
 
 function nextPage() {
