@@ -214,7 +214,7 @@ function renderTable(changed) {
     const object = value && typeof value === "object" && !Array.isArray(value) ? value : {};
     const row = element("tr", { "data-id": id, class: changed.has(id) ? "changed" : "" },
       element("th", { scope: "row" }, element("button", { type: "button", class: "link", onclick: () => openEditor([...state.path, id]) }, id)),
-      ...fields.map((field) => element("td", {}, brief(object[field]))));
+      ...fields.map((field) => element("td", typeof object[field] === "number" ? { class: "num" } : {}, brief(object[field]))));
     return row;
   }));
   const start = state.pages.length * limit();
