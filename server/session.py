@@ -21,11 +21,13 @@ from .channel import CLOSE_AUTH_FAILED, Records, ServerHandshake
 from .config import Limits
 from .database import Database
 from .errors import (
-    InvalidArgumentError, InvalidRequestError, LimitExceededError, MethodNotFoundError, MontybaseError, UnauthenticatedError,
+    InvalidArgumentError, InvalidRequestError, LimitExceededError, MethodNotFoundError, MontybaseError, PermissionDeniedError,
+    UnauthenticatedError,
 )
 from .logs import Throttle, clip
 from .rpc import Call, Rpc, dumps, internal, loads
-from .rules import Principal
+from .paths import check_key, check_path
+from .rules import Principal, dry_run
 from .watch import Sink, nothing_readable
 
 __all__ = ["CLOSE_SIGNED_OUT", "METHODS", "Reply", "Service", "Session", "Work"]
@@ -250,6 +252,23 @@ class Session:
     def _collections(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         return self.database.collections(params, self.principal)
 
+    def _rules_test(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """A dry run of the running rules (`montybase rules test`), for an admin."""
+        if not self.principal.admin:
+            raise PermissionDeniedError("only an admin may test the rules", {"document": []})
+        who = params["as"]
+        if who == "anonymous" or who == "admin":
+            principal = Principal("admin" if who == "admin" else "client")
+        elif who.startswith("user:") and len(who) > len("user:"):
+            principal = Principal("client", check_key(who[len("user:"):], "/as"))
+        else:
+            raise InvalidArgumentError(f"/as: anonymous, user:UID or admin, got {who[:64]!r}", {"path": "/as"})
+        path = check_path(params["path"])
+        database = self.database
+        allowed, said = dry_run(database.rules, principal, params["op"], tuple(path), params.get("value"),
+                                lambda rule, op, at, value: (database.document(at), len(database.documents(at[:-1]))))
+        return {"allow": allowed, "said": said}, 0
+
     def _write(self, params: dict[str, Any], *, op: str) -> tuple[dict[str, Any], int]:
         return self.database.write(op, params, self.principal)
 
@@ -391,6 +410,7 @@ METHODS: dict[str, tuple[Callable[[Session, dict[str, Any]], tuple[dict[str, Any
     "query": (Session._query, False),
     "aggregate": (Session._aggregate, False),
     "collections": (Session._collections, False),
+    "rulesTest": (Session._rules_test, False),
     **{op: (partial(Session._write, op=op), False) for op in ("add", "set", "update", "delete")},
     "commit": (Session._commit, False),
     "subscribe": (Session._subscribe, False),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import Served  # noqa: E402
 from procs import server_command  # noqa: E402
 from python_client import Montybase, doc  # noqa: E402
-from python_client.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError  # noqa: E402
+from python_client.errors import (  # noqa: E402
+    InvalidArgumentError, PermissionDeniedError, RateLimitedError, UnauthenticatedError,
+)
 from server.config import DEFAULTS, Limits, create_config, open_database  # noqa: E402
 
 PASSWORD = "console password 1"
@@ -92,6 +95,7 @@ def _console_calls(handle: Montybase) -> dict[str, Any]:
         "update": lambda: backend.call("update", {"path": ["secret", "one"], "fields": [["n", 4]]}),
         "delete": lambda: backend.call("delete", {"path": ["secret", "gone"]}),
         "listen": lambda: doc(handle, "secret").on_snapshot(lambda snapshot: None),
+        "rulesTest": lambda: backend.call("rulesTest", {"as": "anonymous", "op": "create", "path": ["notes", "n1"]}),
     }
     answers = {}
     for name, call in calls.items():
@@ -122,6 +126,8 @@ def test_an_admin_account_signs_in_with_the_admin_role(loop_thread, folder):
         assert "PERMISSION_DENIED" not in answers.values(), answers
         assert answers["collections"] == {"collections": [{"id": "notes", "count": 1}, {"id": "secret", "count": 1}]}
         assert answers["get"] == {"value": {"n": 1}}
+        assert answers["rulesTest"] == {"allow": True, "said": 'ALLOW create notes/n1 as anonymous (rule "notes": create is public; '
+                                                               'give a value to check the data rules too)'}
         assert doc(served.client(admin=True), "secret", "one").get() == {"n": 4}
     finally:
         page.close()
@@ -208,6 +214,27 @@ def test_an_admin_accounts_sign_in_lifts_no_limit_on_guessing_other_passwords(lo
             except (UnauthenticatedError, RateLimitedError) as exc:
                 reasons.append(exc.reason)
         assert reasons[-1] == "RATE_LIMITED"
+    finally:
+        page.close()
+        served.stop()
+        served.database.close()
+
+
+def test_the_rules_dry_run_answers_as_montybase_rules_test_does(loop_thread, folder):
+    served = _served_with_admin(loop_thread, folder)
+    page = served.client()
+    try:
+        page.sign_in(ADMIN, PASSWORD)
+        test = partial(page._backend.call, "rulesTest")
+        assert test({"as": "user:alice", "op": "get", "path": ["secret", "one"]}) == {
+            "allow": False, "said": "DENY get secret/one as user:alice (no rule matches secret: denied by default)"}
+        assert test({"as": "admin", "op": "delete", "path": ["secret", "one"]})["allow"] is True
+        with pytest.raises(InvalidArgumentError) as caught:
+            test({"as": "someone", "op": "get", "path": ["notes", "a"]})
+        assert caught.value.data["path"] == "/as"
+        with pytest.raises(InvalidArgumentError) as caught:
+            test({"as": "anonymous", "op": "list", "path": ["notes", "a"]})
+        assert caught.value.data["path"] == "/path"
     finally:
         page.close()
         served.stop()
