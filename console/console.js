@@ -41,7 +41,7 @@ function element(tag, attributes = {}, ...children) {
 }
 
 function show(view) {
-  for (const id of ["collection-view", "editor-view", "empty-view"]) $(id).hidden = id !== view;
+  for (const id of ["collection-view", "editor-view", "rules-view", "empty-view"]) $(id).hidden = id !== view;
 }
 
 /** A cell's text: a value in brief (strings as they are, the rest as compact JSON). */
@@ -376,6 +376,41 @@ async function confirmDelete() {
   }
 }
 
+// The rules dry run
+
+function openRules() {
+  closeEditor();
+  show("rules-view");
+  $("rules-path").value ||= state.path ? state.path.join("/") : "";
+  $("rules-as").focus();
+}
+
+async function testRules(event) {
+  event.preventDefault();
+  const out = $("rules-result");
+  out.className = "verdict";
+  out.textContent = "";
+  const who = $("rules-as").value === "user" ? `user:${$("rules-uid").value.trim()}` : $("rules-as").value;
+  const params = { as: who, op: $("rules-op").value, path: $("rules-path").value.split("/").filter(Boolean) };
+  if ($("rules-value").value.trim()) {
+    try {
+      params.value = JSON.parse($("rules-value").value);
+    } catch (error) {
+      out.textContent = `The value is not valid JSON: ${error.message}`;
+      out.classList.add("error");
+      return;
+    }
+  }
+  try {
+    const { allow, said } = await state.db._backend.call("rulesTest", params);
+    out.textContent = said;
+    out.classList.add(allow ? "allow" : "deny");
+  } catch (error) {
+    out.textContent = errorText(error);
+    out.classList.add("error");
+  }
+}
+
 // Server numbers (/healthz) as small live charts
 
 let healthTimer = null;
@@ -392,6 +427,7 @@ async function pollHealth() {
 }
 
 function sparkline(values) {
+  if (values.length === 1) values = [values[0], values[0]]; // a flat line from the first poll on
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${HEALTH_POINTS - 1} 20`);
@@ -443,6 +479,9 @@ $("save").addEventListener("click", save);
 $("delete").addEventListener("click", confirmDelete);
 $("close-editor").addEventListener("click", backToTable);
 $("reload-doc").addEventListener("click", reloadDocument);
+$("open-rules").addEventListener("click", openRules);
+$("rules-form").addEventListener("submit", testRules);
+$("rules-as").addEventListener("change", () => ($("rules-uid-label").hidden = $("rules-as").value !== "user"));
 document.addEventListener("keydown", (event) => {
   if ((event.ctrlKey || event.metaKey) && event.key === "s" && state.editing) {
     event.preventDefault();

@@ -313,3 +313,25 @@ test("a user account and an anonymous page get nothing the console uses", async 
   assert.equal(await python(`print(doc(db, "people", "p00001").get()["name"])`) !== "intruder\n", true);
   await close();
 });
+
+test("the rules dry run answers ALLOW or DENY with the rule that decided", async () => {
+  const { page, errors, close } = await adminPage();
+  await page.click("#open-rules");
+  await page.selectOption("#rules-as", "user");
+  await page.fill("#rules-uid", "alice");
+  await page.selectOption("#rules-op", "get");
+  await page.fill("#rules-path", "people/p00001");
+  await page.click("#rules-form button[type=submit]");
+  await page.waitForSelector("#rules-result.deny");
+  assert.equal(await page.textContent("#rules-result"), "DENY get people/p00001 as user:alice (no rule matches people: denied by default)");
+  await page.selectOption("#rules-as", "anonymous");
+  await page.selectOption("#rules-op", "create");
+  await page.fill("#rules-path", "notes/n1");
+  await page.fill("#rules-value", '{"text": "hi"}');
+  await page.click("#rules-form button[type=submit]");
+  await page.waitForSelector("#rules-result.allow");
+  assert.match(await page.textContent("#rules-result"), /^ALLOW create notes\/n1 as anonymous \(rule "notes": create is public\)$/);
+  await page.screenshot({ path: join(SHOTS, "11-rules.png") });
+  assert.deepEqual(errors, []);
+  await close();
+});
