@@ -179,7 +179,7 @@ export class RemoteBackend {
    */
   signedIn(result) {
     this.#token = result.token;
-    this.#user = { uid: result.uid, email: result.email };
+    this.#user = { uid: result.uid, email: result.email, ...(result.admin ? { admin: true } : {}) };  // admin: an admin account (the console)
     return this.user;
   }
 

@@ -47,6 +47,8 @@ export type SnapshotErrorCallback = (error: MontybaseError) => void;
 export interface User {
   uid: string;
   email: string;
+  /** An admin account (`montybase admins add`): the connection has the admin role. */
+  admin?: true;
 }
 
 /** The parsed client-config.json, or a server's montybase.json (admin key). */

@@ -2,7 +2,9 @@
 
 Accounts live in the tree under reserved collection names (`__accounts__`, `__sessions__`),
 which every client-supplied path is refused, and go through the same journaled write path.
-Passwords are kept only as scrypt hashes; sessions only as hashes of their tokens.
+Passwords are kept only as scrypt hashes; sessions only as hashes of their tokens. An account
+marked `"admin": true` (by `montybase admins add`, never by a client call) gives its sessions the
+admin role: the console signs in with it, and never holds the admin key.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ class Accounts:
         session = {"uid": account["uid"], "email": account["email"], "expires": int(now) + SESSION_SECONDS}
         writes = [{"op": "set", "path": [SESSIONS, token_key(token)], "value": session}, *self._expired(now)]
         self.database.commit(writes, private=True)
-        return {"uid": account["uid"], "email": account["email"], "token": token}
+        return {**_user(account), "token": token}
 
     def _expired(self, now: float) -> list[dict[str, Any]]:
         """Deletes of sessions past their expiry, to commit with a new session: once every
@@ -189,10 +191,50 @@ class Accounts:
         session = self.database.document((SESSIONS, key))
         if session is None or session["expires"] < time.time():
             raise UnauthenticatedError("the session is over; sign in again")
-        return {"uid": session["uid"], "email": session["email"]}
+        account = self.database.document((ACCOUNTS, session["email"]))
+        if account is None or account["uid"] != session["uid"]:  # the account was removed since
+            raise UnauthenticatedError("the session is over; sign in again")
+        return _user(account)
+
+    # Admin accounts: the operator's commands (server/commands/admins.py), on the storage offline
+
+    def add_admin(self, email: str, password: str) -> tuple[dict[str, Any], bool]:
+        """Make `email` an admin account with this password: a new account, or an existing one
+        marked admin (its password replaced). The account and whether it was new."""
+        email, password = _credentials({"email": email, "password": password})
+        account = self.database.document((ACCOUNTS, email))
+        created = account is None
+        if created:
+            account = {"uid": generate_id(), "email": email, "created": int(time.time() * 1000)}
+        account = {**account, "hash": hash_password(password), "admin": True}
+        self.database.commit([{"op": "set", "path": [ACCOUNTS, email], "value": account}], private=True)
+        return _user(account), created
+
+    def admins(self) -> list[dict[str, Any]]:
+        """The admin accounts, by email."""
+        return [_user(account) for _, account in sorted(self.database.documents((ACCOUNTS,)).items())
+                if account.get("admin")]
+
+    def remove_admin(self, email: str) -> bool:
+        """`email` is no longer an admin (its account stays, as a user's); False if it was not one."""
+        email = _email_key(email)
+        account = self.database.document((ACCOUNTS, email))
+        if account is None or not account.get("admin"):
+            return False
+        account = {key: value for key, value in account.items() if key != "admin"}
+        self.database.commit([{"op": "set", "path": [ACCOUNTS, email], "value": account}], private=True)
+        return True
 
     def sign_out(self, params: dict[str, Any]) -> dict[str, Any]:
         """End the session of `token`, if one is given."""
         if params.get("token") is not None:
             self.database.commit([{"op": "delete", "path": [SESSIONS, token_key(params["token"])]}], private=True)
         return {}
+
+
+def _user(account: dict[str, Any]) -> dict[str, Any]:
+    """What a client is told of an account: {uid, email}, and `admin: true` for an admin account."""
+    user = {"uid": account["uid"], "email": account["email"]}
+    if account.get("admin"):
+        user["admin"] = True
+    return user

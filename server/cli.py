@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from . import __version__
-from .commands import keys, reload, rules
+from .commands import admins, keys, reload, rules
 from .commands import serve as serving
 from .commands.serve import announce, serve
 from .errors import MontybaseError
@@ -46,6 +46,12 @@ COMMANDS: dict[str, Command] = {
     "rules test": Command("would the rules allow this? ALLOW or DENY, and the rule that decided",
                           "montybase rules test --as user:alice create profiles/alice --value '{\"name\": \"Alice\"}'",
                           rules.test_arguments, rules.test),
+    "admins add": Command("add an admin account, which signs in to the console at /admin/ (with the server stopped)",
+                          "montybase admins add ops@example.com   # asks for its password; or --password-stdin",
+                          admins.add_arguments, admins.add),
+    "admins list": Command("list the admin accounts", "montybase admins list", lambda parser: None, admins.list_admins),
+    "admins remove": Command("make an admin account a user's again (with the server stopped)",
+                             "montybase admins remove ops@example.com", admins.email_argument, admins.remove),
 }
 
 

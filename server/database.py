@@ -224,6 +224,23 @@ class Database:
             self.rates.take(principal, self.rules.match(doc_path[:-1]), "get")
             return {"value": clone(value)}, 0
 
+    def collections(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
+        """The collections that hold documents directly under the document `path` (the root by
+        default), with their sizes: the admin's map of the data (never the accounts' store)."""
+        self._check_open()
+        if principal is not None and not principal.admin:
+            raise PermissionDeniedError("only an admin may list collections", {"document": []})
+        path = check_path(params.get("path", []))
+        if len(path) % 2:
+            raise InvalidArgumentError("/path: collections are listed under a document (an even number of segments)",
+                                       {"path": "/path"})
+        depth = len(path) + 1
+        with self._lock:
+            found = sorted((collection[-1], len(docs)) for collection, docs in self.tree.collections.items()
+                           if len(collection) == depth and collection[:-1] == path and docs
+                           and not collection[0].startswith("__"))
+        return {"collections": [{"id": name, "count": count} for name, count in found]}, 0
+
     def _check_addressed(self, principal: Principal, path: Path, doc_path: Path, document: Any) -> None:
         """A read of `path` that is not a collection: the `get` rule of the nearest document
         (`doc_path`) decides; when nothing is there, not even a field of that document, the

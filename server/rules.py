@@ -21,12 +21,14 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from referencing import Registry
 
-from .errors import InvalidArgumentError, LimitExceededError, PermissionDeniedError, RateLimitedError, ValidationError
+from .errors import (
+    InvalidArgumentError, LimitExceededError, MontybaseError, PermissionDeniedError, RateLimitedError, ValidationError,
+)
 from .paths import field_path, pointer
-from .query import Query, field_value
+from .query import Query, field_value, parse_query
 from .values import json_equal
 
-__all__ = ["GRANTS", "OPERATIONS", "Principal", "RateLimiter", "Rule", "Rules", "parse_rate"]
+__all__ = ["GRANTS", "OPERATIONS", "Principal", "RateLimiter", "Rule", "Rules", "dry_run", "parse_rate"]
 
 OPERATIONS = ("get", "list", "create", "update", "delete")
 GRANTS = ("none", "public", "user", "owner", "admin")
@@ -435,3 +437,44 @@ class RateLimiter:
                 self._buckets[key] = (tokens, now, full)
             if len(self._buckets) > 100_000:  # forget the buckets that are full again: a new one is the same
                 self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}
+
+
+Stored = Callable[[Rule, str, tuple[str, ...], Any], tuple[Any, int]]
+
+
+def dry_run(rules: Rules, principal: Principal, op: str, path: tuple[str, ...], value: Any,
+            stored: Stored) -> tuple[bool, str]:
+    """Would `rules` allow `principal` to `op` `path` (with `value`, the document as the write
+    leaves it)? Whether, and a line that says so with the rule that decided. `stored(rule, op,
+    path, value)` gives the stored document and its collection's size when the answer needs them.
+    The same answer for `montybase rules test` and the console's rules form."""
+    if (op == "list") != (len(path) % 2 == 1):
+        kind = "a collection" if op == "list" else "a document"
+        raise InvalidArgumentError(f"{op} takes {kind} path, got {'/'.join(path)!r}", {"path": "/path"})
+    collection = path if op == "list" else path[:-1]
+    rule = rules.match(collection)
+    who = "admin" if principal.admin else f"user:{principal.uid}" if principal.uid else "anonymous"
+    asked = f"{op} {'/'.join(path)} as {who}"
+    if principal.admin:
+        return True, f"ALLOW {asked} (the admin key passes every rule)"
+    if rule is None:
+        return False, f"DENY {asked} (no rule matches {'/'.join(collection)}: denied by default)"
+    decided = f'rule "{rule.pattern}": {op} is {rule.grants[op]}'
+    old, size = stored(rule, op, path, value)
+    try:
+        if op == "get":
+            rules.check_read(principal, path, old)
+        elif op == "list":
+            if rules.narrow(principal, parse_query({"path": list(path)})).owner is not None:
+                decided += ", so only the documents this user owns"
+        elif value is None and op != "delete":  # the grant alone: no document to check the data rules on
+            if not rule.allows(principal, op, path[-1], old if op == "update" else None):
+                raise PermissionDeniedError(f"{op} is {rule.grants[op]}")
+            decided += "; give a value to check the data rules too"
+        else:
+            now_ms = int(time.time() * 1000)
+            rules.check_write(principal, op, path, old, value, now_ms, size, replacing=op == "update")
+    except MontybaseError as exc:
+        reason = "" if exc.reason == "PERMISSION_DENIED" else f"; {exc.reason}: {exc.message}"
+        return False, f"DENY {asked} ({decided}{reason})"
+    return True, f"ALLOW {asked} ({decided})"

@@ -21,11 +21,13 @@ from .channel import CLOSE_AUTH_FAILED, Records, ServerHandshake
 from .config import Limits
 from .database import Database
 from .errors import (
-    InvalidArgumentError, InvalidRequestError, LimitExceededError, MethodNotFoundError, MontybaseError, UnauthenticatedError,
+    InvalidArgumentError, InvalidRequestError, LimitExceededError, MethodNotFoundError, MontybaseError, PermissionDeniedError,
+    UnauthenticatedError,
 )
 from .logs import Throttle, clip
 from .rpc import Call, Rpc, dumps, internal, loads
-from .rules import Principal
+from .paths import check_key, check_path
+from .rules import Principal, dry_run
 from .watch import Sink, nothing_readable
 
 __all__ = ["CLOSE_SIGNED_OUT", "METHODS", "Reply", "Service", "Session", "Work"]
@@ -132,6 +134,7 @@ class Session:
                  end: Callable[[int, str], None] | None = None):
         self.service, self.database, self.deliver, self._end = service, service.database, deliver, end
         self.principal = principal
+        self._key_role = principal.role if principal is not None else "client"  # the role its key gives (an admin account's sign-in lifts it)
         self.number, self.address = number, address
         self.token: str | None = None  # the hash of the session token signed in with (Service.hold)
         self.records: Records | None = None  # the record keys, once the handshake is done
@@ -167,6 +170,7 @@ class Session:
             refusal = UnauthenticatedError("authentication failed")
             return Reply(dumps(Rpc.error(answered, refusal)), close=(CLOSE_AUTH_FAILED, "authentication failed"))
         self.records, self.principal = records, Principal(records.role, None, self.number, self.address)
+        self._key_role = records.role
         return Reply(dumps(Rpc.result(call.id, result)))
 
     # Requests
@@ -246,6 +250,26 @@ class Session:
     def _aggregate(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         return self.database.aggregate(params, self.principal)
 
+    def _collections(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return self.database.collections(params, self.principal)
+
+    def _rules_test(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """A dry run of the running rules (`montybase rules test`), for an admin."""
+        if not self.principal.admin:
+            raise PermissionDeniedError("only an admin may test the rules", {"document": []})
+        who = params["as"]
+        if who == "anonymous" or who == "admin":
+            principal = Principal("admin" if who == "admin" else "client")
+        elif who.startswith("user:") and len(who) > len("user:"):
+            principal = Principal("client", check_key(who[len("user:"):], "/as"))
+        else:
+            raise InvalidArgumentError(f"/as: anonymous, user:UID or admin, got {who[:64]!r}", {"path": "/as"})
+        path = check_path(params["path"])
+        database = self.database
+        allowed, said = dry_run(database.rules, principal, params["op"], tuple(path), params.get("value"),
+                                lambda rule, op, at, value: (database.document(at), len(database.documents(at[:-1]))))
+        return {"allow": allowed, "said": said}, 0
+
     def _write(self, params: dict[str, Any], *, op: str) -> tuple[dict[str, Any], int]:
         return self.database.write(op, params, self.principal)
 
@@ -259,12 +283,24 @@ class Session:
     def _unsubscribe(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         return {"found": self.unsubscribe(params["sub"])}, 0
 
+    def _key(self) -> Principal:
+        """Who the connection's key alone makes it (an admin account's sign-in lifts no limit
+        on sign-ups or on guessing other accounts' passwords)."""
+        return Principal(self._key_role, None, self.number, self.address)
+
     def _sign_up(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        result = self.service.accounts.sign_up(params, self.principal)
+        result = self.service.accounts.sign_up(params, self._key())
         return self._signed_in(result, result["token"]), 0
 
     def _sign_in(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        result = self.service.accounts.sign_in(params, self.principal)
+        try:
+            result = self.service.accounts.sign_in(params, self._key())
+        except MontybaseError as exc:
+            self.service.throttle.log(logging.WARNING, "failed sign-in", self.address,
+                                      "connection %d from %s: sign-in refused (%s)", self.number, self.address, exc.reason)
+            raise
+        if result.get("admin"):
+            log.info("connection %d from %s signed in as admin %s", self.number, self.address, clip(result["email"], 254))
         return self._signed_in(result, result["token"]), 0
 
     def _resume(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -279,12 +315,12 @@ class Session:
                 if other is not self:
                     other.signed_out()
         self.service.hold(self, None)
-        self._become(None)
+        self._become(None, self._key_role)
         return result, 0
 
     def _signed_in(self, result: dict[str, Any], token: str) -> dict[str, Any]:
         self.service.hold(self, token_key(token))
-        self._become(result["uid"])
+        self._become(result["uid"], "admin" if result.get("admin") else self._key_role)
         return result
 
     def signed_out(self) -> None:
@@ -292,9 +328,9 @@ class Session:
         user's; the connection closes (one without a connection shows what anyone may read)."""
         self.service.hold(self, None)
         if self._end is None:
-            self._become(None)
+            self._become(None, self._key_role)
             return
-        self.principal.uid = None
+        self.principal.uid, self.principal.role = None, self._key_role
         self._end(CLOSE_SIGNED_OUT, "signed out")
 
     # Listeners
@@ -317,11 +353,11 @@ class Session:
         found = self._listeners.pop(tag, None)
         return found is not None and (found[0] is None or self.database.unwatch(found[0]))
 
-    def _become(self, uid: str | None) -> None:
+    def _become(self, uid: str | None, role: str) -> None:
         """After a sign-in or sign-out, every listener shows what the new principal may read."""
-        if uid == self.principal.uid:
+        if uid == self.principal.uid and role == self.principal.role:
             return
-        self.principal.uid = uid
+        self.principal.uid, self.principal.role = uid, role
         self._rewatch()
 
     def _rewatch(self) -> None:
@@ -374,6 +410,8 @@ METHODS: dict[str, tuple[Callable[[Session, dict[str, Any]], tuple[dict[str, Any
     "get": (Session._get, False),
     "query": (Session._query, False),
     "aggregate": (Session._aggregate, False),
+    "collections": (Session._collections, False),
+    "rulesTest": (Session._rules_test, False),
     **{op: (partial(Session._write, op=op), False) for op in ("add", "set", "update", "delete")},
     "commit": (Session._commit, False),
     "subscribe": (Session._subscribe, False),

@@ -25,7 +25,7 @@ from .database import Database
 from .logs import Throttle, clip
 from .monitor import Monitor
 from .session import Service, Session
-from .web import route
+from .web import console, route
 
 __all__ = ["Limits", "MontybaseServer"]  # Limits re-exported for callers that build servers
 
@@ -61,6 +61,7 @@ class MontybaseServer:
         tls: ssl.SSLContext | None = None,
         client_config: dict[str, Any] | None = None,
         static: Path | None = None,
+        console: bool = True,
         ping_interval: float = 20.0,
         trusted_proxies: list[str] | None = None,
     ):
@@ -71,6 +72,7 @@ class MontybaseServer:
         self.tls = tls
         self.client_config = client_config or {}
         self.static = static
+        self.console = console  # /admin/ (montybase.json "admin": false turns it off)
         self.ping_interval = ping_interval  # keepalive: a connection that leaves a ping unanswered this long is closed
         self.trusted_proxies = trusted_networks(trusted_proxies)
         self.server: Server | None = None
@@ -164,6 +166,8 @@ class MontybaseServer:
             elif target == "/metrics":
                 status, content_type, body, extra = self.monitor.scrape(
                     self._client_address(connection, request), request.headers.get("Authorization"))
+            elif self.console and (target == "/admin" or target.startswith("/admin/")):
+                (status, content_type, body), extra = console(request.path)
             else:
                 status, content_type, body = route(
                     request.path, request.headers.get("Host"), self.client_config, self.static, self.tls is not None

@@ -1,4 +1,4 @@
-"""Plain HTTP GETs on the WebSocket port: the JS client, the client config, a static folder."""
+"""Plain HTTP GETs on the WebSocket port: the JS client, the client config, the admin console, a static folder."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 from .schemas import bundled_dir
 
-__all__ = ["Page", "route"]
+__all__ = ["CONSOLE_HEADERS", "Page", "console", "route"]
 
 Page = tuple[int, str, bytes]  # status, content type, body
 
@@ -52,6 +52,25 @@ def _file(root: Path, relative: str) -> Page:
         return _NOT_FOUND
     content_type = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return 200, content_type, path.read_bytes()
+
+
+# The console's pages run no inline script and load nothing from elsewhere, and no other site may
+# frame them (clickjacking an admin) or learn their address from a Referer.
+CONSOLE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "connect-src 'self' ws: wss:; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def console(target: str) -> tuple[Page, dict[str, str]]:
+    """`/admin/…`: the admin console's files (console/), with CONSOLE_HEADERS; `/admin` moves to
+    `/admin/` (its modules are addressed relative to it)."""
+    path = unquote(urlsplit(target).path)
+    if path == "/admin":
+        return (308, "text/plain; charset=utf-8", b"/admin/\n"), {**CONSOLE_HEADERS, "Location": "/admin/"}
+    return _file(bundled_dir("console", "index.html"), path[len("/admin/"):]), dict(CONSOLE_HEADERS)
 
 
 def route(target: str, host: str | None, client_config: dict[str, Any], static: Path | None, tls: bool) -> Page:

@@ -64,9 +64,10 @@ def edit_config(folder: Path, **fields: Any) -> None:
 def test_help_lists_every_command_and_each_shows_an_example(tmp_path):
     top = montybase(tmp_path, "--help")
     assert top.returncode == 0
-    for name in ("serve", "reload", "keys", "rules"):
+    for name in ("serve", "reload", "keys", "rules", "admins"):
         assert f"    {name}" in top.stdout, top.stdout
-    for command in (["serve"], ["reload"], ["keys", "rotate"], ["rules", "check"], ["rules", "test"]):
+    for command in (["serve"], ["reload"], ["keys", "rotate"], ["rules", "check"], ["rules", "test"],
+                    ["admins", "add"], ["admins", "list"], ["admins", "remove"]):
         shown = montybase(tmp_path, *command, "--help")
         assert shown.returncode == 0, shown.stderr
         assert f"example:\n  montybase {command[0]}" in shown.stdout, shown.stdout
@@ -369,4 +370,31 @@ def test_sighup_to_a_server_started_by_python_m_server_reloads_too(tmp_path):
         proc.endpoint()
         os.kill(proc.pid, signal.SIGHUP)
         assert log_line(proc, "reloaded").endswith("nothing changed")
+        assert proc.stop() == 0, proc.describe()
+
+
+# The console
+
+
+def _console_status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url.replace("ws://", "http://") + "/admin/", timeout=5) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_admin_false_turns_the_console_off_and_a_reload_turns_it_on(tmp_path):
+    write_config(tmp_path, admin=False)
+    with start(tmp_path, "--port", "0") as proc:
+        url = proc.endpoint()
+        assert _console_status(url) == 404
+        edit_config(tmp_path, admin=True)
+        assert montybase(tmp_path, "reload").returncode == 0
+        log_line(proc, "reloaded montybase.json")
+        assert _console_status(url) == 200
         assert proc.stop() == 0, proc.describe()

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from conftest import Served
-from server.web import route
+from server.web import console, route
 
 OPEN = urllib.request.build_opener(urllib.request.ProxyHandler({})).open  # 127.0.0.1 only, never a proxy
 # As the server passes it: no endpoint unless the config sets publicEndpoint.
@@ -79,5 +79,47 @@ def test_a_real_server_answers_plain_gets_on_its_websocket_port(loop_thread, tmp
         with pytest.raises(urllib.error.HTTPError) as caught:
             OPEN(http + "/.env", timeout=5)
         assert caught.value.code == 404
+    finally:
+        served.stop()
+
+
+# The admin console (/admin/)
+
+CSP = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'none'"
+
+
+def test_the_console_is_served_with_a_strict_content_security_policy_and_no_framing(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path / "server", client_config=CONFIG)
+    try:
+        http = served.url.replace("ws://", "http://")
+        for target in ("/admin/", "/admin/console.js", "/admin/console.css"):
+            with OPEN(http + target, timeout=5) as answer:
+                assert answer.status == 200
+                assert answer.headers["Content-Security-Policy"] == CSP
+                assert answer.headers["X-Frame-Options"] == "DENY"
+                assert answer.headers["Referrer-Policy"] == "no-referrer"
+                body = answer.read()
+        with OPEN(http + "/admin", timeout=5) as answer:  # redirected to /admin/, whose modules are relative
+            assert answer.url.endswith("/admin/") and answer.status == 200
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            OPEN(http + "/admin/../montybase.json", timeout=5)
+        assert caught.value.code == 404 and body
+    finally:
+        served.stop()
+
+
+def test_the_console_page_runs_no_inline_script_or_style():
+    (status, content_type, page), headers = console("/admin/")
+    html = page.decode()
+    assert status == 200 and content_type.startswith("text/html") and headers["X-Frame-Options"] == "DENY"
+    assert "<script>" not in html and "<style" not in html and " style=" not in html and " onclick" not in html
+
+
+def test_with_admin_off_the_console_is_not_served(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path / "server", client_config=CONFIG, console=False)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            OPEN(served.url.replace("ws://", "http://") + "/admin/", timeout=5)
+        assert caught.value.code == 404 and "Content-Security-Policy" not in caught.value.headers
     finally:
         served.stop()

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from ..config import Limits, load_config, storage_path
 from ..database import Database
-from ..errors import InvalidArgumentError, MontybaseError, PermissionDeniedError, UnavailableError
+from ..errors import MontybaseError, UnavailableError
 from ..paths import check_path
-from ..query import parse_query
-from ..rules import OPERATIONS, Principal, Rule, Rules
+from ..rules import OPERATIONS, Principal, Rule, Rules, dry_run
 from ..storage import StorageReader
 
 __all__ = ["check", "check_arguments", "test", "test_arguments"]
@@ -124,44 +122,13 @@ def test_arguments(parser: argparse.ArgumentParser) -> None:
 def test(args: argparse.Namespace) -> int:
     """ALLOW or DENY, and the rule that decided: exit 0 or 1."""
     config, config_path = _load(args)
-    principal, op, value = args.principal, args.op, args.value
     path = check_path([segment for segment in args.path.split("/") if segment], "PATH")
-    if (op == "list") != (len(path) % 2 == 1):
-        kind = "a collection" if op == "list" else "a document"
-        raise InvalidArgumentError(f"{op} takes {kind} path, got {args.path!r}")
     limits = Limits.from_config(config.get("limits"))
     rules = Rules(config.get("rules"), max_doc_bytes=limits.maxDocBytes, max_results=limits.maxResults)
-    collection = path if op == "list" else path[:-1]
-    rule = rules.match(collection)
-    who = "admin" if principal.admin else f"user:{principal.uid}" if principal.uid else "anonymous"
-    asked = f"{op} {'/'.join(path)} as {who}"
-    if principal.admin:
-        print(f"ALLOW {asked} (the admin key passes every rule)")
-        return 0
-    if rule is None:
-        print(f"DENY {asked} (no rule matches {'/'.join(collection)}: denied by default)")
-        return 1
-    decided = f'rule "{rule.pattern}": {op} is {rule.grants[op]}'
-    old, size = _existing(config, config_path, rule, op, path, value)
-    try:
-        if op == "get":
-            rules.check_read(principal, path, old)
-        elif op == "list":
-            if rules.narrow(principal, parse_query({"path": list(path)})).owner is not None:
-                decided += ", so only the documents this user owns"
-        elif value is None and op != "delete":  # the grant alone: no document to check the data rules on
-            if not rule.allows(principal, op, path[-1], old if op == "update" else None):
-                raise PermissionDeniedError(f"{op} is {rule.grants[op]}")
-            decided += "; pass --value to check the data rules too"
-        else:
-            now_ms = int(time.time() * 1000)
-            rules.check_write(principal, op, path, old, value, now_ms, size, replacing=op == "update")
-    except MontybaseError as exc:
-        reason = "" if exc.reason == "PERMISSION_DENIED" else f"; {exc.reason}: {exc.message}"
-        print(f"DENY {asked} ({decided}{reason})")
-        return 1
-    print(f"ALLOW {asked} ({decided})")
-    return 0
+    allowed, said = dry_run(rules, args.principal, args.op, path, args.value,
+                            lambda *asked: _existing(config, config_path, *asked))
+    print(said)
+    return 0 if allowed else 1
 
 
 def _existing(config: dict[str, Any], config_path: Path, rule: Rule, op: str, path: tuple[str, ...],

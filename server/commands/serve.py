@@ -159,6 +159,7 @@ def _apply(server: MontybaseServer, new: Settings) -> None:
     server.origins = config.get("origins")
     server.trusted_proxies = trusted_networks(config.get("trustedProxies"))
     server.static = new.static
+    server.console = config.get("admin", True)
     server.client_config = client_config(config, config.get("publicEndpoint", ""))
     server.monitor.configure(config.get("metrics"), new.slow_ms)
     set_level(new.log_level)
