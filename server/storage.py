@@ -389,13 +389,36 @@ class Storage:
 
 class StorageReader(Storage):
     """A storage's files as they are, read without its lock and without changing a byte: what a
-    running server holds, up to its last journaled write (for `montybase rules`). Reading stops
-    at the first damaged record; nothing is ever written."""
+    running server holds, up to its last journaled write (for `montybase rules`, `backup`,
+    `export`). Reading stops at the first incomplete or damaged record; nothing is ever written.
+
+    A running server replaces the snapshot (a rename) and only then drops the journals it covers:
+    when the snapshot is the same file before and after the journals were read, no journal this
+    read needed was dropped, so the records read are every write up to the last complete one (a
+    consistent state). Otherwise it reads again (a few times)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path).absolute()
 
-    def load(self) -> tuple[int, Collections, int, list[tuple[int, list]]]:
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def load(self) -> Recovered:
+        for _ in range(20):
+            before = self._identity()
+            try:
+                recovered = self._read()
+            except FileNotFoundError:  # a snapshot replaced or a journal dropped while read
+                continue
+            if self._identity() == before:
+                return recovered
+        raise UnavailableError(f"storage {self.path} kept changing while it was read; try again")
+
+    def _read(self) -> Recovered:
         seq, collections, id_time = decode_snapshot(self.path.read_bytes()) if self.path.exists() else (0, {}, 0)
         pattern = re.compile(re.escape(self.path.name) + r"\.(\d+)\.journal")
         journals = sorted((int(found.group(1)), self.path.parent / name) for name in os.listdir(self.path.parent)
@@ -407,12 +430,12 @@ class StorageReader(Storage):
             while offset < len(data):
                 problem, record_seq, payload, size = FileStorage._parse(data, offset)
                 if problem is not None or record_seq > last + 1:
-                    return seq, collections, id_time, records
+                    return Recovered(seq, collections, id_time, records)
                 if record_seq == last + 1:
                     records.append((record_seq, json.loads(payload)))
                     last = record_seq
                 offset += size
-        return seq, collections, id_time, records
+        return Recovered(seq, collections, id_time, records)
 
 
 class FileStorage(Storage):
