@@ -343,25 +343,29 @@ def import_(args: argparse.Namespace) -> int:
     stopped = False
     bar = progress("import", total)
 
+    def report(number: int, exc: MontybaseError) -> None:
+        nonlocal bad
+        bad += 1
+        # The pointer of a write alone is into its line ({"path", "value"}), not into the commit.
+        bar.write(f"line {number}: {exc.message.replace('/writes/0/', '/', 1)}", file=sys.stderr)
+
     def commit(batch: list[tuple[int, dict]]) -> bool:
-        """Write `batch`; when a write in it is refused, each of its writes alone, to name the
-        bad lines. False when a bad line stops the import."""
-        nonlocal bad, written
-        try:
-            session.call("commit", {"writes": [write for _, write in batch]})
-            written += len(batch)
-            return True
-        except MontybaseError:
-            if len(batch) == 1:
-                raise
+        """Write `batch` (all or nothing); when a write in it is refused, each of its writes
+        alone, to name the bad lines. False when a bad line stops the import."""
+        nonlocal written
+        if len(batch) > 1:
+            try:
+                session.call("commit", {"writes": [write for _, write in batch]})
+                written += len(batch)
+                return True
+            except MontybaseError:
+                pass
         for number, write in batch:
             try:
                 session.call("commit", {"writes": [write]})
                 written += 1
             except MontybaseError as exc:
-                bad += 1
-                # The pointer of a write alone is into its line ({"path", "value"}), not the commit.
-                bar.write(f"line {number}: {exc.message.replace('/writes/0/', '/', 1)}", file=sys.stderr)
+                report(number, exc)
                 if args.stop_on_error:
                     return False
         return True
@@ -375,30 +379,17 @@ def import_(args: argparse.Namespace) -> int:
             try:
                 batch.append((number, _write(line, into)))
             except MontybaseError as exc:
-                bad += 1
-                bar.write(f"line {number}: {exc.message}", file=sys.stderr)
+                report(number, exc)
                 if args.stop_on_error:
                     stopped = True
                     break
                 continue
             if len(batch) >= size:
-                try:
-                    ok = commit(batch)
-                except MontybaseError as exc:
-                    bad += 1
-                    bar.write(f"line {batch[0][0]}: {exc.message}", file=sys.stderr)
-                    ok = not args.stop_on_error
-                batch = []
-                if not ok:
-                    stopped = True
+                stopped, batch = not commit(batch), []
+                if stopped:
                     break
-        if batch and not stopped:
-            try:
-                stopped = not commit(batch)
-            except MontybaseError as exc:
-                bad += 1
-                bar.write(f"line {batch[0][0]}: {exc.message}", file=sys.stderr)
-                stopped = args.stop_on_error
+        if batch:  # the lines before a bad one that stopped the import are written too
+            stopped = not commit(batch) or stopped
     finally:
         bar.close()
         database.close()

@@ -33,8 +33,9 @@ def progress(what: str, total: int | None, unit: str = "documents", *, scale: bo
     """A tqdm counter of `total` `unit`s (None: unknown) described by `what`; call .update(n), .close()."""
     stream = sys.stderr
     if stream.isatty():
+        sized = os.get_terminal_size(stream.fileno()).columns > 0  # a terminal that gives no width: 80
         return tqdm(total=total, desc=what, unit=" " + unit if not scale else unit, unit_scale=scale,
-                    file=stream, leave=True, dynamic_ncols=True)
+                    file=stream, leave=True, dynamic_ncols=sized, ncols=None if sized else 80)
     return tqdm(total=total, desc=what, unit=" " + unit if not scale else unit, unit_scale=scale,
                 file=_Lines(stream), mininterval=LINE_SECONDS, ascii=True,
                 bar_format="{desc}: {n_fmt}/{total_fmt}{unit}, {rate_fmt}, {remaining} left, {elapsed} so far")
