@@ -10,6 +10,7 @@ import os
 import pty
 import random
 import select
+import shlex
 import shutil
 import struct
 import subprocess
@@ -323,3 +324,23 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_pipe(tmp_path):
             os.close(follower)
     text = shown.decode("utf-8", "replace")
     assert "\r" in text and "3300/3300" in text and "documents/s" in text and "█" in text, text
+
+
+def test_the_data_commands_of_the_readme_work_as_shown_from_an_empty_folder(tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("### Backups and data", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line, comments=True) for line in block.splitlines()]
+    online = [line for line in lines if line[1] not in ("import", "restore")]
+    with start(tmp_path, "--port", "0", script=True) as proc:
+        url = proc.endpoint()
+        with client(url, tmp_path, admin=True) as db:
+            doc(db, "users").set({"name": "Alice"}, key="alice")
+        for line in online:
+            done = montybase(tmp_path, *line[1:])
+            assert done.returncode == 0, f"{line}: {done.stdout}{done.stderr}"
+        assert proc.stop() == 0
+    for line in lines[len(online):]:
+        done = montybase(tmp_path, *line[1:])
+        assert done.returncode == 0, f"{line}: {done.stdout}{done.stderr}"
+    assert exported(tmp_path) == [{"path": "users/alice", "value": {"name": "Alice"}}]
+    assert json.loads((tmp_path / "alice.jsonl").read_text()) == {"path": "users/alice", "value": {"name": "Alice"}}

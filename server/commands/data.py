@@ -153,6 +153,7 @@ def backup(args: argparse.Namespace) -> int:
     database = _read(bucket)
     total = sum(len(docs) for docs in database.tree.collections.values())
     target = Path(args.file).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     bar = progress("backup", total)
     try:
