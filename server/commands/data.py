@@ -29,7 +29,7 @@ from ..errors import InvalidArgumentError, MontybaseError, UnavailableError
 from ..paths import check_path, id_clock
 from ..session import Service
 from ..storage import (
-    _CRC_KEY, _FORMAT_KEY, SNAPSHOT_FORMAT, FileStorage, StorageReader, _encode_json, decode_snapshot, take_lock,
+    _CRC_KEY, _FORMAT_KEY, SNAPSHOT_FORMAT, FileStorage, StorageReader, _encode_json, decode_snapshot, lock_holder, take_lock,
 )
 from ..values import prepare
 from .progress import progress
@@ -40,6 +40,7 @@ __all__ = [
     "export_arguments", "import_", "import_arguments", "restore", "restore_arguments",
 ]
 
+BACKGROUND_NICE = 10  # how much a command reading beside a running server lowers its CPU priority
 PRIVATE = "__"  # collections of the accounts' own store start so: in backups, never exported
 
 
@@ -57,6 +58,9 @@ def _storage(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
 
 def _read(bucket: Path) -> Database:
     """The stored state, read without the lock (a running server keeps serving)."""
+    if lock_holder(bucket.with_name(bucket.name + ".lock")) is not None:
+        # Beside a running server this is background work: the server's requests go first.
+        os.nice(BACKGROUND_NICE)
     try:
         return Database(StorageReader(bucket))
     except ValueError as exc:
