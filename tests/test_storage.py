@@ -736,3 +736,40 @@ def test_second_open_in_same_process_is_refused(tmp_path):
         assert read_all(second) == {"c": {"k": {"n": 1}, "k2": {"n": 2}}}
     finally:
         second.close()
+
+
+# Reading beside a running storage (backup, export, rules)
+
+
+def test_storage_reader_beside_snapshots_always_reads_a_whole_recent_state(tmp_path):
+    from server.storage import StorageReader
+    import threading
+
+    database = Database(FileStorage(tmp_path / "db.json"), snapshot_seconds=3600)
+    database.transact({"writes": [{"op": "set", "path": ["big", f"d{i}"], "value": {"pad": "y" * 1000}}
+                                  for i in range(400)]}, None)  # a snapshot that takes a while to read
+    stop = threading.Event()
+
+    def writer() -> None:
+        written = 0
+        while not stop.is_set() and written < 200_000:
+            database.write("set", {"path": ["c", "k"], "value": {"n": database.seq + 1, "pad": "x" * 2000}}, None)
+            written += 1
+            if written % 5 == 0:
+                database.snapshot()  # a new snapshot, and the journals it covers dropped
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        deadline, reads = time.monotonic() + 4, 0
+        while time.monotonic() < deadline and reads < 400:
+            before = database.seq
+            seen = Database(StorageReader(tmp_path / "db.json"))
+            assert seen.seq >= before, "every write committed before the read began is in it"
+            assert seen.seq <= 1 or seen.document(("c", "k"))["n"] == seen.seq, "the state after one record"
+            reads += 1
+    finally:
+        stop.set()
+        thread.join(30)
+        database.close()
+    assert reads > 20
