@@ -193,12 +193,24 @@ def test_an_original_bare_tree_db_json_exports_and_imports(tmp_path):
     assert exported(new, "archive/2024/users/alice") == [{"path": "archive/2024/users/alice", "value": {"name": "Alice"}}]
 
 
-def test_import_is_refused_while_a_server_holds_the_storage(tmp_path):
+def test_import_while_a_server_runs_writes_through_it_over_the_admin_key(tmp_path):
     store(tmp_path, 5)
+    (tmp_path / "more.jsonl").write_text(json.dumps({"path": "users/new", "value": {"n": 1}}) + "\n"
+                                         + json.dumps({"path": "users/bad", "value": {"$x": 1}}) + "\n")
     with start(tmp_path, "--port", "0", script=True) as proc:
-        proc.endpoint()
-        done = montybase(tmp_path, "import", "seed.jsonl")
-        assert done.returncode == 1 and "in use" in done.stderr, done.stderr
+        url = proc.endpoint()
+        with client(url, tmp_path, admin=True) as db:
+            seen: list[Any] = []
+            stop = doc(db, "users", "new").on_snapshot(seen.append)
+            done = montybase(tmp_path, "import", "more.jsonl")
+            assert done.returncode == 1 and "line 2: /value/$x" in done.stderr, done.stderr
+            assert f"imported 1 documents into the server at {url}" in done.stdout, done.stdout
+            assert doc(db, "users", "new").get() == {"n": 1}
+            deadline = time.monotonic() + 10
+            while not any(getattr(snap, "exists", False) for snap in seen) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert any(getattr(snap, "exists", False) for snap in seen), "a listener saw the imported document"
+            stop()
         assert proc.stop() == 0
 
 
@@ -330,7 +342,7 @@ def test_the_data_commands_of_the_readme_work_as_shown_from_an_empty_folder(tmp_
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     block = readme.split("### Backups and data", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     lines = [shlex.split(line, comments=True) for line in block.splitlines()]
-    online = [line for line in lines if line[1] not in ("import", "restore")]
+    online = [line for line in lines if line[1] != "restore"]
     with start(tmp_path, "--port", "0", script=True) as proc:
         url = proc.endpoint()
         with client(url, tmp_path, admin=True) as db:

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from python_client import UnavailableError as ClientUnavailableError
 from server.config import create_config
 from server.database import Database
 from server.errors import UnavailableError
-from server.storage import FileStorage, MemoryStorage
+from server.storage import FileStorage, MemoryStorage, StorageReader
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/writer.py
@@ -742,9 +743,6 @@ def test_second_open_in_same_process_is_refused(tmp_path):
 
 
 def test_storage_reader_beside_snapshots_always_reads_a_whole_recent_state(tmp_path):
-    from server.storage import StorageReader
-    import threading
-
     database = Database(FileStorage(tmp_path / "db.json"), snapshot_seconds=3600)
     database.transact({"writes": [{"op": "set", "path": ["big", f"d{i}"], "value": {"pad": "y" * 1000}}
                                   for i in range(400)]}, None)  # a snapshot that takes a while to read

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from ..storage import (
     _CRC_KEY, _FORMAT_KEY, SNAPSHOT_FORMAT, FileStorage, StorageReader, _encode_json, decode_snapshot, lock_holder, take_lock,
 )
 from ..values import prepare
+from .keys import shipped_endpoint
 from .progress import progress
 from .reload import running_server
 
@@ -334,16 +335,30 @@ def _write(line: Any, into: tuple[str, ...]) -> dict[str, Any]:
     return {"op": "set", "path": list(into) + path, "value": line["value"]}
 
 
+def _writer(config: dict[str, Any], config_path: Path, bucket: Path,
+            limits: Limits) -> tuple[Callable[[str, dict[str, Any]], Any], Callable[[], None], str]:
+    """(call, close, what it writes to): the running server's database over the admin key of
+    montybase.json when one runs, else the files, through an admin session (the same checks)."""
+    if running_server(config_path, str(bucket)) is not None:
+        from python_client import Montybase  # the client package, needed only here
+
+        endpoint = shipped_endpoint(config, config_path)
+        remote = Montybase(api=endpoint, config=str(config_path))
+        return remote._backend.call, remote.close, f"the server at {endpoint}"
+    database = open_database(config, str(bucket))  # takes the lock
+    session = Service(database, limits=limits).admin(lambda *_: None)
+    return session.call, database.close, str(bucket)
+
+
 def import_(args: argparse.Namespace) -> int:
-    config, _, bucket = _storage(args)
+    config, config_path, bucket = _storage(args)
     into = _split(args.into, "/into") if args.into else ()
     if len(into) % 2:
         raise InvalidArgumentError(f"--into {args.into}: name a document (an even number of segments)", {"path": "/into"})
     limits = Limits.from_config(config.get("limits"))
     size = max(1, min(args.batch, limits.maxWrites))
     lines, total = _lines(args.file)
-    database = open_database(config, str(bucket))  # takes the lock: refused while a server runs
-    session = Service(database, limits=limits).admin(lambda *_: None)
+    call, close, where = _writer(config, config_path, bucket, limits)
     bad = written = 0
     stopped = False
     bar = progress("import", total)
@@ -360,14 +375,14 @@ def import_(args: argparse.Namespace) -> int:
         nonlocal written
         if len(batch) > 1:
             try:
-                session.call("commit", {"writes": [write for _, write in batch]})
+                call("commit", {"writes": [write for _, write in batch]})
                 written += len(batch)
                 return True
             except MontybaseError:
                 pass
         for number, write in batch:
             try:
-                session.call("commit", {"writes": [write]})
+                call("commit", {"writes": [write]})
                 written += 1
             except MontybaseError as exc:
                 report(number, exc)
@@ -397,8 +412,8 @@ def import_(args: argparse.Namespace) -> int:
             stopped = not commit(batch) or stopped
     finally:
         bar.close()
-        database.close()
-    print(f"imported {written} documents into {bucket}" + (f"; {bad} bad lines" if bad else "") +
+        close()
+    print(f"imported {written} documents into {where}" + (f"; {bad} bad lines" if bad else "") +
           ("; stopped at the first bad line" if stopped else ""), flush=True)
     return 1 if bad else 0
 
