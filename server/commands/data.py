@@ -18,7 +18,6 @@ import shutil
 import signal
 import sys
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from ..errors import InvalidArgumentError, MontybaseError, UnavailableError
 from ..paths import check_path, id_clock
 from ..session import Service
 from ..storage import (
-    _CRC_KEY, _FORMAT_KEY, SNAPSHOT_FORMAT, FileStorage, StorageReader, _encode_json, decode_snapshot, lock_holder, take_lock,
+    FileStorage, StorageReader, decode_snapshot, is_sealed_snapshot, lock_holder, snapshot_chunks, take_lock,
 )
 from ..values import prepare
 from .keys import shipped_endpoint
@@ -42,6 +41,7 @@ __all__ = [
 ]
 
 BACKGROUND_NICE = 10  # how much a command reading beside a running server lowers its CPU priority
+_line = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 PRIVATE = "__"  # collections of the accounts' own store start so: in backups, never exported
 
 
@@ -119,40 +119,6 @@ def backup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="the backup file to write (replaced if it exists)")
 
 
-def _snapshot_chunks(database: Database, bar: Any) -> Iterator[bytes]:
-    """The bytes encode_snapshot makes of the database's state, a thousand documents at a time
-    (so the bar moves and no second copy of the whole text is held), with the same CRC-32."""
-    crc = 0
-
-    def part(pieces: list[str]) -> bytes:
-        nonlocal crc
-        data = "".join(pieces).encode("utf-8")
-        crc = zlib.crc32(data, crc)
-        return data
-
-    header = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": database.seq, "idTime": id_clock()})
-    yield part([header[:-1], ',"collections":{'])
-    first = True
-    for path, docs in database.tree.collections.items():
-        if not docs:
-            continue
-        pieces = [("" if first else ",") + _encode_json("/".join(path)) + ":{"]
-        first = False
-        comma, pending = "", 0
-        for doc_id, doc in docs.items():
-            pieces.append(comma + _encode_json(doc_id) + ":" + _encode_json(doc))
-            comma, pending = ",", pending + 1
-            if pending >= 1000:
-                yield part(pieces)
-                bar.update(pending)
-                pieces, pending = [], 0
-        bar.update(pending)
-        pieces.append("}")
-        yield part(pieces)
-    yield part(["}"])
-    yield b"%s%d}\n" % (_CRC_KEY, crc)
-
-
 def backup(args: argparse.Namespace) -> int:
     _, _, bucket = _storage(args)
     database = _read(bucket)
@@ -162,7 +128,8 @@ def backup(args: argparse.Namespace) -> int:
     started = time.monotonic()
     bar = progress("backup", total)
     try:
-        size = _write_atomically(target, _snapshot_chunks(database, bar))
+        collections = {path: docs for path, docs in database.tree.collections.items() if docs}
+        size = _write_atomically(target, snapshot_chunks(database.seq, collections, id_clock(), bar.update))
     finally:
         bar.close()
     seconds = time.monotonic() - started
@@ -182,7 +149,7 @@ def restore_arguments(parser: argparse.ArgumentParser) -> None:
 def _verified(path: Path) -> tuple[bytes, int, int]:
     """A backup's bytes, record number and document count, once its format and checksum hold."""
     data = path.read_bytes()
-    if not data.rstrip().endswith(b"}") or _CRC_KEY not in data or not data.startswith(b'{"%s"' % _FORMAT_KEY.encode()):
+    if not is_sealed_snapshot(data):
         raise InvalidArgumentError(f"{path} is not a Montybase backup (no format version and checksum)", {"file": str(path)})
     try:
         seq, collections, _ = decode_snapshot(data)
@@ -260,7 +227,7 @@ def export(args: argparse.Namespace) -> int:
                 full = path + (doc_id,)
                 if prefixes and not any(full[:len(p)] == p for p in prefixes):
                     continue
-                lines.append(_encode_json({"path": "/".join(full), "value": doc}) + "\n")
+                lines.append(_line({"path": "/".join(full), "value": doc}) + "\n")
             out.write("".join(lines))
             written += len(lines)
             bar.update(len(docs))
@@ -445,8 +412,8 @@ def _check_document(path: tuple[str, ...], doc: Any, file: Path, offset: int) ->
 
 
 def _check_operation(operation: Any, file: Path, offset: int) -> None:
-    if (not isinstance(operation, list) or operation[:1] not in (["set"], ["delete"])
-            or not isinstance(operation[1:2] and operation[1], list)):
+    if not (isinstance(operation, list) and len(operation) >= 2 and operation[0] in ("set", "delete")
+            and isinstance(operation[1], list)):
         raise Problem(file, offset, f"not a journal operation: {str(operation)[:80]}")
     path = tuple(operation[1])
     if operation[0] == "set":
@@ -455,15 +422,14 @@ def _check_operation(operation: Any, file: Path, offset: int) -> None:
         _check_document(path, operation[2] if len(operation) > 2 else None, file, offset)
 
 
-def _scan(bucket: Path, counts: dict[str, int], bar: Any) -> tuple[int, int] | None:
-    """Check every file of the storage, counting into `counts`; raise Problem at the first fault.
-    Returns where the journals end (None: no journal)."""
+def _scan(bucket: Path, counts: dict[str, int], bar: Any) -> None:
+    """Check every file of the storage, counting into `counts`; raise Problem at the first fault."""
     tree: dict[tuple[str, ...], set[str]] = {}
     last = 0
     if bucket.exists():
         data = bucket.read_bytes()
         counts["bytes"] += len(data)
-        if data.startswith(b'{"%s"' % _FORMAT_KEY.encode()) and not (data.endswith(b"}\n") and _CRC_KEY in data):
+        if data.startswith(b'{"__montybase__"') and not is_sealed_snapshot(data):
             raise Problem(bucket, max(0, len(data) - 1), "the snapshot does not end with its checksum")
         try:
             last, collections, _ = decode_snapshot(data)
@@ -498,19 +464,18 @@ def _scan(bucket: Path, counts: dict[str, int], bar: Any) -> tuple[int, int] | N
                     path = tuple(operation[1])
                     if operation[0] == "set":
                         tree.setdefault(path[:-1], set()).add(path[-1])
-                    else:
-                        for collection in [c for c in tree if c[:len(path)] == path or c == path[:-1]]:
+                    else:  # a document, and everything below it; or a whole collection
+                        for collection, ids in tree.items():
                             if collection == path[:-1]:
-                                tree[collection].discard(path[-1])
+                                ids.discard(path[-1])
                             elif collection[:len(path)] == path:
-                                tree[collection].clear()
+                                ids.clear()
                 counts["records"] += 1
                 last = seq
             offset += size
             bar.update(size)
     counts["documents"] = sum(len(ids) for ids in tree.values())
     counts["collections"] = sum(1 for ids in tree.values() if ids)
-    return None
 
 
 def check(args: argparse.Namespace) -> int:
@@ -546,8 +511,8 @@ def check(args: argparse.Namespace) -> int:
         with open(problem.file, "r+b") as cut:
             cut.truncate(problem.offset)
             os.fsync(cut.fileno())
-        later = [path for path in files if path.name > problem.file.name and path != bucket
-                 and int(path.name.split(".")[-2]) > int(problem.file.name.split(".")[-2])]
+        journals = [path for _, path in FileStorage(bucket)._journals()]
+        later = journals[journals.index(problem.file) + 1:]
         for path in later:
             path.unlink()
     finally:
