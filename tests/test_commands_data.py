@@ -307,6 +307,12 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_pipe(tmp_path):
     assert "\r" not in piped.stderr
     last = piped.stderr.splitlines()[-1]
     assert last.startswith("export: 3300/3300 documents, ") and "documents/s" in last and " left" in last, piped.stderr
+    often = subprocess.run([montybase_script(), "import", "seed.jsonl", "--batch", "50"], cwd=tmp_path, text=True,
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=60,
+                           env={**os.environ, "MONTYBASE_PROGRESS_SECONDS": "0.001"})
+    lines = often.stderr.splitlines()
+    assert often.returncode == 0 and len(lines) > 3 and "\r" not in often.stderr, often.stderr
+    assert all(line.startswith("import: ") and "/3300 documents, " in line for line in lines), often.stderr
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
     try:
