@@ -164,10 +164,10 @@ def test_import_reports_bad_lines_by_number_and_goes_on_unless_asked_to_stop(tmp
     lines = [json.dumps({"path": "a/1", "value": {"n": 1}}), "{not json", json.dumps({"path": "a/2", "value": {"$x": 1}}),
              json.dumps({"path": "a/3", "value": {"big": "x" * 500}}), json.dumps({"path": "a", "value": {}}),
              json.dumps({"path": "a/4", "value": {"n": 4}})]
-    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "in.jsonl").write_bytes(("\n".join(lines) + "\n").encode() + b'{"path": "a/5", "\xff": 1}\n')
     done = montybase(tmp_path, "import", "in.jsonl")
     assert done.returncode == 1
-    for number in (2, 3, 4, 5):
+    for number in (2, 3, 4, 5, 7):
         assert f"line {number}: " in done.stderr, done.stderr
     assert "line 3: /value/$x" in done.stderr
     assert [line["path"] for line in exported(tmp_path)] == ["a/1", "a/4"]

@@ -272,20 +272,20 @@ def _lines(source: str) -> tuple[Iterator[tuple[int, Any]], int | None]:
         total = sum(chunk.count(b"\n") for chunk in iter(lambda: counting.read(1 << 20), b""))
 
     def read() -> Iterator[tuple[int, Any]]:
-        with open(path, encoding="utf-8", errors="strict") as lines:
+        with open(path, "rb") as lines:  # bytes: a line that is no UTF-8 is one bad line, not the end
             for number, text in enumerate(lines, 1):
                 yield number, _parse_line(text)
 
     return read(), total
 
 
-def _parse_line(text: str) -> Any:
+def _parse_line(text: str | bytes) -> Any:
     if not text.strip():
         return None
     try:
         return json.loads(text)
     except ValueError as exc:
-        return InvalidArgumentError(f"not JSON ({exc})", {"path": ""})
+        return InvalidArgumentError(f"not JSON ({exc})"[:200], {"path": ""})
 
 
 def _write(line: Any, into: tuple[str, ...]) -> dict[str, Any]:
