@@ -25,7 +25,7 @@ from python_client import UnavailableError as ClientUnavailableError
 from server.config import create_config
 from server.database import Database
 from server.errors import UnavailableError
-from server.storage import FileStorage, MemoryStorage, StorageReader
+from server.storage import FileStorage, MemoryStorage, StorageReader, encode_snapshot, snapshot_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/writer.py
@@ -771,3 +771,12 @@ def test_storage_reader_beside_snapshots_always_reads_a_whole_recent_state(tmp_p
         thread.join(30)
         database.close()
     assert reads > 20
+
+
+def test_snapshot_chunks_are_the_bytes_of_encode_snapshot_and_count_every_document():
+    collections = {("users",): {f"u{i}": {"n": i, "name": "é ✓"} for i in range(2500)},
+                   ("users", "u1", "posts"): {"p": {"title": "x"}}, ("empty",): {}}
+    counted: list[int] = []
+    pieces = list(snapshot_chunks(7, collections, 1234, counted.append))
+    assert b"".join(pieces) == encode_snapshot(7, collections, 1234)
+    assert sum(counted) == 2501 and len(pieces) > 3
