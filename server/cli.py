@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from . import __version__
-from .commands import admins, keys, reload, rules
+from .commands import admins, data, keys, reload, rules
 from .commands import serve as serving
 from .commands.serve import announce, serve
 from .errors import MontybaseError
@@ -46,6 +46,18 @@ COMMANDS: dict[str, Command] = {
     "rules test": Command("would the rules allow this? ALLOW or DENY, and the rule that decided",
                           "montybase rules test --as user:alice create profiles/alice --value '{\"name\": \"Alice\"}'",
                           rules.test_arguments, rules.test),
+    "backup": Command("copy the data as it is now to one file, while the server serves or not",
+                      "montybase backup backups/monday.mbak", data.backup_arguments, data.backup),
+    "restore": Command("put a backup in place of the data (the server stopped; --force keeps the old files aside)",
+                       "montybase restore backups/monday.mbak --force", data.restore_arguments, data.restore),
+    "export": Command("write documents as JSON Lines, one {path, value} a line",
+                      "montybase export users orders --out data.jsonl", data.export_arguments, data.export),
+    "import": Command("write the documents of a JSON Lines file (or an original db.json), checked as writes are",
+                      "montybase import data.jsonl --into archive/2024", data.import_arguments, data.import_),
+    "check": Command("verify the snapshot and journals without a server; --repair cuts at the first bad record",
+                     "montybase check --config app/montybase.json", data.check_arguments, data.check),
+    "compact": Command("write a snapshot now and drop the journals it covers (asks a running server to)",
+                       "montybase compact", data.compact_arguments, data.compact),
     "admins add": Command("add an admin account, which signs in to the console at /admin/ (with the server stopped)",
                           "montybase admins add ops@example.com   # asks for its password; or --password-stdin",
                           admins.add_arguments, admins.add),

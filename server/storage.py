@@ -22,6 +22,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,7 +30,7 @@ from .errors import UnavailableError
 
 __all__ = [
     "FileStorage", "LocalFiles", "MemoryFiles", "MemoryStorage", "Recovered", "Storage", "StorageReader",
-    "decode_snapshot", "encode_snapshot", "lock_holder", "take_lock",
+    "decode_snapshot", "encode_snapshot", "is_sealed_snapshot", "lock_holder", "snapshot_chunks", "take_lock",
 ]
 
 log = logging.getLogger("montybase.storage")
@@ -68,6 +69,44 @@ def encode_snapshot(seq: int, collections: Collections, id_time: int) -> bytes:
     text = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "idTime": id_time, "collections": body})
     covered = text[:-1].encode("utf-8")
     return b"%s%s%d}\n" % (covered, _CRC_KEY, zlib.crc32(covered))
+
+
+def snapshot_chunks(seq: int, collections: Collections, id_time: int,
+                    counted: Callable[[int], None] = lambda _: None) -> Iterator[bytes]:
+    """encode_snapshot's bytes, a thousand documents at a time (a backup: no second copy of the
+    whole text, and `counted(documents)` after each piece, for a progress bar)."""
+    crc = 0
+
+    def part(pieces: list[str]) -> bytes:
+        nonlocal crc
+        data = "".join(pieces).encode("utf-8")
+        crc = zlib.crc32(data, crc)
+        return data
+
+    header = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "idTime": id_time})
+    yield part([header[:-1], ',"collections":{'])
+    comma = ""
+    for path, docs in collections.items():
+        pieces, pending, inner = [comma + _encode_json("/".join(path)) + ":{"], 0, ""
+        comma = ","
+        for doc_id, doc in docs.items():
+            pieces.append(inner + _encode_json(doc_id) + ":" + _encode_json(doc))
+            inner, pending = ",", pending + 1
+            if pending >= 1000:
+                yield part(pieces)
+                counted(pending)
+                pieces, pending = [], 0
+        pieces.append("}")
+        yield part(pieces)
+        counted(pending)
+    yield part(["}"])
+    yield b"%s%d}\n" % (_CRC_KEY, crc)
+
+
+def is_sealed_snapshot(data: bytes) -> bool:
+    """Whether `data` has the frame of a snapshot with its checksum (what a backup must have;
+    decode_snapshot also takes a bare tree, and a snapshot without "crc32")."""
+    return data.startswith(b'{"%s":' % _FORMAT_KEY.encode()) and data.endswith(b"}\n") and _CRC_KEY in data
 
 
 def _reject_constant(name: str) -> None:
@@ -389,13 +428,36 @@ class Storage:
 
 class StorageReader(Storage):
     """A storage's files as they are, read without its lock and without changing a byte: what a
-    running server holds, up to its last journaled write (for `montybase rules`). Reading stops
-    at the first damaged record; nothing is ever written."""
+    running server holds, up to its last journaled write (for `montybase rules`, `backup`,
+    `export`). Reading stops at the first incomplete or damaged record; nothing is ever written.
+
+    A running server replaces the snapshot (a rename) and only then drops the journals it covers:
+    when the snapshot is the same file before and after the journals were read, no journal this
+    read needed was dropped, so the records read are every write up to the last complete one (a
+    consistent state). Otherwise it reads again (a few times)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path).absolute()
 
-    def load(self) -> tuple[int, Collections, int, list[tuple[int, list]]]:
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def load(self) -> Recovered:
+        for _ in range(20):
+            before = self._identity()
+            try:
+                recovered = self._read()
+            except FileNotFoundError:  # a snapshot replaced or a journal dropped while read
+                continue
+            if self._identity() == before:
+                return recovered
+        raise UnavailableError(f"storage {self.path} kept changing while it was read; try again")
+
+    def _read(self) -> Recovered:
         seq, collections, id_time = decode_snapshot(self.path.read_bytes()) if self.path.exists() else (0, {}, 0)
         pattern = re.compile(re.escape(self.path.name) + r"\.(\d+)\.journal")
         journals = sorted((int(found.group(1)), self.path.parent / name) for name in os.listdir(self.path.parent)
@@ -407,12 +469,12 @@ class StorageReader(Storage):
             while offset < len(data):
                 problem, record_seq, payload, size = FileStorage._parse(data, offset)
                 if problem is not None or record_seq > last + 1:
-                    return seq, collections, id_time, records
+                    return Recovered(seq, collections, id_time, records)
                 if record_seq == last + 1:
                     records.append((record_seq, json.loads(payload)))
                     last = record_seq
                 offset += size
-        return seq, collections, id_time, records
+        return Recovered(seq, collections, id_time, records)
 
 
 class FileStorage(Storage):

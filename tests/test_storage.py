@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from python_client import UnavailableError as ClientUnavailableError
 from server.config import create_config
 from server.database import Database
 from server.errors import UnavailableError
-from server.storage import FileStorage, MemoryStorage
+from server.storage import FileStorage, MemoryStorage, StorageReader, encode_snapshot, snapshot_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/writer.py
@@ -736,3 +737,46 @@ def test_second_open_in_same_process_is_refused(tmp_path):
         assert read_all(second) == {"c": {"k": {"n": 1}, "k2": {"n": 2}}}
     finally:
         second.close()
+
+
+# Reading beside a running storage (backup, export, rules)
+
+
+def test_storage_reader_beside_snapshots_always_reads_a_whole_recent_state(tmp_path):
+    database = Database(FileStorage(tmp_path / "db.json"), snapshot_seconds=3600)
+    database.transact({"writes": [{"op": "set", "path": ["big", f"d{i}"], "value": {"pad": "y" * 1000}}
+                                  for i in range(400)]}, None)  # a snapshot that takes a while to read
+    stop = threading.Event()
+
+    def writer() -> None:
+        written = 0
+        while not stop.is_set() and written < 200_000:
+            database.write("set", {"path": ["c", "k"], "value": {"n": database.seq + 1, "pad": "x" * 2000}}, None)
+            written += 1
+            if written % 5 == 0:
+                database.snapshot()  # a new snapshot, and the journals it covers dropped
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        deadline, reads = time.monotonic() + 4, 0
+        while time.monotonic() < deadline and reads < 400:
+            before = database.seq
+            seen = Database(StorageReader(tmp_path / "db.json"))
+            assert seen.seq >= before, "every write committed before the read began is in it"
+            assert seen.seq <= 1 or seen.document(("c", "k"))["n"] == seen.seq, "the state after one record"
+            reads += 1
+    finally:
+        stop.set()
+        thread.join(30)
+        database.close()
+    assert reads > 20
+
+
+def test_snapshot_chunks_are_the_bytes_of_encode_snapshot_and_count_every_document():
+    collections = {("users",): {f"u{i}": {"n": i, "name": "é ✓"} for i in range(2500)},
+                   ("users", "u1", "posts"): {"p": {"title": "x"}}, ("empty",): {}}
+    counted: list[int] = []
+    pieces = list(snapshot_chunks(7, collections, 1234, counted.append))
+    assert b"".join(pieces) == encode_snapshot(7, collections, 1234)
+    assert sum(counted) == 2501 and len(pieces) > 3

@@ -15,7 +15,7 @@ from typing import Any
 from ..config import DEFAULTS, client_endpoint, fresh_keys, load_config, save_config, write_client_config
 from ..errors import InvalidArgumentError, UnavailableError
 
-__all__ = ["arguments", "duration", "rotate"]
+__all__ = ["arguments", "duration", "rotate", "shipped_endpoint"]
 
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
@@ -38,7 +38,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --client: the old client key stays valid this long (30s, 10min, 1h, 2d)")
 
 
-def _shipped_endpoint(config: dict[str, Any], config_path: Path) -> str:
+def shipped_endpoint(config: dict[str, Any], config_path: Path) -> str:
     """The endpoint client-config.json names now (the server keeps it in step), else the configured one."""
     try:
         shipped = json.loads(config_path.with_name("client-config.json").read_text(encoding="utf-8"))
@@ -85,7 +85,7 @@ def rotate(args: argparse.Namespace) -> int:
         config.pop("previousApiKeys", None)
     save_config(config_path, config)
     merged = {**DEFAULTS, **config}
-    client_path, _ = write_client_config(merged, config_path, _shipped_endpoint(merged, config_path))
+    client_path, _ = write_client_config(merged, config_path, shipped_endpoint(merged, config_path))
     for line in said:
         print(line, flush=True)
     print(f"written: {config_path}, {client_path}", flush=True)

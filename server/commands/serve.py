@@ -1,4 +1,5 @@
-"""`montybase serve`: serve a database until SIGINT or SIGTERM; SIGHUP reloads montybase.json."""
+"""`montybase serve`: serve a database until SIGINT or SIGTERM; SIGHUP reloads montybase.json,
+SIGUSR1 takes a snapshot."""
 
 from __future__ import annotations
 
@@ -230,6 +231,8 @@ async def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, Reloader(server, current, config_path, storage, overrides))
+    # SIGUSR1 (`montybase compact`): a snapshot now, off the event loop, as the ticker takes one.
+    loop.add_signal_handler(signal.SIGUSR1, lambda: loop.run_in_executor(None, database.snapshot))
     try:
         bound_host, bound_port = await server.start(host, port)
     except BaseException:
@@ -249,7 +252,7 @@ async def serve(
     finally:
         log.info("stopping: finishing in-flight requests and writing a snapshot")
         await server.stop()
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
         if lock is not None:
             os.close(lock)
