@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .query import OrderIndex, Query, run
+from .query import ElementIndex, OrderIndex, Query, run
 
 __all__ = ["Change", "Tree"]
 
@@ -97,21 +97,29 @@ class Tree:
         return (path if len(path) % 2 == 0 else path[:-1]), None
 
     def index(self, collection: Path, spec: tuple) -> OrderIndex:
-        """The order index of a collection for an order spec, built on first use."""
+        """The index of a collection for an order spec (or ("elements", field): an
+        ElementIndex), built on first use. At most MAX_INDEXES_PER_COLLECTION are kept per
+        collection: the least recently used goes first."""
         indexes = self._indexes.setdefault(collection, {})
-        found = indexes.get(spec)
+        found = indexes.pop(spec, None)
         if found is None:
-            if len(indexes) >= MAX_INDEXES_PER_COLLECTION:
+            while len(indexes) >= MAX_INDEXES_PER_COLLECTION:
                 del indexes[next(iter(indexes))]
-            found = indexes[spec] = OrderIndex(spec, self.collections.get(collection, {}))
+            docs = self.collections.get(collection, {})
+            found = ElementIndex(spec[1], docs) if spec and spec[0] == "elements" else OrderIndex(spec, docs)
+        indexes[spec] = found  # last: the most recently used
         return found
+
+    def indexes(self, collection: Path) -> list[tuple]:
+        """The specs of a collection's indexes, least recently used first."""
+        return list(self._indexes.get(collection, ()))
 
     def select(self, query: Query) -> list[tuple[str, Any]]:
         """Run a query over its collection, or over the one document its path names."""
         path = query.path
         if len(path) % 2:
             docs = self.collections.get(path)
-            return run(query, docs, self.index(path, query.order_by)) if docs else []
+            return run(query, docs, lambda spec: self.index(path, spec)) if docs else []
         document = self.document(path) if path else None
         return [] if document is None else run(query, {path[-1]: document}, None)
 

@@ -1,5 +1,5 @@
 """Unit tests of server/tree.py: the collections nested below a path, kept as documents and
-collections come and go, against a scan of every collection."""
+collections come and go, against a scan of every collection; the bound on its indexes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from server.tree import Tree
+from server.query import parse_query, run
+from server.tree import MAX_INDEXES_PER_COLLECTION, Tree
 
 
 def scanned(tree: Tree, path: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -54,3 +55,27 @@ def test_removing_a_document_removes_what_is_nested_below_it():
     assert tree.subcollections(("users",)) == [("users", "b", "posts")]
     assert [(c.collection, c.id) for c in tree.remove(("users", "b"))] == [(("users", "b", "posts"), "q")]
     assert tree.collections == {} and tree.subcollections(("users",)) == []
+
+
+def test_indexes_per_collection_stay_within_the_cap_and_results_stay_right_after_eviction():
+    rng = random.Random(3)
+    tree = Tree()
+    fields = [f"f{i}" for i in range(MAX_INDEXES_PER_COLLECTION + 8)]
+    for i in range(200):
+        tree.put(("c", f"d{i:03}"), {field: rng.randrange(10) for field in fields})
+    for step in range(300):
+        field = rng.choice(fields)
+        query = parse_query({"path": ["c"], "where": [[field, ">=", 5]], "orderBy": [[rng.choice(fields), "desc"]], "limit": 7})
+        assert tree.select(query) == run(query, tree.collections[("c",)], None), step
+        assert len(tree.indexes(("c",))) <= MAX_INDEXES_PER_COLLECTION
+        tree.put(("c", f"d{rng.randrange(200):03}"), {f: rng.randrange(10) for f in fields})  # evicted ones are rebuilt from this
+
+
+def test_the_least_recently_used_index_is_evicted_first():
+    tree = Tree({("c",): {"a": {"n": 1}}})
+    specs = [(((f"f{i}",), False),) for i in range(MAX_INDEXES_PER_COLLECTION)]
+    for spec in specs:
+        tree.index(("c",), spec)
+    tree.index(("c",), specs[0])  # used again: now the most recent
+    tree.index(("c",), ((("new",), False),))
+    assert specs[0] in tree.indexes(("c",)) and specs[1] not in tree.indexes(("c",))
