@@ -438,24 +438,25 @@ def _plan(
     owner: tuple[tuple[str, ...] | None, str] | None,
 ) -> list[tuple[str, Any]] | None:
     """The query read through indexes, or None when none of its clauses can be."""
-    best: tuple[int, OrderIndex, list[Span]] | None = None
-    for field, op, bound in query.where:
-        if op in _INDEXED or op.startswith("array-contains"):
-            index = _clause_index(indexes, field, op)
-            spans = _spans(index.entries, op, bound)
-            count = sum(high - low for low, high in spans)
-            if best is None or count < best[0]:
-                best = (count, index, spans)
-    if best is None:
+    clauses = [clause for clause in query.where if clause[1] in _INDEXED or clause[1].startswith("array-contains")]
+    if not clauses:
         return None
+    first = query.order_by[0][0] if query.order_by else None
+    # Every index first, then the positions in them: getting an index may let writers in (see Tree.index).
+    found = [_clause_index(indexes, field, op) for field, op, _ in clauses]
+    ordered = indexes(query.order_by) if any(field == first and op in _INDEXED for field, op, _ in clauses) else None
+    best: tuple[int, OrderIndex, list[Span]] | None = None
+    for (field, op, bound), index in zip(clauses, found):
+        spans = _spans(index.entries, op, bound)
+        count = sum(high - low for low, high in spans)
+        if best is None or count < best[0]:
+            best = (count, index, spans)
     count, index, spans = best
     asked = _asked(query)
     # With the first order field filtered, its order index read within the clause's spans
     # is in result order: with a limit, that walk can stop early.
-    first = query.order_by[0][0] if query.order_by else None
-    for field, op, bound in query.where:
-        if field == first and op in _INDEXED:
-            ordered = indexes(query.order_by)
+    for field, op, bound in clauses:
+        if ordered is not None and field == first and op in _INDEXED:
             ordered_spans = _spans(ordered.entries, op, bound, query.order_by[0][1])
             walked = sum(high - low for low, high in ordered_spans)
             if asked is not None:  # about `asked` matches in every (walked / count) entries walked

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from server.query import parse_query, run
-from server.tree import MAX_INDEXES_PER_COLLECTION, Tree
+from server.tree import HAND_OVER_BUILDS_FROM, MAX_INDEXES_PER_COLLECTION, Tree, build_index
 
 
 def scanned(tree: Tree, path: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -79,3 +79,49 @@ def test_the_least_recently_used_index_is_evicted_first():
     tree.index(("c",), specs[0])  # used again: now the most recent
     tree.index(("c",), ((("new",), False),))
     assert specs[0] in tree.indexes(("c",)) and specs[1] not in tree.indexes(("c",))
+
+
+def large_tree(rng: random.Random) -> Tree:
+    return Tree({("c",): {f"d{i:05}": {"n": rng.randrange(50), "t": [rng.randrange(5)]} for i in range(HAND_OVER_BUILDS_FROM + 200)}})
+
+
+def test_an_index_built_from_a_copy_while_others_write_is_caught_up_with_their_writes():
+    rng = random.Random(5)
+    tree = large_tree(rng)
+    built = []
+
+    def build(collection, spec):  # as the database does, with writers getting in during the build
+        documents, log = tree.begin_build(collection)
+        for _ in range(50):
+            doc_id = f"d{rng.randrange(HAND_OVER_BUILDS_FROM + 10):05}"
+            if rng.random() < 0.3:
+                tree.remove(("c", doc_id))
+            else:
+                tree.put(("c", doc_id), {"n": rng.randrange(50), "t": [rng.randrange(5)]})
+        index = build_index(spec, documents)
+        tree.finish_build(collection, index, log)
+        built.append(spec)
+        return index
+
+    for wire in ({"where": [["n", ">", 40]]}, {"where": [["t", "array-contains", 3]], "orderBy": [["n", "desc"]], "limit": 5}):
+        query = parse_query({"path": ["c"], **wire})
+        assert tree.select(query, build) == run(query, tree.collections[("c",)], None)
+    assert built == [((("n",), False),), ("elements", ("t",)), ((("n",), True),)]
+    for spec in built:
+        assert list(tree.index(("c",), spec).entries) == list(build_index(spec, tree.collections[("c",)]).entries)
+
+
+def test_a_collection_emptied_and_filled_again_during_a_build_is_read_again_in_place():
+    tree = large_tree(random.Random(6))
+
+    def build(collection, spec):
+        documents, log = tree.begin_build(collection)
+        tree.remove(collection)
+        tree.put(("c", "new"), {"n": 1})
+        index = build_index(spec, documents)
+        tree.finish_build(collection, index, log)
+        return index
+
+    query = parse_query({"path": ["c"], "where": [["n", "<", 10]]})
+    assert tree.select(query, build) == [("new", {"n": 1})]
+    assert list(tree.index(("c",), ((("n",), False),)).entries) == [(2, 1, "new")]
