@@ -556,13 +556,19 @@ class Database:
                 if seq == self.snapshot_seq:
                     return
                 self.storage.rotate(seq)
-                # Documents are replaced, never changed in place: shallow copies stay consistent.
-                collections = {path: dict(docs) for path, docs in self.tree.collections.items()}
+                # Not a copy of a million documents under the lock: their ids, and a log of
+                # what writes replace meanwhile (the snapshot is encoded while others go on).
+                copy = self.tree.begin_copy()
                 changes, self._changes, self._snapshot_due = self._changes, 0, None
-            if self.storage.save_snapshot(seq, collections, id_clock()):
+            try:
+                saved = self.storage.save_snapshot(seq, copy.collections, id_clock())
+            finally:
+                with self._lock:
+                    self.tree.end_copy(copy)
+            if saved:
                 self.snapshot_seq = seq
                 self.snapshot_duration = time.monotonic() - started
-                log.info("snapshot at record %d: %d collections in %.0f ms", seq, len(collections),
+                log.info("snapshot at record %d: %d collections in %.0f ms", seq, len(copy.collections),
                          self.snapshot_duration * 1000)
             else:
                 with self._lock:

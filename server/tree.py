@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from .query import ElementIndex, OrderIndex, Query, run
 
-__all__ = ["Change", "Tree", "build_index"]
+__all__ = ["Change", "Copy", "Frozen", "Tree", "build_index"]
 
 Path = tuple[str, ...]
 MAX_INDEXES_PER_COLLECTION = 16
@@ -20,6 +20,34 @@ Build = Callable[[Path, tuple], OrderIndex]
 def build_index(spec: tuple, documents: dict[str, Any]) -> OrderIndex:
     """A new index for a spec: ("elements", field) or an order spec."""
     return ElementIndex(spec[1], documents) if spec and spec[0] == "elements" else OrderIndex(spec, documents)
+
+
+class Frozen:
+    """A collection as it was when `Tree.begin_copy` was called, readable without the lock while
+    others write: its ids listed then, each document as stored now unless a write since logged
+    the one it replaced."""
+
+    __slots__ = ("docs", "ids", "replaced")
+
+    def __init__(self, docs: dict[str, Any], replaced: dict[str, Any]):
+        self.docs, self.ids, self.replaced = docs, list(docs), replaced
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        get, replaced = self.docs.get, self.replaced
+        for doc_id in self.ids:
+            # Read before the log is consulted: a write logs the old document before it replaces it.
+            document = get(doc_id)
+            yield doc_id, replaced.get(doc_id, document)
+
+
+class Copy(NamedTuple):
+    """What `Tree.begin_copy` returns: the collections, and the log that keeps them as they were."""
+
+    collections: dict[Path, Frozen]
+    replaced: dict[Path, dict[str, Any]]
 
 
 class _Replaced(Exception):
@@ -46,6 +74,8 @@ class Tree:
         self._indexes: dict[Path, dict[tuple, OrderIndex]] = {}
         # collection → the change logs of the index builds under way outside the lock
         self._building: dict[Path, list[list[tuple[str, Any, Any]]]] = {}
+        # per copy under way (begin_copy): collection → id → the document before its first write since
+        self._copies: list[dict[Path, dict[str, Any]]] = []
         # path → the collections nested below it, in the order they appeared (dicts as ordered sets)
         self._nested: dict[Path, dict[Path, None]] = {}
         for collection in self.collections:
@@ -155,6 +185,17 @@ class Tree:
             for doc_id, old, new in log:
                 index.update(doc_id, old, new)
 
+    def begin_copy(self) -> Copy:
+        """Every collection as it is now, to read while others write (a snapshot); each write
+        from now on logs the document it replaces, until `end_copy`. Costs a list of the ids."""
+        replaced: dict[Path, dict[str, Any]] = {}
+        self._copies.append(replaced)
+        return Copy({path: Frozen(docs, replaced.setdefault(path, {})) for path, docs in self.collections.items()}, replaced)
+
+    def end_copy(self, copy: Copy) -> None:
+        """Stop logging for a copy from `begin_copy`."""
+        self._copies = [replaced for replaced in self._copies if replaced is not copy.replaced]
+
     def select(self, query: Query, build: Build | None = None) -> list[tuple[str, Any]]:
         """Run a query over its collection, or over the one document its path names; `build`
         builds the indexes of a large collection it lacks (see `index`)."""
@@ -198,6 +239,8 @@ class Tree:
             docs = self.collections[collection] = {}
             self._nest(collection)
         old = docs.get(doc_id)
+        for replaced in self._copies:  # before the write: see Frozen.items
+            replaced.setdefault(collection, {}).setdefault(doc_id, old)
         docs[doc_id] = document
         for log in self._building.get(collection, ()):
             log.append((doc_id, old, document))
@@ -222,6 +265,8 @@ class Tree:
 
     def _take(self, collection: Path, doc_id: str) -> Change:
         docs = self.collections[collection]
+        for replaced in self._copies:  # before the write: see Frozen.items
+            replaced.setdefault(collection, {}).setdefault(doc_id, docs[doc_id])
         old = docs.pop(doc_id)
         for log in self._building.get(collection, ()):
             log.append((doc_id, old, None))

@@ -125,3 +125,32 @@ def test_a_collection_emptied_and_filled_again_during_a_build_is_read_again_in_p
     query = parse_query({"path": ["c"], "where": [["n", "<", 10]]})
     assert tree.select(query, build) == [("new", {"n": 1})]
     assert list(tree.index(("c",), ((("n",), False),)).entries) == [(2, 1, "new")]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_copy_reads_as_the_tree_was_when_it_began_whatever_is_written_while_it_is_read(seed):
+    rng = random.Random(seed)
+    tree = Tree()
+    for i in range(300):
+        tree.put((rng.choice(("a", "b")), f"d{i:03}"), {"n": i})
+    before = {path: dict(docs) for path, docs in tree.collections.items()}
+    copy = tree.begin_copy()
+    read: dict = {path: {} for path in copy.collections}
+    iterators = {path: iter(frozen.items()) for path, frozen in copy.collections.items()}
+    while iterators:
+        path = rng.choice(sorted(iterators))
+        item = next(iterators[path], None)
+        if item is None:
+            del iterators[path]
+            continue
+        read[path][item[0]] = item[1]
+        roll = rng.random()  # a write between every two documents read
+        target = (rng.choice(("a", "b", "c")), f"d{rng.randrange(320):03}")
+        if roll < 0.6:
+            tree.put(target, {"n": -1})
+        elif roll < 0.98:
+            tree.remove(target)
+        else:
+            tree.remove(target[:1])  # the whole collection (it may come back)
+    tree.end_copy(copy)
+    assert read == before
