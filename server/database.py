@@ -260,17 +260,20 @@ class Database:
             self.tree.finish_build(collection, index, log)
         return index
 
-    def _select(self, query: Query, principal: Principal | None, build: bool = False) -> list[tuple[str, Any]]:
+    def _select(
+        self, query: Query, principal: Principal | None, build: bool = False, counting: bool = False,
+    ) -> list[tuple[str, Any]] | int:
         """Run a query as `principal` may (under the lock). A path that is neither a collection
         nor a document names a field, as for `get`: it reads as one document, the field's value
-        with the path's last segment as id (nothing if the field is missing)."""
+        with the path's last segment as id (nothing if the field is missing). `counting`: a
+        collection's count may come instead of its documents (Tree.count)."""
         path = query.path
         guarded = principal is not None and not principal.admin
         if self._reads_collection(path):
             if guarded:
                 query = self.rules.narrow(principal, query)
                 self.rates.take(principal, self.rules.match(path), "list")
-            return self.tree.select(query, self._build if build else None)
+            return (self.tree.count if counting else self.tree.select)(query, self._build if build else None)
         doc_path, document = self.tree.addressed(path)
         if guarded:  # the document's get rule decides, whether or not it exists, as for a get
             self._check_addressed(principal, path, doc_path, document)
@@ -307,6 +310,9 @@ class Database:
                 value: Any = not empty_window and bool(self._select(replace(query, limit=1, limit_to_last=None), principal))
             elif op == "count" and query.plain and principal is None and query.path in self.tree.collections:
                 value = len(self.tree.collections[query.path])
+            elif op == "count":
+                found = self._select(query, principal, build=True, counting=True)
+                value = found if type(found) is int else len(found)
             else:
                 value = aggregate(op, field, self._select(query, principal, build=True))
         return {"value": value}, 0

@@ -14,7 +14,7 @@ from .errors import InvalidArgumentError
 from .paths import check_path, field_path, pointer
 from .values import MAX_SAFE_INTEGER, json_equal, prepare
 
-__all__ = ["OPERATORS", "ElementIndex", "OrderIndex", "Query", "aggregate", "compile_where", "field_value", "matches", "parse_query", "run"]
+__all__ = ["OPERATORS", "ElementIndex", "OrderIndex", "Query", "aggregate", "compile_where", "count", "field_value", "matches", "parse_query", "run"]
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not-in", "array-contains", "array-contains-any")
 _LIST_OPERATORS = ("in", "not-in", "array-contains-any")
@@ -476,6 +476,17 @@ def _plan(
         selected.sort(key=_first)
         return selected
     return _walk(query, documents, OrderIndex(query.order_by, dict(selected)), None, None, None)
+
+
+def count(query: Query, documents: Mapping[str, Any], indexes: Indexes | None) -> int:
+    """How many documents a query selects. One clause on an indexed operator whose index entries
+    are exactly its matches (not `array-contains-any`: a document may hold several of its
+    values) counts them by position, reading no document."""
+    if indexes is not None and len(query.where) == 1 and query.owner is None and _unwindowed(query):
+        field, op, bound = query.where[0]
+        if op in _INDEXED or op == "array-contains":
+            return sum(high - low for low, high in _spans(_clause_index(indexes, field, op).entries, op, bound))
+    return len(run(query, documents, indexes))
 
 
 def _asked(query: Query) -> int | None:

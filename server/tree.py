@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from .query import ElementIndex, OrderIndex, Query, run
+from .query import ElementIndex, OrderIndex, Query, count, run
 
 __all__ = ["Change", "Copy", "Frozen", "Tree", "build_index"]
 
@@ -199,13 +199,20 @@ class Tree:
     def select(self, query: Query, build: Build | None = None) -> list[tuple[str, Any]]:
         """Run a query over its collection, or over the one document its path names; `build`
         builds the indexes of a large collection it lacks (see `index`)."""
+        return self._over(query, build, run)
+
+    def count(self, query: Query, build: Build | None = None) -> int:
+        """How many documents `select` would return (counted in the index when it can be)."""
+        return self._over(query, build, count)
+
+    def _over(self, query: Query, build: Build | None, read: Callable[..., Any]) -> Any:
         path = query.path
         if len(path) % 2:
             docs = self.collections.get(path)
             if not docs:
-                return []
+                return read(query, {}, None)
             if build is None:
-                return run(query, docs, lambda spec: self.index(path, spec))
+                return read(query, docs, lambda spec: self.index(path, spec))
 
             used: dict[tuple, OrderIndex] = {}
 
@@ -219,11 +226,11 @@ class Tree:
                 return used[spec]
 
             try:
-                return run(query, docs, index)
+                return read(query, docs, index)
             except _Replaced:
-                return self.select(query)  # (built in place this time: rare)
+                return self._over(query, None, read)  # (built in place this time: rare)
         document = self.document(path) if path else None
-        return [] if document is None else run(query, {path[-1]: document}, None)
+        return read(query, {} if document is None else {path[-1]: document}, None)
 
     def subcollections(self, path: Path) -> list[Path]:
         """Collections nested anywhere below a document or collection path."""

@@ -159,3 +159,13 @@ def test_random_queries_read_the_same_through_indexes_as_scanned(seed):
             wire["offset"] = rng.randrange(0, 4)
         indexed, scanned = indexed_and_scanned(documents, wire)
         assert indexed == scanned, wire
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_count_read_in_an_index_is_the_number_of_documents_selected(seed):
+    rng = random.Random(seed)
+    documents = {f"d{i:03}": {"a": rng.choice(ORDER_VALUES), "t": [rng.choice(ORDER_VALUES) for _ in range(3)]} for i in range(80)}
+    tree = Tree({("c",): dict(documents)})
+    for _ in range(100):
+        query = parse_query({"path": ["c"], "where": [random_indexed_clause(rng)]})
+        assert tree.count(query) == len(run(query, documents, None)), query.where
