@@ -307,7 +307,7 @@ class Database:
         with self._lock:
             if op == "exists":
                 empty_window = query.limit == 0 or query.limit_to_last == 0
-                value: Any = not empty_window and bool(self._select(replace(query, limit=1, limit_to_last=None), principal))
+                value: Any = not empty_window and bool(self._select(replace(query, limit=1, limit_to_last=None), principal, build=True))
             elif op == "count" and query.plain and principal is None and query.path in self.tree.collections:
                 value = len(self.tree.collections[query.path])
             elif op == "count":

@@ -23,8 +23,8 @@ import struct
 import threading
 import time
 import zlib
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from .errors import UnavailableError

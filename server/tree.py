@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -30,7 +31,13 @@ class Frozen:
     __slots__ = ("docs", "ids", "replaced")
 
     def __init__(self, docs: dict[str, Any], replaced: dict[str, Any]):
-        self.docs, self.ids, self.replaced = docs, list(docs), replaced
+        self.docs, self.replaced = docs, replaced
+        # Listed a slice at a time (under the lock: nothing writes meanwhile), so the lock-free
+        # readers of documents get the GIL in between, as while the snapshot is encoded.
+        self.ids: list[str] = []
+        remaining = iter(docs)
+        while part := list(itertools.islice(remaining, 20000)):
+            self.ids += part
 
     def __len__(self) -> int:
         return len(self.ids)
