@@ -23,7 +23,7 @@ from .paths import advance_id_clock, check_path, field_path, id_clock, new_id, p
 from .query import _MISSING, Query, aggregate, field_value, parse_query, run
 from .rules import Principal, RateLimiter, Rules
 from .storage import Storage
-from .tree import Change, Tree
+from .tree import Change, Tree, build_index
 from .values import DELETE, TRANSFORMS, clone, json_equal, prepare
 from .watch import Sink, Watcher
 
@@ -263,17 +263,34 @@ class Database:
         with self._lock:
             return dict(self.tree.collections.get(collection, _NO_DOCUMENTS))
 
-    def _select(self, query: Query, principal: Principal | None) -> list[tuple[str, Any]]:
+    def _build(self, collection: Path, spec: tuple) -> Any:
+        """Build an index of a large collection for a query without holding the lock (the
+        query's, held once): from a copy of the collection, then caught up under the lock with
+        the writes made meanwhile. Writers wait for the copy, not for the build."""
+        documents, log = self.tree.begin_build(collection)
+        index = None
+        self._lock.release()
+        try:
+            index = build_index(spec, documents)
+        finally:
+            self._lock.acquire()
+            self.tree.finish_build(collection, index, log)
+        return index
+
+    def _select(
+        self, query: Query, principal: Principal | None, build: bool = False, counting: bool = False,
+    ) -> list[tuple[str, Any]] | int:
         """Run a query as `principal` may (under the lock). A path that is neither a collection
         nor a document names a field, as for `get`: it reads as one document, the field's value
-        with the path's last segment as id (nothing if the field is missing)."""
+        with the path's last segment as id (nothing if the field is missing). `counting`: a
+        collection's count may come instead of its documents (Tree.count)."""
         path = query.path
         guarded = principal is not None and not principal.admin
         if self._reads_collection(path):
             if guarded:
                 query = self.rules.narrow(principal, query)
                 self.rates.take(principal, self.rules.match(path), "list")
-            return self.tree.select(query)
+            return (self.tree.count if counting else self.tree.select)(query, self._build if build else None)
         doc_path, document = self.tree.addressed(path)
         if guarded:  # the document's get rule decides, whether or not it exists, as for a get
             self._check_addressed(principal, path, doc_path, document)
@@ -290,8 +307,8 @@ class Database:
     def query(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         self._check_open()
         query = parse_query(params.get("query"))
-        with self._lock:
-            selected = self._select(query, principal)
+        with self._lock:  # (held once: `_build` lets it go while it builds an index)
+            selected = self._select(query, principal, build=True)
             if principal is not None:
                 self.rules.check_results(principal, len(selected), _asked(query))
             docs = [{"id": doc_id, "value": clone(doc)} for doc_id, doc in selected]
@@ -307,11 +324,14 @@ class Database:
         with self._lock:
             if op == "exists":
                 empty_window = query.limit == 0 or query.limit_to_last == 0
-                value: Any = not empty_window and bool(self._select(replace(query, limit=1, limit_to_last=None), principal))
+                value: Any = not empty_window and bool(self._select(replace(query, limit=1, limit_to_last=None), principal, build=True))
             elif op == "count" and query.plain and principal is None and query.path in self.tree.collections:
                 value = len(self.tree.collections[query.path])
+            elif op == "count":
+                found = self._select(query, principal, build=True, counting=True)
+                value = found if type(found) is int else len(found)
             else:
-                value = aggregate(op, field, self._select(query, principal))
+                value = aggregate(op, field, self._select(query, principal, build=True))
         return {"value": value}, 0
 
     # Listeners
@@ -559,13 +579,19 @@ class Database:
                 if seq == self.snapshot_seq:
                     return
                 self.storage.rotate(seq)
-                # Documents are replaced, never changed in place: shallow copies stay consistent.
-                collections = {path: dict(docs) for path, docs in self.tree.collections.items()}
+                # Not a copy of a million documents under the lock: their ids, and a log of
+                # what writes replace meanwhile (the snapshot is encoded while others go on).
+                copy = self.tree.begin_copy()
                 changes, self._changes, self._snapshot_due = self._changes, 0, None
-            if self.storage.save_snapshot(seq, collections, id_clock()):
+            try:
+                saved = self.storage.save_snapshot(seq, copy.collections, id_clock())
+            finally:
+                with self._lock:
+                    self.tree.end_copy(copy)
+            if saved:
                 self.snapshot_seq = seq
                 self.snapshot_duration = time.monotonic() - started
-                log.info("snapshot at record %d: %d collections in %.0f ms", seq, len(collections),
+                log.info("snapshot at record %d: %d collections in %.0f ms", seq, len(copy.collections),
                          self.snapshot_duration * 1000)
             else:
                 with self._lock:

@@ -14,7 +14,7 @@ from .errors import InvalidArgumentError
 from .paths import check_path, field_path, pointer
 from .values import MAX_SAFE_INTEGER, json_equal, prepare
 
-__all__ = ["OPERATORS", "OrderIndex", "Query", "aggregate", "compile_where", "field_value", "matches", "parse_query", "run"]
+__all__ = ["OPERATORS", "ElementIndex", "OrderIndex", "Query", "aggregate", "compile_where", "count", "field_value", "matches", "parse_query", "run"]
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not-in", "array-contains", "array-contains-any")
 _LIST_OPERATORS = ("in", "not-in", "array-contains-any")
@@ -142,11 +142,12 @@ class _Reverse:
     def __init__(self, value: Any):
         self.value = value
 
-    def __lt__(self, other: _Reverse) -> bool:
-        return other.value < self.value
+    def __lt__(self, other: Any) -> bool:
+        # Anything else (the _TOP bound) answers for itself.
+        return other.value < self.value if type(other) is _Reverse else NotImplemented
 
-    def __gt__(self, other: _Reverse) -> bool:
-        return other.value > self.value
+    def __gt__(self, other: Any) -> bool:
+        return other.value > self.value if type(other) is _Reverse else NotImplemented
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Reverse) and self.value == other.value
@@ -325,8 +326,65 @@ class OrderIndex:
             self.entries.add(new_key)
 
 
-def _window(query: Query, index: OrderIndex, backwards: bool) -> Iterator[tuple[Any, ...]]:
-    """Index entries between the cursors, in result order or backwards."""
+class ElementIndex(OrderIndex):
+    """The elements of one array field, each (rank, value, id) once per document: the index
+    `array-contains` and `array-contains-any` read. Its spec is ("elements", field)."""
+
+    __slots__ = ()
+
+    def __init__(self, field: tuple[str, ...], documents: Mapping[str, Any]):
+        self.spec = ("elements", field)
+        self.entries = SortedList(entry for doc_id, doc in documents.items() for entry in self.keys(doc_id, doc))
+
+    def keys(self, doc_id: str, document: Any) -> set[tuple[Any, ...]]:
+        value = field_value(document, self.spec[1])
+        return {(*sort_key(item), doc_id) for item in value} if type(value) is list else set()
+
+    def update(self, doc_id: str, old: Any, new: Any) -> None:
+        old_keys = set() if old is None else self.keys(doc_id, old)
+        new_keys = set() if new is None else self.keys(doc_id, new)
+        for key in old_keys - new_keys:
+            self.entries.remove(key)
+        for key in new_keys - old_keys:
+            self.entries.add(key)
+
+
+Indexes = Callable[[tuple], OrderIndex]
+Span = tuple[int, int]
+_INDEXED = ("==", "in", "<", "<=", ">", ">=")
+
+
+def _spans(entries: SortedList, op: str, bound: Any, descending: bool = False) -> list[Span]:
+    """The positions of the entries whose first order value passes `field op bound` (the
+    index's first field is the clause's field), in index order; a superset is fine, as every
+    candidate is checked again, but nothing that matches may be left out."""
+    if op in ("in", "array-contains-any"):
+        keys = {sort_key(item, descending): None for item in bound}  # equal items once
+        return sorted(_spans_of(entries, key) for key in keys)
+    if op in ("==", "array-contains"):
+        return [_spans_of(entries, sort_key(bound, descending))]
+    kind = type(bound)
+    if kind not in _NUMBERS and kind is not str:
+        return []  # a range compares numbers with numbers, strings with strings: nothing else matches
+    key = sort_key(bound, descending)
+    after = (op in (">", ">=")) != descending  # the matching values follow the bound in the index
+    inclusive = op in (">=", "<=")
+    cut = entries.bisect_left(key if inclusive == after else key + (_TOP,))
+    if after:
+        return [(cut, entries.bisect_left((key[0], _TOP)))]
+    return [(entries.bisect_left((key[0],)), cut)]
+
+
+def _spans_of(entries: SortedList, key: tuple[Any, ...]) -> Span:
+    return entries.bisect_left(key), entries.bisect_left(key + (_TOP,))
+
+
+def _clause_index(indexes: Indexes, field: tuple[str, ...], op: str) -> OrderIndex:
+    return indexes(("elements", field) if op.startswith("array-contains") else ((field, False),))
+
+
+def _window(query: Query, index: OrderIndex, backwards: bool, spans: list[Span] | None = None) -> Iterator[tuple[Any, ...]]:
+    """Index entries between the cursors (and within `spans`, if given), in result order or backwards."""
     entries = index.entries
     start, stop = 0, len(entries)
     if query.start:
@@ -335,28 +393,111 @@ def _window(query: Query, index: OrderIndex, backwards: bool) -> Iterator[tuple[
     if query.end:
         key, inclusive = query.end
         stop = entries.bisect_left(key + (_TOP,) if inclusive else key)
-    return entries.islice(start, stop, reverse=backwards)
+    if spans is None:
+        return entries.islice(start, stop, reverse=backwards)
+    clipped = [(max(start, low), min(stop, high)) for low, high in (reversed(spans) if backwards else spans)]
+    return (entry for low, high in clipped if low < high for entry in entries.islice(low, high, reverse=backwards))
 
 
-def run(query: Query, documents: Mapping[str, Any], index: OrderIndex | None) -> list[tuple[str, Any]]:
+def run(query: Query, documents: Mapping[str, Any], indexes: Indexes | None) -> list[tuple[str, Any]]:
     """The (id, document) pairs a query selects, in order.
 
-    `documents` is the collection; `index` its OrderIndex for `query.order_by` (None when the
-    query addresses a single document, whose id is the only key in `documents`).
+    `documents` is the collection; `indexes(spec)` its index for an order spec (or an
+    ElementIndex for ("elements", field)), built on first use; None when the query addresses a
+    single document, whose id is the only key in `documents` (then everything is a scan).
+
+    A query with clauses on indexed operators reads the index of the most selective one: the
+    entries it spans are the candidates, each checked against every clause. When the first
+    order field is the clause's field, the order index itself is read within those spans.
     """
     check, owner = compile_where(query.where), query.owner
+    if indexes is not None and query.where:
+        plan = _plan(query, documents, indexes, check, owner)
+        if plan is not None:
+            return plan
     filtered = check is not None or owner is not None
-    if filtered and not (query.order_by or query.start or query.end or query.offset) and (
-        query.limit is None and query.limit_to_last is None
-    ):  # every match in id order: filtering the collection, then sorting the matches beats walking the ids
+    if filtered and _unwindowed(query):  # every match in id order: filtering the collection, then sorting the matches beats walking the ids
         selected = [
             (doc_id, document) for doc_id, document in documents.items()
             if (owner is None or _owned(owner, doc_id, document)) and (check is None or check(document))
         ]
         selected.sort(key=_first)
         return selected
-    if index is None:
-        index = OrderIndex(query.order_by, documents)
+    index = OrderIndex(query.order_by, documents) if indexes is None else indexes(query.order_by)
+    return _walk(query, documents, index, check, owner, None)
+
+
+def _unwindowed(query: Query) -> bool:
+    return not (query.order_by or query.start or query.end or query.offset) and (
+        query.limit is None and query.limit_to_last is None
+    )
+
+
+def _plan(
+    query: Query, documents: Mapping[str, Any], indexes: Indexes, check: Callable[[Any], bool],
+    owner: tuple[tuple[str, ...] | None, str] | None,
+) -> list[tuple[str, Any]] | None:
+    """The query read through indexes, or None when none of its clauses can be."""
+    clauses = [clause for clause in query.where if clause[1] in _INDEXED or clause[1].startswith("array-contains")]
+    if not clauses:
+        return None
+    first = query.order_by[0][0] if query.order_by else None
+    # Every index first, then the positions in them: getting an index may let writers in (see Tree.index).
+    found = [_clause_index(indexes, field, op) for field, op, _ in clauses]
+    ordered = indexes(query.order_by) if any(field == first and op in _INDEXED for field, op, _ in clauses) else None
+    best: tuple[int, OrderIndex, list[Span]] | None = None
+    for (field, op, bound), index in zip(clauses, found):
+        spans = _spans(index.entries, op, bound)
+        count = sum(high - low for low, high in spans)
+        if best is None or count < best[0]:
+            best = (count, index, spans)
+    count, index, spans = best
+    asked = _asked(query)
+    # With the first order field filtered, its order index read within the clause's spans
+    # is in result order: with a limit, that walk can stop early.
+    for field, op, bound in clauses:
+        if ordered is not None and field == first and op in _INDEXED:
+            ordered_spans = _spans(ordered.entries, op, bound, query.order_by[0][1])
+            walked = sum(high - low for low, high in ordered_spans)
+            if asked is not None:  # about `asked` matches in every (walked / count) entries walked
+                walked = min(walked, (asked + query.offset + 1) * walked // max(count, 1))
+            if walked <= 2 * count:
+                return _walk(query, documents, ordered, check, owner, ordered_spans)
+            break
+    if asked is not None and (asked + query.offset + 1) * len(documents) < count * max(count, 1):
+        return None  # so many match that walking the order index until the limit checks fewer
+    ids = dict.fromkeys(entry[-1] for low, high in spans for entry in index.entries.islice(low, high))
+    selected = []
+    for doc_id in ids:
+        document = documents[doc_id]
+        if (owner is None or _owned(owner, doc_id, document)) and check(document):
+            selected.append((doc_id, document))
+    if _unwindowed(query):
+        selected.sort(key=_first)
+        return selected
+    return _walk(query, documents, OrderIndex(query.order_by, dict(selected)), None, None, None)
+
+
+def count(query: Query, documents: Mapping[str, Any], indexes: Indexes | None) -> int:
+    """How many documents a query selects. One clause on an indexed operator whose index entries
+    are exactly its matches (not `array-contains-any`: a document may hold several of its
+    values) counts them by position, reading no document."""
+    if indexes is not None and len(query.where) == 1 and query.owner is None and _unwindowed(query):
+        field, op, bound = query.where[0]
+        if op in _INDEXED or op == "array-contains":
+            return sum(high - low for low, high in _spans(_clause_index(indexes, field, op).entries, op, bound))
+    return len(run(query, documents, indexes))
+
+
+def _asked(query: Query) -> int | None:
+    return query.limit if query.limit is not None else query.limit_to_last
+
+
+def _walk(
+    query: Query, documents: Mapping[str, Any], index: OrderIndex, check: Callable[[Any], bool] | None,
+    owner: tuple[tuple[str, ...] | None, str] | None, spans: list[Span] | None,
+) -> list[tuple[str, Any]]:
+    """The documents of an index's entries that pass the filters, within the query's window."""
     # limit_to_last walks the window backwards, unless an offset (counted from the front) forces a full pass.
     backwards = query.limit_to_last is not None and not query.offset
     limit = query.limit_to_last if backwards else query.limit
@@ -364,7 +505,7 @@ def run(query: Query, documents: Mapping[str, Any], index: OrderIndex | None) ->
     out: list[tuple[str, Any]] = []
     if limit == 0:
         return out
-    for entry in _window(query, index, backwards):
+    for entry in _window(query, index, backwards, spans):
         doc_id = entry[-1]
         document = documents[doc_id]
         if (owner is not None and not _owned(owner, doc_id, document)) or (check is not None and not check(document)):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,6 +42,7 @@ MAX_RECORD_BYTES = 256 * 1024 * 1024
 SNAPSHOT_FORMAT = 1
 _FORMAT_KEY = "__montybase__"  # a key no document or collection may use
 _CRC_KEY = b',"crc32":'
+SNAPSHOT_CHUNK = 1000  # documents encoded in one call (about a millisecond)
 
 
 _encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
@@ -62,45 +64,47 @@ class Recovered(NamedTuple):
     records: list[tuple[int, list]]
 
 
-def encode_snapshot(seq: int, collections: Collections, id_time: int) -> bytes:
-    """The snapshot file: plain JSON, collections keyed by their '/'-joined path, and as its
-    last member the CRC-32 of every byte before it (`,"crc32":` excluded)."""
-    body = {"/".join(path): docs for path, docs in collections.items()}
-    text = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "idTime": id_time, "collections": body})
-    covered = text[:-1].encode("utf-8")
-    return b"%s%s%d}\n" % (covered, _CRC_KEY, zlib.crc32(covered))
-
-
-def snapshot_chunks(seq: int, collections: Collections, id_time: int,
+def snapshot_chunks(seq: int, collections: Mapping[tuple[str, ...], Any], id_time: int,
                     counted: Callable[[int], None] = lambda _: None) -> Iterator[bytes]:
-    """encode_snapshot's bytes, a thousand documents at a time (a backup: no second copy of the
-    whole text, and `counted(documents)` after each piece, for a progress bar)."""
+    """The snapshot file's bytes, a piece at a time: plain JSON, collections keyed by their
+    '/'-joined path, and as its last member the CRC-32 of every byte before it (`,"crc32":`
+    excluded). `counted(documents)` follows each piece (a progress bar).
+
+    Encoded SNAPSHOT_CHUNK documents at a time: one call encoding a million documents would
+    hold the GIL for seconds, and every other thread (readers, writers) with it; between
+    chunks they get their turn. The bytes are those of encoding the whole at once. A collection
+    is anything with `items()` (a dict, or a Frozen one being written meanwhile).
+    """
     crc = 0
 
-    def part(pieces: list[str]) -> bytes:
+    def piece(data: bytes) -> bytes:
         nonlocal crc
-        data = "".join(pieces).encode("utf-8")
         crc = zlib.crc32(data, crc)
         return data
 
-    header = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "idTime": id_time})
-    yield part([header[:-1], ',"collections":{'])
-    comma = ""
-    for path, docs in collections.items():
-        pieces, pending, inner = [comma + _encode_json("/".join(path)) + ":{"], 0, ""
-        comma = ","
-        for doc_id, doc in docs.items():
-            pieces.append(inner + _encode_json(doc_id) + ":" + _encode_json(doc))
-            inner, pending = ",", pending + 1
-            if pending >= 1000:
-                yield part(pieces)
-                counted(pending)
-                pieces, pending = [], 0
-        pieces.append("}")
-        yield part(pieces)
-        counted(pending)
-    yield part(["}"])
+    head = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "idTime": id_time})
+    yield piece(f'{head[:-1]},"collections":{{'.encode("utf-8"))
+    for n, (path, docs) in enumerate(collections.items()):
+        yield piece(f'{"," if n else ""}{_encode_json("/".join(path))}:{{'.encode("utf-8"))
+        items = iter(docs.items())
+        separator = ""
+        while chunk := dict(itertools.islice(items, SNAPSHOT_CHUNK)):
+            yield piece(f"{separator}{_encode_json(chunk)[1:-1]}".encode("utf-8"))
+            counted(len(chunk))
+            separator = ","
+        yield piece(b"}")
+    yield piece(b"}")
     yield b"%s%d}\n" % (_CRC_KEY, crc)
+
+
+def encode_snapshot(seq: int, collections: Mapping[tuple[str, ...], Any], id_time: int) -> bytearray:
+    """The whole snapshot file (snapshot_chunks). Not b"".join (one copy of the whole, holding
+    the GIL as long): a piece at a time, each growing the buffer in place (mremap) and touching
+    only its own new pages."""
+    data = bytearray()
+    for part in snapshot_chunks(seq, collections, id_time):
+        data += part
+    return data
 
 
 def is_sealed_snapshot(data: bytes) -> bool:

@@ -2,14 +2,63 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from .query import OrderIndex, Query, run
+from .query import ElementIndex, OrderIndex, Query, count, run
 
-__all__ = ["Change", "Tree"]
+__all__ = ["Change", "Copy", "Frozen", "Tree", "build_index"]
 
 Path = tuple[str, ...]
 MAX_INDEXES_PER_COLLECTION = 16
+# Index builds are handed to the caller's `build` (see `index`) only for collections at least
+# this large: smaller ones build in a few milliseconds, less than handing them over costs.
+HAND_OVER_BUILDS_FROM = 5000
+Build = Callable[[Path, tuple], OrderIndex]
+
+
+def build_index(spec: tuple, documents: dict[str, Any]) -> OrderIndex:
+    """A new index for a spec: ("elements", field) or an order spec."""
+    return ElementIndex(spec[1], documents) if spec and spec[0] == "elements" else OrderIndex(spec, documents)
+
+
+class Frozen:
+    """A collection as it was when `Tree.begin_copy` was called, readable without the lock while
+    others write: its ids listed then, each document as stored now unless a write since logged
+    the one it replaced."""
+
+    __slots__ = ("docs", "ids", "replaced")
+
+    def __init__(self, docs: dict[str, Any], replaced: dict[str, Any]):
+        self.docs, self.replaced = docs, replaced
+        # Listed a slice at a time (under the lock: nothing writes meanwhile), so the lock-free
+        # readers of documents get the GIL in between, as while the snapshot is encoded.
+        self.ids: list[str] = []
+        remaining = iter(docs)
+        while part := list(itertools.islice(remaining, 20000)):
+            self.ids += part
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        get, replaced = self.docs.get, self.replaced
+        for doc_id in self.ids:
+            # Read before the log is consulted: a write logs the old document before it replaces it.
+            document = get(doc_id)
+            yield doc_id, replaced.get(doc_id, document)
+
+
+class Copy(NamedTuple):
+    """What `Tree.begin_copy` returns: the collections, and the log that keeps them as they were."""
+
+    collections: dict[Path, Frozen]
+    replaced: dict[Path, dict[str, Any]]
+
+
+class _Replaced(Exception):
+    """What a query read changed while an index of it was built elsewhere."""
 
 
 class Change(NamedTuple):
@@ -30,6 +79,10 @@ class Tree:
     def __init__(self, collections: dict[Path, dict[str, Any]] | None = None):
         self.collections: dict[Path, dict[str, Any]] = collections or {}
         self._indexes: dict[Path, dict[tuple, OrderIndex]] = {}
+        # collection → the change logs of the index builds under way outside the lock
+        self._building: dict[Path, list[list[tuple[str, Any, Any]]]] = {}
+        # per copy under way (begin_copy): collection → id → the document before its first write since
+        self._copies: list[dict[Path, dict[str, Any]]] = []
         # path → the collections nested below it, in the order they appeared (dicts as ordered sets)
         self._nested: dict[Path, dict[Path, None]] = {}
         for collection in self.collections:
@@ -96,24 +149,95 @@ class Tree:
                 return path[:depth], document
         return (path if len(path) % 2 == 0 else path[:-1]), None
 
-    def index(self, collection: Path, spec: tuple) -> OrderIndex:
-        """The order index of a collection for an order spec, built on first use."""
-        indexes = self._indexes.setdefault(collection, {})
-        found = indexes.get(spec)
+    def index(self, collection: Path, spec: tuple, build: Build | None = None) -> OrderIndex:
+        """The index of a collection for an order spec (or ("elements", field): an
+        ElementIndex), built on first use: by `build(collection, spec)` for a large collection
+        when given (see `begin_build`). At most MAX_INDEXES_PER_COLLECTION are kept per
+        collection: the least recently used goes first."""
+        found = self._indexes.get(collection, {}).get(spec)
         if found is None:
-            if len(indexes) >= MAX_INDEXES_PER_COLLECTION:
-                del indexes[next(iter(indexes))]
-            found = indexes[spec] = OrderIndex(spec, self.collections.get(collection, {}))
+            docs = self.collections.get(collection, {})
+            found = build(collection, spec) if build and len(docs) >= HAND_OVER_BUILDS_FROM else build_index(spec, docs)
+        if collection in self.collections:  # (a build elsewhere may have seen it emptied)
+            self._keep(collection, spec, found)
         return found
 
-    def select(self, query: Query) -> list[tuple[str, Any]]:
-        """Run a query over its collection, or over the one document its path names."""
+    def _keep(self, collection: Path, spec: tuple, index: OrderIndex) -> None:
+        indexes = self._indexes.setdefault(collection, {})
+        indexes.pop(spec, None)
+        while len(indexes) >= MAX_INDEXES_PER_COLLECTION:
+            del indexes[next(iter(indexes))]
+        indexes[spec] = index  # last: the most recently used
+
+    def indexes(self, collection: Path) -> list[tuple]:
+        """The specs of a collection's indexes, least recently used first."""
+        return list(self._indexes.get(collection, ()))
+
+    def begin_build(self, collection: Path) -> tuple[dict[str, Any], list[tuple[str, Any, Any]]]:
+        """A copy of a collection to build an index from while others write (documents are
+        replaced, never changed in place), and the log of the changes made to it from now on,
+        to give `finish_build`."""
+        log: list[tuple[str, Any, Any]] = []
+        self._building.setdefault(collection, []).append(log)
+        return dict(self.collections.get(collection, {})), log
+
+    def finish_build(self, collection: Path, index: OrderIndex | None, log: list[tuple[str, Any, Any]]) -> None:
+        """Catch an index built from `begin_build`'s copy up with the changes made since (None:
+        the build failed, only stop logging)."""
+        logs = self._building[collection]
+        logs.remove(log)
+        if not logs:
+            del self._building[collection]
+        if index is not None:
+            for doc_id, old, new in log:
+                index.update(doc_id, old, new)
+
+    def begin_copy(self) -> Copy:
+        """Every collection as it is now, to read while others write (a snapshot); each write
+        from now on logs the document it replaces, until `end_copy`. Costs a list of the ids."""
+        replaced: dict[Path, dict[str, Any]] = {}
+        self._copies.append(replaced)
+        return Copy({path: Frozen(docs, replaced.setdefault(path, {})) for path, docs in self.collections.items()}, replaced)
+
+    def end_copy(self, copy: Copy) -> None:
+        """Stop logging for a copy from `begin_copy`."""
+        self._copies = [replaced for replaced in self._copies if replaced is not copy.replaced]
+
+    def select(self, query: Query, build: Build | None = None) -> list[tuple[str, Any]]:
+        """Run a query over its collection, or over the one document its path names; `build`
+        builds the indexes of a large collection it lacks (see `index`)."""
+        return self._over(query, build, run)
+
+    def count(self, query: Query, build: Build | None = None) -> int:
+        """How many documents `select` would return (counted in the index when it can be)."""
+        return self._over(query, build, count)
+
+    def _over(self, query: Query, build: Build | None, read: Callable[..., Any]) -> Any:
         path = query.path
         if len(path) % 2:
             docs = self.collections.get(path)
-            return run(query, docs, self.index(path, query.order_by)) if docs else []
+            if not docs:
+                return read(query, {}, None)
+            if build is None:
+                return read(query, docs, lambda spec: self.index(path, spec))
+
+            used: dict[tuple, OrderIndex] = {}
+
+            def index(spec: tuple) -> OrderIndex:
+                used[spec] = self.index(path, spec, build)
+                kept = self._indexes.get(path, {})
+                # While a build let writers in, the collection may have been emptied and filled
+                # again, or an index this query holds evicted (and no longer kept up to date).
+                if self.collections.get(path) is not docs or any(kept.get(s) is not i for s, i in used.items()):
+                    raise _Replaced
+                return used[spec]
+
+            try:
+                return read(query, docs, index)
+            except _Replaced:
+                return self._over(query, None, read)  # (built in place this time: rare)
         document = self.document(path) if path else None
-        return [] if document is None else run(query, {path[-1]: document}, None)
+        return read(query, {} if document is None else {path[-1]: document}, None)
 
     def subcollections(self, path: Path) -> list[Path]:
         """Collections nested anywhere below a document or collection path."""
@@ -129,7 +253,11 @@ class Tree:
             docs = self.collections[collection] = {}
             self._nest(collection)
         old = docs.get(doc_id)
+        for replaced in self._copies:  # before the write: see Frozen.items
+            replaced.setdefault(collection, {}).setdefault(doc_id, old)
         docs[doc_id] = document
+        for log in self._building.get(collection, ()):
+            log.append((doc_id, old, document))
         for index in self._indexes.get(collection, {}).values():
             index.update(doc_id, old, document)
         return Change(collection, doc_id, old, document)
@@ -151,7 +279,11 @@ class Tree:
 
     def _take(self, collection: Path, doc_id: str) -> Change:
         docs = self.collections[collection]
+        for replaced in self._copies:  # before the write: see Frozen.items
+            replaced.setdefault(collection, {}).setdefault(doc_id, docs[doc_id])
         old = docs.pop(doc_id)
+        for log in self._building.get(collection, ()):
+            log.append((doc_id, old, None))
         if docs:
             for index in self._indexes.get(collection, {}).values():
                 index.update(doc_id, old, None)

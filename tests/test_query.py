@@ -1,14 +1,20 @@
 """Unit tests of server/query.py beyond the shared cases: the compiled filter of a scan
-(`compile_where`) against the clause-by-clause `matches`, over random documents and clauses."""
+(`compile_where`) against the clause-by-clause `matches`, over random documents and clauses;
+queries read through indexes against the same queries scanned."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from server.query import OPERATORS, OrderIndex, compile_where, matches, parse_query
+from server.query import OPERATORS, ElementIndex, OrderIndex, compile_where, matches, parse_query, run
+from server.tree import Tree
+
+CASES = json.loads((Path(__file__).parent / "cases" / "queries.json").read_text(encoding="utf-8"))["cases"]
 
 SCALARS: list[Any] = [None, True, False, 0, 1, 1.0, -2, 2.5, 10**15, "", "1", "a", "b", "é", "zz"]
 VALUES: list[Any] = [*SCALARS, [], [1, "a"], [True, None], {"k": 1}, {"k": [1]}]
@@ -86,3 +92,80 @@ def test_an_order_index_kept_up_to_date_equals_one_built_afresh(spec):
             documents[doc_id] = new
         index.update(doc_id, old, new)
         assert list(index.entries) == list(OrderIndex(spec, documents).entries)
+
+
+def test_an_element_index_kept_up_to_date_equals_one_built_afresh():
+    rng = random.Random(11)
+    documents: dict[str, Any] = {}
+    index = ElementIndex(("tags",), documents)
+    for _ in range(400):
+        doc_id = f"d{rng.randrange(20)}"
+        old = documents.get(doc_id)
+        new = None if rng.random() < 0.2 else {"tags": [rng.choice([1, 1.0, "a", None, True, [1]]) for _ in range(rng.randrange(4))]}
+        if new is None:
+            documents.pop(doc_id, None)
+        else:
+            documents[doc_id] = new
+        index.update(doc_id, old, new)
+        assert list(index.entries) == list(ElementIndex(("tags",), documents).entries)
+
+
+def indexed_and_scanned(documents: dict[str, Any], wire: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The ids a query selects read through the tree's indexes, and scanned."""
+    tree = Tree({("c",): dict(documents)})
+    query = parse_query({"path": ["c"], **wire})
+    return [i for i, _ in tree.select(query)], [i for i, _ in run(query, documents, None)]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "error" not in c], ids=lambda c: c["name"])
+def test_a_shared_case_reads_the_same_through_indexes_as_scanned(case):
+    indexed, scanned = indexed_and_scanned(case["documents"], case["query"])
+    assert indexed == scanned
+    if "aggregate" not in case and "page" not in case:
+        assert indexed == case["expect"]
+
+
+INDEXED_OPS = ("==", "in", "<", "<=", ">", ">=", "array-contains", "array-contains-any")
+ORDER_VALUES: list[Any] = [0, 1, 1.0, 2, 2.5, -1, "a", "b", "", True, None, [1], {"k": 1}]
+
+
+def random_indexed_clause(rng: random.Random) -> list[Any]:
+    op = rng.choice(INDEXED_OPS + ("!=", "not-in"))
+    if op in ("in", "not-in", "array-contains-any"):
+        return [rng.choice("abt"), op, [rng.choice(ORDER_VALUES) for _ in range(rng.randrange(0, 4))]]
+    return [rng.choice("abt"), op, rng.choice(ORDER_VALUES)]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_queries_read_the_same_through_indexes_as_scanned(seed):
+    rng = random.Random(seed)
+    documents = {
+        f"d{i:03}": {
+            **{key: rng.choice(ORDER_VALUES) for key in "ab" if rng.random() < 0.9},
+            **({"t": [rng.choice(ORDER_VALUES) for _ in range(rng.randrange(4))]} if rng.random() < 0.7 else {}),
+        }
+        for i in range(rng.randrange(1, 120))
+    }
+    for _ in range(120):
+        wire: dict[str, Any] = {"where": [random_indexed_clause(rng) for _ in range(rng.randrange(1, 3))]}
+        if rng.random() < 0.6:
+            fields = rng.sample("ab", rng.randrange(1, 3))
+            wire["orderBy"] = [[field, rng.choice(("asc", "desc"))] for field in fields]
+            if rng.random() < 0.4:
+                wire["startAfter" if rng.random() < 0.5 else "endAt"] = [rng.choice(ORDER_VALUES)]
+        if rng.random() < 0.5:
+            wire["limit" if rng.random() < 0.6 else "limitToLast"] = rng.randrange(0, 8)
+        if rng.random() < 0.2:
+            wire["offset"] = rng.randrange(0, 4)
+        indexed, scanned = indexed_and_scanned(documents, wire)
+        assert indexed == scanned, wire
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_count_read_in_an_index_is_the_number_of_documents_selected(seed):
+    rng = random.Random(seed)
+    documents = {f"d{i:03}": {"a": rng.choice(ORDER_VALUES), "t": [rng.choice(ORDER_VALUES) for _ in range(3)]} for i in range(80)}
+    tree = Tree({("c",): dict(documents)})
+    for _ in range(100):
+        query = parse_query({"path": ["c"], "where": [random_indexed_clause(rng)]})
+        assert tree.count(query) == len(run(query, documents, None)), query.where

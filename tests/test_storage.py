@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,9 @@ from python_client import UnavailableError as ClientUnavailableError
 from server.config import create_config
 from server.database import Database
 from server.errors import UnavailableError
-from server.storage import FileStorage, MemoryStorage, StorageReader, encode_snapshot, snapshot_chunks
+from server.storage import (
+    SNAPSHOT_CHUNK, FileStorage, MemoryStorage, StorageReader, decode_snapshot, encode_snapshot, snapshot_chunks,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/writer.py
@@ -780,3 +783,18 @@ def test_snapshot_chunks_are_the_bytes_of_encode_snapshot_and_count_every_docume
     pieces = list(snapshot_chunks(7, collections, 1234, counted.append))
     assert b"".join(pieces) == encode_snapshot(7, collections, 1234)
     assert sum(counted) == 2501 and len(pieces) > 3
+
+
+def test_a_snapshot_encoded_in_chunks_is_the_json_of_the_whole_with_its_crc():
+    collections = {
+        ("users",): {f"u{i}": {"name": "é" * (i % 3), "n": i, "tags": [i, None]} for i in range(2 * SNAPSHOT_CHUNK + 7)},
+        ("users", "u1", "posts"): {},
+        ("t",): {"x": {"k": {"deep": True}}},
+    }
+    data = encode_snapshot(12, collections, 345)
+    text = json.dumps({"__montybase__": 1, "seq": 12, "idTime": 345,
+                       "collections": {"/".join(path): docs for path, docs in collections.items()}},
+                      ensure_ascii=False, separators=(",", ":"))
+    covered = text[:-1].encode("utf-8")
+    assert bytes(data) == covered + b',"crc32":%d}\n' % zlib.crc32(covered)
+    assert decode_snapshot(bytes(data))[:2] == (12, {path: docs for path, docs in collections.items() if docs})

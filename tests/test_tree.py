@@ -1,5 +1,5 @@
 """Unit tests of server/tree.py: the collections nested below a path, kept as documents and
-collections come and go, against a scan of every collection."""
+collections come and go, against a scan of every collection; the bound on its indexes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from server.tree import Tree
+from server.query import parse_query, run
+from server.tree import HAND_OVER_BUILDS_FROM, MAX_INDEXES_PER_COLLECTION, Tree, build_index
 
 
 def scanned(tree: Tree, path: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -54,3 +55,102 @@ def test_removing_a_document_removes_what_is_nested_below_it():
     assert tree.subcollections(("users",)) == [("users", "b", "posts")]
     assert [(c.collection, c.id) for c in tree.remove(("users", "b"))] == [(("users", "b", "posts"), "q")]
     assert tree.collections == {} and tree.subcollections(("users",)) == []
+
+
+def test_indexes_per_collection_stay_within_the_cap_and_results_stay_right_after_eviction():
+    rng = random.Random(3)
+    tree = Tree()
+    fields = [f"f{i}" for i in range(MAX_INDEXES_PER_COLLECTION + 8)]
+    for i in range(200):
+        tree.put(("c", f"d{i:03}"), {field: rng.randrange(10) for field in fields})
+    for step in range(300):
+        field = rng.choice(fields)
+        query = parse_query({"path": ["c"], "where": [[field, ">=", 5]], "orderBy": [[rng.choice(fields), "desc"]], "limit": 7})
+        assert tree.select(query) == run(query, tree.collections[("c",)], None), step
+        assert len(tree.indexes(("c",))) <= MAX_INDEXES_PER_COLLECTION
+        tree.put(("c", f"d{rng.randrange(200):03}"), {f: rng.randrange(10) for f in fields})  # evicted ones are rebuilt from this
+
+
+def test_the_least_recently_used_index_is_evicted_first():
+    tree = Tree({("c",): {"a": {"n": 1}}})
+    specs = [(((f"f{i}",), False),) for i in range(MAX_INDEXES_PER_COLLECTION)]
+    for spec in specs:
+        tree.index(("c",), spec)
+    tree.index(("c",), specs[0])  # used again: now the most recent
+    tree.index(("c",), ((("new",), False),))
+    assert specs[0] in tree.indexes(("c",)) and specs[1] not in tree.indexes(("c",))
+
+
+def large_tree(rng: random.Random) -> Tree:
+    return Tree({("c",): {f"d{i:05}": {"n": rng.randrange(50), "t": [rng.randrange(5)]} for i in range(HAND_OVER_BUILDS_FROM + 200)}})
+
+
+def test_an_index_built_from_a_copy_while_others_write_is_caught_up_with_their_writes():
+    rng = random.Random(5)
+    tree = large_tree(rng)
+    built = []
+
+    def build(collection, spec):  # as the database does, with writers getting in during the build
+        documents, log = tree.begin_build(collection)
+        for _ in range(50):
+            doc_id = f"d{rng.randrange(HAND_OVER_BUILDS_FROM + 10):05}"
+            if rng.random() < 0.3:
+                tree.remove(("c", doc_id))
+            else:
+                tree.put(("c", doc_id), {"n": rng.randrange(50), "t": [rng.randrange(5)]})
+        index = build_index(spec, documents)
+        tree.finish_build(collection, index, log)
+        built.append(spec)
+        return index
+
+    for wire in ({"where": [["n", ">", 40]]}, {"where": [["t", "array-contains", 3]], "orderBy": [["n", "desc"]], "limit": 5}):
+        query = parse_query({"path": ["c"], **wire})
+        assert tree.select(query, build) == run(query, tree.collections[("c",)], None)
+    assert built == [((("n",), False),), ("elements", ("t",)), ((("n",), True),)]
+    for spec in built:
+        assert list(tree.index(("c",), spec).entries) == list(build_index(spec, tree.collections[("c",)]).entries)
+
+
+def test_a_collection_emptied_and_filled_again_during_a_build_is_read_again_in_place():
+    tree = large_tree(random.Random(6))
+
+    def build(collection, spec):
+        documents, log = tree.begin_build(collection)
+        tree.remove(collection)
+        tree.put(("c", "new"), {"n": 1})
+        index = build_index(spec, documents)
+        tree.finish_build(collection, index, log)
+        return index
+
+    query = parse_query({"path": ["c"], "where": [["n", "<", 10]]})
+    assert tree.select(query, build) == [("new", {"n": 1})]
+    assert list(tree.index(("c",), ((("n",), False),)).entries) == [(2, 1, "new")]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_copy_reads_as_the_tree_was_when_it_began_whatever_is_written_while_it_is_read(seed):
+    rng = random.Random(seed)
+    tree = Tree()
+    for i in range(300):
+        tree.put((rng.choice(("a", "b")), f"d{i:03}"), {"n": i})
+    before = {path: dict(docs) for path, docs in tree.collections.items()}
+    copy = tree.begin_copy()
+    read: dict = {path: {} for path in copy.collections}
+    iterators = {path: iter(frozen.items()) for path, frozen in copy.collections.items()}
+    while iterators:
+        path = rng.choice(sorted(iterators))
+        item = next(iterators[path], None)
+        if item is None:
+            del iterators[path]
+            continue
+        read[path][item[0]] = item[1]
+        roll = rng.random()  # a write between every two documents read
+        target = (rng.choice(("a", "b", "c")), f"d{rng.randrange(320):03}")
+        if roll < 0.6:
+            tree.put(target, {"n": -1})
+        elif roll < 0.98:
+            tree.remove(target)
+        else:
+            tree.remove(target[:1])  # the whole collection (it may come back)
+    tree.end_copy(copy)
+    assert read == before
