@@ -13,11 +13,11 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from server.channel import ClientHandshake, Records
-from server.errors import ConnectionLostError, InvalidArgumentError, MontybaseError, UnavailableError, error_class
-from server.paths import pointer
-from server.query import parse_query
-from server.values import prepare
+from ..server.channel import ClientHandshake, Records
+from ..server.errors import ConnectionLostError, InvalidArgumentError, MontybaseError, UnavailableError, error_class
+from ..server.paths import pointer
+from ..server.query import parse_query
+from ..server.values import prepare
 
 from .listen import Dispatcher, Listener
 from .wire import WebSocket
