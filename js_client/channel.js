@@ -27,6 +27,14 @@ export const CLOSE_AUTH_FAILED = 1008;
 export const CLOSE_LIMIT = 4000;
 /** Close code: a record failed to open. */
 export const CLOSE_BAD_RECORD = 4002;
+/**
+ * The reason of the close a client sends when the server's answer to its hello does not prove
+ * the key pinned as serverKey: the server logs it (nothing else would tell its operator).
+ */
+export const SERVER_KEY_MISMATCH = "serverKey does not match";
+export const SERVER_KEY_MISMATCH_MESSAGE =
+  "the server's key does not match serverKey: check serverKey in client-config.json " +
+  "(the server's montybase.json makes it), and that this is your server's address";
 /** Records per direction and session. */
 export const MAX_RECORDS = 2 ** 24;
 /** Plaintext bytes per direction and session. */
@@ -635,7 +643,7 @@ export class ClientHandshake {
       throw this.#fail(error instanceof ChannelError ? error.detail : `hello result: ${error.message}`);
     }
     if (!(await verifyHmac(keys.sfin, keys.th, smac))) {
-      throw this.#fail("hello result: smac does not verify (wrong key, or not our server)");
+      throw this.#fail(this.mode === "nk" ? SERVER_KEY_MISMATCH_MESSAGE : "hello result: smac does not verify (wrong key, or not our server)");
     }
     const session = await Session.create({ role: this.kid, th: keys.th, sendKey: keys.c2s, recvKey: keys.s2c, sendDir: C2S, cipher: this.#cipher });
     const cmac = await hmac(keys.cfin, keys.th);

@@ -8,8 +8,23 @@
  * @module
  */
 
-import { ChannelError, ClientHandshake, CLOSE_AUTH_FAILED, CLOSE_BAD_RECORD, publicKeyFromPkcs8 } from "./channel.js";
-import { ConnectionLostError, InvalidArgumentError, MontybaseError, UnavailableError, fromRpcError } from "./errors.js";
+import {
+  ChannelError,
+  ClientHandshake,
+  CLOSE_AUTH_FAILED,
+  CLOSE_BAD_RECORD,
+  SERVER_KEY_MISMATCH,
+  SERVER_KEY_MISMATCH_MESSAGE,
+  publicKeyFromPkcs8,
+} from "./channel.js";
+import {
+  ConnectionLostError,
+  InvalidArgumentError,
+  MontybaseError,
+  UnauthenticatedError,
+  UnavailableError,
+  fromRpcError,
+} from "./errors.js";
 import { Listener, report } from "./listen.js";
 import { checkParams, stringify } from "./values.js";
 
@@ -33,11 +48,14 @@ export function websocketUrl(endpoint) {
   return url.replace(/\/+$/, "");
 }
 
+/** Where each kid's key is written, for a refusal's message. */
+const KEY_FIELDS = { client: "apiKey in client-config.json", admin: "adminKey in montybase.json" };
+
 /** Close a socket; browsers accept only 1000 and 3000–4999 from scripts, so others become 1000. */
-function closeSocket(ws, code = 1000) {
+function closeSocket(ws, code = 1000, reason = "") {
   if (ws.readyState > OPEN) return;
   try {
-    ws.close(code === 1000 || (code >= 3000 && code <= 4999) ? code : 1000);
+    ws.close(code === 1000 || (code >= 3000 && code <= 4999) ? code : 1000, reason);
   } catch {
     ws.close();
   }
@@ -346,7 +364,8 @@ export class RemoteBackend {
       return link;
     } catch (error) {
       inbox.stop();
-      closeSocket(ws);
+      // Tell the server why we leave, so its log says so too.
+      closeSocket(ws, 1000, error instanceof ChannelError && error.detail === SERVER_KEY_MISMATCH_MESSAGE ? SERVER_KEY_MISMATCH : "");
       throw error;
     }
   }
@@ -384,7 +403,14 @@ export class RemoteBackend {
       throw new ChannelError(`${method}: the answer is not JSON`);
     }
     if (!isObject(answer)) throw new ChannelError(`${method}: the answer is not a JSON-RPC response`);
-    if (Object.hasOwn(answer, "error")) throw fromRpcError(answer.error);
+    if (Object.hasOwn(answer, "error")) {
+      const error = fromRpcError(answer.error);
+      // The server checks the key at hello (its hint names none of the kid's keys).
+      if (method === "hello" && error instanceof UnauthenticatedError) {
+        throw new UnauthenticatedError(`the server refused this key: check ${KEY_FIELDS[this.#kid] ?? "the key"}`);
+      }
+      throw error;
+    }
     if (!Object.hasOwn(answer, "result")) throw new ChannelError(`${method}: the answer has no result`);
     return answer.result;
   }

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from server import __version__
+if __name__ == "python_client":  # the old name: the same modules as montybase.client (montybase/__init__.py)
+    import montybase
+
+    montybase.old_name(__name__)
+
+from montybase.server import __version__
 
 from . import errors
 from .client import Montybase, doc

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.config import DEFAULTS, Limits, load_config, open_database, public_key, storage_path
-from server.errors import InvalidArgumentError
-from server.storage import Storage
+from ..server.config import DEFAULTS, Limits, load_config, open_database, public_key, storage_path
+from ..server.errors import InvalidArgumentError
+from ..server.storage import Storage
 
 from .embedded import EmbeddedBackend
 from .refs import MAX_ATTEMPTS, Backend, Reference, Transaction, WriteBatch, _segments, make_reference, run_transaction
@@ -127,7 +127,7 @@ class Montybase:
             raise InvalidArgumentError(
                 "run() serves the database: open it with dev=True, dev='host:port' or endpoint=True"
             )
-        from server.cli import announce, configure_logging, serve
+        from ..server.cli import announce, configure_logging, serve
 
         configure_logging()
         host, port = self._serve_at

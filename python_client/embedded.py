@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from server.config import Limits
-from server.database import Database
-from server.session import Service
+from ..server.config import Limits
+from ..server.database import Database
+from ..server.session import Service
 
 from .listen import Dispatcher, Listener
 

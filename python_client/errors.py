@@ -2,5 +2,5 @@
 
 from __future__ import annotations
 
-from server.errors import *  # noqa: F403 - the same classes, so server and client agree
-from server.errors import __all__  # noqa: F401
+from ..server.errors import *  # noqa: F403 - the same classes, so server and client agree
+from ..server.errors import __all__  # noqa: F401

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.values import clone
+from ..server.values import clone
 
 __all__ = ["DocumentSnapshot", "Dispatcher", "Listener", "QuerySnapshot"]
 

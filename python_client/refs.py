@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from server.errors import ConflictError, InvalidArgumentError
-from server.paths import MAX_PATH_SEGMENTS, CheckedPath, check_key, check_path, field_path, pointer, simple_key
+from ..server.errors import ConflictError, InvalidArgumentError
+from ..server.paths import MAX_PATH_SEGMENTS, CheckedPath, check_key, check_path, field_path, pointer, simple_key
 
 from .listen import DocumentSnapshot, QuerySnapshot
 

@@ -13,11 +13,12 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from server.channel import ClientHandshake, Records
-from server.errors import ConnectionLostError, InvalidArgumentError, MontybaseError, UnavailableError, error_class
-from server.paths import pointer
-from server.query import parse_query
-from server.values import prepare
+from ..server.channel import SERVER_KEY_MISMATCH, SERVER_KEY_MISMATCH_MESSAGE, ChannelError, ClientHandshake, Records
+from ..server.errors import (ConnectionLostError, InvalidArgumentError, MontybaseError, UnauthenticatedError,
+                             UnavailableError, error_class)
+from ..server.paths import pointer
+from ..server.query import parse_query
+from ..server.values import prepare
 
 from .listen import Dispatcher, Listener
 from .wire import WebSocket
@@ -136,6 +137,10 @@ class RemoteBackend:
         except ConnectionClosed as exc:
             ws.close()
             raise ConnectionLostError(f"the server closed the connection during the handshake: {exc}") from exc
+        except ChannelError as exc:
+            # Tell the server why we leave, so its log says so too.
+            ws.close(reason=SERVER_KEY_MISMATCH if exc.detail == SERVER_KEY_MISMATCH_MESSAGE else "")
+            raise UnauthenticatedError(exc.detail) from None
         except BaseException:
             ws.close()
             raise
@@ -168,7 +173,11 @@ class RemoteBackend:
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": method, "params": params}))
         answer = json.loads(ws.recv(timeout=self.timeout))
         if "error" in answer:
-            raise _error(answer["error"])
+            error = _error(answer["error"])
+            if method == "hello" and isinstance(error, UnauthenticatedError):
+                # The server checks the key at hello (its hint names none of the kid's keys).
+                raise UnauthenticatedError(f"the server refused this key: check {_KEY_FIELDS.get(self.kid, 'the key')}")
+            raise error
         return answer["result"]
 
     def _listen(self) -> None:
@@ -347,6 +356,10 @@ class RemoteBackend:
             ws.close()
             self._lost(ws, ConnectionLostError("this Montybase handle was closed"))
         self.dispatcher.close()
+
+
+# Where each kid's key is written, for a refusal's message.
+_KEY_FIELDS = {"client": "apiKey in client-config.json", "admin": "adminKey in montybase.json"}
 
 
 def _error(error: dict[str, Any]) -> MontybaseError:

@@ -198,11 +198,11 @@ class WebSocket:
     def close_reason(self) -> str | None:
         return self._protocol.close_reason
 
-    def close(self) -> None:
-        """Send a close frame and end the connection (a thread reading it returns)."""
+    def close(self, reason: str = "") -> None:
+        """Send a close frame (code 1000, with `reason`) and end the connection (a thread reading it returns)."""
         with self._write_lock:
             if self._protocol.state is State.OPEN:
-                self._protocol.send_close(1000)
+                self._protocol.send_close(1000, reason)
         try:
             self._write()
             self._sock.shutdown(socket.SHUT_RDWR)

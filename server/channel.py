@@ -26,6 +26,8 @@ __all__ = [
     "CLOSE_LIMIT",
     "MAX_BYTES",
     "MAX_RECORDS",
+    "SERVER_KEY_MISMATCH",
+    "SERVER_KEY_MISMATCH_MESSAGE",
     "ChannelError",
     "ClientHandshake",
     "Keys",
@@ -48,6 +50,11 @@ C2S, S2C = 0x01, 0x02
 CLOSE_AUTH_FAILED = 1008  # failed handshake (after one UNAUTHENTICATED error)
 CLOSE_LIMIT = 4000  # record or byte limit reached: reconnect for fresh keys
 CLOSE_BAD_RECORD = 4002  # a record failed to open
+# The reason of the close a client sends when the server's answer to its hello does not prove the
+# key pinned as serverKey: the server logs it (nothing else would tell its operator).
+SERVER_KEY_MISMATCH = "serverKey does not match"
+SERVER_KEY_MISMATCH_MESSAGE = ("the server's key does not match serverKey: check serverKey in client-config.json "
+                               "(the server's montybase.json makes it), and that this is your server's address")
 
 MAX_RECORDS = 2**24  # per direction and session
 MAX_BYTES = 2**36  # plaintext bytes per direction and session
@@ -453,7 +460,8 @@ class ClientHandshake:
         except ChannelError as exc:
             raise self._fail(exc.detail) from None
         if not hmac.compare_digest(smac, _mac(keys.sfin, keys.th)):
-            raise self._fail("hello result: smac does not verify (wrong key, or not our server)")
+            raise self._fail(SERVER_KEY_MISMATCH_MESSAGE if self.mode == "nk" else
+                             "hello result: smac does not verify (wrong key, or not our server)")
         self._state = "confirm"
         self._session = Records(role=self.kid, th=keys.th, send_key=keys.c2s, recv_key=keys.s2c, send_dir=C2S)
         return {"cmac": _b64e(_mac(keys.cfin, keys.th))}, self._session

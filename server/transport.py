@@ -19,7 +19,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from .channel import CLOSE_BAD_RECORD, ChannelError
+from .channel import CLOSE_BAD_RECORD, SERVER_KEY_MISMATCH, ChannelError
 from .config import Limits, trusted_networks
 from .database import Database
 from .logs import Throttle, clip
@@ -224,8 +224,12 @@ class MontybaseServer:
                                       "connection %d from %s refused: no handshake within %ss", session.number,
                                       session.address, self.limits.handshakeTimeout)
             await ws.close(CLOSE_HANDSHAKE_TIMEOUT, "handshake timeout")
-        except ConnectionClosed:
-            pass  # the client left during the handshake: nothing to answer
+        except ConnectionClosed as exc:  # the client left during the handshake: nothing to answer
+            if exc.rcvd is not None and exc.rcvd.reason == SERVER_KEY_MISMATCH:
+                self.service.throttle.log(logging.WARNING, "serverKey mismatch", session.address,
+                                          "connection %d from %s refused by the client: this server's key does not "
+                                          "match the serverKey in its client-config.json", session.number,
+                                          session.address)
         return False
 
     async def _serve(self, ws: ServerConnection, connection: _Connection, session: Session) -> None:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_version_is_written_once_and_every_package_says_the_same():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
-    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "server.__version__"}
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "montybase.server.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", server.__version__)
     assert python_client.__version__ == montybase.__version__ == server.__version__
     package = json.loads((ROOT / "package.json").read_text(encoding="utf-8"))
@@ -42,6 +42,32 @@ def test_version_prints_the_version_and_exits_0(command, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"montybase {server.__version__}"
     assert list(tmp_path.iterdir()) == [], "--version must not create a config"
+
+
+SHADOWS = ("server.py", "python_client.py")
+
+
+def test_a_users_server_py_or_python_client_py_does_not_shadow_the_package(tmp_path):
+    for name in SHADOWS:
+        (tmp_path / name).write_text('print("shadow")\n', encoding="utf-8")
+    code = ("from montybase import *\n"
+            "db = Montybase()\n"
+            "doc(db, 'scores', 'ada').set({'score': 3})\n"
+            "print(doc(db, 'scores', 'ada').get())\n"
+            "db.close()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["{'score': 3}"]
+    assert [(tmp_path / name).read_text(encoding="utf-8") for name in SHADOWS] == ['print("shadow")\n'] * 2
+
+
+def test_the_old_names_server_and_python_client_are_the_same_modules():
+    import montybase.server.errors
+    import server.errors
+
+    assert server is montybase.server and server.errors is montybase.server.errors
+    assert python_client is montybase.client and python_client.Montybase is montybase.Montybase
+    assert server.errors.__spec__.name == "montybase.server.errors"
 
 
 def test_the_license_is_mit_and_the_build_understands_its_spdx_form():

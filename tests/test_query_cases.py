@@ -4,7 +4,8 @@ Each case loads its documents into the collection `c` of a fresh in-memory datab
 its query through the engine's method table (`Database.call`, the very params the network
 carries). The non-error cases run again through the public client API
 (`doc(db, "c").where(...).order_by(...)...`), embedded and over the network, which must build
-the same wire form.
+the same wire form; the error cases through the client's backend, embedded and remote (which
+refuses before sending), and sent unchecked to a server, which refuses with the same reason.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Served, json_equal
+from conftest import Served, Stranger, json_equal
 
 from python_client import Montybase, doc
 from python_client.errors import MontybaseError as ClientError
@@ -35,6 +36,7 @@ def _no_constants(name: str) -> Any:
 
 CASES: list[dict[str, Any]] = json.loads(CASES_FILE.read_text(encoding="utf-8"), parse_constant=_no_constants)["cases"]
 RESULT_CASES = [case for case in CASES if "error" not in case]
+ERROR_CASES = [case for case in CASES if "error" in case]
 
 
 
@@ -234,3 +236,33 @@ def test_client_raises_engine_reason():
         with pytest.raises(ClientError) as raised:
             doc(database, "c").where("score", "=", 1).stream()
         assert raised.value.reason == "INVALID_ARGUMENT"
+
+
+def _request(case: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The method and params a case's query makes."""
+    if "aggregate" in case:
+        return "aggregate", {"query": _params(case), **case["aggregate"]}
+    return "query", {"query": _params(case)}
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=[case["name"] for case in ERROR_CASES])
+def test_query_error_case_through_client(client, case):
+    ref = doc(client, *COLLECTION)
+    for doc_id, document in case["documents"].items():
+        ref.add(document, key=doc_id)
+    with pytest.raises(MontybaseError) as raised:
+        client._backend.call(*_request(case))
+    assert raised.value.reason == case["error"]
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=[case["name"] for case in ERROR_CASES])
+def test_query_error_case_sent_unchecked_is_refused_by_the_server(server, case):
+    stranger = Stranger(server, kid="admin")  # no client checks: the server's own answer
+    try:
+        for doc_id, document in case["documents"].items():
+            assert "result" in stranger.call("add", {"path": [*COLLECTION, doc_id], "value": document})
+        answer = stranger.call(*_request(case))
+        assert "result" in stranger.call("delete", {"path": COLLECTION})
+    finally:
+        stranger.close()
+    assert answer["error"]["data"]["reason"] == case["error"], answer

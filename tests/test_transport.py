@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import secrets
 import socket
 import threading
@@ -21,9 +22,9 @@ from websockets.sync.client import connect
 
 from conftest import Served, Stranger, connect_from, hand_handshake
 from procs import Proc, server_command
-from python_client import ConnectionLostError, Montybase, PermissionDeniedError, doc
+from python_client import ConnectionLostError, Montybase, PermissionDeniedError, UnauthenticatedError, doc
 from server.channel import ClientHandshake, Records, derive_psk, key_schedule
-from server.config import create_config, open_database, public_key
+from server.config import create_config, fresh_keys, open_database, public_key
 from server.schemas import load_schema
 from server.transport import Limits, MontybaseServer
 
@@ -867,3 +868,45 @@ def test_out_of_file_descriptors_the_server_logs_a_line_not_tracebacks_and_recov
         log = proc.stderr
         assert "not accepting connections for a second" in log, proc.describe()
         assert log.count("not accepting connections") <= 11 and "Traceback" not in log, proc.describe()
+
+
+def _client_config_with(served, **changes) -> Path:
+    path = served.folder / "changed-client-config.json"
+    path.write_text(json.dumps({**json.loads(served.client_config_path.read_text()), **changes}))
+    return path
+
+
+def _client_log_lines(caplog, needle: str, timeout: float = 10.0) -> list[str]:
+    """The montybase.clients lines holding `needle`, waiting for the server's loop to write one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [r.getMessage() for r in caplog.records if r.name == "montybase.clients"]
+        if any(needle in line for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def test_a_wrong_api_key_is_refused_with_what_to_check_and_the_server_logs_it(served, caplog):
+    caplog.set_level(logging.INFO, logger="montybase.clients")
+    wrong = fresh_keys()["apiKey"]
+    handle = Montybase(api=served.url, config=_client_config_with(served, apiKey=wrong))
+    with pytest.raises(UnauthenticatedError) as raised:
+        doc(handle, "scores", "ada").get()
+    handle.close()
+    assert str(raised.value) == "the server refused this key: check apiKey in client-config.json"
+    lines = _client_log_lines(caplog, "key hint matches no client key")
+    assert any("refused" in line and "key hint matches no client key" in line for line in lines), lines
+    assert not any(wrong in line or served.config["apiKey"] in line for line in lines)
+
+
+def test_a_wrong_pinned_server_key_says_so_and_the_server_logs_it(served, caplog):
+    caplog.set_level(logging.INFO, logger="montybase.clients")
+    other = public_key(fresh_keys()["serverKey"])
+    handle = Montybase(api=served.url, config=_client_config_with(served, serverKey=other))
+    with pytest.raises(UnauthenticatedError) as raised:
+        doc(handle, "scores", "ada").get()
+    handle.close()
+    assert str(raised.value).startswith("the server's key does not match serverKey: check serverKey in client-config.json")
+    lines = _client_log_lines(caplog, "does not match the serverKey")
+    assert any("refused by the client" in line and "does not match the serverKey" in line for line in lines), lines
+    assert not any(other in line or served.config["serverKey"] in line for line in lines)

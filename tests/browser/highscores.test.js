@@ -109,12 +109,13 @@ test("with the client key: a valid score is posted and shown live; overwrites, d
     await db.close();
     return out;
   });
-  const denied = (path) => ({ name: "PermissionDeniedError", code: -32001, reason: "PERMISSION_DENIED", data: { path } });
+  // An error about a stored document names it in data.document (a list of segments).
+  const denied = (document) => ({ name: "PermissionDeniedError", code: -32001, reason: "PERMISSION_DENIED", data: { document } });
   assert.deepEqual(outcome.overwrite, denied(["scores", outcome.id]));
   assert.deepEqual(outcome.update, denied(["scores", outcome.id]));
   assert.deepEqual(outcome.delete, denied(["scores", outcome.id]));
   assert.deepEqual(outcome.deleteAll, denied(["scores"]));
-  assert.deepEqual(outcome.addTaken, { name: "AlreadyExistsError", code: -32003, reason: "ALREADY_EXISTS", data: { path: ["scores", outcome.id] } });
+  assert.deepEqual(outcome.addTaken, { name: "AlreadyExistsError", code: -32003, reason: "ALREADY_EXISTS", data: { document: ["scores", outcome.id] } });
   const validation = (path, keyword) => {
     const error = outcome[path];
     assert.equal(error.name, "ValidationError", path);

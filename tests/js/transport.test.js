@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
 import WebSocket, { WebSocketServer } from "ws";
 
 import { ClientHandshake } from "../../js_client/channel.js";
@@ -90,17 +91,28 @@ describe("the handshake against a live server", () => {
     await db.close();
   });
 
-  test("a wrong key is UNAUTHENTICATED, and so is a wrong pinned server key", async () => {
+  test("a wrong key is UNAUTHENTICATED, and so is a wrong pinned server key: each says what to check, the server logs it", async () => {
     const otherServerKey = VECTORS.server.serverKey.public;
-    for (const config of [
-      { ...clientConfig, apiKey: "mb-wrong-key-0123456789" },
-      { ...clientConfig, apiKey: "mb-wrong-key-0123456789", serverKey: undefined },
-      { ...clientConfig, serverKey: otherServerKey },
-      { ...adminConfig, adminKey: "mba-wrong-wrong-wrong-wrong" },
+    const refused = "the server refused this key: check apiKey in client-config.json";
+    const mismatch = "the server's key does not match serverKey: check serverKey in client-config.json";
+    for (const [config, message, logged] of [
+      [{ ...clientConfig, apiKey: "mb-wrong-key-0123456789" }, refused, "key hint matches no client key"],
+      [{ ...clientConfig, apiKey: "mb-wrong-key-0123456789", serverKey: undefined }, refused, "key hint matches no client key"],
+      [{ ...clientConfig, serverKey: otherServerKey }, mismatch, "does not match the serverKey in its client-config.json"],
+      [{ ...adminConfig, adminKey: "mba-wrong-wrong-wrong-wrong" }, "the server refused this key: check adminKey in montybase.json", "key hint matches no admin key"],
     ]) {
+      const before = server.output.stderr.split(logged).length;
       const db = new Montybase(config, { WebSocket, endpoint: server.endpoint });
-      await assert.rejects(doc(db, "c", "x").get(), (error) => error instanceof UnauthenticatedError && error.code === -32000);
+      await assert.rejects(
+        doc(db, "c", "x").get(),
+        (error) => error instanceof UnauthenticatedError && error.code === -32000 && error.message.startsWith(message),
+      );
       await db.close();
+      for (let i = 0; i < 100 && server.output.stderr.split(logged).length === before; i++) await delay(50);
+      assert.equal(server.output.stderr.split(logged).length, before + 1, server.output.stderr);
+    }
+    for (const key of ["mb-wrong-key-0123456789", "mba-wrong-wrong-wrong-wrong", otherServerKey, clientConfig.apiKey]) {
+      assert.ok(!server.output.stderr.includes(key));
     }
   });
 
