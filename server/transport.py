@@ -461,9 +461,12 @@ def _quiet_accept_errors(loop: asyncio.AbstractEventLoop, lines: Throttle) -> No
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         error = context.get("exception")
+        retry = getattr(getattr(context.get("handle"), "_callback", None), "__name__", "") == "_start_serving"
         if isinstance(error, OSError) and error.errno in _OUT_OF_RESOURCES:
             lines.log(logging.ERROR, "accept", "server", "not accepting connections for a second: %s "
                       "(raise the open-files limit, ulimit -n, or lower limits.maxConnections)", error.strerror)
+        elif retry and isinstance(error, (OSError, ValueError)):
+            pass  # such a retry, come after the server closed its socket: nothing is left to accept on
         elif previous is not None:
             previous(loop, context)
         else:

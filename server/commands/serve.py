@@ -144,7 +144,7 @@ def raise_open_files_limit() -> None:
         except (ValueError, OSError):
             pass  # the kernel caps it below the hard limit: keep what we have (warned below)
     if soft != resource.RLIM_INFINITY and soft < 4096:
-        log.warning("open-files limit %d: at most about %d connections; raise it (ulimit -n)", soft, soft - 64)
+        log.warning("open-files limit %d: fewer connections than that can be open at once; raise it (ulimit -n)", soft)
 
 
 def _apply(server: MontybaseServer, new: Settings) -> None:
