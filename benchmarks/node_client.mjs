@@ -14,7 +14,7 @@ import { readFile } from "node:fs/promises";
 import { performance } from "node:perf_hooks";
 import WebSocket from "ws";
 
-import { Montybase, doc } from "../js_client/index.js";
+import { Montybase, doc } from "montybase"; // the package as Node resolves it: js_client/node.js (node:crypto records)
 
 const USAGE = "usage: node benchmarks/node_client.mjs ENDPOINT CONFIG [--requests N] [--seconds S]";
 const LOOPS = 16;

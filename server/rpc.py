@@ -28,9 +28,12 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode  # one decoder, reused (json.loads makes one a call)
+
+
 def loads(data: str | bytes) -> Any:
-    """Strict JSON: no NaN or Infinity."""
-    return json.loads(data, parse_constant=_reject_constant)
+    """Strict JSON: no NaN or Infinity; bytes must be UTF-8."""
+    return _decode(data if isinstance(data, str) else data.decode("utf-8"))
 
 
 dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode  # one encoder, reused
