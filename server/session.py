@@ -408,8 +408,8 @@ class Session:
 # The one routing table: method → (handler, whether it blocks: password hashing runs off the loop)
 METHODS: dict[str, tuple[Callable[[Session, dict[str, Any]], tuple[dict[str, Any], int]], bool]] = {
     "get": (Session._get, False),
-    "query": (Session._query, False),
-    "aggregate": (Session._aggregate, False),
+    "query": (Session._query, True),  # a scan or an index build takes long: off the loop
+    "aggregate": (Session._aggregate, True),
     "collections": (Session._collections, False),
     "rulesTest": (Session._rules_test, False),
     **{op: (partial(Session._write, op=op), False) for op in ("add", "set", "update", "delete")},
