@@ -174,8 +174,10 @@ class MontybaseServer:
                 )
         except OSError:
             status, content_type, body = 404, "text/plain; charset=utf-8", b"Not found\n"
+        # websockets closes a connection after one plain HTTP answer: say so, or a keep-alive client
+        # (Node's fetch) sends its next request on it and loses the race with the close.
         headers = Headers([
-            ("Content-Type", content_type), ("Content-Length", str(len(body))),
+            ("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close"),
             ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"), *extra.items(),
         ])
         return Response(status, HTTPStatus(status).phrase, headers, body)

@@ -910,3 +910,17 @@ def test_a_wrong_pinned_server_key_says_so_and_the_server_logs_it(served, caplog
     lines = _client_log_lines(caplog, "does not match the serverKey")
     assert any("refused by the client" in line and "does not match the serverKey" in line for line in lines), lines
     assert not any(other in line or served.config["serverKey"] in line for line in lines)
+
+
+def test_a_plain_http_answer_says_the_connection_closes(served):
+    import http.client
+
+    host, port = served.url.removeprefix("ws://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        connection.request("GET", "/montybase.js")
+        response = connection.getresponse()
+        assert response.status == 200 and response.getheader("Connection") == "close"
+        response.read()
+    finally:
+        connection.close()
