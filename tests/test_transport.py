@@ -707,8 +707,7 @@ def _touch_every_document(writer, step, count=50):
     batch.commit()
 
 
-def test_a_subscriber_that_stops_reading_is_closed_past_max_outgoing_bytes(loop_thread, tmp_path):
-    served = Served(loop_thread, tmp_path, limits=Limits(maxOutgoingBytes=1024 * 1024))
+def _a_stalled_subscriber_is_closed_and_a_reading_one_sees_every_change(served: Served, steps: int) -> None:
     writer = served.client(admin=True)
     listener = served.client()
     stalled = Stranger(served, max_queue=1, max_size=None)  # reads nothing once subscribed (its socket fills up)
@@ -717,46 +716,32 @@ def test_a_subscriber_that_stops_reading_is_closed_past_max_outgoing_bytes(loop_
         _big_documents(writer)
         assert stalled.call("subscribe", {"sub": 1, "query": {"path": ["c"]}})["result"] == {"sub": 1}
         stop = doc(listener, "c").on_snapshot(lambda snapshot: seen.append(snapshot))
-        for step in range(1, 21):  # 40 MB of notifications: more than the kernel's socket buffers hold
+        for step in range(1, steps + 1):  # 2 MB of notifications a step
             _touch_every_document(writer, step)
         assert stalled.close_code(timeout=10) == 4008
         deadline = time.monotonic() + 10
-        while not (seen and seen[-1].docs[0]["value"]["n"] == 20) and time.monotonic() < deadline:
+        while not (seen and seen[-1].docs[0]["value"]["n"] == steps) and time.monotonic() < deadline:
             time.sleep(0.05)
         # A client that reads gets every change (reconnecting if it too fell behind a moment).
-        assert seen[-1].docs[0]["value"]["n"] == 20
+        assert seen[-1].docs[0]["value"]["n"] == steps
         stop()
     finally:
         stalled.close()
         listener.close()
         writer.close()
         served.stop()
+
+
+def test_a_subscriber_that_stops_reading_is_closed_past_max_outgoing_bytes(loop_thread, tmp_path):
+    # 40 MB of notifications: more than the kernel's socket buffers hold, and than 1 MB a connection
+    served = Served(loop_thread, tmp_path, limits=Limits(maxOutgoingBytes=1024 * 1024))
+    _a_stalled_subscriber_is_closed_and_a_reading_one_sees_every_change(served, steps=20)
 
 
 def test_past_max_outgoing_bytes_total_the_connection_furthest_behind_is_closed(loop_thread, tmp_path):
     # Each connection may hold 16 MB, all of them together 4 MB: the stalled one is closed.
     served = Served(loop_thread, tmp_path, limits=Limits(maxOutgoingBytesTotal=4 * 1024 * 1024))
-    writer = served.client(admin=True)
-    listener = served.client()
-    stalled = Stranger(served, max_queue=1, max_size=None)
-    seen = []
-    try:
-        _big_documents(writer)
-        assert stalled.call("subscribe", {"sub": 1, "query": {"path": ["c"]}})["result"] == {"sub": 1}
-        stop = doc(listener, "c").on_snapshot(lambda snapshot: seen.append(snapshot))
-        for step in range(1, 11):  # 20 MB of notifications
-            _touch_every_document(writer, step)
-        assert stalled.close_code(timeout=10) == 4008
-        deadline = time.monotonic() + 10
-        while not (seen and seen[-1].docs[0]["value"]["n"] == 10) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert seen[-1].docs[0]["value"]["n"] == 10
-        stop()
-    finally:
-        stalled.close()
-        listener.close()
-        writer.close()
-        served.stop()
+    _a_stalled_subscriber_is_closed_and_a_reading_one_sees_every_change(served, steps=10)
 
 
 def _memory_kb(pid, field):
