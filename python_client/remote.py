@@ -8,7 +8,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -32,6 +32,9 @@ _MAX_FRAME = 16 * 1024 * 1024
 # keepalive pings (every 20 s, answered within 20 s) are answered and its close is seen.
 _KEEPALIVE = 2.0
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+# Calls with no effect on the server: one whose connection is lost before its answer is asked
+# again on the next connection (a write is not: the lost server may have applied it).
+_READS = frozenset({"get", "query", "aggregate", "collections"})
 
 
 def websocket_url(api: str) -> str:
@@ -85,13 +88,17 @@ class RemoteBackend:
     hands every answer it meets to its caller, and passes the reading on when its own answer
     is in, so a lone caller never waits on another thread and several threads may call at
     once. While listeners exist, a listening thread reads when no caller does. If the
-    connection drops, calls in flight fail with ConnectionLostError and the next call connects
-    again.
+    connection drops, writes in flight fail with ConnectionLostError (reads are asked again, once,
+    on a new connection) and the next call connects again.
+
+    `url` may be a list of endpoints (servers of one database): connecting tries them in turn,
+    starting after the one whose connection was lost, so a dead server's clients go on with the
+    next one (round robin).
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         kid: str,
         key: str,
@@ -99,7 +106,8 @@ class RemoteBackend:
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 60.0,
     ):
-        self.url = websocket_url(url)
+        self.urls = [websocket_url(one) for one in ([url] if isinstance(url, str) else url)]
+        self._at = 0  # the index in `urls` of the endpoint connected to, or to try first
         self.kid, self.key, self.server_key = kid, key, server_key
         self.ssl_context = ssl_context
         self.timeout = timeout
@@ -118,17 +126,33 @@ class RemoteBackend:
         self.user: dict[str, str] | None = None  # {"uid", "email"} of that session
         self._resume_id: int | None = None
 
+    @property
+    def url(self) -> str:
+        """The endpoint connected to (or to be tried first)."""
+        return self.urls[self._at]
+
     # Connection
 
     def _connect(self) -> None:
+        """Connect to the first endpoint, from the current one on, that accepts us."""
         if self._closed.is_set():
             raise UnavailableError("this Montybase handle is closed")
+        for tried in range(len(self.urls)):
+            try:
+                return self._connect_to(self.url)
+            except (ConnectionLostError, UnavailableError) as exc:  # away or refusing: the next one
+                self._at = (self._at + 1) % len(self.urls)
+                if tried == len(self.urls) - 1 or self._closed.is_set():
+                    raise
+                log.info("%s; trying %s", exc, self.url)
+
+    def _connect_to(self, url: str) -> None:
         try:
-            ws = WebSocket(self.url, ssl_context=self.ssl_context, timeout=self.timeout, max_size=_MAX_FRAME)
+            ws = WebSocket(url, ssl_context=self.ssl_context, timeout=self.timeout, max_size=_MAX_FRAME)
         except (OSError, TimeoutError) as exc:
-            raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
+            raise ConnectionLostError(f"cannot connect to {url}: {exc}") from exc
         except Exception as exc:  # the server refused the upgrade (limits, origin)
-            raise UnavailableError(f"cannot connect to {self.url}: {exc}") from exc
+            raise UnavailableError(f"cannot connect to {url}: {exc}") from exc
         try:
             handshake = ClientHandshake(self.kid, self.key, self.server_key)
             hello = self._handshake_step(ws, "hello", handshake.hello())
@@ -251,6 +275,7 @@ class RemoteBackend:
             if self._ws is not ws:
                 return  # seen already
             self._ws = self._session = None
+            self._at = (self._at + 1) % len(self.urls)  # that server may be gone: the next one first
             stranded = list(self._pending.values())
             self._pending.clear()
         for pending in stranded:
@@ -289,6 +314,17 @@ class RemoteBackend:
 
     def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         _check_values(method, params)
+        try:
+            return self._call(method, params)
+        except _Lost as lost:
+            if method not in _READS:
+                raise lost.error from None
+        try:  # a read changes nothing: ask it again, on a new connection (the next endpoint)
+            return self._call(method, params)
+        except _Lost as lost:
+            raise lost.error from None
+
+    def _call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         request_id = next(self._ids)
         pending = _Pending()
         with self._lock:
@@ -300,6 +336,10 @@ class RemoteBackend:
             self._pending[request_id] = pending
             try:
                 self._send(request_id, method, params)
+            except ConnectionLostError as exc:
+                self._pending.pop(request_id, None)
+                self._lost(ws, exc)
+                raise _Lost(exc) from None
             except BaseException:
                 self._pending.pop(request_id, None)
                 raise
@@ -319,6 +359,8 @@ class RemoteBackend:
             self._pending.pop(request_id, None)
             raise ConnectionLostError(f"no answer from {self.url} within {self.timeout}s")
         if isinstance(answer, BaseException):
+            if isinstance(answer, ConnectionLostError) and not self._closed.is_set():
+                raise _Lost(answer)
             raise answer
         if "error" in answer:
             raise _error(answer["error"])
@@ -356,6 +398,14 @@ class RemoteBackend:
             ws.close()
             self._lost(ws, ConnectionLostError("this Montybase handle was closed"))
         self.dispatcher.close()
+
+
+class _Lost(Exception):
+    """The connection was lost with a call sent on it and not answered (it may have been run)."""
+
+    def __init__(self, error: ConnectionLostError):
+        super().__init__(str(error))
+        self.error = error
 
 
 # Where each kid's key is written, for a refusal's message.
