@@ -190,7 +190,7 @@ class RemoteBackend:
         """Whether `ws` is open (looking reads what waits on it); if not, it is lost."""
         if ws.open:
             return True
-        self._lost(ws, ConnectionLostError("the connection to the server was lost"))
+        self._lost(ws, ConnectionLostError("the connection to the server was lost"), by_server=True)
         return False
 
     def _handshake_step(self, ws: WebSocket, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -237,11 +237,11 @@ class RemoteBackend:
         except ConnectionClosed as exc:
             code = ws.close_code
             if code in (None, 1000, 1001):
-                self._lost(ws, ConnectionLostError(f"the connection to the server was lost: {exc}"))
+                self._lost(ws, ConnectionLostError(f"the connection to the server was lost: {exc}"), by_server=True)
             else:
                 self._lost(ws, ConnectionLostError(
                     f"the server closed the connection (code {code} {ws.close_reason})".strip(), {"closeCode": code}
-                ))
+                ), by_server=True)
             return
         except (MontybaseError, ValueError) as exc:
             ws.close()
@@ -269,8 +269,10 @@ class RemoteBackend:
                 pending.wake()
                 return
 
-    def _lost(self, ws: WebSocket, failure: ConnectionLostError) -> None:
-        """`ws` is gone: fail the calls sent on it; listeners make us connect again."""
+    def _lost(self, ws: WebSocket, failure: ConnectionLostError, *, by_server: bool = False) -> None:
+        """`ws` is gone: fail the calls sent on it (`by_server`: closed or crashed on the server's
+        side, so their reads may be asked again; not when we refused a record); listeners make us
+        connect again."""
         with self._lock:
             if self._ws is not ws:
                 return  # seen already
@@ -279,7 +281,7 @@ class RemoteBackend:
             stranded = list(self._pending.values())
             self._pending.clear()
         for pending in stranded:
-            pending.answer = failure
+            pending.answer = _Lost(failure) if by_server else failure
             pending.wake()
         if self._listeners and not self._closed.is_set():
             threading.Thread(target=self._reconnect, name="montybase-reconnect", daemon=True).start()
@@ -338,7 +340,7 @@ class RemoteBackend:
                 self._send(request_id, method, params)
             except ConnectionLostError as exc:
                 self._pending.pop(request_id, None)
-                self._lost(ws, exc)
+                self._lost(ws, exc, by_server=True)
                 raise _Lost(exc) from None
             except BaseException:
                 self._pending.pop(request_id, None)
@@ -358,9 +360,9 @@ class RemoteBackend:
         if answer is None:
             self._pending.pop(request_id, None)
             raise ConnectionLostError(f"no answer from {self.url} within {self.timeout}s")
+        if isinstance(answer, _Lost) and self._closed.is_set():
+            raise answer.error
         if isinstance(answer, BaseException):
-            if isinstance(answer, ConnectionLostError) and not self._closed.is_set():
-                raise _Lost(answer)
             raise answer
         if "error" in answer:
             raise _error(answer["error"])
@@ -401,7 +403,8 @@ class RemoteBackend:
 
 
 class _Lost(Exception):
-    """The connection was lost with a call sent on it and not answered (it may have been run)."""
+    """The server's side ended the connection with a call sent on it and not answered (it may
+    have been run): `call` asks a read again, and raises `error` for anything else."""
 
     def __init__(self, error: ConnectionLostError):
         super().__init__(str(error))

@@ -5,10 +5,13 @@ the next, and its listeners get a fresh full snapshot there. Also the client con
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,22 @@ def test_a_call_after_the_first_server_is_killed_succeeds_on_the_next(nodes, tmp
         doc(db, "scores").add({"score": 7}, key="after")
         with b.admin() as admin:
             assert doc(admin, "scores", "after").get() == {"score": 7}
+
+
+def test_a_read_in_flight_when_its_server_dies_is_answered_by_the_next_and_a_write_is_connection_lost(
+        nodes, tmp_path):
+    config, (a, b) = nodes
+    with client_for(tmp_path, config, [a.url, b.url]) as db:
+        assert answering_node(db) == "a"
+        os.kill(a.proc.pid, signal.SIGSTOP)  # A takes the requests and answers none
+        with ThreadPoolExecutor(2) as calls:
+            reading = calls.submit(answering_node, db)
+            writing = calls.submit(doc(db, "scores").add, {"score": 1}, "lost")
+            time.sleep(0.3)
+            a.proc.kill9()
+            assert reading.result(timeout=10) == "b"
+            with pytest.raises(ConnectionLostError):  # A may have applied it: not sent again
+                writing.result(timeout=10)
 
 
 def test_a_refused_connect_goes_on_with_the_next_endpoint(nodes, tmp_path):
