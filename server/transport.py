@@ -160,8 +160,9 @@ class MontybaseServer:
 
     def _make_room(self, address: str) -> bool:
         """The handshake slots are all taken: end the oldest handshake of the address holding the
-        most, if it holds more than `address`, so that strangers at a few dozen addresses, idling in
-        the handshake, cannot keep everyone else out. Whether a slot was freed."""
+        most, if it holds more than `address`, so that idle handshakes from however many addresses
+        cannot keep a newcomer out (a real client's handshake takes milliseconds, an idle one its
+        whole deadline). Whether a slot was freed."""
         top = max(self._handshaking, key=lambda held: len(self._handshaking[held]), default=None)
         if top is None or len(self._handshaking[top]) <= len(self._handshaking.get(address, ())):
             return False

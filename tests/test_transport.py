@@ -610,17 +610,20 @@ class _Upgrades:
             ws.close()
 
 
-def test_idle_upgrades_from_several_addresses_leave_room_for_a_new_client(loop_thread, tmp_path):
-    # Every default but the deadline, so the idle upgrades stay for the whole test.
-    served = Served(loop_thread, tmp_path, limits=Limits(handshakeTimeout=60))
+def test_with_every_handshake_slot_taken_a_newcomer_takes_the_oldest_of_the_address_holding_most(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(handshakeTimeout=60, maxUnauthenticated=4))
     upgrades = _Upgrades(served.url)
     try:
-        sources = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6")
-        admitted = [sum(upgrades.admitted(source=source) for _ in range(30)) for source in sources]  # 150 attempts
-        client = served.client()
-        assert doc(client, "c").add({"while": "the idle upgrades are held"})
-        client.close()
-        assert admitted == [Limits().maxUnauthenticatedPerAddress] * len(sources)
+        assert [upgrades.admitted(source="127.0.0.2") for _ in range(3)] == [True] * 3
+        assert upgrades.admitted(source="127.0.0.3")  # the last free slot
+        assert upgrades.admitted(source="127.0.0.4")  # takes 127.0.0.2's oldest
+        with pytest.raises(ConnectionClosed) as closed:
+            upgrades.held[0].recv(timeout=5)
+        assert closed.value.rcvd.code == 1013
+        assert upgrades.admitted(source="127.0.0.4")  # takes 127.0.0.2's next: 1, 1, 2 now
+        assert not upgrades.admitted(source="127.0.0.4")  # it holds the most itself: 503
+        with served.client() as client:  # its handshake took the slot of one of 127.0.0.2's or .4's
+            assert doc(client, "c").add({"while": "every slot was taken"})
     finally:
         upgrades.close()
         served.stop()
@@ -652,7 +655,7 @@ def test_a_client_connects_while_2000_idle_upgrades_from_10_addresses_are_held(l
         for round_number in range(10):  # 10 rounds of 20 upgrades from each address: 2,000
             for source in sources:
                 for sock in [sock for sock in held[source] if select.select([sock], [], [], 0)[0]]:
-                    held[source].remove(sock)  # the server ended it (its handshake deadline): open another
+                    held[source].remove(sock)  # the server ended it (deadline, or slot taken): open another
                     sock.close()
                     timed_out += 1
                 for _ in range(20):
