@@ -5,6 +5,8 @@
  * Listeners (client-chosen ids, `sub`) are kept in a registry: while there are any, a lost
  * connection is made again by itself, with backoff, and on every new connection the signed-in
  * session is resumed first, then every listener subscribed again (python_client/remote.py).
+ * With several endpoints (servers of one database), connecting tries them in turn, starting after
+ * the one whose connection was lost; a read lost with its connection is asked again, once.
  * @module
  */
 
@@ -32,6 +34,9 @@ const OPEN = 1;
 const CLOSE_GRACE = 1000; // ms that close() waits for the server's side of the closing handshake
 const FIRST_RETRY = 50; // ms before the first reconnect of a handle with listeners; doubled each time
 const LAST_RETRY = 2000; // ms: the longest wait between reconnects
+// Calls with no effect on the server: one whose connection is lost before its answer is asked
+// again on the next connection (a write is not: the lost server may have applied it).
+const READS = new Set(["get", "query", "aggregate", "collections"]);
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
@@ -81,6 +86,8 @@ class Link {
     /** @type {Map<number, {resolve: Function, reject: Function, timer: any}>} */
     this.pending = new Map();
     this.dead = false;
+    /** Whether it died by the server's side (a close, a crash), not by the client refusing a record. */
+    this.lostByServer = false;
   }
 }
 
@@ -89,6 +96,10 @@ class Link {
  */
 export class RemoteBackend {
   #WebSocket;
+  /** @type {string[]} the ws:// or wss:// URLs */
+  #urls;
+  /** The index in #urls of the endpoint connected to, or to try first. */
+  #at = 0;
   #kid;
   #key;
   #serverKey;
@@ -108,13 +119,13 @@ export class RemoteBackend {
   #user = null;
 
   /**
-   * @param {{url: string, kid: string, key: string, serverKey?: string | null, serverPrivateKey?: string | null,
-   *   WebSocket: any, timeout?: number}} options `serverKey` is the pinned public key (mode nk);
-   *   `serverPrivateKey` a montybase.json serverKey, whose public half is pinned instead.
+   * @param {{urls: string[], kid: string, key: string, serverKey?: string | null, serverPrivateKey?: string | null,
+   *   WebSocket: any, timeout?: number}} options `urls`: the ws:// or wss:// URLs of the servers,
+   *   tried in turn; `serverKey` is the pinned public key (mode nk); `serverPrivateKey` a
+   *   montybase.json serverKey, whose public half is pinned instead.
    */
-  constructor({ url, kid, key, serverKey = null, serverPrivateKey = null, WebSocket, timeout = 60_000 }) {
-    /** The ws:// or wss:// URL. */
-    this.url = url;
+  constructor({ urls, kid, key, serverKey = null, serverPrivateKey = null, WebSocket, timeout = 60_000 }) {
+    this.#urls = [...urls];
     /** Milliseconds to wait for the handshake and for each answer. */
     this.timeout = timeout;
     this.#WebSocket = WebSocket;
@@ -122,6 +133,11 @@ export class RemoteBackend {
     this.#key = key;
     this.#serverKey = serverKey;
     this.#serverPrivateKey = serverPrivateKey;
+  }
+
+  /** The ws:// or wss:// URL of the endpoint connected to (or to be tried first). */
+  get url() {
+    return this.#urls[this.#at];
   }
 
   /** Whether `close()` was called. */
@@ -151,7 +167,13 @@ export class RemoteBackend {
     if (this.#closed) throw new UnavailableError("this Montybase handle is closed");
     const frame = this.#frame(method, params);
     const link = await this.#connect();
-    return this.#request(link, frame);
+    try {
+      return await this.#request(link, frame);
+    } catch (error) {
+      if (!(error instanceof ConnectionLostError && link.lostByServer && READS.has(method)) || this.#closed) throw error;
+      // A read changes nothing: ask it again, on a new connection (the next endpoint).
+      return this.#request(await this.#connect(), this.#frame(method, params));
+    }
   }
 
   /** The encoded request, with a fresh id. */
@@ -330,26 +352,39 @@ export class RemoteBackend {
   #connect() {
     if (this.#link !== null && !this.#link.dead) return Promise.resolve(this.#link);
     if (this.#connecting === null) {
-      this.#connecting = this.#open().finally(() => {
+      this.#connecting = this.#openAny().finally(() => {
         this.#connecting = null;
       });
     }
     return this.#connecting;
   }
 
-  async #open() {
+  /** Connect to the first endpoint, from the current one on, that accepts us. */
+  async #openAny() {
+    for (let tried = 1; ; tried++) {
+      try {
+        return await this.#open(this.url);
+      } catch (error) {
+        if (!RemoteBackend.#retryable(error)) throw error;
+        this.#at = (this.#at + 1) % this.#urls.length; // away or refusing: the next one
+        if (tried >= this.#urls.length || this.#closed) throw error;
+      }
+    }
+  }
+
+  async #open(url) {
     if (this.#serverKey === null && this.#serverPrivateKey) {
       this.#serverKey = await publicKeyFromPkcs8(this.#serverPrivateKey);
     }
     const handshake = new ClientHandshake(this.#kid, this.#key, this.#serverKey);
     let ws;
     try {
-      ws = new this.#WebSocket(this.url);
+      ws = new this.#WebSocket(url);
     } catch (error) {
-      throw new InvalidArgumentError(`cannot connect to ${this.url}: ${error.message}`);
+      throw new InvalidArgumentError(`cannot connect to ${url}: ${error.message}`);
     }
     ws.binaryType = "arraybuffer";
-    const inbox = frames(ws, this.url, this.timeout);
+    const inbox = frames(ws, url, this.timeout);
     try {
       await inbox.opened;
       const helloResult = await this.#step(ws, inbox, "hello", await handshake.hello());
@@ -468,7 +503,7 @@ export class RemoteBackend {
   #lost(link, event) {
     const code = event && typeof event.code === "number" ? event.code : 1006;
     const reason = event && event.reason ? ` ${event.reason}` : "";
-    this.#fail(link, new ConnectionLostError(`the connection to the server was lost (code ${code}${reason})`, { closeCode: code }));
+    this.#fail(link, new ConnectionLostError(`the connection to the server was lost (code ${code}${reason})`, { closeCode: code }), true);
   }
 
   #drop(link, code, message) {
@@ -476,10 +511,14 @@ export class RemoteBackend {
     closeSocket(link.ws, code);
   }
 
-  #fail(link, error) {
+  #fail(link, error, byServer = false) {
     if (link.dead) return;
     link.dead = true;
-    if (this.#link === link) this.#link = null;
+    link.lostByServer = byServer;
+    if (this.#link === link) {
+      this.#link = null;
+      this.#at = (this.#at + 1) % this.#urls.length; // that server may be gone: the next one first
+    }
     const stranded = [...link.pending.values()];
     link.pending.clear();
     for (const waiting of stranded) {

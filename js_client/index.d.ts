@@ -56,7 +56,8 @@ export interface ClientConfig {
   projectName?: string;
   apiKey?: string;
   adminKey?: string;
-  endpoint?: string;
+  /** The server's address, or a list of the servers of one database (tried in turn: failover). */
+  endpoint?: string | string[];
   serverKey?: string;
   [other: string]: unknown;
 }
@@ -64,8 +65,8 @@ export interface ClientConfig {
 export interface MontybaseOptions {
   /** A WebSocket class, used instead of globalThis.WebSocket (Node 20 has none: pass `ws`). */
   WebSocket?: unknown;
-  /** Overrides config.endpoint; http(s):// means ws(s)://. */
-  endpoint?: string;
+  /** Overrides config.endpoint (an address, or a list of them); http(s):// means ws(s)://. */
+  endpoint?: string | string[];
   /** Milliseconds to wait for the handshake and for each answer (default 60000). */
   timeout?: number;
 }
@@ -73,12 +74,12 @@ export interface MontybaseOptions {
 /** A database handle on a Montybase server. */
 export class Montybase {
   /**
-   * @throws {InvalidArgumentError} a config without key or endpoint, or no WebSocket
+   * @throws {InvalidArgumentError} a config without key, without endpoint or with a bad one (data.path names it), or no WebSocket
    * @throws {UnavailableError} no WebCrypto: a page that is not a secure context (not https, not localhost)
    */
   constructor(config: ClientConfig, options?: MontybaseOptions);
   readonly projectName: string | null;
-  /** The ws:// or wss:// URL of the server. */
+  /** The ws:// or wss:// URL of the server (of the endpoint connected to, with several). */
   readonly endpoint: string;
   /** Collect writes; commit() applies them all or none. */
   batch(): WriteBatch;

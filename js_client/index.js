@@ -48,12 +48,36 @@ export { arrayRemove, arrayUnion, deleteField, increment, maximum, minimum, serv
 /** `http(s)://` means `ws(s)://` (see connection.js). */
 export { websocketUrl } from "./connection.js";
 
+const ENDPOINT = /^(wss?|https?):\/\/\S+$/;
+
+/**
+ * The endpoints a config or the `endpoint` option names: one address, or a non-empty list of the
+ * servers of one database (schemas/client-config.json). A bad one is InvalidArgumentError naming
+ * it (`data.path`: "/endpoint", "/endpoint/1").
+ * @param {unknown} endpoint
+ * @param {string} source where it came from, for the message
+ * @returns {string[]}
+ */
+function endpoints(endpoint, source) {
+  const bad = (path, why) => new InvalidArgumentError(`${source}: ${path}: ${why}`, { path });
+  const check = (value, path) => {
+    if (typeof value !== "string") throw bad(path, `${JSON.stringify(value)} is not of type 'string'`);
+    if (!ENDPOINT.test(value)) throw bad(path, `${JSON.stringify(value)} is not a ws://, wss://, http:// or https:// address`);
+    return websocketUrl(value);
+  };
+  if (!Array.isArray(endpoint)) return [check(endpoint, "/endpoint")];
+  if (!endpoint.length) throw bad("/endpoint", "[] should be non-empty");
+  return endpoint.map((value, index) => check(value, `/endpoint/${index}`));
+}
+
 /**
  * A database handle on a Montybase server.
  *
  * - `new Montybase(clientConfig)`: `clientConfig` is the parsed `client-config.json`
  *   (`projectName`, `apiKey`, `endpoint`, `serverKey`): the client key, mode nk when the server
- *   key is pinned (psk otherwise).
+ *   key is pinned (psk otherwise). `endpoint` may be a list of the servers of one database: the
+ *   handle connects to the first that answers and goes on with the next when its connection is
+ *   lost or refused.
  * - `new Montybase(montybaseJson, { endpoint, WebSocket })`: a server-side Node program with the
  *   server's own `montybase.json` uses its `adminKey` (full access) and pins the public half of
  *   its `serverKey`.
@@ -66,13 +90,13 @@ export { websocketUrl } from "./connection.js";
  */
 export class Montybase {
   /**
-   * @param {{apiKey?: string, adminKey?: string, endpoint?: string, serverKey?: string, projectName?: string}} config
-   * @param {{WebSocket?: any, endpoint?: string, timeout?: number}} [options] `WebSocket`: a
+   * @param {{apiKey?: string, adminKey?: string, endpoint?: string | string[], serverKey?: string, projectName?: string}} config
+   * @param {{WebSocket?: any, endpoint?: string | string[], timeout?: number}} [options] `WebSocket`: a
    *   WebSocket class (used instead of `globalThis.WebSocket`, or where there is none);
    *   `endpoint`: overrides `config.endpoint` (`http(s)://` means `ws(s)://`); `timeout`:
    *   milliseconds to wait for an answer (default 60000).
-   * @throws {MontybaseError} InvalidArgumentError for a config without key or endpoint, or no
-   *   WebSocket; UnavailableError without WebCrypto (a page that is not a secure context)
+   * @throws {MontybaseError} InvalidArgumentError for a config without key, without endpoint or
+   *   with a bad one (`data.path` names it), or no WebSocket; UnavailableError without WebCrypto (a page that is not a secure context)
    */
   constructor(config, options = {}) {
     if (config === null || typeof config !== "object" || Array.isArray(config)) {
@@ -91,10 +115,12 @@ export class Montybase {
     } else {
       throw new InvalidArgumentError("the client config holds no apiKey");
     }
-    const endpoint = (options && options.endpoint) || own("endpoint");
-    if (typeof endpoint !== "string" || !endpoint) {
+    const given = Boolean(options && options.endpoint);
+    const endpoint = given ? options.endpoint : Object.hasOwn(config, "endpoint") ? config.endpoint : undefined;
+    if (endpoint === undefined || endpoint === null || endpoint === "") {
       throw new InvalidArgumentError("the client config holds no endpoint (or pass { endpoint })");
     }
+    const urls = endpoints(endpoint, given ? "options" : "client config");
     const WebSocketClass = (options && options.WebSocket) || globalThis.WebSocket;
     if (typeof WebSocketClass !== "function") {
       throw new InvalidArgumentError("no WebSocket here: pass one, new Montybase(config, { WebSocket })");
@@ -107,11 +133,11 @@ export class Montybase {
     /** The project name from the config (if any). */
     this.projectName = own("projectName");
     Object.defineProperty(this, "_backend", {
-      value: new RemoteBackend({ url: websocketUrl(endpoint), kid, key, serverKey, serverPrivateKey, WebSocket: WebSocketClass, timeout }),
+      value: new RemoteBackend({ urls, kid, key, serverKey, serverPrivateKey, WebSocket: WebSocketClass, timeout }),
     });
   }
 
-  /** The ws:// or wss:// URL of the server. */
+  /** The ws:// or wss:// URL of the server (of the endpoint connected to, with several). */
   get endpoint() {
     return this._backend.url;
   }

@@ -9,8 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from jsonschema import Draft202012Validator
+
 from ..server.config import DEFAULTS, Limits, load_config, open_database, public_key, storage_path
 from ..server.errors import InvalidArgumentError
+from ..server.paths import pointer
+from ..server.schemas import load_schema
 from ..server.storage import Storage
 
 from .embedded import EmbeddedBackend
@@ -42,15 +46,27 @@ def _serving_address(dev: bool | str, endpoint: bool) -> tuple[str | None, int |
     return None
 
 
-def _client_config_endpoint(path: Path) -> str | None:
+def _client_config_endpoint(path: Path) -> Any:
     """The endpoint of a client config (client-config.json names one; montybase.json never does)."""
     try:
         with open(path, encoding="utf-8") as file:
             config = json.load(file)
     except (OSError, ValueError):
         return None  # missing or broken: load_config creates it or says what is wrong
-    endpoint = config.get("endpoint") if isinstance(config, dict) else None
-    return endpoint if isinstance(endpoint, str) and endpoint else None
+    return config.get("endpoint") if isinstance(config, dict) else None  # checked, with the rest, below
+
+
+def _check_client_config(config: Any, source: str) -> None:
+    """Refuse a client config that breaks schemas/client-config.json, naming the faulty value."""
+    validator = Draft202012Validator(load_schema("client-config"))
+    error = min(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)), default=None)
+    if error is None:
+        return
+    where = pointer("", *error.absolute_path)
+    # A pattern's regular expression says less than what it asks for.
+    message = (f"{error.instance!r} is not a ws://, wss://, http:// or https:// address"
+               if error.validator == "pattern" else error.message)
+    raise InvalidArgumentError(f"{source}: {where}: {message}", {"path": where, "file": source})
 
 
 class Montybase:
@@ -70,7 +86,7 @@ class Montybase:
 
     def __init__(
         self,
-        api: str | None = None,
+        api: str | list[str] | None = None,
         *,
         config: str | Path | None = None,
         storageBucket: str | Storage | None = None,
@@ -89,6 +105,12 @@ class Montybase:
         if api is not None:
             self._config_path = Path(config if config is not None else "client-config.json")
             self.config = _read_json(self._config_path)
+            if not self.config.get("adminKey"):  # a client config, not a server's montybase.json
+                _check_client_config(self.config, str(self._config_path))
+            if not isinstance(api, str) and not (
+                isinstance(api, (list, tuple)) and api and all(isinstance(one, str) and one for one in api)
+            ):
+                raise InvalidArgumentError(f"api must be an endpoint or a non-empty list of endpoints, not {api!r}")
             self._backend = self._remote(api, self.config, ssl_context)
             return
         self._created = False
@@ -106,7 +128,7 @@ class Montybase:
         self._backend = EmbeddedBackend(self._database, Limits.from_config(self.config.get("limits")))
 
     @staticmethod
-    def _remote(api: str, config: dict[str, Any], ssl_context: ssl.SSLContext | None) -> RemoteBackend:
+    def _remote(api: str | list[str], config: dict[str, Any], ssl_context: ssl.SSLContext | None) -> RemoteBackend:
         if config.get("adminKey"):  # a server's own settings: the admin key, the key pair's public half
             kid, key = "admin", config["adminKey"]
             server_key = public_key(config["serverKey"]) if config.get("serverKey") else None

@@ -8,7 +8,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -32,6 +32,9 @@ _MAX_FRAME = 16 * 1024 * 1024
 # keepalive pings (every 20 s, answered within 20 s) are answered and its close is seen.
 _KEEPALIVE = 2.0
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+# Calls with no effect on the server: one whose connection is lost before its answer is asked
+# again on the next connection (a write is not: the lost server may have applied it).
+_READS = frozenset({"get", "query", "aggregate", "collections"})
 
 
 def websocket_url(api: str) -> str:
@@ -85,13 +88,17 @@ class RemoteBackend:
     hands every answer it meets to its caller, and passes the reading on when its own answer
     is in, so a lone caller never waits on another thread and several threads may call at
     once. While listeners exist, a listening thread reads when no caller does. If the
-    connection drops, calls in flight fail with ConnectionLostError and the next call connects
-    again.
+    connection drops, writes in flight fail with ConnectionLostError (reads are asked again, once,
+    on a new connection) and the next call connects again.
+
+    `url` may be a list of endpoints (servers of one database): connecting tries them in turn,
+    starting after the one whose connection was lost, so a dead server's clients go on with the
+    next one (round robin).
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         kid: str,
         key: str,
@@ -99,7 +106,8 @@ class RemoteBackend:
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 60.0,
     ):
-        self.url = websocket_url(url)
+        self.urls = [websocket_url(one) for one in ([url] if isinstance(url, str) else url)]
+        self._at = 0  # the index in `urls` of the endpoint connected to, or to try first
         self.kid, self.key, self.server_key = kid, key, server_key
         self.ssl_context = ssl_context
         self.timeout = timeout
@@ -118,17 +126,33 @@ class RemoteBackend:
         self.user: dict[str, str] | None = None  # {"uid", "email"} of that session
         self._resume_id: int | None = None
 
+    @property
+    def url(self) -> str:
+        """The endpoint connected to (or to be tried first)."""
+        return self.urls[self._at]
+
     # Connection
 
     def _connect(self) -> None:
+        """Connect to the first endpoint, from the current one on, that accepts us."""
         if self._closed.is_set():
             raise UnavailableError("this Montybase handle is closed")
+        for tried in range(len(self.urls)):
+            try:
+                return self._connect_to(self.url)
+            except (ConnectionLostError, UnavailableError) as exc:  # away or refusing: the next one
+                self._at = (self._at + 1) % len(self.urls)
+                if tried == len(self.urls) - 1 or self._closed.is_set():
+                    raise
+                log.info("%s; trying %s", exc, self.url)
+
+    def _connect_to(self, url: str) -> None:
         try:
-            ws = WebSocket(self.url, ssl_context=self.ssl_context, timeout=self.timeout, max_size=_MAX_FRAME)
+            ws = WebSocket(url, ssl_context=self.ssl_context, timeout=self.timeout, max_size=_MAX_FRAME)
         except (OSError, TimeoutError) as exc:
-            raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
+            raise ConnectionLostError(f"cannot connect to {url}: {exc}") from exc
         except Exception as exc:  # the server refused the upgrade (limits, origin)
-            raise UnavailableError(f"cannot connect to {self.url}: {exc}") from exc
+            raise UnavailableError(f"cannot connect to {url}: {exc}") from exc
         try:
             handshake = ClientHandshake(self.kid, self.key, self.server_key)
             hello = self._handshake_step(ws, "hello", handshake.hello())
@@ -166,7 +190,7 @@ class RemoteBackend:
         """Whether `ws` is open (looking reads what waits on it); if not, it is lost."""
         if ws.open:
             return True
-        self._lost(ws, ConnectionLostError("the connection to the server was lost"))
+        self._lost(ws, ConnectionLostError("the connection to the server was lost"), by_server=True)
         return False
 
     def _handshake_step(self, ws: WebSocket, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -213,11 +237,11 @@ class RemoteBackend:
         except ConnectionClosed as exc:
             code = ws.close_code
             if code in (None, 1000, 1001):
-                self._lost(ws, ConnectionLostError(f"the connection to the server was lost: {exc}"))
+                self._lost(ws, ConnectionLostError(f"the connection to the server was lost: {exc}"), by_server=True)
             else:
                 self._lost(ws, ConnectionLostError(
                     f"the server closed the connection (code {code} {ws.close_reason})".strip(), {"closeCode": code}
-                ))
+                ), by_server=True)
             return
         except (MontybaseError, ValueError) as exc:
             ws.close()
@@ -245,16 +269,19 @@ class RemoteBackend:
                 pending.wake()
                 return
 
-    def _lost(self, ws: WebSocket, failure: ConnectionLostError) -> None:
-        """`ws` is gone: fail the calls sent on it; listeners make us connect again."""
+    def _lost(self, ws: WebSocket, failure: ConnectionLostError, *, by_server: bool = False) -> None:
+        """`ws` is gone: fail the calls sent on it (`by_server`: closed or crashed on the server's
+        side, so their reads may be asked again; not when we refused a record); listeners make us
+        connect again."""
         with self._lock:
             if self._ws is not ws:
                 return  # seen already
             self._ws = self._session = None
+            self._at = (self._at + 1) % len(self.urls)  # that server may be gone: the next one first
             stranded = list(self._pending.values())
             self._pending.clear()
         for pending in stranded:
-            pending.answer = failure
+            pending.answer = _Lost(failure) if by_server else failure
             pending.wake()
         if self._listeners and not self._closed.is_set():
             threading.Thread(target=self._reconnect, name="montybase-reconnect", daemon=True).start()
@@ -289,6 +316,17 @@ class RemoteBackend:
 
     def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         _check_values(method, params)
+        try:
+            return self._call(method, params)
+        except _Lost as lost:
+            if method not in _READS:
+                raise lost.error from None
+        try:  # a read changes nothing: ask it again, on a new connection (the next endpoint)
+            return self._call(method, params)
+        except _Lost as lost:
+            raise lost.error from None
+
+    def _call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         request_id = next(self._ids)
         pending = _Pending()
         with self._lock:
@@ -300,6 +338,10 @@ class RemoteBackend:
             self._pending[request_id] = pending
             try:
                 self._send(request_id, method, params)
+            except ConnectionLostError as exc:
+                self._pending.pop(request_id, None)
+                self._lost(ws, exc, by_server=True)
+                raise _Lost(exc) from None
             except BaseException:
                 self._pending.pop(request_id, None)
                 raise
@@ -318,6 +360,8 @@ class RemoteBackend:
         if answer is None:
             self._pending.pop(request_id, None)
             raise ConnectionLostError(f"no answer from {self.url} within {self.timeout}s")
+        if isinstance(answer, _Lost) and self._closed.is_set():
+            raise answer.error
         if isinstance(answer, BaseException):
             raise answer
         if "error" in answer:
@@ -356,6 +400,15 @@ class RemoteBackend:
             ws.close()
             self._lost(ws, ConnectionLostError("this Montybase handle was closed"))
         self.dispatcher.close()
+
+
+class _Lost(Exception):
+    """The server's side ended the connection with a call sent on it and not answered (it may
+    have been run): `call` asks a read again, and raises `error` for anything else."""
+
+    def __init__(self, error: ConnectionLostError):
+        super().__init__(str(error))
+        self.error = error
 
 
 # Where each kid's key is written, for a refusal's message.

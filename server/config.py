@@ -127,7 +127,7 @@ def public_key(server_key: str) -> str:
     return base64.urlsafe_b64encode(point).decode().rstrip("=")
 
 
-def client_config(config: dict[str, Any], endpoint: str) -> dict[str, Any]:
+def client_config(config: dict[str, Any], endpoint: str | list[str]) -> dict[str, Any]:
     """What apps ship: never the admin key or the server's private key."""
     out = {"projectName": config["projectName"], "apiKey": config["apiKey"], "endpoint": endpoint}
     if config.get("serverKey"):
@@ -141,9 +141,10 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}
 _SERVER_FIELDS = ("projectName", "apiKey", "endpoint", "serverKey")
 
 
-def client_endpoint(config: dict[str, Any], served: str) -> str:
+def client_endpoint(config: dict[str, Any], served: str) -> str | list[str]:
     """The endpoint apps are given: `publicEndpoint` when the config sets one (a reverse proxy's
-    address), else the address served, a wildcard host (0.0.0.0, ::) becoming the loopback."""
+    address, or a list of servers to fail over), else the address served, a wildcard host
+    (0.0.0.0, ::) becoming the loopback."""
     if config.get("publicEndpoint"):
         return config["publicEndpoint"]
     scheme, _, address = served.partition("://")
@@ -169,7 +170,8 @@ def save_config(path: str | Path, config: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def write_client_config(config: dict[str, Any], config_path: str | Path, endpoint: str) -> tuple[Path, bool]:
+def write_client_config(config: dict[str, Any], config_path: str | Path,
+                        endpoint: str | list[str]) -> tuple[Path, bool]:
     """Keep `client-config.json` beside the config in step with the server: (re)written when it
     is missing, unreadable, or differs in what the server decides (endpoint, client key, public
     key, project name); fields of your own in it stay. Its path, and whether it was written."""

@@ -33,6 +33,7 @@ log = logging.getLogger("montybase.server")
 
 _FRAME_OVERHEAD = 16 * 1024  # GCM tag and JSON-RPC envelope around a maximal message
 CLOSE_HANDSHAKE_TIMEOUT = 4001  # no handshake within limits.handshakeTimeout
+CLOSE_TRY_AGAIN_LATER = 1013  # a handshake's slot went to a connection from an address holding fewer
 CLOSE_LISTENER_OVERFLOW = 4008  # a listener fell too far behind; the client reconnects and resubscribes
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A connection gets at most one notification frame this often (seconds): what comes sooner waits
@@ -81,7 +82,9 @@ class MontybaseServer:
         self._unauthenticated = 0
         self._per_address: Counter[str] = Counter()
         self.monitor = Monitor(database, self.service, lambda: (self._open, self._unauthenticated))
-        self._unauthenticated_per_address: Counter[str] = Counter()
+        # address → its connections still in the handshake (their numbers), oldest first
+        self._handshaking: dict[str, dict[ServerConnection, int]] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # closes under way (a task needs a reference)
         self._backlog = _Backlog(self.limits.maxOutgoingBytesTotal)
 
     # Lifecycle
@@ -143,16 +146,44 @@ class MontybaseServer:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return self._page(connection, request)
         address = self._client_address(connection, request)
-        if self._open >= self.limits.maxConnections or self._unauthenticated >= self.limits.maxUnauthenticated:
-            self.service.throttle.log(logging.WARNING, "connection limit", address,
-                                      "refused %s: server at its connection limit", address)
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
         if (self._per_address[address] >= self.limits.maxConnectionsPerAddress
-                or self._unauthenticated_per_address[address] >= self.limits.maxUnauthenticatedPerAddress):
+                or len(self._handshaking.get(address, ())) >= self.limits.maxUnauthenticatedPerAddress):
             self.service.throttle.log(logging.WARNING, "address limit", address,
                                       "refused %s: too many connections from this address", address)
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too many connections from your address\n")
+        if self._open >= self.limits.maxConnections or (
+                self._unauthenticated >= self.limits.maxUnauthenticated and not self._make_room(address)):
+            self.service.throttle.log(logging.WARNING, "connection limit", address,
+                                      "refused %s: server at its connection limit", address)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
         return None
+
+    def _make_room(self, address: str) -> bool:
+        """The handshake slots are all taken: end the oldest handshake of the address holding the
+        most, if it holds more than `address`, so that idle handshakes from however many addresses
+        cannot keep a newcomer out (a real client's handshake takes milliseconds, an idle one its
+        whole deadline). Whether a slot was freed."""
+        top = max(self._handshaking, key=lambda held: len(self._handshaking[held]), default=None)
+        if top is None or len(self._handshaking[top]) <= len(self._handshaking.get(address, ())):
+            return False
+        ws, number = next(iter(self._handshaking[top].items()))
+        self._leave_handshake(top, ws)
+        self.service.throttle.log(logging.WARNING, "handshake slot taken", top,
+                                  "connection %d from %s closed: its handshake slot went to %s (all %d taken)",
+                                  number, top, address, self.limits.maxUnauthenticated)
+        closing = asyncio.get_running_loop().create_task(ws.close(CLOSE_TRY_AGAIN_LATER, "server busy"))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        return True
+
+    def _leave_handshake(self, address: str, ws: ServerConnection) -> None:
+        """`ws` no longer holds a handshake slot (authenticated, gone, or its slot taken); once only."""
+        held = self._handshaking.get(address)
+        if held is None or held.pop(ws, None) is None:
+            return
+        if not held:
+            del self._handshaking[address]
+        self._unauthenticated -= 1
 
     def _client_address(self, connection: ServerConnection, request: Request) -> str:
         return _client_address(connection.remote_address, request.headers, self.trusted_proxies)
@@ -189,24 +220,21 @@ class MontybaseServer:
         self._open += 1
         self._unauthenticated += 1
         self._per_address[address] += 1
-        self._unauthenticated_per_address[address] += 1
+        self._handshaking.setdefault(address, {})[ws] = number
         connection = _Connection(ws, self.limits, number, self._backlog, self.monitor)
         session = connection.session = self.service.session(
             connection.deliver, number=number, address=address, end=connection.end)
         log.info("connection %d opened from %s", number, address)
         try:
             if await self._handshake(ws, session):
-                self._unauthenticated -= 1
-                _decrement(self._unauthenticated_per_address, address)
+                self._leave_handshake(address, ws)
                 log.info("connection %d authenticated as %s", number, session.principal.role)
                 await self._serve(ws, connection, session)
         finally:
             session.close()
             connection.discard()
             self._open -= 1
-            if session.records is None:
-                self._unauthenticated -= 1
-                _decrement(self._unauthenticated_per_address, address)
+            self._leave_handshake(address, ws)
             _decrement(self._per_address, address)
             log.info("connection %d closed (code %s)", number, ws.close_code)
 

@@ -364,6 +364,29 @@ def test_a_public_endpoint_in_the_config_is_what_client_config_names(tmp_path):
         proc.cleanup()
 
 
+def test_a_public_endpoint_list_is_what_client_config_names_and_a_bad_entry_is_named(tmp_path):
+    nodes = ["wss://a.example.org", "wss://b.example.org"]
+    write_config(tmp_path, publicEndpoint=nodes)
+    proc = start(tmp_path, "--port", "0")
+    try:
+        url = proc.endpoint()
+        assert f"(endpoint {nodes[0]}, {nodes[1]}, updated)" in proc.wait_for_line("client config: ")
+        assert json.loads((tmp_path / "client-config.json").read_text())["endpoint"] == nodes
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                url.replace("ws://", "http://") + "/client-config.json", timeout=5) as answer:
+            assert json.loads(answer.read())["endpoint"] == nodes
+    finally:
+        proc.cleanup()
+    config = json.loads((tmp_path / "montybase.json").read_text())
+    (tmp_path / "montybase.json").write_text(json.dumps({**config, "publicEndpoint": [nodes[0], "b.example.org"]}))
+    refused = start(tmp_path, "--port", "0")
+    try:
+        assert refused.wait() != 0
+        assert "publicEndpoint/1" in one_error_line(refused), refused.describe()
+    finally:
+        refused.cleanup()
+
+
 # 3b. The static folder never publishes a secret.
 
 

@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import secrets
+import select
 import socket
 import threading
 import time
@@ -609,19 +610,72 @@ class _Upgrades:
             ws.close()
 
 
-def test_idle_upgrades_from_several_addresses_leave_room_for_a_new_client(loop_thread, tmp_path):
-    # Every default but the deadline, so the idle upgrades stay for the whole test.
-    served = Served(loop_thread, tmp_path, limits=Limits(handshakeTimeout=60))
+def test_with_every_handshake_slot_taken_a_newcomer_takes_the_oldest_of_the_address_holding_most(loop_thread, tmp_path):
+    served = Served(loop_thread, tmp_path, limits=Limits(handshakeTimeout=60, maxUnauthenticated=4))
     upgrades = _Upgrades(served.url)
     try:
-        sources = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6")
-        admitted = [sum(upgrades.admitted(source=source) for _ in range(30)) for source in sources]  # 150 attempts
-        client = served.client()
-        assert doc(client, "c").add({"while": "the idle upgrades are held"})
-        client.close()
-        assert admitted == [Limits().maxUnauthenticatedPerAddress] * len(sources)
+        assert [upgrades.admitted(source="127.0.0.2") for _ in range(3)] == [True] * 3
+        assert upgrades.admitted(source="127.0.0.3")  # the last free slot
+        assert upgrades.admitted(source="127.0.0.4")  # takes 127.0.0.2's oldest
+        with pytest.raises(ConnectionClosed) as closed:
+            upgrades.held[0].recv(timeout=5)
+        assert closed.value.rcvd.code == 1013
+        assert upgrades.admitted(source="127.0.0.4")  # takes 127.0.0.2's next: 1, 1, 2 now
+        assert not upgrades.admitted(source="127.0.0.4")  # it holds the most itself: 503
+        with served.client() as client:  # its handshake took the slot of one of 127.0.0.2's or .4's
+            assert doc(client, "c").add({"while": "every slot was taken"})
     finally:
         upgrades.close()
+        served.stop()
+
+
+def _upgrade_status(sock):
+    """The status of the server's answer to an upgrade request ("" if it closed without one)."""
+    answer = b""
+    while b"\r\n" not in answer and len(answer) < 4096:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer.split(b" ", 2)[1].decode() if answer.count(b" ") >= 2 else ""
+
+
+def test_a_client_connects_while_2000_idle_upgrades_from_10_addresses_are_held(loop_thread, tmp_path):
+    """The issue's scale: 10 addresses make 2,000 upgrades that never start the handshake, hold
+    what is admitted and open new ones as theirs are refused or time out; a client from another
+    address, connecting between their rounds, gets in every time. At most 10 × 16 attackers'
+    sockets are held at once (and as many on the server's side here), far below any open-files
+    limit (ulimit -n: 1024 on most systems)."""
+    served = Served(loop_thread, tmp_path, limits=Limits(handshakeTimeout=1.5))  # timed-out upgrades are reopened
+    port = int(served.url.rsplit(":", 1)[1])
+    sources = [f"127.0.0.{n}" for n in range(2, 12)]
+    held = {source: [] for source in sources}
+    statuses, most_held, timed_out, written = Counter(), 0, 0, []
+    try:
+        for round_number in range(10):  # 10 rounds of 20 upgrades from each address: 2,000
+            for source in sources:
+                for sock in [sock for sock in held[source] if select.select([sock], [], [], 0)[0]]:
+                    held[source].remove(sock)  # the server ended it (deadline, or slot taken): open another
+                    sock.close()
+                    timed_out += 1
+                for _ in range(20):
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+                    sock.sendall(_raw_upgrade(port))
+                    status = _upgrade_status(sock)
+                    statuses[status] += 1
+                    if status == "101":
+                        held[source].append(sock)
+                    else:
+                        sock.close()
+                most_held = max(most_held, len(held[source]))
+            with served.client() as client:  # from 127.0.0.1, while they hold theirs
+                written.append(doc(client, "c").add({"round": round_number}))
+        assert len(written) == 10
+        assert sum(statuses.values()) == 2000 and set(statuses) <= {"101", "429", "503"}, statuses
+        assert most_held == Limits().maxUnauthenticatedPerAddress and timed_out > 0
+    finally:
+        for sock in (sock for socks in held.values() for sock in socks):
+            sock.close()
         served.stop()
 
 

@@ -38,11 +38,11 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --client: the old client key stays valid this long (30s, 10min, 1h, 2d)")
 
 
-def shipped_endpoint(config: dict[str, Any], config_path: Path) -> str:
+def shipped_endpoint(config: dict[str, Any], config_path: Path) -> str | list[str]:
     """The endpoint client-config.json names now (the server keeps it in step), else the configured one."""
     try:
         shipped = json.loads(config_path.with_name("client-config.json").read_text(encoding="utf-8"))
-        if isinstance(shipped, dict) and isinstance(shipped.get("endpoint"), str):
+        if isinstance(shipped, dict) and isinstance(shipped.get("endpoint"), (str, list)):
             return shipped["endpoint"]
     except (OSError, ValueError):
         pass  # no usable client-config.json: the endpoint from the settings, below

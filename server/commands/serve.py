@@ -269,7 +269,8 @@ def announce(config: dict[str, Any], config_path: Path, created: bool) -> Callab
         apps = client_endpoint(config, endpoint)
         path, written = write_client_config(config, config_path, apps)
         updated = ", updated" if written and not created else ""  # on a first run the file is new anyway
-        print(f"client config: {path} (endpoint {apps}{updated})", flush=True)
+        shown = apps if isinstance(apps, str) else ", ".join(apps)
+        print(f"client config: {path} (endpoint {shown}{updated})", flush=True)
         if apps != endpoint and not config.get("publicEndpoint"):
             print(f"  the server listens on every address; other machines need this machine's name or address: "
                   f"set publicEndpoint in {config_path.name}", flush=True)
