@@ -95,12 +95,21 @@ class Served:
         self.loop_thread.run(self.server.stop())
 
 
-def connect_from(url: str, source: str = "127.0.0.1", **options: Any) -> ClientConnection:
+def connect_from(url: str, source: str = "127.0.0.1", receive_buffer: int | None = None,
+                 **options: Any) -> ClientConnection:
     """A websockets sync connection to a test server from a chosen loopback address (every
-    127.x.y.z is on the loopback interface on Linux), as a stranger at that address."""
+    127.x.y.z is on the loopback interface on Linux), as a stranger at that address.
+    `receive_buffer` fixes the socket's receive buffer: Linux otherwise grows it up to
+    net.ipv4.tcp_rmem's maximum (32 MB on some machines), which may swallow a whole test's
+    worth of notifications to a client that reads none."""
     host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect: no autotuning
+        sock.settimeout(5)
+        sock.bind((source, 0))
+        sock.connect((host, int(port)))
         return connect(url, sock=sock, compression=None, proxy=None, open_timeout=5, legacy=True, **options)
     except BaseException:
         sock.close()

@@ -764,7 +764,9 @@ def _touch_every_document(writer, step, count=50):
 def _a_stalled_subscriber_is_closed_and_a_reading_one_sees_every_change(served: Served, steps: int) -> None:
     writer = served.client(admin=True)
     listener = served.client()
-    stalled = Stranger(served, max_queue=1, max_size=None)  # reads nothing once subscribed (its socket fills up)
+    # Reads nothing once subscribed; a small receive buffer, so the server's queue (not the
+    # kernel's buffers) is what fills up.
+    stalled = Stranger(served, max_queue=1, max_size=None, receive_buffer=64 * 1024)
     seen = []
     try:
         _big_documents(writer)
@@ -815,7 +817,7 @@ def test_a_subscriber_that_never_reads_costs_the_server_bounded_memory(tmp_path)
         stalled = None
         try:
             _big_documents(writer)
-            stalled = Stranger(server, max_queue=1, max_size=None)
+            stalled = Stranger(server, max_queue=1, max_size=None, receive_buffer=64 * 1024)
             assert stalled.call("subscribe", {"sub": 1, "query": {"path": ["c"]}})["result"] == {"sub": 1}
             before = _memory_kb(proc.pid, "VmRSS")
             for step in range(1, 101):  # 200 MB of notifications to a client that reads none of them
