@@ -446,9 +446,10 @@ async function loadRules() {
 function renderRules(rules) {
   $("rules-list").replaceChildren(...Object.entries(rules).map(([pattern, rule]) => ruleCard(pattern, rule)));
   const uncovered = state.collections.filter((id) => !Object.keys(rules).some((pattern) => covers(pattern, id)));
-  $("rules-list").append(element("p", { class: "muted uncovered" }, uncovered.length
-    ? `No rule for ${uncovered.join(", ")}: client keys may do nothing there.`
-    : "Every top-level collection has a rule."));
+  $("rules-list").append(element("p", { class: "muted uncovered" }, ...(uncovered.length
+    ? ["No rule (client keys may do nothing there): ",
+      ...uncovered.map((id) => element("button", { type: "button", class: "chip", title: `add a rule for ${id}`, onclick: () => addRule(id) }, `+ ${id}`))]
+    : ["Every top-level collection has a rule."])));
 }
 
 /** Whether a rule's pattern matches the top-level collection `id`. */
@@ -476,9 +477,7 @@ function ruleCard(pattern, rule, changed = false) {
   return card;
 }
 
-function addRule(event) {
-  event.preventDefault();
-  const pattern = $("rule-pattern").value.trim();
+function addRule(pattern) {
   if (!pattern) return;
   const existing = ruleCards().find((card) => card.dataset.pattern === pattern);
   if (existing) {
@@ -493,10 +492,10 @@ function addRule(event) {
 }
 
 /** Show an error at its rule and field: the message under the card, the field selected. */
-function showRuleError(card, message, pointer) {
+function showRuleError(card, message, pointer, after = "") {
   const box = card.querySelector("textarea");
   const found = pointer === null ? null : locateNearest(box.value, pointer);
-  card.querySelector(".error").textContent = found && pointer ? `${message} (line ${found.line})` : message;
+  card.querySelector(".error").textContent = `${message}${found && pointer ? ` (line ${found.line})` : ""}${after}`;
   box.setAttribute("aria-invalid", "true");
   box.focus();
   if (found) box.setSelectionRange(found.start, found.end);
@@ -527,7 +526,7 @@ async function applyRules() {
     const parts = typeof error?.data?.path === "string" ? segments(error.data.path) : [];
     const card = parts[0] === "rules" && parts.length > 1 ? ruleCards().find((c) => c.dataset.pattern === parts[1]) : null;
     const pointer = parts.slice(2).map((part) => `/${part.replaceAll("~", "~0").replaceAll("/", "~1")}`).join("");
-    if (card) showRuleError(card, `${errorText(error)} — nothing was applied`, pointer);
+    if (card) showRuleError(card, errorText(error), pointer, " — nothing was applied");
     else $("rules-error").textContent = `${errorText(error)} — nothing was applied`;
   } finally {
     $("rules-apply").disabled = false;
@@ -586,14 +585,14 @@ function renderAccounts(accounts) {
     const admin = account.admin ? { disabled: "", title: "an admin account: montybase admins remove it first" } : {};
     return element("tr", { "data-email": account.email, class: account.disabled ? "disabled" : "" },
       element("th", { scope: "row" }, account.email),
-      element("td", { title: account.created ? new Date(account.created).toISOString() : "" }, when(account.created)),
-      element("td", { title: account.lastSignIn ? new Date(account.lastSignIn).toISOString() : "" }, when(account.lastSignIn)),
-      element("td", { class: "num" }, String(account.sessions)),
-      element("td", {}, account.admin ? "admin" : account.disabled ? "disabled" : "active"),
-      element("td", { class: "row-actions" },
+      element("td", { "data-label": "Signed up", title: account.created ? new Date(account.created).toISOString() : "" }, when(account.created)),
+      element("td", { "data-label": "Last sign-in", title: account.lastSignIn ? new Date(account.lastSignIn).toISOString() : "" }, when(account.lastSignIn)),
+      element("td", { "data-label": "Sessions", class: "num" }, String(account.sessions)),
+      element("td", { "data-label": "State" }, account.admin ? "admin" : account.disabled ? "disabled" : "active"),
+      element("td", { class: "actions-cell" }, element("div", { class: "row-actions" },
         act("Sign out everywhere", "accountsSignOut", account.sessions ? {} : { disabled: "" }),
         account.disabled ? act("Enable", "accountsEnable") : act("Disable", "accountsDisable", admin),
-        act("Delete…", "accountsDelete", { class: "danger", ...admin })));
+        act("Delete…", "accountsDelete", { class: "danger", ...admin }))));
   }));
   if (!accounts.length) {
     $("accounts").tBodies[0].replaceChildren(element("tr", {}, element("td", { colspan: "6", class: "muted" },
@@ -654,21 +653,25 @@ function rates(key) {
   return out;
 }
 
+/** A small chart of `values` (oldest first), its newest at the right edge; a step per sample, so
+ * that a few samples already span part of the width and STATUS_POINTS of them all of it. */
 function chart(values, { fromZero = false } = {}) {
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${STATUS_POINTS} 40`);
+  const width = STATUS_POINTS;
+  svg.setAttribute("viewBox", `0 0 ${width} 40`);
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("aria-hidden", "true");
   if (!values.length) return svg;
   const shown = values.length === 1 ? [values[0], values[0]] : values;
   const low = fromZero ? 0 : Math.min(...shown);
   const high = Math.max(...shown);
-  const y = (v) => (high === low ? 20 : 37 - ((v - low) / (high - low)) * 34);
-  const x0 = STATUS_POINTS - (shown.length - 1);
-  const points = shown.map((v, i) => `${x0 + i},${y(v).toFixed(2)}`).join(" ");
+  const y = (v) => (high === low ? (fromZero && high === 0 ? 38 : 20) : 38 - ((v - low) / (high - low)) * 34);
+  const step = width / Math.max(shown.length - 1, 30);
+  const x = (i) => width - (shown.length - 1 - i) * step;
+  const points = shown.map((v, i) => `${x(i).toFixed(2)},${y(v).toFixed(2)}`).join(" ");
   const area = document.createElementNS(ns, "polygon");
-  area.setAttribute("points", `${x0},40 ${points} ${STATUS_POINTS},40`);
+  area.setAttribute("points", `${x(0).toFixed(2)},40 ${points} ${width},40`);
   area.setAttribute("class", "area");
   const line = document.createElementNS(ns, "polyline");
   line.setAttribute("points", points);
@@ -714,7 +717,7 @@ function renderServer() {
       status.lastBackup ? when(status.lastBackup) : "montybase backup FILE makes one"));
   const minutes = Math.round((state.samples.length * STATUS_SECONDS) / 60);
   $("server-state").textContent = `· every ${STATUS_SECONDS} s, the last ${minutes || "<1"} min`;
-  $("warnings").replaceChildren(...[...status.warnings].reverse().map((line) => element("li", { class: line.level.toLowerCase() },
+  $("warnings").replaceChildren(...[...status.warnings].reverse().map((line) => element("li", { class: `level-${line.level.toLowerCase()}` },
     element("time", { datetime: new Date(line.time).toISOString() }, when(line.time)), " ",
     element("span", { class: "level" }, line.level), " ", element("span", { class: "message" }, line.message))));
   if (!status.warnings.length) $("warnings").replaceChildren(element("li", { class: "muted" }, "None since the server started."));
@@ -747,7 +750,10 @@ $("close-editor").addEventListener("click", backToTable);
 $("reload-doc").addEventListener("click", reloadDocument);
 for (const tab of Object.keys(PAGES)) $(`tab-${tab}`).addEventListener("click", () => openTab(tab));
 $("rules-form").addEventListener("submit", testRules);
-$("rule-add").addEventListener("submit", addRule);
+$("rule-add").addEventListener("submit", (event) => {
+  event.preventDefault();
+  addRule($("rule-pattern").value.trim());
+});
 $("rules-apply").addEventListener("click", applyRules);
 $("rules-reset").addEventListener("click", () => { renderRules(state.rules ?? {}); $("rules-status").textContent = ""; });
 $("accounts-search").addEventListener("submit", searchAccounts);

@@ -466,14 +466,14 @@ test("the rules view shows each rule; a bad one is refused at its field; an appl
   await page.click("#tab-rules");
   await page.waitForSelector('.rule[data-pattern="notes"] textarea');
   assert.deepEqual(JSON.parse(await page.inputValue('.rule[data-pattern="notes"] textarea')), RULES.notes);
-  assert.match(await page.textContent(".uncovered"), /No rule for .*people/);
+  assert.match(await page.textContent(".uncovered"), /^No rule \(client keys may do nothing there\): .*\+ people/);
   const before = await readFile(join(server.dir, "montybase.json"), "utf8");
 
   // A value the config schema refuses: the error at its rule and field; nothing is applied.
   await page.fill('.rule[data-pattern="notes"] textarea', JSON.stringify({ read: "public", write: "everyone" }, null, 2));
   await page.click("#rules-apply");
   await page.waitForFunction(() => document.querySelector('.rule[data-pattern="notes"] .error').textContent.includes("everyone"));
-  assert.match(await page.textContent('.rule[data-pattern="notes"] .error'), /INVALID_ARGUMENT: .*rules\/notes\/write.*nothing was applied \(line 3\)/);
+  assert.match(await page.textContent('.rule[data-pattern="notes"] .error'), /^INVALID_ARGUMENT: .*rules\/notes\/write.* \(line 3\) — nothing was applied$/);
   const selected = await page.$eval('.rule[data-pattern="notes"] textarea', (box) => box.value.slice(box.selectionStart, box.selectionEnd));
   assert.equal(selected, '"write": "everyone"');
   await page.screenshot({ path: join(SHOTS, "15-rule-refused.png") });
@@ -492,9 +492,13 @@ test("the rules view shows each rule; a bad one is refused at its field; an appl
   await page.screenshot({ path: join(SHOTS, "16-rules.png"), fullPage: true });
 
   // A new rule for a collection, then the rules as they were.
-  await page.fill("#rule-pattern", "people");
-  await page.press("#rule-pattern", "Enter");
+  await page.click('.uncovered button:text("+ people")');
   await page.waitForSelector('.rule[data-pattern="people"][data-changed=true]');
+  await page.fill("#rule-pattern", "rooms/*/messages");
+  await page.press("#rule-pattern", "Enter");
+  await page.waitForSelector('.rule[data-pattern="rooms/*/messages"][data-changed=true]');
+  await page.screenshot({ path: join(SHOTS, "16-rules-added.png"), fullPage: true });
+  await page.click('.rule[data-pattern="rooms/*/messages"] button');
   await page.click('.rule[data-pattern="people"] button');
   await page.fill('.rule[data-pattern="notes"] textarea', JSON.stringify(RULES.notes));
   await page.click("#rules-apply");
