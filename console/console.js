@@ -24,6 +24,7 @@ const state = {
   docs: [], // the current page's documents
   more: false, // whether documents follow them
   stop: null, // the current page's listener
+  listening: null, // its identity, which a drawing it scheduled checks
   editing: null, // {path, opened value as JSON, stop} of the document in the editor
   collections: [], // the top-level collections, as the tree shows them
   rules: null, // the rules as the server runs them: {pattern: rule}
@@ -233,14 +234,30 @@ function listenPage() {
   $("live").textContent = "loading…";
   $("live").className = "live";
   let first = true;
-  state.stop = query.onSnapshot((snapshot) => {
-    const changed = first ? new Set() : new Set(snapshot.changes.filter((c) => c.type !== "removed").map((c) => c.id));
-    first = false;
+  let pending = null; // the newest snapshot not yet drawn, and the ids changed since the last drawing
+  const listening = (state.listening = {}); // a drawing due after the page changed is dropped
+  const draw = (snapshot, changed) => {
     state.docs = snapshot.docs.slice(0, limit());
     state.more = snapshot.docs.length > state.docs.length;
     renderTable(changed);
     $("live").textContent = "live";
     $("live").className = "live on";
+  };
+  state.stop = query.onSnapshot((snapshot) => {
+    if (first) { // the page's first state: drawn at once
+      first = false;
+      draw(snapshot, new Set());
+      return;
+    }
+    const changed = pending?.changed ?? new Set();
+    for (const change of snapshot.changes) if (change.type !== "removed") changed.add(change.id);
+    // Then at most one drawing a frame: under a stream of writes the page draws what is newest, never falls behind.
+    if (pending === null) requestAnimationFrame(() => {
+      const due = pending;
+      pending = null;
+      if (state.listening === listening) draw(due.snapshot, due.changed);
+    });
+    pending = { snapshot, changed };
   }, (error) => {
     $("query-error").textContent = errorText(error);
     $("live").textContent = "stopped";
