@@ -288,20 +288,27 @@ class Session:
     def _accounts_sign_out(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """End every session of an account, as its own sign-out would: their connections close."""
         self._admin_only("sign accounts out")
-        return {"sessions": self._end_sessions(self.service.accounts.end_sessions(params["email"]))}, 0
+        return self._did("signed out", params["email"], self._end_sessions(self.service.accounts.end_sessions(params["email"]))), 0
 
     def _accounts_disable(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         self._admin_only("disable accounts")
-        return {"sessions": self._end_sessions(self.service.accounts.set_disabled(params["email"], True))}, 0
+        return self._did("disabled", params["email"], self._end_sessions(self.service.accounts.set_disabled(params["email"], True))), 0
 
     def _accounts_enable(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         self._admin_only("enable accounts")
         self.service.accounts.set_disabled(params["email"], False)
+        self._did("enabled", params["email"], 0)
         return {}, 0
 
     def _accounts_delete(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         self._admin_only("delete accounts")
-        return {"sessions": self._end_sessions(self.service.accounts.delete(params["email"]))}, 0
+        return self._did("deleted", params["email"], self._end_sessions(self.service.accounts.delete(params["email"]))), 0
+
+    def _did(self, what: str, email: str, sessions: int) -> dict[str, Any]:
+        """Log an admin's change to an account (who, from where, which): the result {sessions}."""
+        log.info("connection %d from %s: admin %s account %s (%d sessions ended)", self.number, self.address, what,
+                 clip(email, 254), sessions)
+        return {"sessions": sessions}
 
     def _end_sessions(self, tokens: list[str]) -> int:
         """Close the connections signed in with these (ended) sessions; how many sessions they were."""
@@ -329,7 +336,10 @@ class Session:
         """Write new rules to the config file and reload it, as SIGHUP does; bad rules are
         refused (INVALID_ARGUMENT at their field) and the running ones stay."""
         self._admin_only("change the rules")
-        return self._served("rulesApply").apply_rules(params["rules"]), 0
+        result = self._served("rulesApply").apply_rules(params["rules"])
+        log.info("connection %d from %s: admin applied new rules (%s kept as %s)", self.number, self.address,
+                 result["file"], result["previous"])
+        return result, 0
 
     def _server_status(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         self._admin_only("read the server's status")

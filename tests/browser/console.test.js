@@ -288,6 +288,12 @@ test("a user account and an anonymous page get nothing the console uses", async 
         set: () => doc(db, "people", "p00001").set({ name: "intruder" }),
         delete: () => doc(db, "people", "p00001").delete(),
         listen: () => new Promise((resolve, reject) => doc(db, "people").limit(1).onSnapshot(resolve, reject)),
+        rulesGet: () => db._backend.call("rulesGet", {}),
+        rulesApply: () => db._backend.call("rulesApply", { rules: { "**": { read: "public", write: "public" } } }),
+        accountsList: () => db._backend.call("accountsList", {}),
+        accountsDisable: () => db._backend.call("accountsDisable", { email: "someone@console.example" }),
+        accountsDelete: () => db._backend.call("accountsDelete", { email: "someone@console.example" }),
+        serverStatus: () => db._backend.call("serverStatus", {}),
       };
       const out = {};
       for (const [name, attempt] of Object.entries(tries)) {
