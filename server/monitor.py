@@ -7,8 +7,8 @@ import hmac
 import ipaddress
 import json
 import logging
-import threading
 import os
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -40,7 +40,7 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class RecentWarnings(logging.Handler):
-    """The last WARNING_KEPT lines at WARNING or above, for admins (serverStatus): a bounded ring,
+    """The last WARNINGS_KEPT lines at WARNING or above, for admins (serverStatus): a bounded ring,
     never written anywhere. Log lines never hold a key or a stored value (server/logs.py)."""
 
     def __init__(self, kept: int = WARNINGS_KEPT):
@@ -54,6 +54,11 @@ class RecentWarnings(logging.Handler):
             message = clip(record.msg, 500)
         self.lines.append({"time": int(record.created * 1000), "level": record.levelname, "logger": record.name,
                            "message": message})
+
+    def recent(self) -> list[dict[str, Any]]:
+        """The lines kept, oldest first (emit runs under the handler's lock, on any thread)."""
+        with self.lock:
+            return list(self.lines)
 
 
 def last_backup_path(storage: str) -> str:
@@ -174,7 +179,7 @@ class Monitor:
             "rssBytes": _rss_bytes(),
             "lastSnapshot": None if snapshot is None else int(snapshot * 1000),
             "lastBackup": self._last_backup(),
-            "warnings": list(self.warnings.lines),
+            "warnings": self.warnings.recent(),
         }
 
     def _last_backup(self) -> int | None:

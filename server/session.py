@@ -287,25 +287,23 @@ class Session:
 
     def _accounts_sign_out(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """End every session of an account, as its own sign-out would: their connections close."""
-        self._admin_only("sign accounts out")
-        return self._did("signed out", params["email"], self._end_sessions(self.service.accounts.end_sessions(params["email"]))), 0
+        return self._change_account(params["email"], "signed out", self.service.accounts.end_sessions), 0
 
     def _accounts_disable(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        self._admin_only("disable accounts")
-        return self._did("disabled", params["email"], self._end_sessions(self.service.accounts.set_disabled(params["email"], True))), 0
+        return self._change_account(params["email"], "disabled", partial(self.service.accounts.set_disabled, disabled=True)), 0
 
     def _accounts_enable(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        self._admin_only("enable accounts")
-        self.service.accounts.set_disabled(params["email"], False)
-        self._did("enabled", params["email"], 0)
+        self._change_account(params["email"], "enabled", partial(self.service.accounts.set_disabled, disabled=False))
         return {}, 0
 
     def _accounts_delete(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        self._admin_only("delete accounts")
-        return self._did("deleted", params["email"], self._end_sessions(self.service.accounts.delete(params["email"]))), 0
+        return self._change_account(params["email"], "deleted", self.service.accounts.delete), 0
 
-    def _did(self, what: str, email: str, sessions: int) -> dict[str, Any]:
-        """Log an admin's change to an account (who, from where, which): the result {sessions}."""
+    def _change_account(self, email: str, what: str, change: Callable[[str], list[str]]) -> dict[str, Any]:
+        """An admin's change to an account: the connections of the sessions it ended close, and
+        a line says who did what to which account. {sessions: how many ended}."""
+        self._admin_only("change accounts")
+        sessions = self._end_sessions(change(email))
         log.info("connection %d from %s: admin %s account %s (%d sessions ended)", self.number, self.address, what,
                  clip(email, 254), sessions)
         return {"sessions": sessions}

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import _validate as validate_config
+from ..config import _validate as validate_config  # the config schema's check, as a start makes it
 from ..config import (
-    DEFAULTS, Limits, client_config, save_config, client_endpoint, load_config, open_database, storage_path, trusted_networks, write_client_config,
+    DEFAULTS, Limits, client_config, client_endpoint, load_config, open_database, save_config, storage_path, trusted_networks,
+    write_client_config,
 )
 from ..database import Database
 from ..errors import InvalidArgumentError, MontybaseError, UnavailableError
