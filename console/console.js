@@ -28,6 +28,7 @@ const state = {
   editing: null, // {path, opened value as JSON, stop} of the document in the editor
   collections: [], // the top-level collections, as the tree shows them
   rules: null, // the rules as the server runs them: {pattern: rule}
+  rulesEdited: false, // whether the cards differ from them
   accounts: { search: "", pages: [], after: null, next: null },
   samples: [], // the Server view's numbers, oldest first: {time, documents, …, requests, writes}
   status: null, // the newest serverStatus answer
@@ -60,7 +61,7 @@ function openTab(name) {
     else $(`tab-${tab}`).removeAttribute("aria-current");
   }
   document.body.dataset.view = name;
-  if (name === "rules" && !rulesChanged()) loadRules();
+  if (name === "rules" && !state.rulesEdited) loadRules();
   if (name === "accounts") loadAccounts();
   if (name === "server") renderServer();
 }
@@ -443,8 +444,10 @@ function ruleCards() {
   return [...$("rules-list").querySelectorAll(".rule")];
 }
 
-function rulesChanged() {
-  return ruleCards().some((card) => card.dataset.changed === "true");
+/** Note that the rules shown differ from the running ones (true) or not; a view switch keeps edits. */
+function rulesEdited(edited) {
+  state.rulesEdited = edited;
+  $("rules-status").textContent = edited ? "Not applied yet." : "";
 }
 
 async function loadRules() {
@@ -483,13 +486,13 @@ function ruleCard(pattern, rule, changed = false) {
     element("header", {},
       element("h3", {}, element("code", {}, pattern)),
       element("button", { type: "button", class: "quiet", "aria-label": `remove the rule for ${pattern}`,
-        onclick: () => { card.remove(); $("rules-status").textContent = "Not applied yet."; } }, "Remove")),
+        onclick: () => { card.remove(); rulesEdited(true); } }, "Remove")),
     box,
     element("p", { class: "error", role: "alert" }));
   card.dataset.changed = String(changed);
   box.addEventListener("input", () => {
     card.dataset.changed = "true";
-    $("rules-status").textContent = "Not applied yet.";
+    rulesEdited(true);
   });
   return card;
 }
@@ -504,7 +507,7 @@ function addRule(pattern) {
   const card = ruleCard(pattern, { read: "none", write: "none" }, true);
   $("rules-list").insertBefore(card, $("rules-list").querySelector(".uncovered"));
   $("rule-pattern").value = "";
-  $("rules-status").textContent = "Not applied yet.";
+  rulesEdited(true);
   card.querySelector("textarea").focus();
 }
 
@@ -537,6 +540,7 @@ async function applyRules() {
   try {
     const { previous } = await state.db._backend.call("rulesApply", { rules });
     await loadRules();
+    rulesEdited(false);
     $("rules-status").textContent = `Applied at ${new Date().toLocaleTimeString()}; the file before is kept as ${previous}.`;
     document.body.dataset.rulesApplied = String(Number(document.body.dataset.rulesApplied ?? 0) + 1);
   } catch (error) {
@@ -772,7 +776,10 @@ $("rule-add").addEventListener("submit", (event) => {
   addRule($("rule-pattern").value.trim());
 });
 $("rules-apply").addEventListener("click", applyRules);
-$("rules-reset").addEventListener("click", () => { renderRules(state.rules ?? {}); $("rules-status").textContent = ""; });
+$("rules-reset").addEventListener("click", () => {
+  renderRules(state.rules ?? {});
+  rulesEdited(false);
+});
 $("accounts-search").addEventListener("submit", searchAccounts);
 $("accounts-more").addEventListener("click", () => {
   const view = state.accounts;
