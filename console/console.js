@@ -448,6 +448,7 @@ function ruleCards() {
 function rulesEdited(edited) {
   state.rulesEdited = edited;
   $("rules-status").textContent = edited ? "Not applied yet." : "";
+  $("rules-status").className = "muted";
 }
 
 async function loadRules() {
@@ -468,7 +469,7 @@ function renderRules(rules) {
   const uncovered = state.collections.filter((id) => !Object.keys(rules).some((pattern) => covers(pattern, id)));
   $("rules-list").append(element("p", { class: "muted uncovered" }, ...(uncovered.length
     ? ["No rule (client keys may do nothing there): ",
-      ...uncovered.map((id) => element("button", { type: "button", class: "chip", title: `add a rule for ${id}`, onclick: () => addRule(id) }, `+ ${id}`))]
+      ...uncovered.map((id) => element("button", { type: "button", class: "chip", "data-id": id, title: `add a rule for ${id}`, onclick: () => addRule(id) }, `+ ${id}`))]
     : ["Every top-level collection has a rule."])));
 }
 
@@ -505,6 +506,7 @@ function addRule(pattern) {
     return;
   }
   const card = ruleCard(pattern, { read: "none", write: "none" }, true);
+  for (const chip of $("rules-list").querySelectorAll("button.chip")) if (chip.dataset.id === pattern) chip.remove();
   $("rules-list").insertBefore(card, $("rules-list").querySelector(".uncovered"));
   $("rule-pattern").value = "";
   rulesEdited(true);
@@ -541,6 +543,7 @@ async function applyRules() {
     const { previous } = await state.db._backend.call("rulesApply", { rules });
     await loadRules();
     rulesEdited(false);
+    $("rules-status").className = "ok";
     $("rules-status").textContent = `Applied at ${new Date().toLocaleTimeString()}; the file before is kept as ${previous}.`;
     document.body.dataset.rulesApplied = String(Number(document.body.dataset.rulesApplied ?? 0) + 1);
   } catch (error) {
