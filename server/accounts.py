@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import Limits
 from .database import Database
-from .errors import AlreadyExistsError, InvalidArgumentError, RateLimitedError, UnauthenticatedError
+from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, RateLimitedError, UnauthenticatedError
 from .paths import check_key, generate_id, lone_surrogate
 from .rules import Principal, RateLimiter, parse_rate
 
@@ -104,10 +104,14 @@ class Accounts:
         self._swept = float("-inf")  # monotonic time of the last sweep of expired sessions
 
     def _session(self, account: dict[str, Any]) -> dict[str, Any]:
+        """A new session of `account`, its sign-in time noted on the account in the same record
+        (an update of that one field: an admin's disable meanwhile is kept)."""
         token = secrets.token_urlsafe(32)
         now = time.time()
         session = {"uid": account["uid"], "email": account["email"], "expires": int(now) + SESSION_SECONDS}
-        writes = [{"op": "set", "path": [SESSIONS, token_key(token)], "value": session}, *self._expired(now)]
+        writes = [{"op": "set", "path": [SESSIONS, token_key(token)], "value": session},
+                  {"op": "update", "path": [ACCOUNTS, account["email"]], "fields": [["lastSignIn", int(now * 1000)]]},
+                  *self._expired(now)]
         self.database.commit(writes, private=True)
         return {**_user(account), "token": token}
 
@@ -116,7 +120,7 @@ class Accounts:
         SWEEP_SECONDS, or again at once while more are left than one batch holds."""
         if time.monotonic() - self._swept < SWEEP_SECONDS:
             return []
-        room = self.database.max_batch - 1
+        room = self.database.max_batch - 2  # beside the new session and its account's sign-in time
         sessions = self.database.documents((SESSIONS,))
         expired = [key for key, session in sessions.items() if session["expires"] < now]
         self._swept = time.monotonic() if len(expired) <= room else float("-inf")
@@ -150,6 +154,8 @@ class Accounts:
         if not _verify(password, account["hash"] if account else _DUMMY_HASH) or account is None:
             raise UnauthenticatedError("wrong email or password")
         self._succeeded(keys)
+        if account.get("disabled"):  # said only to who knows the password
+            raise UnauthenticatedError("this account is disabled")
         return self._session(account)
 
     def _attempt(self, keys: list[tuple[str, ...]]) -> None:
@@ -194,6 +200,8 @@ class Accounts:
         account = self.database.document((ACCOUNTS, session["email"]))
         if account is None or account["uid"] != session["uid"]:  # the account was removed since
             raise UnauthenticatedError("the session is over; sign in again")
+        if account.get("disabled"):
+            raise UnauthenticatedError("this account is disabled")
         return _user(account)
 
     # Admin accounts: the operator's commands (server/commands/admins.py), on the storage offline
@@ -224,6 +232,77 @@ class Accounts:
         account = {key: value for key, value in account.items() if key != "admin"}
         self.database.commit([{"op": "set", "path": [ACCOUNTS, email], "value": account}], private=True)
         return True
+
+    # Any account, for an admin (the console's Accounts view, through the session's admin methods)
+
+    def find(self, search: str = "", after: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """Accounts whose email holds `search`, in email order after `after`, at most `limit`:
+        {accounts: [{uid, email, created, lastSignIn, disabled, admin, sessions}], next}; `next`
+        is the email to go on after, or None on the last page."""
+        search = _email_key(search)
+        accounts = self.database.documents((ACCOUNTS,))
+        emails = sorted(email for email in accounts if search in email and (after is None or email > after))
+        now = time.time()
+        sessions: dict[str, int] = {}
+        for session in self.database.documents((SESSIONS,)).values():
+            if session["expires"] >= now:
+                sessions[session["email"]] = sessions.get(session["email"], 0) + 1
+        page = emails[:limit]
+        found = [{**_user(accounts[email]), "created": accounts[email].get("created"),
+                  "lastSignIn": accounts[email].get("lastSignIn"), "disabled": bool(accounts[email].get("disabled")),
+                  "admin": bool(accounts[email].get("admin")), "sessions": sessions.get(email, 0)} for email in page]
+        return {"accounts": found, "next": page[-1] if len(emails) > limit else None}
+
+    def _account(self, email: Any) -> tuple[str, dict[str, Any]]:
+        """The stored account of `email` (params' /email), or NOT_FOUND."""
+        key = _email_key(email) if isinstance(email, str) else ""
+        account = self.database.document((ACCOUNTS, key)) if key else None
+        if account is None:
+            raise NotFoundError(f"/email: no account {str(email)[:254]!r}", {"path": "/email"})
+        return key, account
+
+    def _session_deletes(self, email: str) -> list[dict[str, Any]]:
+        return [{"op": "delete", "path": [SESSIONS, key]}
+                for key, session in self.database.documents((SESSIONS,)).items() if session["email"] == email]
+
+    def _commit_with(self, write: dict[str, Any], deletes: list[dict[str, Any]]) -> None:
+        """`write` and the first `deletes` as one record, the rest in records of one batch each
+        (an account may hold more sessions than a batch)."""
+        room = self.database.max_batch
+        self.database.commit([write, *deletes[:room - 1]], private=True)
+        for start in range(room - 1, len(deletes), room):
+            self.database.commit(deletes[start:start + room], private=True)
+
+    def end_sessions(self, email: Any) -> list[str]:
+        """Delete every session of the account of `email`: the hashes of their tokens (whose
+        connections the caller closes)."""
+        key, _ = self._account(email)
+        deletes = self._session_deletes(key)
+        if deletes:
+            self._commit_with(deletes[0], deletes[1:])
+        return [write["path"][1] for write in deletes]
+
+    def set_disabled(self, email: Any, disabled: bool) -> list[str]:
+        """Disable an account (it can no longer sign in or resume; its sessions end) or enable it:
+        the hashes of the sessions ended. An admin account is refused: `montybase admins remove` first."""
+        key, account = self._account(email)
+        if disabled and account.get("admin"):
+            raise InvalidArgumentError(f"/email: {key} is an admin account; `montybase admins remove` it first",
+                                       {"path": "/email"})
+        deletes = self._session_deletes(key) if disabled else []
+        self._commit_with({"op": "update", "path": [ACCOUNTS, key], "fields": [["disabled", disabled]]}, deletes)
+        return [write["path"][1] for write in deletes]
+
+    def delete(self, email: Any) -> list[str]:
+        """Delete an account and its sessions: the hashes of the sessions ended. An admin account
+        is refused: `montybase admins remove` first."""
+        key, account = self._account(email)
+        if account.get("admin"):
+            raise InvalidArgumentError(f"/email: {key} is an admin account; `montybase admins remove` it first",
+                                       {"path": "/email"})
+        deletes = self._session_deletes(key)
+        self._commit_with({"op": "delete", "path": [ACCOUNTS, key]}, deletes)
+        return [write["path"][1] for write in deletes]
 
     def sign_out(self, params: dict[str, Any]) -> dict[str, Any]:
         """End the session of `token`, if one is given."""

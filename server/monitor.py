@@ -7,9 +7,10 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from .database import Database
     from .session import Service, Session
 
-__all__ = ["BUCKETS", "Monitor", "document_count"]
+__all__ = ["BUCKETS", "Monitor", "RecentWarnings", "document_count", "last_backup_path"]
 
 log = logging.getLogger("montybase.server")
 
@@ -32,6 +33,46 @@ log = logging.getLogger("montybase.server")
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _OTHER = "other"  # the method label of a request whose method is not in the table: labels stay few
 _JSON = "application/json"
+
+
+WARNINGS_KEPT = 100  # the console's "recent warnings": this many WARNING+ lines, in memory only
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class RecentWarnings(logging.Handler):
+    """The last WARNINGS_KEPT lines at WARNING or above, for admins (serverStatus): a bounded ring,
+    never written anywhere. Log lines never hold a key or a stored value (server/logs.py)."""
+
+    def __init__(self, kept: int = WARNINGS_KEPT):
+        super().__init__(logging.WARNING)
+        self.lines: deque[dict[str, Any]] = deque(maxlen=kept)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = clip(record.getMessage(), 500)
+        except Exception:  # a line with bad arguments still says where it came from
+            message = clip(record.msg, 500)
+        self.lines.append({"time": int(record.created * 1000), "level": record.levelname, "logger": record.name,
+                           "message": message})
+
+    def recent(self) -> list[dict[str, Any]]:
+        """The lines kept, oldest first (emit runs under the handler's lock, on any thread)."""
+        with self.lock:
+            return list(self.lines)
+
+
+def last_backup_path(storage: str) -> str:
+    """Where `montybase backup` notes its last backup of `storage`, for the console's Server view."""
+    return storage + ".last-backup"
+
+
+def _rss_bytes() -> int | None:
+    """This process's resident memory now (Linux /proc; elsewhere None)."""
+    try:
+        with open("/proc/self/statm", "rb") as file:
+            return int(file.read().split()[1]) * _PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def document_count(collections: dict[tuple[str, ...], dict[str, Any]]) -> int:
@@ -56,7 +97,9 @@ class Monitor:
         self._requests: Counter[tuple[str, str]] = Counter()
         self._latency: dict[str, list[float]] = {}  # method → [count per bucket…, +Inf count, sum]
         self._registry: CollectorRegistry | None = None
+        self.warnings = RecentWarnings()  # attached to the "montybase" logger while serving (`montybase serve`)
         service.observe = self.request
+        service.status = self.status
 
     def configure(self, metrics: dict[str, Any] | None, slow_ms: float | None) -> None:
         self.metrics = metrics
@@ -115,6 +158,41 @@ class Monitor:
             "lastSnapshotAgeSeconds": None if snapshot is None else round(max(0.0, time.time() - snapshot), 3),
         }
         return (200 if body["status"] == "ok" else 503), _JSON, json.dumps(body).encode() + b"\n"
+
+    # serverStatus: the console's Server view
+
+    def status(self) -> dict[str, Any]:
+        """Counters and gauges now (the page turns counters into rates), and the recent warnings."""
+        database = self.database
+        with self._lock:
+            requests = sum(self._requests.values())
+        total, pending = self.connections()
+        snapshot = database.storage.snapshot_time
+        return {
+            "time": int(time.time() * 1000),
+            "uptimeSeconds": round(time.monotonic() - self.started, 3),
+            "documents": document_count(database.tree.collections),
+            "connections": total - pending,
+            "listeners": len(database.watcher),
+            "requests": requests,
+            "writes": database.seq - self.first_seq,
+            "rssBytes": _rss_bytes(),
+            "lastSnapshot": None if snapshot is None else int(snapshot * 1000),
+            "lastBackup": self._last_backup(),
+            "warnings": self.warnings.recent(),
+        }
+
+    def _last_backup(self) -> int | None:
+        storage = self.database.storage
+        path = getattr(storage, "path", None)
+        if path is None or not storage.durable:
+            return None
+        try:
+            with open(last_backup_path(str(path)), encoding="utf-8") as file:
+                when = json.load(file).get("time")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return when if isinstance(when, int) else None
 
     def _connections(self) -> dict[str, int]:
         total, pending = self.connections()

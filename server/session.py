@@ -22,7 +22,7 @@ from .config import Limits
 from .database import Database
 from .errors import (
     InvalidArgumentError, InvalidRequestError, LimitExceededError, MethodNotFoundError, MontybaseError, PermissionDeniedError,
-    UnauthenticatedError,
+    UnauthenticatedError, UnavailableError,
 )
 from .logs import Throttle, clip
 from .rpc import Call, Rpc, dumps, internal, loads
@@ -77,6 +77,11 @@ class Service:
         self.rpc = Rpc((*HANDSHAKE, *METHODS), max_batch=self.limits.maxBatch)
         self.observe: Callable[[Session, Any, dict[str, Any] | None, float], None] | None = None
         self.throttle = Throttle(logging.getLogger("montybase.clients"))
+        # A served database's admin views: `status()` its numbers and recent warnings (set by
+        # server/monitor.py); `settings` its config file, with `rules()` and `apply_rules(rules)`
+        # (set by `montybase serve`). None: an embedded database, which has neither.
+        self.status: Callable[[], dict[str, Any]] | None = None
+        self.settings: Any = None
         self.sessions: set[Session] = set()  # open network sessions, whose listeners a rules reload re-checks
         self._holders: dict[str, set[Session]] = {}  # a session token's hash → the sessions signed in with it
         self._holding = threading.Lock()  # sign-ins are answered on executor threads
@@ -270,6 +275,76 @@ class Session:
                                 lambda rule, op, at, value: (database.document(at), len(database.documents(at[:-1]))))
         return {"allow": allowed, "said": said}, 0
 
+    # Admin views: the console's Accounts, Rules and Server
+
+    def _admin_only(self, what: str) -> None:
+        if not self.principal.admin:
+            raise PermissionDeniedError(f"only an admin may {what}", {"document": []})
+
+    def _accounts_list(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        self._admin_only("list accounts")
+        return self.service.accounts.find(params.get("search", ""), params.get("after"), params.get("limit", 50)), 0
+
+    def _accounts_sign_out(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """End every session of an account, as its own sign-out would: their connections close."""
+        return self._change_account(params["email"], "signed out", self.service.accounts.end_sessions), 0
+
+    def _accounts_disable(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return self._change_account(params["email"], "disabled", partial(self.service.accounts.set_disabled, disabled=True)), 0
+
+    def _accounts_enable(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        self._change_account(params["email"], "enabled", partial(self.service.accounts.set_disabled, disabled=False))
+        return {}, 0
+
+    def _accounts_delete(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return self._change_account(params["email"], "deleted", self.service.accounts.delete), 0
+
+    def _change_account(self, email: str, what: str, change: Callable[[str], list[str]]) -> dict[str, Any]:
+        """An admin's change to an account: the connections of the sessions it ended close, and
+        a line says who did what to which account. {sessions: how many ended}."""
+        self._admin_only("change accounts")
+        sessions = self._end_sessions(change(email))
+        log.info("connection %d from %s: admin %s account %s (%d sessions ended)", self.number, self.address, what,
+                 clip(email, 254), sessions)
+        return {"sessions": sessions}
+
+    def _end_sessions(self, tokens: list[str]) -> int:
+        """Close the connections signed in with these (ended) sessions; how many sessions they were."""
+        for token in tokens:
+            for holder in self.service.holders(token):
+                if holder is self:
+                    self.service.hold(self, None)
+                    self._become(None, self._key_role)
+                else:
+                    holder.signed_out()
+        return len(tokens)
+
+    def _served(self, what: str) -> Any:
+        settings = self.service.settings
+        if settings is None:
+            raise UnavailableError(f"{what}: only a served database (montybase serve) has a config file")
+        return settings
+
+    def _rules_get(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """The rules of the running config, as its file has them."""
+        self._admin_only("read the rules")
+        return self._served("rulesGet").rules(), 0
+
+    def _rules_apply(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """Write new rules to the config file and reload it, as SIGHUP does; bad rules are
+        refused (INVALID_ARGUMENT at their field) and the running ones stay."""
+        self._admin_only("change the rules")
+        result = self._served("rulesApply").apply_rules(params["rules"])
+        log.info("connection %d from %s: admin applied new rules (%s kept as %s)", self.number, self.address,
+                 result["file"], result["previous"])
+        return result, 0
+
+    def _server_status(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        self._admin_only("read the server's status")
+        if self.service.status is None:
+            raise UnavailableError("serverStatus: only a served database has a server")
+        return self.service.status(), 0
+
     def _write(self, params: dict[str, Any], *, op: str) -> tuple[dict[str, Any], int]:
         return self.database.write(op, params, self.principal)
 
@@ -420,6 +495,15 @@ METHODS: dict[str, tuple[Callable[[Session, dict[str, Any]], tuple[dict[str, Any
     "signIn": (Session._sign_in, True),
     "resume": (Session._resume, False),
     "signOut": (Session._sign_out, False),
+    # Admin only: the console's views. What ends sessions runs on the loop, which owns the connections.
+    "accountsList": (Session._accounts_list, True),
+    "accountsSignOut": (Session._accounts_sign_out, False),
+    "accountsDisable": (Session._accounts_disable, False),
+    "accountsEnable": (Session._accounts_enable, False),
+    "accountsDelete": (Session._accounts_delete, False),
+    "rulesGet": (Session._rules_get, False),
+    "rulesApply": (Session._rules_apply, False),  # on the loop, as SIGHUP's reload
+    "serverStatus": (Session._server_status, False),
 }
 
 

@@ -29,7 +29,7 @@ _ENTRY = b'export * from "/montybase/index.js";\n'
 _NOT_FOUND: Page = (404, "text/plain; charset=utf-8", b"Not found\n")
 # Storage and settings files (server/storage.py names them): journals, the lock, a snapshot being
 # written, montybase.json. The server also refuses to start with its own config or storage in the folder.
-_PRIVATE = re.compile(r".*\.(\d+\.journal|lock|tmp)|montybase\.json")
+_PRIVATE = re.compile(r".*\.(\d+\.journal|lock|tmp|last-backup)|montybase\.json(\.previous)?")
 
 
 def _private(path: Path) -> bool:

@@ -4,9 +4,11 @@ while user accounts and anonymous clients are refused everything the console use
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,16 +17,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import Served  # noqa: E402
+from conftest import Served, Stranger  # noqa: E402
 from procs import server_command  # noqa: E402
+from test_cli import start, write_config  # noqa: E402
 from python_client import Montybase, doc  # noqa: E402
 from python_client.errors import (  # noqa: E402
-    InvalidArgumentError, PermissionDeniedError, RateLimitedError, UnauthenticatedError,
+    InvalidArgumentError, MontybaseError, PermissionDeniedError, RateLimitedError, UnauthenticatedError,
 )
+from server.session import CLOSE_SIGNED_OUT  # noqa: E402
 from server.config import DEFAULTS, Limits, create_config, open_database  # noqa: E402
 
 PASSWORD = "console password 1"
 ADMIN = "ops@admins.example"
+OTHER = "someone@admins.example"  # a user account
 RULES = {"notes": {"read": "public", "write": "public"}}  # "secret" has no rule: admins only
 
 
@@ -96,12 +101,20 @@ def _console_calls(handle: Montybase) -> dict[str, Any]:
         "delete": lambda: backend.call("delete", {"path": ["secret", "gone"]}),
         "listen": lambda: doc(handle, "secret").on_snapshot(lambda snapshot: None),
         "rulesTest": lambda: backend.call("rulesTest", {"as": "anonymous", "op": "create", "path": ["notes", "n1"]}),
+        "rulesGet": lambda: backend.call("rulesGet", {}),
+        "rulesApply": lambda: backend.call("rulesApply", {"rules": {"**": {"read": "public", "write": "public"}}}),
+        "serverStatus": lambda: backend.call("serverStatus", {}),
+        "accountsList": lambda: backend.call("accountsList", {}),
+        "accountsSignOut": lambda: backend.call("accountsSignOut", {"email": OTHER}),
+        "accountsDisable": lambda: backend.call("accountsDisable", {"email": OTHER}),
+        "accountsEnable": lambda: backend.call("accountsEnable", {"email": OTHER}),
+        "accountsDelete": lambda: backend.call("accountsDelete", {"email": OTHER}),
     }
     answers = {}
     for name, call in calls.items():
         try:
             answers[name] = call()
-        except PermissionDeniedError as exc:
+        except MontybaseError as exc:
             answers[name] = exc.reason
     return answers
 
@@ -129,6 +142,10 @@ def test_an_admin_account_signs_in_with_the_admin_role(loop_thread, folder):
         assert answers["rulesTest"] == {"allow": True, "said": 'ALLOW create notes/n1 as anonymous (rule "notes": create is public; '
                                                                'give a value to check the data rules too)'}
         assert doc(served.client(admin=True), "secret", "one").get() == {"n": 4}
+        assert answers["accountsList"]["accounts"][0]["email"] == ADMIN
+        assert answers["accountsDelete"] == "NOT_FOUND"  # there is no such account here
+        assert answers["rulesGet"] == answers["rulesApply"] == "UNAVAILABLE"  # no config file: not `montybase serve`
+        assert answers["serverStatus"]["documents"] == 3
     finally:
         page.close()
         served.stop()
@@ -155,13 +172,16 @@ def test_a_user_account_and_an_anonymous_client_are_denied_everything_the_consol
     served = _served_with_admin(loop_thread, folder)
     anonymous, user = served.client(), served.client()
     try:
-        user.sign_up("someone@admins.example", PASSWORD)
+        user.sign_up(OTHER, PASSWORD)
         for handle in (anonymous, user):
             answers = _console_calls(handle)
             assert set(answers.values()) == {"PERMISSION_DENIED"}, answers
         admin_view = served.client(admin=True)
         assert doc(admin_view, "secret", "one").get() == {"n": 1}  # nothing was written
         admin_view.close()
+        again = served.client()
+        assert again.sign_in(OTHER, PASSWORD)["email"] == OTHER  # neither disabled nor deleted
+        again.close()
     finally:
         anonymous.close()
         user.close()
@@ -239,3 +259,210 @@ def test_the_rules_dry_run_answers_as_montybase_rules_test_does(loop_thread, fol
         page.close()
         served.stop()
         served.database.close()
+
+
+# The console's Accounts view
+
+
+def _admin_page(served: Served) -> Montybase:
+    page = served.client()
+    page.sign_in(ADMIN, PASSWORD)
+    return page
+
+
+def _sign_up(served: Served, email: str = OTHER) -> None:
+    handle = served.client()
+    handle.sign_up(email, PASSWORD)
+    handle.sign_out()
+    handle.close()
+
+
+def _signed_in(served: Served, email: str = OTHER, source: str = "127.0.0.2") -> tuple[Stranger, str]:
+    """A connection signed in as `email`, and its session token."""
+    stranger = Stranger(served, source)
+    answer = stranger.call("signIn", {"email": email, "password": PASSWORD})
+    assert "result" in answer, answer
+    return stranger, answer["result"]["token"]
+
+
+def _resumes(served: Served, token: str) -> str:
+    stranger = Stranger(served, "127.0.0.9")
+    try:
+        answer = stranger.call("resume", {"token": token})
+        return "OK" if "result" in answer else answer["error"]["data"]["reason"]
+    finally:
+        stranger.close()
+
+
+def test_accounts_list_shows_sign_up_and_last_sign_in_times_and_finds_by_email(loop_thread, folder):
+    served = _served_with_admin(loop_thread, folder)
+    page = _admin_page(served)
+    users = [served.client() for _ in range(3)]
+    try:
+        before = int(time.time() * 1000)
+        for n, user in enumerate(users):
+            user.sign_up(f"user{n}@Example.org", PASSWORD)
+        time.sleep(0.01)
+        users[1].sign_out()
+        users[1].sign_in("user1@example.org", PASSWORD)
+        found = page._backend.call("accountsList", {"search": "EXAMPLE.ORG"})
+        assert [account["email"] for account in found["accounts"]] == [f"user{n}@example.org" for n in range(3)]
+        assert found["next"] is None
+        first, second = found["accounts"][0], found["accounts"][1]
+        assert before <= first["created"] <= first["lastSignIn"] <= int(time.time() * 1000)
+        assert second["lastSignIn"] > second["created"], "a sign-in is noted on the account"
+        assert (first["disabled"], first["admin"], first["sessions"]) == (False, False, 1)
+        paged = page._backend.call("accountsList", {"limit": 2})
+        assert [a["email"] for a in paged["accounts"]] == [ADMIN, "user0@example.org"] and paged["next"] == "user0@example.org"
+        rest = page._backend.call("accountsList", {"limit": 2, "after": paged["next"]})
+        assert [a["email"] for a in rest["accounts"]] == ["user1@example.org", "user2@example.org"] and rest["next"] is None
+        assert paged["accounts"][0]["admin"] is True
+    finally:
+        for handle in (page, *users):
+            handle.close()
+        served.stop()
+        served.database.close()
+
+
+def test_signing_an_account_out_everywhere_closes_its_connections_and_ends_its_sessions(loop_thread, folder):
+    served = _served_with_admin(loop_thread, folder)
+    page = _admin_page(served)
+    _sign_up(served)
+    first, token = _signed_in(served)
+    second, other_token = _signed_in(served, source="127.0.0.3")
+    try:
+        assert page._backend.call("accountsSignOut", {"email": OTHER}) == {"sessions": 2}
+        assert [first.close_code(timeout=5), second.close_code(timeout=5)] == [CLOSE_SIGNED_OUT] * 2
+        assert _resumes(served, token) == _resumes(served, other_token) == "UNAUTHENTICATED"
+        assert page._backend.call("accountsList", {"search": OTHER})["accounts"][0]["sessions"] == 0
+        with pytest.raises(MontybaseError) as caught:
+            page._backend.call("accountsSignOut", {"email": "nobody@admins.example"})
+        assert caught.value.reason == "NOT_FOUND" and caught.value.data["path"] == "/email"
+        assert doc(page, "secret", "one").get() == {"n": 1}, "the admin's own session goes on"
+    finally:
+        for handle in (page, first, second):
+            handle.close()
+        served.stop()
+        served.database.close()
+
+
+def test_a_disabled_account_cannot_sign_in_or_resume_and_its_connections_close_until_enabled(loop_thread, folder):
+    served = _served_with_admin(loop_thread, folder)
+    page = _admin_page(served)
+    _sign_up(served)
+    signed, token = _signed_in(served)
+    user = served.client()
+    try:
+        assert page._backend.call("accountsDisable", {"email": " SOMEONE@admins.example"}) == {"sessions": 1}
+        assert signed.close_code(timeout=5) == CLOSE_SIGNED_OUT
+        assert _resumes(served, token) == "UNAUTHENTICATED"
+        with pytest.raises(UnauthenticatedError, match="disabled"):
+            user.sign_in(OTHER, PASSWORD)
+        with pytest.raises(UnauthenticatedError, match="wrong email or password"):  # no hint without the password
+            user.sign_in(OTHER, "not the password")
+        assert page._backend.call("accountsList", {"search": OTHER})["accounts"][0]["disabled"] is True
+        with pytest.raises(InvalidArgumentError) as caught:  # an admin account: `admins remove` first
+            page._backend.call("accountsDisable", {"email": ADMIN})
+        assert caught.value.data["path"] == "/email"
+        assert page._backend.call("accountsEnable", {"email": OTHER}) == {}
+        assert user.sign_in(OTHER, PASSWORD)["email"] == OTHER
+    finally:
+        for handle in (page, signed, user):
+            handle.close()
+        served.stop()
+        served.database.close()
+
+
+def test_a_deleted_account_is_gone_with_its_sessions_and_its_email_may_sign_up_again(loop_thread, folder):
+    served = _served_with_admin(loop_thread, folder)
+    page = _admin_page(served)
+    _sign_up(served)
+    signed, token = _signed_in(served)
+    user = served.client()
+    try:
+        assert page._backend.call("accountsDelete", {"email": OTHER}) == {"sessions": 1}
+        assert signed.close_code(timeout=5) == CLOSE_SIGNED_OUT
+        assert _resumes(served, token) == "UNAUTHENTICATED"
+        assert page._backend.call("accountsList", {"search": OTHER})["accounts"] == []
+        with pytest.raises(UnauthenticatedError):
+            user.sign_in(OTHER, PASSWORD)
+        assert user.sign_up(OTHER, PASSWORD)["email"] == OTHER
+        with pytest.raises(InvalidArgumentError):
+            page._backend.call("accountsDelete", {"email": ADMIN})
+        assert page._backend.call("accountsList", {"search": ADMIN})["accounts"][0]["admin"] is True
+    finally:
+        for handle in (page, signed, user):
+            handle.close()
+        served.stop()
+        served.database.close()
+
+
+# The console's Rules and Server views, on a server run as `montybase serve` runs it
+
+
+def test_rules_applied_by_an_admin_are_written_reloaded_at_once_and_the_file_before_is_kept(tmp_path):
+    write_config(tmp_path, rules=RULES)
+    assert admins(tmp_path, "add", ADMIN, "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+    with start(tmp_path, "--port", "0") as proc:
+        url = proc.endpoint()
+        with Montybase(api=url, config=str(tmp_path / "client-config.json")) as page, \
+                Montybase(api=url, config=str(tmp_path / "client-config.json")) as anyone:
+            page.sign_in(ADMIN, PASSWORD)
+            assert page._backend.call("rulesGet", {}) == {"rules": RULES, "file": "montybase.json"}
+            doc(anyone, "notes", "a").set({"text": "allowed before"})
+            before = (tmp_path / "montybase.json").read_text()
+
+            closed = {"notes": {"read": "public", "write": "none"}}
+            assert page._backend.call("rulesApply", {"rules": closed}) == {
+                "file": "montybase.json", "previous": "montybase.json.previous"}
+            with pytest.raises(PermissionDeniedError):  # the very next write
+                doc(anyone, "notes", "b").set({"text": "refused"})
+            assert json.loads((tmp_path / "montybase.json").read_text())["rules"] == closed
+            assert json.loads((tmp_path / "montybase.json.previous").read_text()) == json.loads(before)
+            assert (tmp_path / "montybase.json.previous").stat().st_mode & 0o077 == 0, "it holds the keys"
+            assert page._backend.call("rulesGet", {})["rules"] == closed
+
+            # A bad rule: refused at its field; the file and the running rules stay.
+            for bad, where in (({"notes": {"read": "everyone"}}, "/rules/notes/read"),
+                               ({"notes": {"read": "public", "schema": {"type": "nope"}}}, "/rules/notes/schema")):
+                with pytest.raises(InvalidArgumentError) as caught:
+                    page._backend.call("rulesApply", {"rules": bad})
+                assert caught.value.data["path"] == where, caught.value
+            assert json.loads((tmp_path / "montybase.json").read_text())["rules"] == closed
+            assert doc(anyone, "notes", "a").get() == {"text": "allowed before"}
+            with pytest.raises(PermissionDeniedError):
+                doc(anyone, "notes", "b").set({"text": "still refused"})
+        assert proc.stop() == 0, proc.describe()
+
+
+def test_server_status_gives_admins_the_numbers_and_the_recent_warnings(tmp_path):
+    write_config(tmp_path, rules=RULES)
+    assert admins(tmp_path, "add", ADMIN, "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+    with start(tmp_path, "--port", "0") as proc:
+        url = proc.endpoint()
+        with Montybase(api=url, config=str(tmp_path / "client-config.json")) as page, \
+                Montybase(api=url, config=str(tmp_path / "client-config.json")) as anyone:
+            with pytest.raises(UnauthenticatedError):
+                anyone.sign_in(ADMIN, "a wrong password")  # a WARNING line
+            page.sign_in(ADMIN, PASSWORD)
+            first = page._backend.call("serverStatus", {})
+            for n in range(5):
+                doc(anyone, "notes").add({"n": n})
+            stop = doc(anyone, "notes").on_snapshot(lambda snapshot: None)
+            then = page._backend.call("serverStatus", {})
+            stop()
+            assert then["writes"] - first["writes"] >= 5 and then["documents"] - first["documents"] == 5
+            assert then["requests"] > first["requests"] and then["listeners"] >= 1 and then["connections"] == 2
+            assert then["rssBytes"] > 1_000_000 and then["uptimeSeconds"] > 0
+            assert then["lastBackup"] is None
+            assert any("sign-in refused" in line["message"] and line["level"] == "WARNING" for line in then["warnings"])
+            assert montybase_backup(tmp_path).returncode == 0
+            assert page._backend.call("serverStatus", {})["lastBackup"] >= then["time"] - 1000
+            with pytest.raises(PermissionDeniedError):
+                anyone._backend.call("serverStatus", {})
+        assert proc.stop() == 0, proc.describe()
+
+
+def montybase_backup(folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(server_command("backup", str(folder / "copy.mbak")), cwd=folder, capture_output=True,
+                          text=True, timeout=60)

@@ -23,7 +23,8 @@ def site(tmp_path):
     (tmp_path / "site" / "app.js").write_text("export const x = 1;")
     (tmp_path / "site" / "sub" / "page.css").write_text("body {}")
     (tmp_path / "site" / ".env").write_text("SECRET=1")
-    for name in ("db.json", "db.json.lock", "db.json.3.journal", "db.json.tmp", "montybase.json"):
+    for name in ("db.json", "db.json.lock", "db.json.3.journal", "db.json.tmp", "montybase.json",
+                 "montybase.json.previous", "db.json.last-backup"):
         (tmp_path / "site" / name).write_text("SECRET storage")
     (tmp_path / "secret.txt").write_text("outside")
     (tmp_path / "site" / "link").symlink_to(tmp_path / "secret.txt")
@@ -55,7 +56,7 @@ def test_the_client_config_points_at_the_public_endpoint_when_the_config_sets_on
      ("/.env", 404, b""), ("/../secret.txt", 404, b""), ("/%2e%2e/secret.txt", 404, b""), ("/link", 404, b""),
      ("/sub/%2e%2e/%2e%2e/secret.txt", 404, b""), ("/nothing", 404, b""), ("/app.js?v=2", 200, b"export"),
      ("/db.json", 404, b""), ("/db.json.lock", 404, b""), ("/db.json.3.journal", 404, b""), ("/db.json.tmp", 404, b""),
-     ("/montybase.json", 404, b"")],
+     ("/montybase.json", 404, b""), ("/montybase.json.previous", 404, b""), ("/db.json.last-backup", 404, b"")],
 )
 def test_the_static_folder_never_lists_or_escapes(site, target, status, needle):
     got_status, _, body = route(target, "h:1", CONFIG, site, False)

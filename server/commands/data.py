@@ -25,6 +25,7 @@ from typing import Any
 from ..config import Limits, load_config, open_database, storage_path
 from ..database import Database
 from ..errors import InvalidArgumentError, MontybaseError, UnavailableError
+from ..monitor import last_backup_path
 from ..paths import check_path, id_clock
 from ..session import Service
 from ..storage import (
@@ -133,8 +134,19 @@ def backup(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     seconds = time.monotonic() - started
+    _note_backup(bucket, target, database.seq, total)
     print(f"backup of record {database.seq}: {total} documents, {size} bytes in {target} ({seconds:.2f} s)", flush=True)
     return 0
+
+
+def _note_backup(bucket: str, target: Path, seq: int, total: int) -> None:
+    """Note the backup beside the storage, where a running server's console reads its time. A
+    note that cannot be written costs the console that line, never the backup."""
+    note = {"time": int(time.time() * 1000), "file": str(target), "record": seq, "documents": total}
+    try:
+        Path(last_backup_path(str(bucket))).write_text(json.dumps(note) + "\n", encoding="utf-8")
+    except OSError as exc:
+        print(f"(could not note the backup's time beside the storage: {exc})", flush=True)
 
 
 # restore

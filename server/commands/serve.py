@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import resource
@@ -16,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import _validate as validate_config  # the config schema's check, as a start makes it
 from ..config import (
-    Limits, client_config, client_endpoint, load_config, open_database, storage_path, trusted_networks, write_client_config,
+    DEFAULTS, Limits, client_config, client_endpoint, load_config, open_database, save_config, storage_path, trusted_networks,
+    write_client_config,
 )
 from ..database import Database
-from ..errors import InvalidArgumentError, MontybaseError
+from ..errors import InvalidArgumentError, MontybaseError, UnavailableError
 from ..logs import LEVELS, configure_logging, set_level
 from ..monitor import document_count
 from ..rules import Rules
@@ -174,7 +177,9 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[
 
 
 class Reloader:
-    """SIGHUP: read montybase.json again and apply it, or keep the running settings and log why."""
+    """SIGHUP: read montybase.json again and apply it, or keep the running settings and log why.
+    Also the console's rules editor (the session's `settings`): the running rules, and new rules
+    written to the file and reloaded the same way."""
 
     def __init__(self, server: MontybaseServer, current: Settings, config_path: Path, storage: str,
                  overrides: dict[str, Any]):
@@ -183,11 +188,14 @@ class Reloader:
 
     def __call__(self) -> None:
         try:
-            config, _ = load_config(self.config_path, create=False)
-            new = settings({**config, **self.overrides}, self.config_path, self.storage)
+            self.reload()
         except (MontybaseError, OSError) as exc:
             log.error("reload of %s refused, the running settings stay: %s", self.config_path, exc)
-            return
+
+    def reload(self) -> None:
+        """Read the file and apply it; a file the server would refuse raises, and nothing changes."""
+        config, _ = load_config(self.config_path, create=False)
+        new = settings({**config, **self.overrides}, self.config_path, self.storage)
         applied, waiting = _changes(self.current.config, new.config)
         _apply(self.server, new)
         if "rules" in applied:  # listeners opened under the old rules show what the new ones allow
@@ -196,6 +204,38 @@ class Reloader:
         log.info("reloaded %s: %s", self.config_path.name, ", ".join(applied) if applied else "nothing changed")
         if waiting:
             log.warning("%s changed in %s: that takes a restart", ", ".join(waiting), self.config_path.name)
+
+    @property
+    def previous_path(self) -> Path:
+        return self.config_path.with_name(self.config_path.name + ".previous")
+
+    def rules(self) -> dict[str, Any]:
+        """rulesGet: the running rules."""
+        return {"rules": self.current.config.get("rules"), "file": self.config_path.name}
+
+    def apply_rules(self, rules: dict[str, Any]) -> dict[str, Any]:
+        """rulesApply: the file with these rules, checked as a start would check it (the config
+        schema, then every rule), written (the file before kept as montybase.json.previous) and
+        reloaded. Bad rules raise INVALID_ARGUMENT at their field; the file and the running rules stay."""
+        name = self.config_path.name
+        try:
+            old = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UnavailableError(f"cannot read {name}: {exc}; fix the file first") from None
+        new = {**old, "rules": rules}
+        try:
+            validate_config(new, name)
+            settings({**DEFAULTS, **new, **self.overrides}, self.config_path, self.storage)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(exc.message, {"path": exc.data.get("path", "/rules")}) from None
+        save_config(self.previous_path, old)
+        save_config(self.config_path, new)
+        try:
+            self.reload()
+        except (MontybaseError, OSError):
+            save_config(self.config_path, old)  # what runs and what the file says stay the same
+            raise
+        return {"file": name, "previous": self.previous_path.name}
 
 
 async def serve(
@@ -230,7 +270,10 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, Reloader(server, current, config_path, storage, overrides))
+    reloader = Reloader(server, current, config_path, storage, overrides)
+    loop.add_signal_handler(signal.SIGHUP, reloader)
+    server.service.settings = reloader  # the console's rules editor
+    logging.getLogger("montybase").addHandler(server.monitor.warnings)  # the console's recent warnings
     # SIGUSR1 (`montybase compact`): a snapshot now, off the event loop, as the ticker takes one.
     loop.add_signal_handler(signal.SIGUSR1, lambda: loop.run_in_executor(None, database.snapshot))
     try:
@@ -254,6 +297,7 @@ async def serve(
         await server.stop()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
+        logging.getLogger("montybase").removeHandler(server.monitor.warnings)
         if lock is not None:
             os.close(lock)
 

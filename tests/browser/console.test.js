@@ -3,11 +3,13 @@
 // document a Python client then reads, sees a change made from Python appear live (highlighted)
 // in the open table and in a query's results, is warned when a document it opened changed
 // elsewhere, and gets a refused edit's error at its field. A user account and an anonymous page
-// get nothing. Screenshots of each view land in test-artifacts/console/ (gitignored).
+// get nothing. In the other views it signs accounts out, disables and deletes them, applies a rule
+// that refuses a client key at once, and watches the server's numbers move under a write load.
+// Screenshots of each view land in test-artifacts/console/ (gitignored).
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdir } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 
@@ -286,6 +288,12 @@ test("a user account and an anonymous page get nothing the console uses", async 
         set: () => doc(db, "people", "p00001").set({ name: "intruder" }),
         delete: () => doc(db, "people", "p00001").delete(),
         listen: () => new Promise((resolve, reject) => doc(db, "people").limit(1).onSnapshot(resolve, reject)),
+        rulesGet: () => db._backend.call("rulesGet", {}),
+        rulesApply: () => db._backend.call("rulesApply", { rules: { "**": { read: "public", write: "public" } } }),
+        accountsList: () => db._backend.call("accountsList", {}),
+        accountsDisable: () => db._backend.call("accountsDisable", { email: "someone@console.example" }),
+        accountsDelete: () => db._backend.call("accountsDelete", { email: "someone@console.example" }),
+        serverStatus: () => db._backend.call("serverStatus", {}),
       };
       const out = {};
       for (const [name, attempt] of Object.entries(tries)) {
@@ -316,7 +324,7 @@ test("a user account and an anonymous page get nothing the console uses", async 
 
 test("the rules dry run answers ALLOW or DENY with the rule that decided", async () => {
   const { page, errors, close } = await adminPage();
-  await page.click("#open-rules");
+  await page.click("#tab-rules");
   await page.selectOption("#rules-as", "user");
   await page.fill("#rules-uid", "alice");
   await page.selectOption("#rules-op", "get");
@@ -332,6 +340,191 @@ test("the rules dry run answers ALLOW or DENY with the rule that decided", async
   await page.waitForSelector("#rules-result.allow");
   assert.match(await page.textContent("#rules-result"), /^ALLOW create notes\/n1 as anonymous \(rule "notes": create is public\)$/);
   await page.screenshot({ path: join(SHOTS, "11-rules.png") });
+  assert.deepEqual(errors, []);
+  await close();
+});
+
+/** In the page: a client-key client (`window.clients[name]`), signed in as `email` if given. */
+function pageClient(page, name, email) {
+  return page.evaluate(async ([name, email]) => {
+    const { Montybase } = await import("/montybase.js");
+    const config = await (await fetch("/client-config.json")).json();
+    const client = new Montybase(config);
+    if (email) await client.signUp(email, "an account password");
+    (window.clients ??= {})[name] = client;
+  }, [name, email]);
+}
+
+/** In the page: what `action` of a page client gives, "OK" or its error's reason (the page's CSP
+ * allows no eval, so the actions are named here). */
+function pageCall(page, name, action, email) {
+  return page.evaluate(async ([name, action, email]) => {
+    const { doc } = await import("/montybase.js");
+    const db = window.clients[name];
+    const actions = {
+      write: () => doc(db, "notes", "n1").set({ text: "hi" }),
+      read: () => doc(db, "notes", "n1").get(),
+      signIn: () => db.signIn(email, "an account password"),
+      // The client learns it was signed out at its next call (its connection closed; resuming fails).
+      signedOut: async () => {
+        for (let i = 0; i < 50 && db.currentUser !== null; i++) {
+          await doc(db, "notes", "n1").get().catch(() => {});
+          if (db.currentUser !== null) await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+        if (db.currentUser !== null) throw new Error("still signed in");
+      },
+    };
+    return actions[action]().then(() => "OK", (error) => error.reason ?? String(error));
+  }, [name, action, email]);
+}
+
+test("the accounts view finds accounts by email, signs one out everywhere, disables, enables and deletes", async () => {
+  const { page, errors, close } = await adminPage();
+  for (const n of [1, 2, 3]) await pageClient(page, `acct${n}`, `acct${n}@people.example`);
+  await page.click("#tab-accounts");
+  await page.fill("#accounts-query", "ACCT");
+  await page.press("#accounts-query", "Enter");
+  await page.waitForFunction(() => document.querySelectorAll("#accounts tbody tr[data-email]").length === 3);
+  const rows = await page.$$eval("#accounts tbody tr", (trs) => trs.map((tr) => [...tr.children].slice(0, 5).map((cell) => cell.textContent)));
+  assert.deepEqual(rows.map((row) => [row[0], row[3], row[4]]), [1, 2, 3].map((n) => [`acct${n}@people.example`, "1", "active"]));
+  for (const row of rows) assert.match(row[1] + row[2], /^(?!.*—).*\d.*\d/, "sign-up and last sign-in times are shown");
+  await page.screenshot({ path: join(SHOTS, "12-accounts.png") });
+
+  // Sign out everywhere: the account's open connection is closed and its client is signed out.
+  await page.click('#accounts tr[data-email="acct1@people.example"] button:text("Sign out everywhere")');
+  await page.waitForFunction(() => /acct1@people.example signed out everywhere \(1 session ended\)/.test(document.getElementById("accounts-info").textContent));
+  assert.equal(await pageCall(page, "acct1", "signedOut"), "OK");
+
+  // Disable, asked first: it cannot sign in; enable: it can again.
+  await page.click('#accounts tr[data-email="acct2@people.example"] button:text("Disable")');
+  await page.click("#confirm-ok");
+  await page.waitForSelector('#accounts tr.disabled[data-email="acct2@people.example"]');
+  assert.equal(await pageCall(page, "acct2", "signedOut"), "OK");
+  assert.equal(await pageCall(page, "acct2", "signIn", "acct2@people.example"), "UNAUTHENTICATED");
+  await page.screenshot({ path: join(SHOTS, "13-account-disabled.png") });
+  await page.click('#accounts tr[data-email="acct2@people.example"] button:text("Enable")');
+  await page.waitForSelector('#accounts tr:not(.disabled)[data-email="acct2@people.example"]');
+  assert.equal(await pageCall(page, "acct2", "signIn", "acct2@people.example"), "OK");
+
+  // Delete, asked first (a cancel keeps it).
+  const remove = '#accounts tr[data-email="acct3@people.example"] button:text("Delete…")';
+  await page.click(remove);
+  await page.keyboard.press("Escape");
+  await page.click(remove);
+  await page.click("#confirm-ok");
+  await page.waitForFunction(() => document.querySelectorAll("#accounts tbody tr[data-email]").length === 2);
+  assert.equal(await pageCall(page, "acct3", "signIn", "acct3@people.example"), "UNAUTHENTICATED");
+  // The admin's own account cannot be disabled or deleted from here.
+  await page.fill("#accounts-query", "");
+  await page.press("#accounts-query", "Enter");
+  await page.waitForSelector(`#accounts tr[data-email="${ADMIN}"]`);
+  assert.equal(await page.isDisabled(`#accounts tr[data-email="${ADMIN}"] button:text("Delete…")`), true);
+  // The signed-out clients say so on the console, as they should; nothing else went wrong.
+  assert.deepEqual(errors.filter((text) => !text.includes("the signed-in session could not be resumed; signed out")), []);
+  await close();
+});
+
+test("the server view charts the numbers, and they move under a write load", async () => {
+  const { page, errors, close } = await adminPage();
+  await page.focus("#tab-server"); // by keyboard
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => Number(document.body.dataset.samples) >= 2);
+  const value = (id) => page.textContent(`[data-metric=${id}] .value`);
+  const documentsBefore = Number((await value("documents")).replace(/\D/g, ""));
+  const load = python(`
+import time
+for n in range(400):  # bounded: about 4 s of writes
+    doc(db, "load", f"w{n:03d}").set({"n": n})
+    time.sleep(0.008)
+`);
+  await page.waitForFunction(() => parseFloat(document.querySelector("[data-metric=writes] .value").textContent) >= 20, null, { timeout: 30_000 });
+  await load;
+  await page.waitForFunction((before) => Number(document.querySelector("[data-metric=documents] .value").textContent.replace(/\D/g, "")) === before + 400,
+    documentsBefore, { timeout: 10_000 });
+  assert.ok(parseFloat(await value("requests")) >= 0);
+  for (const id of ["uptime", "connections", "listeners", "memory", "snapshot", "backup"]) assert.ok(await page.$(`[data-metric=${id}]`), id);
+  assert.match(await value("memory"), /^\d[\d,.]* MB$/);
+  const points = await page.$eval("[data-metric=writes] polyline", (line) => line.getAttribute("points").split(" ").length);
+  assert.ok(points >= 2);
+  await page.screenshot({ path: join(SHOTS, "14-server.png"), fullPage: true });
+  assert.deepEqual(errors, []);
+  await close();
+});
+
+test("the recent warnings of the log show in the server view", async () => {
+  const { page, errors, close } = await adminPage();
+  await python(`
+try:
+    Montybase(api=${JSON.stringify(server.endpoint)}, config=${JSON.stringify(join(server.dir, "client-config.json"))}).sign_in("${ADMIN}", "not the password")
+except Exception:
+    pass
+`);
+  await page.click("#tab-server");
+  await page.waitForFunction(() => /WARNING.*sign-in refused/.test(document.getElementById("warnings").textContent), null, { timeout: 10_000 });
+  assert.deepEqual(errors, []);
+  await close();
+});
+
+test("the rules view shows each rule; a bad one is refused at its field; an applied one refuses a client key at once", async () => {
+  const { page, errors, close } = await adminPage();
+  await pageClient(page, "anyone");
+  assert.equal(await pageCall(page, "anyone", "write"), "OK", "a client key may write notes before");
+  await page.click("#tab-rules");
+  await page.waitForSelector('.rule[data-pattern="notes"] textarea');
+  assert.deepEqual(JSON.parse(await page.inputValue('.rule[data-pattern="notes"] textarea')), RULES.notes);
+  assert.match(await page.textContent(".uncovered"), /^No rule \(client keys may do nothing there\): .*\+ people/);
+  const before = await readFile(join(server.dir, "montybase.json"), "utf8");
+
+  // A value the config schema refuses: the error at its rule and field; nothing is applied.
+  await page.fill('.rule[data-pattern="notes"] textarea', JSON.stringify({ read: "public", write: "everyone" }, null, 2));
+  await page.click("#rules-apply");
+  await page.waitForFunction(() => document.querySelector('.rule[data-pattern="notes"] .error').textContent.includes("everyone"));
+  assert.match(await page.textContent('.rule[data-pattern="notes"] .error'), /^INVALID_ARGUMENT: .*rules\/notes\/write.* \(line 3\) — nothing was applied$/);
+  const selected = await page.$eval('.rule[data-pattern="notes"] textarea', (box) => box.value.slice(box.selectionStart, box.selectionEnd));
+  assert.equal(selected, '"write": "everyone"');
+  await page.screenshot({ path: join(SHOTS, "15-rule-refused.png") });
+  assert.equal(await readFile(join(server.dir, "montybase.json"), "utf8"), before);
+  assert.equal(await pageCall(page, "anyone", "write"), "OK", "the running rules stay");
+
+  // A good one: written, the file before kept, and the client key refused at once.
+  await page.fill('.rule[data-pattern="notes"] textarea', JSON.stringify({ read: "public", write: "none" }, null, 2));
+  await page.click("#rules-apply");
+  await page.waitForFunction(() => document.body.dataset.rulesApplied === "1");
+  assert.equal(await pageCall(page, "anyone", "write"), "PERMISSION_DENIED");
+  assert.equal(await pageCall(page, "anyone", "read"), "OK", "reads are still public");
+  assert.match(await page.textContent("#rules-status"), /kept as montybase\.json\.previous/);
+  assert.deepEqual(JSON.parse(await readFile(join(server.dir, "montybase.json.previous"), "utf8")), JSON.parse(before));
+  assert.deepEqual(JSON.parse(await readFile(join(server.dir, "montybase.json"), "utf8")).rules, { notes: { read: "public", write: "none" } });
+  await page.screenshot({ path: join(SHOTS, "16-rules.png"), fullPage: true });
+
+  // A new rule for a collection, then the rules as they were.
+  await page.click('.uncovered button:text("+ people")');
+  await page.waitForSelector('.rule[data-pattern="people"][data-changed=true]');
+  await page.fill("#rule-pattern", "rooms/*/messages");
+  await page.press("#rule-pattern", "Enter");
+  await page.waitForSelector('.rule[data-pattern="rooms/*/messages"][data-changed=true]');
+  await page.screenshot({ path: join(SHOTS, "16-rules-added.png"), fullPage: true });
+  await page.click('.rule[data-pattern="rooms/*/messages"] button');
+  await page.click('.rule[data-pattern="people"] button');
+  await page.fill('.rule[data-pattern="notes"] textarea', JSON.stringify(RULES.notes));
+  await page.click("#rules-apply");
+  await page.waitForFunction(() => document.body.dataset.rulesApplied === "2");
+  assert.equal(await pageCall(page, "anyone", "write"), "OK");
+  assert.deepEqual(errors, []);
+  await close();
+});
+
+test("every view fits a phone-sized screen", async () => {
+  const { page, errors, close } = await adminPage({ width: 390, height: 844 });
+  for (const view of ["rules", "accounts", "server"]) {
+    await page.click(`#tab-${view}`);
+    if (view === "server") await page.waitForFunction(() => Number(document.body.dataset.samples) >= 1);
+    if (view === "rules") await page.waitForSelector(".rule");
+    if (view === "accounts") await page.waitForSelector("#accounts tbody tr");
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(width <= 390, `the ${view} view is ${width}px wide`);
+    await page.screenshot({ path: join(SHOTS, `17-phone-${view}.png`), fullPage: true });
+  }
   assert.deepEqual(errors, []);
   await close();
 });
