@@ -162,6 +162,42 @@ def test_first_run_from_an_empty_folder_then_sigterm_and_restart(tmp_path, scrip
         again.cleanup()
 
 
+# 1b. A store slower to open than a second shows its progress (here: a threshold of 0 s).
+
+
+@pytest.mark.parametrize("after", ["0", None], ids=["slower-than-threshold", "quicker"])
+def test_loading_a_store_shows_a_progress_line_then_a_last_one_when_slower_than_the_threshold(tmp_path, after):
+    from server.database import Database
+    from server.storage import FileStorage
+
+    write_config(tmp_path)
+    database = Database(FileStorage(tmp_path / "db.json"))
+    for start_at in range(0, 2000, 500):
+        database.commit([{"op": "set", "path": ["c", f"d{i}"], "value": {"n": i}} for i in range(start_at, start_at + 500)])
+    database.close()  # a snapshot of 2,000 documents
+    proc = start(tmp_path, "--port", "0")
+    try:
+        with client(proc.endpoint(), tmp_path, admin=True) as db:
+            for i in range(3):
+                doc(db, "c").set({"n": -i}, key=f"new{i}")
+        proc.kill9()  # the 3 writes stay in the journal, to replay
+    finally:
+        proc.cleanup()
+    env = {} if after is None else {"MONTYBASE_LOAD_PROGRESS_AFTER": after}
+    with Proc(server_command("--port", "0"), cwd=tmp_path, env=env) as proc:
+        proc.endpoint()
+        assert proc.stop() == 0, proc.describe()
+    lines = [line for line in proc.stderr_lines if line.startswith("loading")]
+    assert "loaded 2003 documents in" in proc.stderr, proc.describe()
+    if after is None:  # the default threshold, 1 s: a store this small shows nothing
+        assert lines == [], proc.describe()
+        return
+    # Off a terminal: plain lines (tests/test_commands_data.py has the bar on a terminal).
+    assert len(lines) == 2, proc.describe()
+    assert re.fullmatch(r"loading db\.json: 2000/2003 documents, .+ so far", lines[0]), lines
+    assert re.fullmatch(r"loading db\.json: 2003/2003 documents, .+ so far", lines[1]), lines
+
+
 # 2. SIGINT, and a stop under write load.
 
 
