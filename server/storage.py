@@ -82,7 +82,7 @@ def snapshot_chunks(seq: int, collections: Mapping[tuple[str, ...], Any], id_tim
     Encoded SNAPSHOT_CHUNK documents at a time: one call encoding a million documents would
     hold the GIL for seconds, and every other thread (readers, writers) with it; between
     chunks they get their turn. The bytes are those of encoding the whole at once. A collection
-    is anything with `items()` (a dict, or a Frozen one being written meanwhile).
+    is a dict, or anything with `chunks(size)` giving dicts (a Frozen one, written meanwhile).
     """
     crc = 0
 
@@ -95,9 +95,13 @@ def snapshot_chunks(seq: int, collections: Mapping[tuple[str, ...], Any], id_tim
     yield piece(f'{head[:-1]},"collections":{{'.encode("utf-8"))
     for n, (path, docs) in enumerate(collections.items()):
         yield piece(f'{"," if n else ""}{_encode_json("/".join(path))}:{{'.encode("utf-8"))
-        items = iter(docs.items())
+        if hasattr(docs, "chunks"):
+            chunks = docs.chunks(SNAPSHOT_CHUNK)
+        else:
+            items = iter(docs.items())
+            chunks = iter(lambda: dict(itertools.islice(items, SNAPSHOT_CHUNK)), {})
         separator = b""
-        while chunk := dict(itertools.islice(items, SNAPSHOT_CHUNK)):
+        for chunk in chunks:
             yield piece(b"%s%s" % (separator, _encode_chunk(chunk)[1:-1]))
             counted(len(chunk))
             separator = b","
