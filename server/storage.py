@@ -165,7 +165,8 @@ def decode_snapshot(data: bytes) -> tuple[int, Collections, int]:
             or type(tree.get("idTime", 0)) is not int or not isinstance(tree.get("collections"), dict)
         ):
             raise ValueError(f"its header is not a Montybase snapshot of format {SNAPSHOT_FORMAT}")
-        if "crc32" in tree and zlib.crc32(data[:data.rfind(_CRC_KEY)]) != tree["crc32"]:
+        # (Over a view: a slice would copy the whole file first, 50 ms of 94 MB.)
+        if "crc32" in tree and zlib.crc32(memoryview(data)[:data.rfind(_CRC_KEY)]) != tree["crc32"]:
             raise ValueError("its checksum does not match its content (if it was fixed by hand, remove its \"crc32\")")
         seq, id_time, body = tree["seq"], tree.get("idTime", 0), tree["collections"]
         collections = {tuple(key.split("/")): docs for key, docs in body.items()}
