@@ -241,10 +241,11 @@ def storage_path(config: dict[str, Any], config_path: str | Path) -> str:
 
 def open_database(
     config: dict[str, Any], bucket: str | Storage, *, hot: bool | None = None, store_min: int | None = None,
-    update_time: float | None = None,
+    update_time: float | None = None, loading: Any = None,
 ) -> Any:
     """The Database the settings describe (arguments given here win over the file). `bucket`
-    is a path, ":memory:", or a storage object (a MemoryStorage to reopen later)."""
+    is a path, ":memory:", or a storage object (a MemoryStorage to reopen later); `loading`:
+    see Database."""
     from .database import Database
     from .rules import Rules
     from .storage import FileStorage, Storage
@@ -257,4 +258,5 @@ def open_database(
         snapshot_seconds=config["storageUpdate"] if update_time is None else update_time,
         max_batch=limits.maxWrites,
         rules=Rules(config.get("rules"), max_doc_bytes=limits.maxDocBytes, max_results=limits.maxResults),
+        loading=loading,
     )

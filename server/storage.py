@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import orjson
+
 from .errors import UnavailableError
 
 __all__ = [
@@ -42,10 +44,17 @@ MAX_RECORD_BYTES = 256 * 1024 * 1024
 SNAPSHOT_FORMAT = 1
 _FORMAT_KEY = "__montybase__"  # a key no document or collection may use
 _CRC_KEY = b',"crc32":'
+_SNAPSHOT_START = b'{"%s":' % _FORMAT_KEY.encode()
 SNAPSHOT_CHUNK = 1000  # documents encoded in one call (about a millisecond)
 
 
 _encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+# The journal's and the snapshot's JSON: orjson writes the same compact UTF-8 JSON as _encode_json
+# (numbers may be spelled differently: 1e16, not 1e+16) and reads a snapshot several times faster
+# than json (1,000,000 documents: 1.8 s instead of 3.5 s, without the garbage collector; see
+# decode_snapshot). Values reaching it are checked JSON (values.prepare): finite numbers within
+# ±(2^53-1), str keys.
+_dumps, _loads = orjson.dumps, orjson.loads
 
 
 def encode_record(seq: int, payload: bytes) -> bytes:
@@ -73,7 +82,7 @@ def snapshot_chunks(seq: int, collections: Mapping[tuple[str, ...], Any], id_tim
     Encoded SNAPSHOT_CHUNK documents at a time: one call encoding a million documents would
     hold the GIL for seconds, and every other thread (readers, writers) with it; between
     chunks they get their turn. The bytes are those of encoding the whole at once. A collection
-    is anything with `items()` (a dict, or a Frozen one being written meanwhile).
+    is a dict, or anything with `chunks(size)` giving dicts (a Frozen one, written meanwhile).
     """
     crc = 0
 
@@ -86,15 +95,26 @@ def snapshot_chunks(seq: int, collections: Mapping[tuple[str, ...], Any], id_tim
     yield piece(f'{head[:-1]},"collections":{{'.encode("utf-8"))
     for n, (path, docs) in enumerate(collections.items()):
         yield piece(f'{"," if n else ""}{_encode_json("/".join(path))}:{{'.encode("utf-8"))
-        items = iter(docs.items())
-        separator = ""
-        while chunk := dict(itertools.islice(items, SNAPSHOT_CHUNK)):
-            yield piece(f"{separator}{_encode_json(chunk)[1:-1]}".encode("utf-8"))
+        if hasattr(docs, "chunks"):
+            chunks = docs.chunks(SNAPSHOT_CHUNK)
+        else:
+            items = iter(docs.items())
+            chunks = iter(lambda: dict(itertools.islice(items, SNAPSHOT_CHUNK)), {})
+        separator = b""
+        for chunk in chunks:
+            yield piece(b"%s%s" % (separator, _encode_chunk(chunk)[1:-1]))
             counted(len(chunk))
-            separator = ","
+            separator = b","
         yield piece(b"}")
     yield piece(b"}")
     yield b"%s%d}\n" % (_CRC_KEY, crc)
+
+
+def _encode_chunk(chunk: dict[str, Any]) -> bytes:
+    try:
+        return _dumps(chunk)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, from an original tree: json writes it
+        return _encode_json(chunk).encode("utf-8")
 
 
 def encode_snapshot(seq: int, collections: Mapping[tuple[str, ...], Any], id_time: int) -> bytearray:
@@ -110,7 +130,7 @@ def encode_snapshot(seq: int, collections: Mapping[tuple[str, ...], Any], id_tim
 def is_sealed_snapshot(data: bytes) -> bool:
     """Whether `data` has the frame of a snapshot with its checksum (what a backup must have;
     decode_snapshot also takes a bare tree, and a snapshot without "crc32")."""
-    return data.startswith(b'{"%s":' % _FORMAT_KEY.encode()) and data.endswith(b"}\n") and _CRC_KEY in data
+    return data.startswith(_SNAPSHOT_START) and data.endswith(b"}\n") and _CRC_KEY in data
 
 
 def _reject_constant(name: str) -> None:
@@ -120,11 +140,23 @@ def _reject_constant(name: str) -> None:
 def decode_snapshot(data: bytes) -> tuple[int, Collections, int]:
     """Parse a snapshot, or an original Montybase `db.json` (a bare tree of collections). A
     snapshot without "crc32" (older, or fixed by hand) loads unchecked. Returns (seq,
-    collections, id time)."""
-    try:
-        tree = json.loads(data, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"it is not valid JSON ({exc})") from None
+    collections, id time).
+
+    A Montybase snapshot is read by orjson (its integers are within ±(2^53-1): orjson reads an
+    integer beyond 64 bits as a float, json as an int). An original tree, written by another
+    program, and anything orjson refuses (a lone surrogate that json takes, or no JSON at all:
+    json's message says where) are read by json, as they always were."""
+    tree: Any = None
+    if data.startswith(_SNAPSHOT_START):
+        try:
+            tree = _loads(data)
+        except orjson.JSONDecodeError:
+            pass  # json says what is wrong, or takes it
+    if tree is None:
+        try:
+            tree = json.loads(data, parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"it is not valid JSON ({exc})") from None
     if not isinstance(tree, dict):
         raise ValueError("its top level is not a JSON object")
     if _FORMAT_KEY in tree:
@@ -133,14 +165,16 @@ def decode_snapshot(data: bytes) -> tuple[int, Collections, int]:
             or type(tree.get("idTime", 0)) is not int or not isinstance(tree.get("collections"), dict)
         ):
             raise ValueError(f"its header is not a Montybase snapshot of format {SNAPSHOT_FORMAT}")
-        if "crc32" in tree and zlib.crc32(data[:data.rfind(_CRC_KEY)]) != tree["crc32"]:
+        # (Over a view: a slice would copy the whole file first, 50 ms of 94 MB.)
+        if "crc32" in tree and zlib.crc32(memoryview(data)[:data.rfind(_CRC_KEY)]) != tree["crc32"]:
             raise ValueError("its checksum does not match its content (if it was fixed by hand, remove its \"crc32\")")
         seq, id_time, body = tree["seq"], tree.get("idTime", 0), tree["collections"]
         collections = {tuple(key.split("/")): docs for key, docs in body.items()}
     else:  # an original Montybase tree: {collection: {id: document}}
         seq, id_time, collections = 0, 0, {(key,): docs for key, docs in tree.items()}
     for path, docs in collections.items():
-        if not isinstance(docs, dict) or not all(isinstance(doc, dict) for doc in docs.values()):
+        # The kinds of the values, gathered in C (a Python loop over a million documents: 0.1 s).
+        if not isinstance(docs, dict) or not set(map(type, docs.values())) <= {dict}:
             raise ValueError(f"collection {'/'.join(path)!r} is not an object of documents (objects)")
     return seq, {path: docs for path, docs in collections.items() if docs}, id_time
 
@@ -475,7 +509,7 @@ class StorageReader(Storage):
                 if problem is not None or record_seq > last + 1:
                     return Recovered(seq, collections, id_time, records)
                 if record_seq == last + 1:
-                    records.append((record_seq, json.loads(payload)))
+                    records.append((record_seq, _loads(payload)))
                     last = record_seq
                 offset += size
         return Recovered(seq, collections, id_time, records)
@@ -624,7 +658,7 @@ class FileStorage(Storage):
                         "A journal or the snapshot is missing: restore the storage folder from a backup.",
                     )
                 if record_seq == last + 1:
-                    records.append((record_seq, json.loads(payload)))
+                    records.append((record_seq, _loads(payload)))
                     last = record_seq
                 offset += size
             self._journal_bytes += offset
@@ -685,7 +719,7 @@ class FileStorage(Storage):
 
     def append(self, seq: int, operations: list) -> None:
         self._check()
-        payload = _encode_json(operations).encode()
+        payload = _dumps(operations)
         record = encode_record(seq, payload)
         try:
             self.files.write(self._fd, record)

@@ -42,12 +42,24 @@ class Frozen:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def chunks(self, size: int) -> Iterator[dict[str, Any]]:
+        """The documents as they were, `size` ids at a time, as {id: document}.
+
+        A chunk's documents are all read before the log is consulted for them: a write logs the
+        old document before it replaces it, so a document written since begin_copy, before or
+        after that read, is found in the log as it was. Read in C a chunk at a time (one
+        document at a time in Python took 0.8 s of a million documents' 1.3 s snapshot)."""
+        docs, replaced = self.docs, self.replaced
+        for start in range(0, len(self.ids), size):
+            ids = self.ids[start:start + size]
+            chunk = dict(zip(ids, map(docs.get, ids)))
+            for doc_id in chunk.keys() & replaced.keys():
+                chunk[doc_id] = replaced[doc_id]
+            yield chunk
+
     def items(self) -> Iterator[tuple[str, Any]]:
-        get, replaced = self.docs.get, self.replaced
-        for doc_id in self.ids:
-            # Read before the log is consulted: a write logs the old document before it replaces it.
-            document = get(doc_id)
-            yield doc_id, replaced.get(doc_id, document)
+        for chunk in self.chunks(1000):
+            yield from chunk.items()
 
 
 class Copy(NamedTuple):
@@ -253,7 +265,7 @@ class Tree:
             docs = self.collections[collection] = {}
             self._nest(collection)
         old = docs.get(doc_id)
-        for replaced in self._copies:  # before the write: see Frozen.items
+        for replaced in self._copies:  # before the write: see Frozen.chunks
             replaced.setdefault(collection, {}).setdefault(doc_id, old)
         docs[doc_id] = document
         for log in self._building.get(collection, ()):
@@ -279,7 +291,7 @@ class Tree:
 
     def _take(self, collection: Path, doc_id: str) -> Change:
         docs = self.collections[collection]
-        for replaced in self._copies:  # before the write: see Frozen.items
+        for replaced in self._copies:  # before the write: see Frozen.chunks
             replaced.setdefault(collection, {}).setdefault(doc_id, docs[doc_id])
         old = docs.pop(doc_id)
         for log in self._building.get(collection, ()):

@@ -9,16 +9,22 @@ and ends only the processes it started, through their Popen handles (tests/procs
 from __future__ import annotations
 
 import datetime
+import fcntl
 import ipaddress
 import json
 import os
+import pty
 import random
 import re
+import select
 import shutil
 import signal
 import ssl
 import stat
+import struct
+import subprocess
 import sys
+import termios
 import textwrap
 import threading
 import time
@@ -160,6 +166,73 @@ def test_first_run_from_an_empty_folder_then_sigterm_and_restart(tmp_path, scrip
         assert again.stop(signal.SIGTERM) == 0, again.describe()
     finally:
         again.cleanup()
+
+
+# 1b. A store slower to open than a second shows its progress (here: a threshold of 0 s).
+
+
+def store_to_load(folder: Path) -> None:
+    """A store of 2,003 documents: 2,000 in the snapshot, 3 in the journal (a server killed)."""
+    from server.database import Database
+    from server.storage import FileStorage
+
+    write_config(folder)
+    database = Database(FileStorage(folder / "db.json"))
+    for start_at in range(0, 2000, 500):
+        database.commit([{"op": "set", "path": ["c", f"d{i}"], "value": {"n": i}} for i in range(start_at, start_at + 500)])
+    database.close()
+    proc = start(folder, "--port", "0")
+    try:
+        with client(proc.endpoint(), folder, admin=True) as db:
+            for i in range(3):
+                doc(db, "c").set({"n": -i}, key=f"new{i}")
+        proc.kill9()
+    finally:
+        proc.cleanup()
+
+
+@pytest.mark.parametrize("after", ["0", None], ids=["slower-than-threshold", "quicker"])
+def test_loading_a_store_shows_a_progress_line_then_a_last_one_when_slower_than_the_threshold(tmp_path, after):
+    store_to_load(tmp_path)
+    env = {} if after is None else {"MONTYBASE_LOAD_PROGRESS_AFTER": after}
+    with Proc(server_command("--port", "0"), cwd=tmp_path, env=env) as proc:
+        proc.endpoint()
+        assert proc.stop() == 0, proc.describe()
+    lines = [line for line in proc.stderr_lines if line.startswith("loading")]
+    assert "loaded 2003 documents in" in proc.stderr, proc.describe()
+    if after is None:  # the default threshold, 1 s: a store this small shows nothing
+        assert lines == [], proc.describe()
+        return
+    assert len(lines) == 2, proc.describe()
+    assert re.fullmatch(r"loading db\.json: 2000/2003 documents, .+ so far", lines[0]), lines
+    assert re.fullmatch(r"loading db\.json: 2003/2003 documents, .+ so far", lines[1]), lines
+
+
+def test_loading_progress_on_a_terminal_is_a_bar(tmp_path):
+    store_to_load(tmp_path)
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    process = subprocess.Popen(server_command("--port", "0"), cwd=tmp_path, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=follower,
+                               env={**os.environ, "MONTYBASE_LOAD_PROGRESS_AFTER": "0", "COLUMNS": "100"})
+    os.close(follower)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"loaded 2003 documents" not in shown and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.5)[0]:
+                try:
+                    shown += os.read(leader, 4096)
+                except OSError:  # the terminal's other end closed: the server ended
+                    break
+            elif process.poll() is not None:
+                break
+    finally:
+        process.terminate()  # the process started above, by its handle
+        process.wait(20)
+        os.close(leader)
+    text = shown.decode("utf-8", "replace")
+    assert "loading db.json" in text and "2003/2003" in text and "\r" in text and "█" in text, text
 
 
 # 2. SIGINT, and a stop under write load.

@@ -1,17 +1,27 @@
 """Database reads and writes from several threads at once: a query that builds an index of a
-large collection lets writers in while it builds, and the index it keeps is caught up."""
+large collection lets writers in while it builds, and the index it keeps is caught up; a
+snapshot taken during writes is the state at its sequence; what opening a store reports."""
 
 from __future__ import annotations
 
+import copy
+import gc
 import random
 import threading
 import time
 
+import pytest
+
+from server import database
+from server import storage as storage_module
 from server.database import Database
+from server.errors import NotFoundError
 from server.query import parse_query, run
+from server.storage import FileStorage, MemoryStorage, decode_snapshot
 from server.tree import HAND_OVER_BUILDS_FROM, build_index
 
 SIZE = HAND_OVER_BUILDS_FROM * 6
+QUIET = 3600.0  # a tick interval that never comes during a test: no background flush or snapshot
 
 
 def test_writes_go_on_while_queries_build_indexes_and_every_index_stays_right():
@@ -53,3 +63,149 @@ def test_writes_go_on_while_queries_build_indexes_and_every_index_stays_right():
         {"id": doc_id, "value": document} for doc_id, document in run(parse_query(wire), documents, None)
     ]
     db.close()
+
+
+# Opening a store
+
+
+def test_opening_reports_the_snapshot_then_each_journal_record_replayed():
+    storage = MemoryStorage()
+    first = Database(storage, sync_interval=QUIET)
+    first.commit([{"op": "set", "path": ["c", f"d{i}"], "value": {"n": i}} for i in range(3)])
+    first.snapshot()
+    first.commit([{"op": "set", "path": ["c", "a"], "value": {}}, {"op": "set", "path": ["c", "b"], "value": {}}])
+    first.write("delete", {"path": ["c", "d0"]}, None)
+    del first  # dropped without close (a crash): the journal holds the last two records
+    reported: list[tuple[int, int]] = []
+    reopened = Database(storage, sync_interval=QUIET, loading=lambda done, total: reported.append((done, total)))
+    try:
+        assert reported == [(3, 6), (5, 6), (6, 6)]
+        assert sorted(reopened.tree.collections[("c",)]) == ["a", "b", "d1", "d2"]
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize("collecting", [True, False], ids=["on", "off"])
+def test_opening_leaves_the_garbage_collector_as_it_was(collecting):
+    storage = MemoryStorage()
+    Database(storage, sync_interval=QUIET).close()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        Database(storage, sync_interval=QUIET).close()
+        assert gc.isenabled() is collecting
+    finally:
+        gc.enable()
+
+
+def test_a_large_store_is_frozen_out_of_the_collectors_walks_and_a_small_one_is_not(monkeypatch):
+    storage = MemoryStorage()
+    first = Database(storage, sync_interval=QUIET)
+    first.commit([{"op": "set", "path": ["c", f"d{i}"], "value": {"tags": ["x"]}} for i in range(5)])
+    first.close()
+
+    def walked(db: Database) -> int:
+        """How many of the documents a collection of the oldest generation would walk."""
+        tracked = {id(o) for o in gc.get_objects()}  # (not the frozen ones)
+        return sum(id(doc) in tracked for doc in db.tree.collections[("c",)].values())
+
+    monkeypatch.setattr(database, "FREEZE_FROM", 6)
+    small = Database(storage, sync_interval=QUIET)
+    assert walked(small) == 5
+    small.close()
+    monkeypatch.setattr(database, "FREEZE_FROM", 5)
+    try:
+        large = Database(storage, sync_interval=QUIET)
+        assert walked(large) == 0
+        large.close()
+    finally:
+        gc.unfreeze()
+
+
+# Snapshots
+
+
+def test_a_snapshot_taken_during_writes_is_the_state_at_its_sequence(tmp_path, monkeypatch):
+    """Writers in threads while snapshot() runs: the snapshot file, and a database opened on it
+    alone, hold exactly the writes numbered up to its seq; the store as a whole holds them all."""
+    monkeypatch.setattr(storage_module, "SNAPSHOT_CHUNK", 50)  # many pieces: writers get in between
+    path = tmp_path / "db.json"
+    db = Database(FileStorage(path), hot=True, sync_interval=QUIET, snapshot_seconds=1e9)
+    initial = {f"d{i:05}": {"n": i} for i in range(20_000)}
+    for start in range(0, len(initial), 500):
+        db.commit([{"op": "set", "path": ["c", doc_id], "value": value}
+                   for doc_id, value in list(initial.items())[start:start + 500]])
+    log: list[tuple[int, float, str, str, dict | None]] = []  # (seq, when acknowledged, op, id, value)
+    stop = threading.Event()
+
+    def write(number: int) -> None:
+        rng = random.Random(number)
+        for i in range(100_000):
+            if stop.is_set():
+                return
+            doc_id, roll = f"d{rng.randrange(21_000):05}", rng.random()
+            if roll < 0.2:
+                _, seq = db.write("delete", {"path": ["c", doc_id]}, None)
+                if seq:  # (0: there was nothing to delete, nothing was written)
+                    log.append((seq, time.monotonic(), "delete", doc_id, None))
+            elif roll < 0.4:
+                try:
+                    _, seq = db.write("update", {"path": ["c", doc_id], "fields": [["u", i]]}, None)
+                except NotFoundError:
+                    continue
+                log.append((seq, time.monotonic(), "update", doc_id, {"u": i}))
+            else:
+                value = {"w": number, "i": i}
+                _, seq = db.write("set", {"path": ["c", doc_id], "value": value}, None)
+                log.append((seq, time.monotonic(), "set", doc_id, value))
+
+    def state_at(seq: int) -> dict[str, dict]:
+        docs = copy.deepcopy(initial)
+        for number, _, op, doc_id, value in sorted(log, key=lambda entry: entry[0]):
+            if number > seq:
+                break
+            if op == "delete":
+                docs.pop(doc_id, None)
+            elif op == "update":
+                docs[doc_id] = {**docs[doc_id], **value}
+            else:
+                docs[doc_id] = value
+        return docs
+
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(3)]
+    for thread in writers:
+        thread.start()
+    taken: list[tuple[float, float, bytes]] = []
+    try:
+        for _ in range(3):
+            time.sleep(0.05)
+            started = time.monotonic()
+            db.snapshot()
+            taken.append((started, time.monotonic(), path.read_bytes()))
+    finally:
+        stop.set()
+        for thread in writers:
+            thread.join(30)
+    # Checked once every write acknowledged is in the log (a writer logs its write after the answer).
+    overlapping = 0
+    for round_, (started, ended, data) in enumerate(taken):
+        seq, collections, _ = decode_snapshot(data)
+        # Writes after the snapshot's seq acknowledged before it was written: made while it was encoded.
+        overlapping += sum(1 for number, when, *_ in log if number > seq and started <= when <= ended)
+        expected = state_at(seq)
+        assert collections == {("c",): expected}, f"round {round_}: the snapshot at {seq} is not the state at {seq}"
+        alone = tmp_path / f"alone{round_}"
+        alone.mkdir()
+        (alone / "db.json").write_bytes(data)
+        reopened = Database(FileStorage(alone / "db.json"), sync_interval=QUIET)
+        try:
+            assert reopened.seq == seq and reopened.tree.collections == {("c",): expected}
+        finally:
+            reopened.close()
+    assert overlapping > 0, "no write came in while a snapshot was taken: the test proves nothing"
+    final_seq = db.seq
+    db.close()
+    reopened = Database(FileStorage(path), sync_interval=QUIET)
+    try:
+        assert reopened.seq == final_seq and reopened.tree.collections == {("c",): state_at(final_seq)}
+    finally:
+        reopened.close()

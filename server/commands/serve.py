@@ -29,6 +29,7 @@ from ..monitor import document_count
 from ..rules import Rules
 from ..storage import take_lock
 from ..transport import MontybaseServer
+from .progress import loading
 
 __all__ = ["Settings", "announce", "arguments", "run", "serve", "settings"]
 
@@ -353,7 +354,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["logLevel"] = args.log_level
     set_level(overrides.get("logLevel") or config.get("logLevel", "info"))
     ready = announce(config, config_path, created)
-    database = open_database(config, storage_path(config, config_path))
+    bucket = storage_path(config, config_path)
+    database = open_database(config, bucket, loading=loading(f"loading {Path(bucket).name}"))
     host = args.host or config["host"]
     port = config["port"] if args.port is None else args.port
     asyncio.run(serve(database, config, config_path, host, port, ready=ready, overrides=overrides))
