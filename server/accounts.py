@@ -145,12 +145,21 @@ class Accounts:
         address = None if principal is None or principal.admin else principal.address
         keys = [] if address is None else [("account", email, address), ("address", address)]
         self._attempt(keys)
-        account = self.database.document((ACCOUNTS, email))
+        account = self._stored((ACCOUNTS, email))
         # The same work and the same answer whether or not the email has an account.
         if not _verify(password, account["hash"] if account else _DUMMY_HASH) or account is None:
             raise UnauthenticatedError("wrong email or password")
         self._succeeded(keys)
         return self._session(account)
+
+    def _stored(self, path: tuple[str, str]) -> dict[str, Any] | None:
+        """A document of the store; on a shared storage, one missing here is looked for again
+        after catching up with the other nodes (signed up or in on another node a moment ago)."""
+        found = self.database.document(path)
+        if found is None and self.database.storage.shared:
+            self.database.refresh()
+            found = self.database.document(path)
+        return found
 
     def _attempt(self, keys: list[tuple[str, ...]]) -> None:
         """Count a sign-in attempt as a failure of each key, or raise RATE_LIMITED while one of
@@ -188,7 +197,7 @@ class Accounts:
     def resume(self, params: dict[str, Any]) -> dict[str, Any]:
         """The account of a session token: {uid, email}."""
         key = token_key(params.get("token"))
-        session = self.database.document((SESSIONS, key))
+        session = self._stored((SESSIONS, key))
         if session is None or session["expires"] < time.time():
             raise UnauthenticatedError("the session is over; sign in again")
         account = self.database.document((ACCOUNTS, session["email"]))

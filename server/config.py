@@ -230,9 +230,9 @@ def load_config(path: str | Path, *, create: bool = True) -> tuple[dict[str, Any
 
 
 def storage_path(config: dict[str, Any], config_path: str | Path) -> str:
-    """The storage bucket, relative to the config file's folder (":memory:" stays as it is)."""
+    """The storage bucket, relative to the config file's folder (":memory:" and a PostgreSQL URL stay as they are)."""
     bucket = config["storageBucket"]
-    if bucket == ":memory:":
+    if bucket == ":memory:" or bucket.startswith(("postgresql://", "postgres://")):
         return bucket
     return str(Path(config_path).parent / bucket)
 
@@ -242,14 +242,25 @@ def open_database(
     update_time: float | None = None,
 ) -> Any:
     """The Database the settings describe (arguments given here win over the file). `bucket`
-    is a path, ":memory:", or a storage object (a MemoryStorage to reopen later)."""
+    is a path, ":memory:", a PostgreSQL URL (this server is one node of the database kept
+    there), or a storage object (a MemoryStorage to reopen later)."""
     from .database import Database
     from .rules import Rules
     from .storage import FileStorage, Storage
 
     limits = Limits.from_config(config.get("limits"))
+    if isinstance(bucket, Storage):
+        storage = bucket
+    elif bucket == ":memory:":
+        storage = Storage()
+    elif bucket.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStorage  # the optional extra montybase[postgres]
+
+        storage = PostgresStorage(bucket)
+    else:
+        storage = FileStorage(bucket)
     return Database(
-        bucket if isinstance(bucket, Storage) else Storage() if bucket == ":memory:" else FileStorage(bucket),
+        storage,
         hot=config["hot"] if hot is None else hot,
         snapshot_changes=config["storageMinCount"] if store_min is None else store_min,
         snapshot_seconds=config["storageUpdate"] if update_time is None else update_time,
