@@ -154,7 +154,7 @@ class Accounts:
 
     def _stored(self, path: tuple[str, str]) -> dict[str, Any] | None:
         """A document of the store; on a shared storage, one missing here is looked for again
-        after catching up with the other nodes (signed up or in on another node a moment ago)."""
+        after catching up with the other nodes (signed up on another node a moment ago)."""
         found = self.database.document(path)
         if found is None and self.database.storage.shared:
             self.database.refresh()
@@ -197,7 +197,8 @@ class Accounts:
     def resume(self, params: dict[str, Any]) -> dict[str, Any]:
         """The account of a session token: {uid, email}."""
         key = token_key(params.get("token"))
-        session = self._stored((SESSIONS, key))
+        self.database.refresh()  # on a shared storage: a session ended on another node a moment ago is over here too
+        session = self.database.document((SESSIONS, key))
         if session is None or session["expires"] < time.time():
             raise UnauthenticatedError("the session is over; sign in again")
         account = self.database.document((ACCOUNTS, session["email"]))

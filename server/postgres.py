@@ -169,10 +169,12 @@ class PostgresStorage(Storage):
 
     def load(self) -> Recovered:
         try:
-            with self._connect(statement_seconds=0) as connection:  # loading may take long: no statement timeout
-                with connection.transaction():
+            # Loading may take long: no statement timeout.
+            with self._connect(statement_seconds=0, consistent=False) as connection:
+                with connection.transaction():  # READ COMMITTED: writes of running nodes go on meanwhile
                     connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                     connection.execute(SCHEMA)
+                connection.isolation_level = IsolationLevel.REPEATABLE_READ
                 return _read_state(connection)
         except psycopg.Error as exc:
             raise self._unavailable(exc, "loading") from None

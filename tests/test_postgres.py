@@ -3,19 +3,25 @@ real server processes; a real PostgreSQL started by tests/pg.py."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/pg.py, tests/procs.py
 
+from conftest import Stranger  # noqa: E402
 from pg import pg_url, postgres  # noqa: E402,F401  (fixtures)
+from procs import Proc, server_command  # noqa: E402
+from python_client import AlreadyExistsError as AlreadyExists  # noqa: E402
+from python_client import Montybase, MontybaseError, doc, increment  # noqa: E402
 from server.accounts import SESSIONS, token_key  # noqa: E402
-from server.config import DEFAULTS, open_database  # noqa: E402
+from server.config import DEFAULTS, client_config, create_config, open_database  # noqa: E402
 from server.database import Database  # noqa: E402
 from server.errors import AlreadyExistsError, ConflictError, UnauthenticatedError, UnavailableError  # noqa: E402
 from server.postgres import PostgresStorage  # noqa: E402
@@ -243,3 +249,257 @@ def test_an_unreachable_postgresql_at_start_is_a_clear_error(postgres):
     url = postgres.url("postgres").replace(f":{postgres.port}/", ":1/")
     with pytest.raises(UnavailableError, match=r"PostgreSQL at postgresql://postgres:\*\*\*@127.0.0.1:1/postgres"):
         node(url, connect_seconds=1)
+
+
+# Three server processes, one PostgreSQL
+
+
+class Cluster:
+    """Server processes started with one montybase.json whose storageBucket is `url`, on
+    127.0.0.1 port 0; each node's client config beside it."""
+
+    def __init__(self, folder: Path, url: str):
+        self.folder = folder
+        self.config_path = folder / "montybase.json"
+        self.config = {**create_config(self.config_path), "storageBucket": url}
+        self.config_path.write_text(json.dumps(self.config))
+        self.procs: list[Proc] = []
+        self.urls: list[str] = []
+        self.clients: list[Montybase] = []
+
+    def start(self) -> int:
+        """Start one more node (started one at a time: each writes client-config.json); its index."""
+        proc = Proc(server_command("--config", str(self.config_path), "--port", "0"), self.folder)
+        self.procs.append(proc)
+        self.urls.append(proc.endpoint(60))
+        return len(self.procs) - 1
+
+    def restart(self, index: int) -> None:
+        proc = Proc(server_command("--config", str(self.config_path), "--port", "0"), self.folder)
+        self.procs[index] = proc
+        self.urls[index] = proc.endpoint(60)
+
+    def client(self, index: int, admin: bool = True, **options: Any) -> Montybase:
+        path = self.folder / f"client-{index}-{len(self.clients)}.json"
+        config = client_config(self.config, self.urls[index])
+        if admin:
+            config["adminKey"] = self.config["adminKey"]
+        path.write_text(json.dumps(config))
+        handle = Montybase(api=self.urls[index], config=path if not admin else self._admin_config(index), **options)
+        self.clients.append(handle)
+        return handle
+
+    def _admin_config(self, index: int) -> Path:
+        path = self.folder / f"admin-{index}" / "montybase.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(self.config))
+        return path
+
+    def close(self) -> None:
+        for handle in self.clients:
+            try:
+                handle.close()
+            except Exception:  # a client of a killed node: closing it is all that is left
+                pass
+        for proc in self.procs:
+            proc.cleanup()
+
+
+@pytest.fixture
+def cluster(tmp_path, pg_url):
+    nodes = Cluster(tmp_path, pg_url)
+    try:
+        for _ in range(3):
+            nodes.start()
+        yield nodes
+    finally:
+        nodes.close()
+
+
+def test_a_write_on_node_a_reaches_a_listener_on_node_c(cluster):
+    a, c = cluster.client(0), cluster.client(2)
+    seen: list[Any] = []
+    unsubscribe = doc(c, "scores").order_by("score", "desc").limit(3).on_snapshot(
+        lambda snapshot: seen.append([d["id"] for d in snapshot.docs]))
+    eventually(lambda: seen == [[]])
+    doc(a, "scores").add({"score": 10}, key="amor")
+    doc(a, "scores").add({"score": 30}, key="bea")
+    eventually(lambda: seen[-1] == ["bea", "amor"])
+    assert seen == [[], ["amor"], ["bea", "amor"]]
+    unsubscribe()
+
+
+def test_eight_clients_on_three_nodes_count_exactly(cluster):
+    """8 clients spread over the nodes, each 25 transactional increments and 200 increments of one counter."""
+    clients = [cluster.client(number % 3) for number in range(8)]
+    doc(clients[0], "c", "counter").set({"n": 0, "t": 0})
+    eventually(lambda: all(doc(handle, "c", "counter").get() for handle in clients))
+    failures: list[BaseException] = []
+
+    def work(handle: Montybase) -> None:
+        ref = doc(handle, "c", "counter")
+
+        def increment_once(tx):
+            tx.update(ref, {"t": tx.get(ref)["t"] + 1})
+
+        try:
+            for number in range(225):
+                if number % 9 == 0:
+                    handle.transaction(increment_once, max_attempts=200)
+                else:
+                    ref.update({"n": increment(1)})
+        except MontybaseError as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=work, args=(handle,)) for handle in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    for handle in clients[:3]:
+        assert eventually(lambda: doc(handle, "c", "counter").get() == {"n": 1600, "t": 200})
+
+
+def test_two_nodes_add_one_key_one_wins_the_other_is_already_exists(cluster):
+    a, b = cluster.client(0), cluster.client(1)
+    outcomes: list[str] = []
+    start = threading.Barrier(2)
+
+    def add(handle: Montybase, name: str, key: str) -> None:
+        start.wait()
+        try:
+            doc(handle, "names").add({"by": name}, key=key)
+            outcomes.append(name)
+        except AlreadyExists:
+            outcomes.append("already exists")
+
+    for number in range(5):
+        outcomes.clear()
+        threads = [threading.Thread(target=add, args=(handle, name, f"k{number}")) for handle, name in ((a, "a"), (b, "b"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(outcomes) in (["a", "already exists"], ["already exists", "b"])
+        winner = outcomes[0] if outcomes[0] != "already exists" else outcomes[1]
+        assert eventually(lambda: doc(cluster.client(2), "names", f"k{number}").get() == {"by": winner})
+
+
+def test_a_node_started_late_loads_and_converges(cluster):
+    a = cluster.client(0)
+    for number in range(50):
+        doc(a, "items").add({"n": number})
+    late = cluster.start()
+    d = cluster.client(late)
+    assert doc(d, "items").get() == doc(a, "items").get()
+    doc(d, "items", "from-late").set({"n": -1})
+    assert eventually(lambda: doc(a, "items", "from-late").get() == {"n": -1})
+    assert len(doc(cluster.client(1), "items").get()) == 51
+
+
+def test_a_session_token_made_on_node_a_resumes_on_node_b(cluster):
+    """Accounts and sessions are documents in PostgreSQL: any node knows them."""
+    a, b, c = (Stranger(SimpleNamespace(url=url, config=cluster.config)) for url in cluster.urls)
+    try:
+        signed = a.call("signUp", {"email": "ann@example.com", "password": "correct horse"})["result"]
+        resumed = b.call("resume", {"token": signed["token"]})  # at once: b looks in PostgreSQL
+        assert resumed["result"] == {"uid": signed["uid"], "email": "ann@example.com"}
+        assert b.call("signOut", {"token": signed["token"]})["result"] == {}
+        refused = c.call("resume", {"token": signed["token"]})
+        assert refused["error"]["data"]["reason"] == "UNAUTHENTICATED"
+    finally:
+        for stranger in (a, b, c):
+            stranger.close()
+
+
+class Writers:
+    """One writer thread per node, each setting new documents through a client of its node and
+    keeping the ids acknowledged; a failed write is retried as a new document, through a new
+    client when the connection was lost (a killed node comes back on another port)."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.acked: set[str] = set()
+        self.failures: list[tuple[str, float]] = []  # (error reason, seconds the failed call took)
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._write, args=(index,)) for index in range(len(cluster.procs))]
+        for thread in self.threads:
+            thread.start()
+
+    def _write(self, index: int) -> None:
+        handle, number = None, 0
+        while not self.stop.is_set():
+            number += 1
+            key = f"w{index}-{number}"
+            started = time.monotonic()
+            try:
+                if handle is None:
+                    handle = Montybase(api=self.cluster.urls[index], config=self.cluster._admin_config(index))
+                doc(handle, "acked", key).set({"n": number})
+                self.acked.add(key)
+            except Exception as exc:  # noqa: BLE001 (every failure is counted, and the writer goes on)
+                self.failures.append((getattr(exc, "reason", type(exc).__name__), time.monotonic() - started))
+                if handle is not None and getattr(exc, "reason", "") != "UNAVAILABLE":
+                    try:
+                        handle.close()
+                    except Exception:  # noqa: BLE001 (a client of a killed node)
+                        pass
+                    handle = None
+                self.stop.wait(0.05)
+        if handle is not None:
+            handle.close()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in self.threads)
+
+
+def _converged(cluster: Cluster, acked: set[str]) -> None:
+    """Every acknowledged write is on every node, and the nodes hold the same documents."""
+    readers = [cluster.client(index) for index in range(len(cluster.procs))]
+    states = eventually(lambda: (s := [doc(r, "acked").get() for r in readers]) and all(x == s[0] for x in s) and s, 30)
+    missing = acked - states[0].keys()
+    assert not missing, f"{len(missing)} acknowledged writes lost: {sorted(missing)[:10]}"
+
+
+def test_kill_9_of_a_node_during_writes_loses_no_acknowledged_write(cluster):
+    writers = Writers(cluster)
+    try:
+        for cycle in range(4):
+            eventually(lambda: len(writers.acked) > 30 * (cycle + 1), 30)
+            victim = cycle % 3
+            cluster.procs[victim].kill9()
+            time.sleep(0.2)
+            cluster.restart(victim)
+    finally:
+        writers.finish()
+    assert len(writers.acked) > 120
+    _converged(cluster, writers.acked)
+
+
+def test_postgres_stopped_and_started_under_load(cluster, postgres):
+    writers = Writers(cluster)
+    try:
+        eventually(lambda: len(writers.acked) > 30, 30)
+        postgres.stop()
+        try:
+            failed = len(writers.failures)
+            eventually(lambda: len(writers.failures) > failed + 9, 30)  # every node answers UNAVAILABLE
+            down = writers.failures[failed:]
+            acked_while_down = len(writers.acked)
+            time.sleep(1.0)
+            readers = [cluster.client(index) for index in range(3)]
+            assert all(len(doc(r, "acked").get()) >= 30 for r in readers)  # reads go on from memory
+        finally:
+            postgres.start()
+        assert {reason for reason, _ in down} == {"UNAVAILABLE"}
+        assert max(seconds for _, seconds in down) < 10
+        assert len(writers.acked) <= acked_while_down + 3  # (writes in flight as it stopped)
+        eventually(lambda: len(writers.acked) > acked_while_down + 60, 60)  # writes are taken again
+    finally:
+        writers.finish()
+    _converged(cluster, writers.acked)
