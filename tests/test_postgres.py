@@ -4,6 +4,8 @@ real server processes; a real PostgreSQL started by tests/pg.py."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -26,6 +28,7 @@ from server.database import Database  # noqa: E402
 from server.errors import AlreadyExistsError, ConflictError, UnauthenticatedError, UnavailableError  # noqa: E402
 from server.postgres import PostgresStorage  # noqa: E402
 from server.session import Service  # noqa: E402
+from server.storage import FileStorage  # noqa: E402
 
 
 def node(url: str, **options: Any) -> Database:
@@ -503,3 +506,75 @@ def test_postgres_stopped_and_started_under_load(cluster, postgres):
     finally:
         writers.finish()
     _converged(cluster, writers.acked)
+
+
+# montybase migrate
+
+
+def migrate(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(server_command("migrate", *args), cwd=folder, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MONTYBASE_PROGRESS_SECONDS": "0"})
+
+
+def test_migrate_moves_a_file_store_into_postgresql_and_back(tmp_path, pg_url):
+    database = Database(FileStorage(tmp_path / "db.json"))
+    for number in range(2500):
+        write(database, "set", ["players", f"p{number:04}"], {"score": number})
+    write(database, "set", ["rooms", "r1", "messages", "m1"], {"text": "hi"})
+    generated = write(database, "add", ["rooms"], {"name": "generated"})["id"]
+    Service(database).accounts.sign_up({"email": "ann@example.com", "password": "correct horse"})
+    before = {path: dict(docs) for path, docs in database.tree.collections.items() if docs}
+    database.close()
+
+    moved = migrate(tmp_path, "--from", "db.json", "--to", pg_url)
+    assert moved.returncode == 0, moved.stderr
+    assert "migrated 2504 documents" in moved.stdout and ":***@127.0.0.1" in moved.stdout
+    assert "montybase-test" not in moved.stdout + moved.stderr  # the password is never printed
+    assert "migrate: 2504/2504 documents" in moved.stderr.splitlines()[-1]
+
+    a = node(pg_url)
+    try:
+        assert {path: dict(docs) for path, docs in a.tree.collections.items() if docs} == before
+        later = write(a, "add", ["rooms"], {"name": "later"})["id"]
+        assert later > generated  # ids made on a node sort after those of the file
+        accounts = Service(a).accounts
+        assert accounts.sign_in({"email": "ann@example.com", "password": "correct horse"})["email"] == "ann@example.com"
+        after = {path: dict(docs) for path, docs in a.tree.collections.items() if docs}
+    finally:
+        a.close()
+
+    back = migrate(tmp_path, "--from", pg_url, "--to", "back/db.json")
+    assert back.returncode == 0, back.stderr
+    assert f"into {tmp_path / 'back' / 'db.json'}" in back.stdout
+    returned = Database(FileStorage(tmp_path / "back" / "db.json"))
+    try:
+        assert {path: dict(docs) for path, docs in returned.tree.collections.items() if docs} == after
+    finally:
+        returned.close()
+
+
+def test_migrate_refuses_what_would_mix_two_stores(tmp_path, pg_url):
+    database = Database(FileStorage(tmp_path / "db.json"))
+    write(database, "set", ["a", "b"], {"c": 1})
+    database.close()
+    assert migrate(tmp_path, "--from", "db.json", "--to", pg_url).returncode == 0
+    again = migrate(tmp_path, "--from", "db.json", "--to", pg_url)
+    assert again.returncode == 1 and "already holds a Montybase database" in again.stderr
+    existing = migrate(tmp_path, "--from", pg_url, "--to", "db.json")
+    assert existing.returncode == 1 and "holds data already" in existing.stderr
+    files = migrate(tmp_path, "--from", "db.json", "--to", "other.json")
+    assert files.returncode == 1 and "give one PostgreSQL URL and one file" in files.stderr
+    served = Database(FileStorage(tmp_path / "db.json"))  # a server holds the file: it must be stopped first
+    try:
+        held = migrate(tmp_path, "--from", "db.json", "--to", pg_url)
+        assert held.returncode == 1 and "stop it first" in held.stderr
+    finally:
+        served.close()
+
+
+def test_file_commands_on_a_postgresql_config_say_what_to_use(tmp_path, pg_url):
+    config_path = tmp_path / "montybase.json"
+    config_path.write_text(json.dumps({**create_config(config_path), "storageBucket": pg_url}))
+    done = subprocess.run(server_command("backup", "b.mbak", "--config", str(config_path)), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "storageBucket is PostgreSQL" in done.stderr and "montybase migrate" in done.stderr

@@ -54,6 +54,9 @@ def _storage(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
     bucket = storage_path(config, config_path)
     if bucket == ":memory:":
         raise InvalidArgumentError(f"{config_path}: storageBucket is :memory:, there are no files to work on")
+    if bucket.startswith(("postgresql://", "postgres://")):
+        raise InvalidArgumentError(f"{config_path}: storageBucket is PostgreSQL, there are no files to work on: back it "
+                                   "up with PostgreSQL's tools, or copy it to a file with montybase migrate --from URL --to FILE")
     return config, config_path, Path(bucket)
 
 
