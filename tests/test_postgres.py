@@ -23,10 +23,13 @@ from procs import Proc, server_command  # noqa: E402
 from python_client import AlreadyExistsError as AlreadyExists  # noqa: E402
 from python_client import Montybase, MontybaseError, doc, increment  # noqa: E402
 from server.accounts import SESSIONS, token_key  # noqa: E402
-from server.config import DEFAULTS, client_config, create_config, open_database  # noqa: E402
+from server.config import DEFAULTS, Limits, client_config, create_config, open_database  # noqa: E402
 from server.database import Database  # noqa: E402
-from server.errors import AlreadyExistsError, ConflictError, UnauthenticatedError, UnavailableError  # noqa: E402
+from server.errors import (  # noqa: E402
+    AlreadyExistsError, ConflictError, RateLimitedError, UnauthenticatedError, UnavailableError,
+)
 from server.postgres import PostgresStorage  # noqa: E402
+from server.rules import Principal  # noqa: E402
 from server.session import Service  # noqa: E402
 from server.storage import FileStorage  # noqa: E402
 
@@ -578,3 +581,16 @@ def test_file_commands_on_a_postgresql_config_say_what_to_use(tmp_path, pg_url):
     done = subprocess.run(server_command("backup", "b.mbak", "--config", str(config_path)), cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "storageBucket is PostgreSQL" in done.stderr and "montybase migrate" in done.stderr
+
+
+def test_rate_limits_are_per_node(nodes):
+    """What the README says: limits count on each node (N nodes let N times a total through)."""
+    a, b = nodes
+    limits = Limits(signUps="2/hour")
+    accounts_a, accounts_b = Service(a, limits=limits).accounts, Service(b, limits=limits).accounts
+    stranger = Principal("client", None, 1, "192.0.2.1")
+    for number in range(2):
+        accounts_a.sign_up({"email": f"a{number}@example.com", "password": "correct horse"}, stranger)
+    with pytest.raises(RateLimitedError):
+        accounts_a.sign_up({"email": "a2@example.com", "password": "correct horse"}, stranger)
+    assert accounts_b.sign_up({"email": "b0@example.com", "password": "correct horse"}, stranger)["email"] == "b0@example.com"
