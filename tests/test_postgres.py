@@ -368,6 +368,77 @@ def test_eight_clients_on_three_nodes_count_exactly(cluster):
         assert eventually(lambda: doc(handle, "c", "counter").get() == {"n": 1600, "t": 200})
 
 
+def _replayed(changes_seen: list[list[dict]]) -> list[dict]:
+    """A query listener's documents rebuilt from its changes alone (removed from old_index, then
+    added or moved to new_index), as a client without `docs` would."""
+    docs: list[dict] = []
+    for changes in changes_seen:
+        for change in changes:
+            if change["type"] != "added":
+                assert docs[change["old_index"]]["id"] == change["id"]
+                docs.pop(change["old_index"])
+            if change["type"] != "removed":
+                docs.insert(change["new_index"], {"id": change["id"], "value": change["value"]})
+    return docs
+
+
+def test_listeners_on_every_node_replay_random_writes_of_every_node_to_the_final_result(cluster):
+    import random
+
+    rng = random.Random(17)
+    writers = [cluster.client(index) for index in range(3)]
+    queries = [lambda h: doc(h, "r"), lambda h: doc(h, "r").order_by("v", "desc").limit(4),
+               lambda h: doc(h, "r").where("v", ">=", 50)]
+    seen: list[tuple[int, int, list]] = []  # (node, query, the changes of each snapshot)
+    for index in range(3):
+        listener = cluster.client(index)
+        for number, query in enumerate(queries):
+            changes: list[list[dict]] = []
+            query(listener).on_snapshot(lambda snapshot, changes=changes: changes.append(snapshot.changes))
+            seen.append((index, number, changes))
+    eventually(lambda: all(changes for _, _, changes in seen))
+
+    def write(handle: Montybase, seed: int) -> None:
+        local = random.Random(seed)
+        for _ in range(60):
+            key, roll = f"k{local.randrange(12)}", local.random()
+            try:
+                if roll < 0.5:
+                    doc(handle, "r", key).set({"v": local.randrange(100)})
+                elif roll < 0.8:
+                    doc(handle, "r", key).update({"v": increment(local.randrange(-20, 20))})
+                else:
+                    doc(handle, "r", key).delete()
+            except MontybaseError as error:
+                assert error.reason == "NOT_FOUND"  # an update of a document deleted meanwhile
+
+    threads = [threading.Thread(target=write, args=(handle, rng.random())) for handle in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    finals = [[query(writers[0]).stream() for query in queries]]
+    for index in (1, 2):
+        eventually(lambda: [query(writers[index]).stream() for query in queries] == finals[0])
+    for index, number, changes in seen:
+        eventually(lambda: _replayed(changes) == finals[0][number])
+
+
+def test_embedded_programs_on_one_postgresql_are_nodes_too(tmp_path, pg_url):
+    first = Montybase(storageBucket=pg_url, config=tmp_path / "montybase.json")
+    second = Montybase(storageBucket=pg_url, config=tmp_path / "montybase.json")
+    try:
+        seen: list[Any] = []
+        doc(second, "chat", "room").on_snapshot(lambda snapshot: seen.append(snapshot.value))
+        doc(first, "chat", "room").set({"said": "hello"})
+        eventually(lambda: seen[-1:] == [{"said": "hello"}])
+        with pytest.raises(AlreadyExists):
+            doc(second, "chat").add({"said": "again"}, key="room")
+    finally:
+        first.close()
+        second.close()
+
+
 def test_two_nodes_add_one_key_one_wins_the_other_is_already_exists(cluster):
     a, b = cluster.client(0), cluster.client(1)
     outcomes: list[str] = []
@@ -475,15 +546,15 @@ def _converged(cluster: Cluster, acked: set[str]) -> None:
 def test_kill_9_of_a_node_during_writes_loses_no_acknowledged_write(cluster):
     writers = Writers(cluster)
     try:
-        for cycle in range(4):
-            eventually(lambda: len(writers.acked) > 30 * (cycle + 1), 30)
+        for cycle in range(20):
+            eventually(lambda: len(writers.acked) > 10 * (cycle + 1), 30)
             victim = cycle % 3
             cluster.procs[victim].kill9()
             time.sleep(0.2)
             cluster.restart(victim)
     finally:
         writers.finish()
-    assert len(writers.acked) > 120
+    assert len(writers.acked) > 200
     _converged(cluster, writers.acked)
 
 
