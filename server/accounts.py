@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import Limits
 from .database import Database
-from .errors import AlreadyExistsError, InvalidArgumentError, RateLimitedError, UnauthenticatedError
+from .errors import AlreadyExistsError, InvalidArgumentError, RateLimitedError, UnauthenticatedError, UnavailableError
 from .paths import check_key, generate_id, lone_surrogate
 from .rules import Principal, RateLimiter, parse_rate
 
@@ -197,7 +197,10 @@ class Accounts:
     def resume(self, params: dict[str, Any]) -> dict[str, Any]:
         """The account of a session token: {uid, email}."""
         key = token_key(params.get("token"))
-        self.database.refresh()  # on a shared storage: a session ended on another node a moment ago is over here too
+        try:  # on a shared storage: a session ended on another node a moment ago is over here too
+            self.database.refresh()
+        except UnavailableError:
+            pass  # PostgreSQL is down: sessions resume as this node knows them, as reads go on from memory
         session = self.database.document((SESSIONS, key))
         if session is None or session["expires"] < time.time():
             raise UnauthenticatedError("the session is over; sign in again")

@@ -148,8 +148,6 @@ class Database:
         advance_id_clock(id_time)  # ids stay in order though the clock went back since
         self.watcher = Watcher(self.tree)
         self.seq = records[-1][0] if records else self.snapshot_seq
-        if self.storage.shared:  # other nodes' writes arrive from here on
-            self.storage.follow(lambda: self.seq, self._receive)
         self.load_seconds = time.monotonic() - started  # reading the snapshot and replaying the journals
         self._changes = len(records)
         self._snapshot_due: float | None = None
@@ -166,6 +164,8 @@ class Database:
                 name="montybase-storage", daemon=True,
             )
             self._ticker.start()
+        if self.storage.shared:  # other nodes' writes arrive from here on
+            self.storage.follow(lambda: self.seq, self._receive)
 
     # Requests, as the session routes them: each returns the result and the journal record that
     # must be durable before the result may be acknowledged (0 if none; see `wait_durable`).

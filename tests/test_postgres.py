@@ -234,6 +234,22 @@ def test_writes_are_unavailable_while_postgres_is_down_and_reads_go_on(postgres,
         a.close()
 
 
+def test_a_session_resumes_from_memory_while_postgres_is_down(postgres, pg_url):
+    a = node(pg_url, connect_seconds=1, statement_seconds=2)
+    try:
+        accounts = Service(a).accounts
+        signed = accounts.sign_up({"email": "ann@example.com", "password": "correct horse"})
+        postgres.stop()
+        try:
+            assert accounts.resume({"token": signed["token"]})["uid"] == signed["uid"]
+            with pytest.raises(UnauthenticatedError):
+                accounts.resume({"token": "not-a-session"})
+        finally:
+            postgres.start()
+    finally:
+        a.close()
+
+
 def _writes(database: Database) -> bool:
     try:
         write(database, "set", ["d", "x"], {"n": 3})
