@@ -73,6 +73,23 @@ _DELETE_DOCUMENT = ("DELETE FROM montybase_documents WHERE (collection = %(paren
                     "OR (collection > %(below)s AND collection < %(after)s)")
 _DELETE_COLLECTION = ("DELETE FROM montybase_documents WHERE collection = %(path)s "
                       "OR (collection > %(below)s AND collection < %(after)s)")
+# The state and the changes after a seq, in one statement: (last seq, pruned, seq, operations)
+# rows, or one row with the change NULL when there is none. (Formatted with two ints.)
+_CHANGES_AFTER = ("SELECT s.seq, s.pruned, c.seq, c.operations FROM montybase_state s LEFT JOIN LATERAL "
+                  "(SELECT seq, operations FROM montybase_changes WHERE seq > %d ORDER BY seq LIMIT %d) c ON true "
+                  "WHERE s.id = 1 ORDER BY c.seq")
+# A write of sets only: the change, the documents, the state and the notification in one statement.
+_WRITE = """
+WITH change AS (INSERT INTO montybase_changes (seq, operations) VALUES (%(seq)s, %(operations)s)),
+documents AS (
+    INSERT INTO montybase_documents (collection, id, value)
+    SELECT * FROM unnest(%(collections)s::text[], %(ids)s::text[], %(values)s::text[])
+    ON CONFLICT (collection, id) DO UPDATE SET value = EXCLUDED.value
+),
+state AS (UPDATE montybase_state SET seq = %(seq)s, id_time = GREATEST(id_time, %(id_time)s),
+          pruned = GREATEST(pruned, %(pruned)s) WHERE id = 1)
+SELECT pg_notify(%(channel)s, %(seq)s::text)
+"""
 _UPSERT = ("INSERT INTO montybase_documents (collection, id, value) VALUES (%s, %s, %s) "
            "ON CONFLICT (collection, id) DO UPDATE SET value = EXCLUDED.value")
 
@@ -118,6 +135,7 @@ class PostgresStorage(Storage):
         self.write_wait = connect_seconds + 2 * statement_seconds
         self._writer: Any = None  # the connection of this node's writes (Database._write_lock serializes them)
         self._down_until = 0.0  # after a failed connection, writes fail at once until then
+        self._committing = 0  # the last seq this node's writer committed (or is committing)
         self._stopping = threading.Event()
         self._follower: threading.Thread | None = None
 
@@ -151,7 +169,7 @@ class PostgresStorage(Storage):
             raise UnavailableError(f"PostgreSQL at {self.where} is unreachable; writes are refused until it answers",
                                    {"storage": self.where})
         try:
-            self._writer = self._connect(consistent=False)
+            self._writer = self._connect(autocommit=True, consistent=False)
         except psycopg.Error as exc:
             self._down_until = time.monotonic() + min(1.0, self.connect_seconds)
             raise self._unavailable(exc, "connecting") from None
@@ -186,8 +204,13 @@ class PostgresStorage(Storage):
         `seq` (or, when those changes were dropped, the whole state to reload)."""
         connection = self._writer_connection()
         try:
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (STREAM_LOCK,))
-            return _changes_after(connection, seq)
+            # One round trip: the statements of one simple query run one after the other, each
+            # reading what was committed when it starts (READ COMMITTED): the reads, once the lock is held.
+            cursor = connection.execute(
+                f"BEGIN; SELECT pg_advisory_xact_lock({STREAM_LOCK}); {_CHANGES_AFTER % (int(seq), _PAGE)}")
+            cursor.nextset()  # the lock's result
+            cursor.nextset()
+            return _changes(connection, seq, cursor.fetchall(), lock=True)
         except psycopg.Error as exc:
             self.abort()
             raise self._unavailable(exc, "starting a write") from None
@@ -196,50 +219,56 @@ class PostgresStorage(Storage):
         """Commit the write `seq` (its documents, the state, a notification); nothing of it on error."""
         connection = self._writer
         id_time = max((operation[3] for operation in operations if len(operation) > 3), default=0)
+        pruned = seq - self.keep_changes if seq % 1000 == 0 and seq > self.keep_changes else 0
         try:
-            with connection.cursor() as cursor:
-                cursor.execute("INSERT INTO montybase_changes (seq, operations) VALUES (%s, %s)",
-                               (seq, _encode(operations)))
-                upserts = []
-                for operation in operations:
-                    path = operation[1]
-                    if operation[0] == "set":
-                        upserts.append(("/".join(path[:-1]), path[-1], _encode(operation[2])))
-                        continue
-                    if upserts:  # in order: a set before a delete of its collection goes with it
-                        cursor.executemany(_UPSERT, upserts)
-                        upserts = []
-                    joined = "/".join(path)
-                    if len(path) % 2:
-                        cursor.execute(_DELETE_COLLECTION, {"path": joined, "below": joined + "/", "after": joined + "0"})
-                    else:
-                        cursor.execute(_DELETE_DOCUMENT, {"parent": "/".join(path[:-1]), "id": path[-1],
-                                                          "below": joined + "/", "after": joined + "0"})
-                if upserts:
-                    cursor.executemany(_UPSERT, upserts)
-                pruned = seq - self.keep_changes if seq % 1000 == 0 and seq > self.keep_changes else None
-                if pruned is not None:  # compaction: changes every node has long applied
-                    cursor.execute("DELETE FROM montybase_changes WHERE seq <= %s", (pruned,))
-                cursor.execute("UPDATE montybase_state SET seq = %s, id_time = GREATEST(id_time, %s), "
-                               "pruned = GREATEST(pruned, %s) WHERE id = 1", (seq, id_time, pruned or 0))
-                cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seq)))
-            connection.commit()
+            if all(operation[0] == "set" for operation in operations):  # the usual write: one statement
+                documents = {("/".join(op[1][:-1]), op[1][-1]): _encode(op[2]) for op in operations}  # the last set wins
+                connection.execute(_WRITE, {
+                    "seq": seq, "operations": _encode(operations), "id_time": id_time, "pruned": pruned,
+                    "collections": [key[0] for key in documents], "ids": [key[1] for key in documents],
+                    "values": list(documents.values()), "channel": CHANNEL,
+                })
+            else:
+                self._write_in_steps(connection, seq, operations, id_time, pruned)
+            if pruned:  # compaction: changes every node has long applied
+                connection.execute("DELETE FROM montybase_changes WHERE seq <= %s", (pruned,))
+            # Its own notification wakes the follower for nothing: the writer applies it. (If the
+            # commit's answer is lost, the follower's next poll reads it.)
+            self._committing = seq
+            connection.execute("COMMIT")
         except psycopg.Error as exc:
             # A commit whose answer was lost may have committed: then the follower brings it in,
             # as a write of another node. It was not acknowledged, so nothing acknowledged is lost.
             self.abort()
             raise self._unavailable(exc, "committing a write") from None
 
+    @staticmethod
+    def _write_in_steps(connection: Any, seq: int, operations: list, id_time: int, pruned: int) -> None:
+        """A write with deletes: statement after statement, in its order (a set before a delete
+        of its collection goes with it)."""
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO montybase_changes (seq, operations) VALUES (%s, %s)", (seq, _encode(operations)))
+            for operation in operations:
+                path = operation[1]
+                joined = "/".join(path)
+                if operation[0] == "set":
+                    cursor.execute(_UPSERT, ("/".join(path[:-1]), path[-1], _encode(operation[2])))
+                elif len(path) % 2:
+                    cursor.execute(_DELETE_COLLECTION, {"path": joined, "below": joined + "/", "after": joined + "0"})
+                else:
+                    cursor.execute(_DELETE_DOCUMENT, {"parent": "/".join(path[:-1]), "id": path[-1],
+                                                      "below": joined + "/", "after": joined + "0"})
+            cursor.execute("UPDATE montybase_state SET seq = %s, id_time = GREATEST(id_time, %s), "
+                           "pruned = GREATEST(pruned, %s) WHERE id = 1", (seq, id_time, pruned))
+            cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seq)))
+
     def abort(self) -> None:
         """Roll back an open write (releasing the stream's lock); a broken connection is dropped."""
         if self._writer is None:
             return
         try:
-            self._writer.rollback()
+            self._writer.execute("ROLLBACK")
         except psycopg.Error:
-            self._drop_writer()
-            return
-        if self._writer.broken:
             self._drop_writer()
 
     def changes(self, seq: int) -> list[tuple[int, list]] | Recovered:
@@ -275,8 +304,10 @@ class PostgresStorage(Storage):
                         log.warning("PostgreSQL at %s answers again: following the changes from %d", self.where, seq())
                         failing = False
                 else:  # woken by a notification, or the poll's time is up
-                    for _ in connection.notifies(timeout=self.poll_seconds, stop_after=1):
-                        pass
+                    notified = [notify.payload for notify in connection.notifies(timeout=self.poll_seconds, stop_after=1)]
+                    # A change this node has (or is committing: its writer applies it) needs no read.
+                    if notified and notified[0].isdigit() and int(notified[0]) <= max(seq(), self._committing):
+                        continue
                 while not self._stopping.is_set():
                     with connection.transaction():
                         found = _changes_after(connection, seq())
@@ -334,16 +365,19 @@ def _read_state(connection: Any) -> Recovered:
 def _changes_after(connection: Any, seq: int) -> list[tuple[int, list]] | Recovered:
     """The changes after `seq` (at most _PAGE), in order, in the connection's transaction; the
     whole state instead when some of them were dropped."""
-    last, pruned = connection.execute("SELECT seq, pruned FROM montybase_state WHERE id = 1").fetchone()
+    return _changes(connection, seq, connection.execute(_CHANGES_AFTER % (int(seq), _PAGE)).fetchall())
+
+
+def _changes(connection: Any, seq: int, rows: list[tuple], *, lock: bool = False) -> list[tuple[int, list]] | Recovered:
+    """The changes in `rows` (of _CHANGES_AFTER `seq`), or the state when some were dropped
+    (also meanwhile, for a reader without the stream's lock); with the stream's `lock` (a write,
+    which needs every change before it), also when there are more than _PAGE."""
+    last, pruned = rows[0][:2]
     if last <= seq:
         return []
-    if seq < pruned:
+    if seq < pruned or rows[0][2] != seq + 1 or (lock and rows[-1][2] < last):
         return _read_state(connection)
-    rows = connection.execute("SELECT seq, operations FROM montybase_changes WHERE seq > %s ORDER BY seq LIMIT %s",
-                              (seq, _PAGE)).fetchall()
-    if not rows or rows[0][0] != seq + 1:  # dropped meanwhile (a reader without the stream's lock)
-        return _read_state(connection)
-    return [(number, json.loads(operations)) for number, operations in rows]
+    return [(number, json.loads(operations)) for _, _, number, operations in rows]
 
 
 # Moving a store in and out (`montybase migrate`)

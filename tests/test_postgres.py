@@ -96,6 +96,17 @@ def test_a_node_started_later_loads_the_documents_and_follows(pg_url):
             c = node(pg_url)
             assert read(c, "rooms", "r1", "messages") == {} and read(c, "rooms") == read(a, "rooms")
             c.close()
+            # A batch's order holds in the stored documents: a set, its collection deleted, a set again.
+            a.transact({"writes": [{"op": "set", "path": ["rooms", "r2", "messages", "m1"], "value": {"n": 1}},
+                                   {"op": "delete", "path": ["rooms"]},
+                                   {"op": "set", "path": ["rooms", "r3"], "value": {"n": 3}},
+                                   {"op": "set", "path": ["rooms", "r3"], "value": {"n": 4}}]}, None)
+            a.transact({"writes": [{"op": "set", "path": ["sets", "s"], "value": {"n": 1}},
+                                   {"op": "set", "path": ["sets", "s"], "value": {"n": 2}}]}, None)
+            d = node(pg_url)
+            stored = {path: docs for path, docs in d.tree.collections.items() if docs}
+            assert stored == {("rooms",): {"r3": {"n": 4}}, ("sets",): {"s": {"n": 2}}}
+            d.close()
         finally:
             b.close()
     finally:
