@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULTS", "OPEN_RULES", "Limits", "client_config", "client_endpoint", "create_config", "load_config",
-    "fresh_keys", "open_database", "public_key", "save_config", "storage_path", "trusted_networks", "write_client_config",
+    "fresh_keys", "is_postgres_url", "open_database", "public_key", "save_config", "storage_path", "trusted_networks",
+    "write_client_config",
 ]
 
 # A fresh config opens documents to the client key, so a first run works over the network;
@@ -229,10 +230,15 @@ def load_config(path: str | Path, *, create: bool = True) -> tuple[dict[str, Any
     return {**DEFAULTS, **config}, created
 
 
+def is_postgres_url(bucket: str) -> bool:
+    """Whether `storageBucket` names a PostgreSQL database (server/postgres.py) rather than a file."""
+    return bucket.startswith(("postgresql://", "postgres://"))
+
+
 def storage_path(config: dict[str, Any], config_path: str | Path) -> str:
     """The storage bucket, relative to the config file's folder (":memory:" and a PostgreSQL URL stay as they are)."""
     bucket = config["storageBucket"]
-    if bucket == ":memory:" or bucket.startswith(("postgresql://", "postgres://")):
+    if bucket == ":memory:" or is_postgres_url(bucket):
         return bucket
     return str(Path(config_path).parent / bucket)
 
@@ -253,7 +259,7 @@ def open_database(
         storage = bucket
     elif bucket == ":memory:":
         storage = Storage()
-    elif bucket.startswith(("postgresql://", "postgres://")):
+    elif is_postgres_url(bucket):
         from .postgres import PostgresStorage  # the optional extra montybase[postgres]
 
         storage = PostgresStorage(bucket)

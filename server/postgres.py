@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ except ImportError:  # an optional extra: say how to get it when a URL asks for 
 from .errors import UnavailableError
 from .storage import Collections, Recovered, Storage
 
-__all__ = ["PostgresStorage", "export_state", "import_state", "is_postgres_url", "redacted"]
+__all__ = ["PostgresStorage", "export_state", "import_state", "redacted"]
 
 log = logging.getLogger("montybase.postgres")
 
@@ -94,17 +95,13 @@ _UPSERT = ("INSERT INTO montybase_documents (collection, id, value) VALUES (%s, 
            "ON CONFLICT (collection, id) DO UPDATE SET value = EXCLUDED.value")
 
 
-def is_postgres_url(bucket: str) -> bool:
-    return bucket.startswith(("postgresql://", "postgres://"))
-
-
 def redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its password (user:password@, or ?password=), for messages and logs."""
     scheme, _, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    if at and ":" in credentials:
+        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}://" + re.sub(r"([?&]password=)[^&]*", r"\1***", rest)
 
 
 def _require_driver() -> None:

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from ..config import is_postgres_url
 from ..database import Database
 from ..errors import InvalidArgumentError, UnavailableError
 from ..paths import id_clock
@@ -31,7 +32,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..postgres import is_postgres_url, redacted  # (psycopg loads only for this command)
+    from ..postgres import redacted  # (psycopg loads only for this command)
 
     into, out_of = is_postgres_url(args.target), is_postgres_url(args.source)
     if into == out_of:
