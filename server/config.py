@@ -184,7 +184,9 @@ def write_client_config(config: dict[str, Any], config_path: str | Path, endpoin
     merged = {**kept, **wanted}
     if merged == current:
         return path, False
-    temporary = path.with_name(path.name + ".tmp")
+    # A name of this process's own: nodes of one database started together from one folder each
+    # write the file, and one's temporary file must not be another's.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     temporary.unlink(missing_ok=True)
     _write_json(temporary, merged)
     os.replace(temporary, path)  # apps and web servers never read half a file

@@ -349,6 +349,19 @@ def cluster(tmp_path, pg_url):
         nodes.close()
 
 
+def test_nodes_started_together_from_one_folder_all_serve(tmp_path, pg_url):
+    nodes = Cluster(tmp_path, pg_url)
+    try:
+        for _ in range(3):  # at once: each writes client-config.json beside the config
+            nodes.procs.append(Proc(server_command("--config", str(nodes.config_path), "--port", "0"), tmp_path))
+        nodes.urls = [proc.endpoint(60) for proc in nodes.procs]
+        doc(nodes.client(0), "a", "b").set({"c": 1})
+        assert eventually(lambda: doc(nodes.client(2), "a", "b").get() == {"c": 1})
+        assert json.loads((tmp_path / "client-config.json").read_text())["endpoint"] in nodes.urls
+    finally:
+        nodes.close()
+
+
 def test_a_write_on_node_a_reaches_a_listener_on_node_c(cluster):
     a, c = cluster.client(0), cluster.client(2)
     seen: list[Any] = []
