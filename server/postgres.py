@@ -291,7 +291,7 @@ class PostgresStorage(Storage):
         self._follower.start()
 
     def _follow(self, seq: Callable[[], int], apply: Callable[[Any], None]) -> None:
-        connection, wait, failing = None, 0.1, False
+        connection, wait, failing, polled = None, 0.1, False, 0.0
         while not self._stopping.is_set():
             try:
                 if connection is None:
@@ -300,11 +300,15 @@ class PostgresStorage(Storage):
                     if failing:
                         log.warning("PostgreSQL at %s answers again: following the changes from %d", self.where, seq())
                         failing = False
-                else:  # woken by a notification, or the poll's time is up
-                    notified = [notify.payload for notify in connection.notifies(timeout=self.poll_seconds, stop_after=1)]
+                else:  # woken by a notification, or the poll's time is up (looking at _stopping meanwhile)
+                    notified = [notify.payload for notify in connection.notifies(
+                        timeout=min(_WAKE_SECONDS, self.poll_seconds), stop_after=1)]
+                    if not notified and time.monotonic() - polled < self.poll_seconds:
+                        continue
                     # A change this node has (or is committing: its writer applies it) needs no read.
                     if notified and notified[0].isdigit() and int(notified[0]) <= max(seq(), self._committing):
                         continue
+                polled = time.monotonic()
                 while not self._stopping.is_set():
                     with connection.transaction():
                         found = _changes_after(connection, seq())
@@ -340,6 +344,7 @@ class PostgresStorage(Storage):
 
 
 _PAGE = 1000  # changes read at once
+_WAKE_SECONDS = 0.2  # how soon a follower waiting for a notification sees that its node stops
 
 
 def _read_state(connection: Any) -> Recovered:
