@@ -217,21 +217,23 @@ class PostgresStorage(Storage):
         connection = self._writer
         id_time = max((operation[3] for operation in operations if len(operation) > 3), default=0)
         pruned = seq - self.keep_changes if seq % 1000 == 0 and seq > self.keep_changes else 0
+        # Its own notification wakes the follower for nothing: the writer applies it. (If the
+        # commit's answer is lost, the follower's next poll reads it.)
+        self._committing = seq
         try:
-            if all(operation[0] == "set" for operation in operations):  # the usual write: one statement
+            if all(operation[0] == "set" for operation in operations) and not pruned:
+                # The usual write: one statement and the COMMIT, in one round trip (values bound
+                # on this side, so that both fit in one simple query).
                 documents = {("/".join(op[1][:-1]), op[1][-1]): _encode(op[2]) for op in operations}  # the last set wins
-                connection.execute(_WRITE, {
+                psycopg.ClientCursor(connection).execute(_WRITE + "; COMMIT", {
                     "seq": seq, "operations": _encode(operations), "id_time": id_time, "pruned": pruned,
                     "collections": [key[0] for key in documents], "ids": [key[1] for key in documents],
                     "values": list(documents.values()), "channel": CHANNEL,
                 })
-            else:
-                self._write_in_steps(connection, seq, operations, id_time, pruned)
+                return
+            self._write_in_steps(connection, seq, operations, id_time, pruned)
             if pruned:  # compaction: changes every node has long applied
                 connection.execute("DELETE FROM montybase_changes WHERE seq <= %s", (pruned,))
-            # Its own notification wakes the follower for nothing: the writer applies it. (If the
-            # commit's answer is lost, the follower's next poll reads it.)
-            self._committing = seq
             connection.execute("COMMIT")
         except psycopg.Error as exc:
             # A commit whose answer was lost may have committed: then the follower brings it in,

@@ -714,3 +714,19 @@ def test_messages_name_a_postgresql_url_without_its_password():
     assert redacted("postgresql://db/game?user=app&password=s3cret&sslmode=require") == (
         "postgresql://db/game?user=app&password=***&sslmode=require")
     assert redacted("postgres://app@db/game") == "postgres://app@db/game"
+
+
+def test_any_json_survives_postgresql_as_it_was_written(nodes):
+    a, _ = nodes
+    tricky = {"quote": "it's \"quoted\" \\ back\\slash", "percent": "100% _under_", "nul": "a\u0000b",
+              "emoji": "🎲 é e\u0301", "nested": {"z": 1, "a": [1.5, -0.0, 2**53 - 1, None, True]}, "order": {"b": 1, "a": 2}}
+    write(a, "set", ["it's 100%_", "key'with\"quotes"], tricky)
+    write(a, "set", ["it's 100%_", "key'with\"quotes", "sub_%", "x"], {"n": 1})
+    write(a, "delete", ["it's 100%"])  # a prefix of the collection's name: deletes nothing of it
+    c = node(a.storage.url)
+    try:
+        stored = c.document(("it's 100%_", "key'with\"quotes"))
+        assert stored == tricky and list(stored["order"]) == ["b", "a"]  # key order kept (JSON text, not jsonb)
+        assert c.document(("it's 100%_", "key'with\"quotes", "sub_%", "x")) == {"n": 1}
+    finally:
+        c.close()
