@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import threading
@@ -33,7 +32,7 @@ import psycopg  # noqa: E402
 
 from procs import Proc, server_command  # noqa: E402
 from python_client import Montybase, doc  # noqa: E402
-from server.config import client_config, create_config  # noqa: E402
+from server.config import create_config  # noqa: E402
 from server.postgres import import_state  # noqa: E402
 
 

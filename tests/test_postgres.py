@@ -23,7 +23,7 @@ from procs import Proc, server_command  # noqa: E402
 from python_client import AlreadyExistsError as AlreadyExists  # noqa: E402
 from python_client import Montybase, MontybaseError, doc, increment  # noqa: E402
 from server.accounts import SESSIONS, token_key  # noqa: E402
-from server.config import DEFAULTS, Limits, client_config, create_config, open_database  # noqa: E402
+from server.config import DEFAULTS, Limits, create_config, open_database  # noqa: E402
 from server.database import Database  # noqa: E402
 from server.errors import (  # noqa: E402
     AlreadyExistsError, ConflictError, RateLimitedError, UnauthenticatedError, UnavailableError,
@@ -300,33 +300,23 @@ class Cluster:
         self.urls: list[str] = []
         self.clients: list[Montybase] = []
 
-    def start(self) -> int:
-        """Start one more node (started one at a time: each writes client-config.json); its index."""
+    def start(self, index: int | None = None) -> int:
+        """Start one more node, or node `index` again (on a new port); its index. (One at a time:
+        each writes client-config.json.)"""
         proc = Proc(server_command("--config", str(self.config_path), "--port", "0"), self.folder)
-        self.procs.append(proc)
-        self.urls.append(proc.endpoint(60))
-        return len(self.procs) - 1
-
-    def restart(self, index: int) -> None:
-        proc = Proc(server_command("--config", str(self.config_path), "--port", "0"), self.folder)
+        if index is None:
+            self.procs.append(proc)
+            self.urls.append("")
+            index = len(self.procs) - 1
         self.procs[index] = proc
         self.urls[index] = proc.endpoint(60)
+        return index
 
-    def client(self, index: int, admin: bool = True, **options: Any) -> Montybase:
-        path = self.folder / f"client-{index}-{len(self.clients)}.json"
-        config = client_config(self.config, self.urls[index])
-        if admin:
-            config["adminKey"] = self.config["adminKey"]
-        path.write_text(json.dumps(config))
-        handle = Montybase(api=self.urls[index], config=path if not admin else self._admin_config(index), **options)
+    def client(self, index: int) -> Montybase:
+        """A client of node `index` with the admin key (montybase.json holds it)."""
+        handle = Montybase(api=self.urls[index], config=self.config_path)
         self.clients.append(handle)
         return handle
-
-    def _admin_config(self, index: int) -> Path:
-        path = self.folder / f"admin-{index}" / "montybase.json"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(self.config))
-        return path
 
     def close(self) -> None:
         for handle in self.clients:
@@ -555,7 +545,7 @@ class Writers:
             started = time.monotonic()
             try:
                 if handle is None:
-                    handle = Montybase(api=self.cluster.urls[index], config=self.cluster._admin_config(index))
+                    handle = Montybase(api=self.cluster.urls[index], config=self.cluster.config_path)
                 doc(handle, "acked", key).set({"n": number})
                 self.acked.add(key)
             except Exception as exc:  # noqa: BLE001 (every failure is counted, and the writer goes on)
@@ -593,7 +583,7 @@ def test_kill_9_of_a_node_during_writes_loses_no_acknowledged_write(cluster):
             victim = cycle % 3
             cluster.procs[victim].kill9()
             time.sleep(0.2)
-            cluster.restart(victim)
+            cluster.start(victim)
     finally:
         writers.finish()
     assert len(writers.acked) > 200
