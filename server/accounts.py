@@ -20,7 +20,8 @@ from typing import Any
 
 from .config import Limits
 from .database import Database
-from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, RateLimitedError, UnauthenticatedError
+from .errors import (AlreadyExistsError, InvalidArgumentError, NotFoundError, RateLimitedError, UnauthenticatedError,
+                     UnavailableError)
 from .paths import check_key, generate_id, lone_surrogate
 from .rules import Principal, RateLimiter, parse_rate
 
@@ -149,7 +150,7 @@ class Accounts:
         address = None if principal is None or principal.admin else principal.address
         keys = [] if address is None else [("account", email, address), ("address", address)]
         self._attempt(keys)
-        account = self.database.document((ACCOUNTS, email))
+        account = self._stored((ACCOUNTS, email))
         # The same work and the same answer whether or not the email has an account.
         if not _verify(password, account["hash"] if account else _DUMMY_HASH) or account is None:
             raise UnauthenticatedError("wrong email or password")
@@ -157,6 +158,15 @@ class Accounts:
         if account.get("disabled"):  # said only to who knows the password
             raise UnauthenticatedError("this account is disabled")
         return self._session(account)
+
+    def _stored(self, path: tuple[str, str]) -> dict[str, Any] | None:
+        """A document of the store; on a shared storage, one missing here is looked for again
+        after catching up with the other nodes (signed up on another node a moment ago)."""
+        found = self.database.document(path)
+        if found is None and self.database.storage.shared:
+            self.database.refresh()
+            found = self.database.document(path)
+        return found
 
     def _attempt(self, keys: list[tuple[str, ...]]) -> None:
         """Count a sign-in attempt as a failure of each key, or raise RATE_LIMITED while one of
@@ -194,6 +204,10 @@ class Accounts:
     def resume(self, params: dict[str, Any]) -> dict[str, Any]:
         """The account of a session token: {uid, email}."""
         key = token_key(params.get("token"))
+        try:  # on a shared storage: a session ended on another node a moment ago is over here too
+            self.database.refresh()
+        except UnavailableError:
+            pass  # PostgreSQL is down: sessions resume as this node knows them, as reads go on from memory
         session = self.database.document((SESSIONS, key))
         if session is None or session["expires"] < time.time():
             raise UnauthenticatedError("the session is over; sign in again")

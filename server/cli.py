@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from . import __version__
-from .commands import admins, data, keys, reload, rules
+from .commands import admins, data, keys, migrate, reload, rules
 from .commands import serve as serving
 from .commands.serve import announce, serve
 from .errors import MontybaseError
@@ -58,6 +58,9 @@ COMMANDS: dict[str, Command] = {
                      "montybase check --config app/montybase.json", data.check_arguments, data.check),
     "compact": Command("write a snapshot now and drop the journals it covers (asks a running server to)",
                        "montybase compact", data.compact_arguments, data.compact),
+    "migrate": Command("move the data from a file into PostgreSQL (several nodes), or from PostgreSQL into a file",
+                       "montybase migrate --from db.json --to postgresql://montybase:secret@db.internal:5432/game",
+                       migrate.arguments, migrate.run),
     "admins add": Command("add an admin account, which signs in to the console at /admin/ (with the server stopped)",
                           "montybase admins add ops@example.com   # asks for its password; or --password-stdin",
                           admins.add_arguments, admins.add),

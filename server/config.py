@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULTS", "OPEN_RULES", "Limits", "client_config", "client_endpoint", "create_config", "load_config",
-    "fresh_keys", "open_database", "public_key", "save_config", "storage_path", "trusted_networks", "write_client_config",
+    "fresh_keys", "is_postgres_url", "open_database", "public_key", "save_config", "storage_path", "trusted_networks",
+    "write_client_config",
 ]
 
 # A fresh config opens documents to the client key, so a first run works over the network;
@@ -185,7 +186,9 @@ def write_client_config(config: dict[str, Any], config_path: str | Path,
     merged = {**kept, **wanted}
     if merged == current:
         return path, False
-    temporary = path.with_name(path.name + ".tmp")
+    # A name of this process's own: nodes of one database started together from one folder each
+    # write the file, and one's temporary file must not be another's.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     temporary.unlink(missing_ok=True)
     _write_json(temporary, merged)
     os.replace(temporary, path)  # apps and web servers never read half a file
@@ -231,10 +234,15 @@ def load_config(path: str | Path, *, create: bool = True) -> tuple[dict[str, Any
     return {**DEFAULTS, **config}, created
 
 
+def is_postgres_url(bucket: str) -> bool:
+    """Whether `storageBucket` names a PostgreSQL database (server/postgres.py) rather than a file."""
+    return bucket.startswith(("postgresql://", "postgres://"))
+
+
 def storage_path(config: dict[str, Any], config_path: str | Path) -> str:
-    """The storage bucket, relative to the config file's folder (":memory:" stays as it is)."""
+    """The storage bucket, relative to the config file's folder (":memory:" and a PostgreSQL URL stay as they are)."""
     bucket = config["storageBucket"]
-    if bucket == ":memory:":
+    if bucket == ":memory:" or is_postgres_url(bucket):
         return bucket
     return str(Path(config_path).parent / bucket)
 
@@ -244,15 +252,25 @@ def open_database(
     update_time: float | None = None, loading: Any = None,
 ) -> Any:
     """The Database the settings describe (arguments given here win over the file). `bucket`
-    is a path, ":memory:", or a storage object (a MemoryStorage to reopen later); `loading`:
-    see Database."""
+    is a path, ":memory:", a PostgreSQL URL (this server is one node of the database kept
+    there), or a storage object (a MemoryStorage to reopen later); `loading`: see Database."""
     from .database import Database
     from .rules import Rules
     from .storage import FileStorage, Storage
 
     limits = Limits.from_config(config.get("limits"))
+    if isinstance(bucket, Storage):
+        storage = bucket
+    elif bucket == ":memory:":
+        storage = Storage()
+    elif is_postgres_url(bucket):
+        from .postgres import PostgresStorage  # the optional extra montybase[postgres]
+
+        storage = PostgresStorage(bucket)
+    else:
+        storage = FileStorage(bucket)
     return Database(
-        bucket if isinstance(bucket, Storage) else Storage() if bucket == ":memory:" else FileStorage(bucket),
+        storage,
         hot=config["hot"] if hot is None else hot,
         snapshot_changes=config["storageMinCount"] if store_min is None else store_min,
         snapshot_seconds=config["storageUpdate"] if update_time is None else update_time,

@@ -23,7 +23,7 @@ from .errors import (
 from .paths import advance_id_clock, check_path, field_path, id_clock, new_id, pointer
 from .query import _MISSING, Query, aggregate, field_value, parse_query, run
 from .rules import Principal, RateLimiter, Rules
-from .storage import Storage
+from .storage import Recovered, Storage
 from .tree import Change, Tree, build_index
 from .values import DELETE, TRANSFORMS, clone, json_equal, prepare
 from .watch import Sink, Watcher
@@ -143,6 +143,7 @@ class Database:
         self.snapshot_seconds = snapshot_seconds
         self.max_batch = max_batch
         self._lock = threading.RLock()
+        self._write_lock = threading.Lock()  # shared storage: one write of this node at a time (off the read lock)
         self._snapshot_lock = threading.Lock()
         self._closed = threading.Event()
         started = time.monotonic()
@@ -190,6 +191,8 @@ class Database:
                 name="montybase-storage", daemon=True,
             )
             self._ticker.start()
+        if self.storage.shared:  # other nodes' writes arrive from here on
+            self.storage.follow(lambda: self.seq, self._receive)
 
     # Requests, as the session routes them: each returns the result and the journal record that
     # must be durable before the result may be acknowledged (0 if none; see `wait_durable`).
@@ -429,6 +432,8 @@ class Database:
                 f"/writes: a batch holds at most {self.max_batch} writes, got {len(writes)}",
                 {"path": "/writes", "limit": self.max_batch, "actual": len(writes)},
             )
+        if self.storage.shared:
+            return self._commit_shared(writes, reads, principal, private, single)
         with self._lock:
             if self._closed.is_set():
                 raise UnavailableError("the database is closed")
@@ -438,15 +443,106 @@ class Database:
                 return results, 0
             seq = self.seq + 1
             self.storage.append(seq, operations)  # raises before anything is applied
-            self.seq = seq
-            changes = self._apply(operations)
-            self._changes += 1
-            # Under the lock, so every listener gets notifications in commit order; sinks only enqueue.
-            for sink, tags, message in self.watcher.notify(changes):
-                sink(tags, message)
+            self._applied(seq, operations)
             if self._snapshot_due is None and self._changes >= self.snapshot_changes:
                 self._snapshot_due = time.monotonic() + self.snapshot_seconds
         return results, seq if self.hot else 0
+
+    def _applied(self, seq: int, operations: list[list]) -> None:
+        """Apply the committed write `seq` to the tree and notify its listeners (under the lock,
+        so every listener gets notifications in commit order; sinks only enqueue)."""
+        self.seq = seq
+        changes = self._apply(operations)
+        self._changes += 1
+        for sink, tags, message in self.watcher.notify(changes):
+            sink(tags, message)
+
+    # Several nodes on one shared storage (PostgreSQL: server/postgres.py)
+
+    def _commit_shared(
+        self, writes: Sequence[dict], reads: Sequence[dict] | None, principal: Principal | None,
+        private: bool, single: bool,
+    ) -> tuple[list[dict], int]:
+        """The write path when several nodes share the storage: under the storage's lock of the
+        change stream, first the writes other nodes committed, then this one checked and computed
+        against them, committed by the storage (the durable truth), and only then applied here.
+        The round trips hold no lock that reads take: reads and listeners go on meanwhile."""
+        if not self._write_lock.acquire(timeout=self.storage.write_wait):
+            raise UnavailableError("the storage did not take this node's writes in time; try again")
+        try:
+            self._check_open()
+            missed = self.storage.begin(self.seq)
+            operations: list[list] = []
+            try:
+                with self._lock:
+                    self._catch_up(missed)
+                    self._check_reads(reads, principal)
+                    operations, results = self._resolve(writes, principal, private, single)
+                if not operations:
+                    return results, 0
+                seq = self.seq + 1
+                self.storage.append(seq, operations)  # commits, or rolls back and raises
+            finally:
+                if not operations:  # nothing to commit, or refused: let go of the stream
+                    self.storage.abort()
+            with self._lock:
+                if seq > self.seq:  # (the follower may have brought it in already)
+                    self._applied(seq, operations)
+            return results, 0
+        finally:
+            self._write_lock.release()
+
+    def _receive(self, missed: list[tuple[int, list]] | Recovered) -> None:
+        """Writes other nodes committed, from the storage's follower."""
+        with self._lock:
+            if not self._closed.is_set():
+                self._catch_up(missed)
+
+    def refresh(self) -> None:
+        """Shared storage: apply what other nodes committed up to now (the follower would, a
+        moment later). A no-op on a storage of this process alone."""
+        if not self.storage.shared:
+            return
+        if not self._write_lock.acquire(timeout=self.storage.write_wait):
+            raise UnavailableError("the storage did not answer in time; try again")
+        try:
+            missed = self.storage.changes(self.seq)
+            with self._lock:
+                self._catch_up(missed)
+        finally:
+            self._write_lock.release()
+
+    def _catch_up(self, missed: list[tuple[int, list]] | Recovered) -> None:
+        """Apply changes committed elsewhere, in order, skipping those applied already; a
+        Recovered (the changes were dropped) replaces the state by the difference with it."""
+        if isinstance(missed, Recovered):
+            if missed.seq > self.seq:
+                log.warning("changes %d to %d were dropped from the shared storage: reloading its %d collections",
+                            self.seq + 1, missed.seq, len(missed.collections))
+                self._applied(missed.seq, self._difference(missed.collections))
+                advance_id_clock(missed.id_time)
+            return
+        for seq, operations in missed:
+            if seq <= self.seq:
+                continue
+            if seq != self.seq + 1:
+                raise UnavailableError(f"the shared storage skipped from change {self.seq} to {seq}")
+            self._applied(seq, operations)
+            for operation in operations:
+                if len(operation) > 3:
+                    advance_id_clock(operation[3])  # ids made here sort after those made elsewhere
+
+    def _difference(self, collections: dict[Path, dict[str, Any]]) -> list[list]:
+        """The operations that turn the tree into `collections`."""
+        operations: list[list] = []
+        for path, docs in self.tree.collections.items():
+            kept = collections.get(path, _NO_DOCUMENTS)
+            operations.extend(["delete", [*path, doc_id]] for doc_id in docs if doc_id not in kept)
+        for path, docs in collections.items():
+            current = self.tree.collections.get(path, _NO_DOCUMENTS)
+            operations.extend(["set", [*path, doc_id], doc] for doc_id, doc in docs.items()
+                              if doc_id not in current or not json_equal(current[doc_id], doc))
+        return operations
 
     def _check_reads(self, reads: Sequence[dict] | None, principal: Principal | None) -> None:
         if reads is None:
@@ -632,6 +728,8 @@ class Database:
             return
         with self._lock:
             self._closed.set()
+        # A write being committed to a shared storage finishes first (those after it see the close).
+        writing = self.storage.shared and self._write_lock.acquire(timeout=self.storage.write_wait)
         if self._ticker is not None:
             self._ticker.join()
         try:
@@ -646,4 +744,6 @@ class Database:
                 self.storage.close()
             except UnavailableError:
                 pass  # its last flush failed, and it logged that
+            if writing:
+                self._write_lock.release()
 

@@ -147,7 +147,7 @@ class Monitor:
         elif storage.failure is not None:
             state = "failed"
         else:
-            state = "ok" if storage.durable else "memory"
+            state = "ok" if storage.durable or storage.shared else "memory"
         snapshot = storage.snapshot_time
         body = {
             "status": "ok" if state in ("ok", "memory") else "unavailable",

@@ -192,10 +192,11 @@ class Session:
         except MontybaseError as exc:
             return _answered(Rpc.error(None, exc))
         blocking = False
+        shared = self.database.storage.shared
         for message in messages:
             method = message.get("method") if isinstance(message, dict) else None
             route = METHODS.get(method) if type(method) is str else None  # a list or an object is no key
-            blocking = blocking or (route is not None and route[1])
+            blocking = blocking or (route is not None and (route[1] or (shared and method in SHARED_BLOCKING)))
         return Work(partial(self._answer_all, messages, batch), blocking)
 
     def _answer_all(self, messages: list[Any], batch: bool) -> Reply:
@@ -505,6 +506,10 @@ METHODS: dict[str, tuple[Callable[[Session, dict[str, Any]], tuple[dict[str, Any
     "rulesApply": (Session._rules_apply, False),  # on the loop, as SIGHUP's reload
     "serverStatus": (Session._server_status, False),
 }
+
+
+# On a shared storage (PostgreSQL) these wait for its round trips: off the loop too.
+SHARED_BLOCKING = frozenset(("add", "set", "update", "delete", "commit", "resume", "signOut"))
 
 
 def _route(method: str) -> tuple[Callable[[Session, dict[str, Any]], tuple[dict[str, Any], int]], bool]:

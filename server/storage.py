@@ -425,6 +425,7 @@ class Storage:
     as the tree in memory is all there is and nothing could open that database again."""
 
     durable = False
+    shared = False  # several nodes write it (server/postgres.py): writes take Database._commit_shared
     failure: str | None = None  # why writes are refused since a write or fsync failed, or None
     snapshot_time: float | None = None  # when the snapshot on disk was written (epoch seconds), if any
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import Limits, load_config, open_database, storage_path
+from ..config import Limits, is_postgres_url, load_config, open_database, storage_path
 from ..database import Database
 from ..errors import InvalidArgumentError, MontybaseError, UnavailableError
 from ..monitor import last_backup_path
@@ -55,6 +55,9 @@ def _storage(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
     bucket = storage_path(config, config_path)
     if bucket == ":memory:":
         raise InvalidArgumentError(f"{config_path}: storageBucket is :memory:, there are no files to work on")
+    if is_postgres_url(bucket):
+        raise InvalidArgumentError(f"{config_path}: storageBucket is PostgreSQL, there are no files to work on: back it "
+                                   "up with PostgreSQL's tools, or copy it to a file with montybase migrate --from URL --to FILE")
     return config, config_path, Path(bucket)
 
 

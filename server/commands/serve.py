@@ -258,8 +258,9 @@ async def serve(
     try:
         current = settings({**config, **overrides}, config_path, storage)
         tls = _tls(config, config_path)
-        if not database.storage.durable and config_path.exists():
-            # `montybase reload` finds the server by the storage's lock; without storage, by this one.
+        if not database.storage.durable and not database.storage.shared and config_path.exists():
+            # `montybase reload` finds the server by the storage's lock; without storage, by this one
+            # (nodes of a shared storage may share their config: they take none).
             lock, _ = take_lock(config_path.with_name(config_path.name + ".lock"))
     except BaseException:
         database.close()

@@ -1,0 +1,432 @@
+"""PostgreSQL storage: several Montybase nodes, one database. PostgreSQL is the durable truth and
+the one change stream, in commit order; each node keeps the whole tree in memory.
+
+Tables (made by the first node that starts):
+- `montybase_changes(seq, operations, at)`: every committed write, numbered without gaps (a
+  write takes the stream's lock, `pg_advisory_xact_lock`, so seq order is commit order);
+  `operations` is the JSON the file journal would hold.
+- `montybase_documents(collection, id, value)`: the current state, what a node loads at start.
+- `montybase_state`: one row: the last seq, the latest generated id's millisecond, and
+  `pruned`, the last seq whose change was dropped (a node behind it reloads the documents).
+
+A write (Database._commit_shared): `begin(seq)` takes the stream's lock and returns the changes
+other nodes committed after `seq`, which the node applies first; the node then computes the
+write against the latest state (transforms, transactions, `add` with a taken key stay atomic
+across nodes) and `append` inserts it with the next seq, updates the documents and the state,
+NOTIFYs the other nodes (the payload is only the seq: NOTIFY carries at most 8,000 bytes) and
+commits. Only then is the write applied in memory and acknowledged. Each node's follower
+thread LISTENs, and also polls every `poll_seconds` (a lost notification is only late), reading
+the changes after the node's seq, in order; after a lost connection it resumes from there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+try:
+    import psycopg
+    from psycopg import IsolationLevel
+except ImportError:  # an optional extra: say how to get it when a URL asks for it
+    psycopg = None
+
+from .errors import UnavailableError
+from .storage import Collections, Recovered, Storage
+
+__all__ = ["PostgresStorage", "export_state", "import_state", "redacted"]
+
+log = logging.getLogger("montybase.postgres")
+
+STREAM_LOCK = 0x6D6F6E7479  # "monty": the advisory lock of the change stream (one per PostgreSQL database)
+SCHEMA_LOCK = 0x6D6F6E7474  # held while the first node makes the tables
+CHANNEL = "montybase"
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS montybase_state (
+    id int PRIMARY KEY CHECK (id = 1),
+    seq bigint NOT NULL,
+    id_time bigint NOT NULL,
+    pruned bigint NOT NULL
+);
+INSERT INTO montybase_state VALUES (1, 0, 0, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS montybase_changes (
+    seq bigint PRIMARY KEY,
+    operations text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS montybase_documents (
+    collection text COLLATE "C" NOT NULL,
+    id text COLLATE "C" NOT NULL,
+    value text NOT NULL,
+    PRIMARY KEY (collection, id)
+);
+"""
+
+# A document's subcollections are the collections whose path starts with "<its path>/": in "C"
+# order, those from "<path>/" up to "<path>0" ("0" follows "/"), which the primary key finds.
+_DELETE_DOCUMENT = ("DELETE FROM montybase_documents WHERE (collection = %(parent)s AND id = %(id)s) "
+                    "OR (collection > %(below)s AND collection < %(after)s)")
+_DELETE_COLLECTION = ("DELETE FROM montybase_documents WHERE collection = %(path)s "
+                      "OR (collection > %(below)s AND collection < %(after)s)")
+# The state and the changes after a seq, in one statement: (last seq, pruned, seq, operations)
+# rows, or one row with the change NULL when there is none. (Formatted with two ints.)
+_CHANGES_AFTER = ("SELECT s.seq, s.pruned, c.seq, c.operations FROM montybase_state s LEFT JOIN LATERAL "
+                  "(SELECT seq, operations FROM montybase_changes WHERE seq > %d ORDER BY seq LIMIT %d) c ON true "
+                  "WHERE s.id = 1 ORDER BY c.seq")
+# A write of sets only: the change, the documents, the state and the notification in one statement.
+_WRITE = """
+WITH change AS (INSERT INTO montybase_changes (seq, operations) VALUES (%(seq)s, %(operations)s)),
+documents AS (
+    INSERT INTO montybase_documents (collection, id, value)
+    SELECT * FROM unnest(%(collections)s::text[], %(ids)s::text[], %(values)s::text[])
+    ON CONFLICT (collection, id) DO UPDATE SET value = EXCLUDED.value
+),
+state AS (UPDATE montybase_state SET seq = %(seq)s, id_time = GREATEST(id_time, %(id_time)s),
+          pruned = GREATEST(pruned, %(pruned)s) WHERE id = 1)
+SELECT pg_notify(%(channel)s, %(seq)s::text)
+"""
+_UPSERT = ("INSERT INTO montybase_documents (collection, id, value) VALUES (%s, %s, %s) "
+           "ON CONFLICT (collection, id) DO UPDATE SET value = EXCLUDED.value")
+
+
+def redacted(url: str) -> str:
+    """The URL without its password (user:password@, or ?password=), for messages and logs."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if at and ":" in credentials:
+        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}://" + re.sub(r"([?&]password=)[^&]*", r"\1***", rest)
+
+
+def _require_driver() -> None:
+    if psycopg is None:
+        raise UnavailableError("storageBucket is a PostgreSQL URL, but its driver is not installed: "
+                               "pip install 'montybase[postgres]'")
+
+
+class PostgresStorage(Storage):
+    """The storage of one node of a database kept in PostgreSQL at `url`.
+
+    Timeouts bound what a write waits for while PostgreSQL is unreachable or stuck: a connection
+    (`connect_seconds`), a statement, the stream's lock included (`statement_seconds`). Then the
+    write answers UNAVAILABLE; reads and listeners go on from memory. `keep_changes`: how many
+    changes stay in montybase_changes for nodes that were away (older ones are dropped).
+    """
+
+    shared = True
+
+    def __init__(self, url: str, *, connect_seconds: float = 3.0, statement_seconds: float = 5.0,
+                 poll_seconds: float = 1.0, keep_changes: int = 100_000):
+        _require_driver()
+        self.url, self.where = url, redacted(url)
+        self.connect_seconds, self.statement_seconds = connect_seconds, statement_seconds
+        self.poll_seconds, self.keep_changes = poll_seconds, keep_changes
+        # How long a write waits for the node's other writes (they share one connection) before
+        # it answers UNAVAILABLE: each of them is bounded by the timeouts above.
+        self.write_wait = connect_seconds + 2 * statement_seconds
+        self._writer: Any = None  # the connection of this node's writes (Database._write_lock serializes them)
+        self._down_until = 0.0  # after a failed connection, writes fail at once until then
+        self._committing = 0  # the last seq this node's writer committed (or is committing)
+        self._stopping = threading.Event()
+        self._follower: threading.Thread | None = None
+
+    # Connections
+
+    def _connect(self, *, autocommit: bool = False, statement_seconds: float | None = None,
+                 consistent: bool = True) -> Any:
+        """A connection; `consistent`: its transactions read one moment (REPEATABLE READ). The
+        writer's are READ COMMITTED: what it reads after taking the stream's lock must include
+        what was committed while it waited (a REPEATABLE READ snapshot starts before the wait)."""
+        timeout = int((self.statement_seconds if statement_seconds is None else statement_seconds) * 1000)
+        connection = psycopg.connect(
+            self.url, autocommit=autocommit, connect_timeout=max(1, round(self.connect_seconds)),
+            application_name="montybase", options=f"-c statement_timeout={timeout}",
+            # A PostgreSQL that vanished without closing its sockets is noticed within seconds.
+            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+            tcp_user_timeout=int((self.connect_seconds + self.statement_seconds) * 1000),
+        )
+        if consistent:
+            connection.isolation_level = IsolationLevel.REPEATABLE_READ
+        return connection
+
+    def _unavailable(self, exc: Exception, what: str) -> UnavailableError:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return UnavailableError(f"PostgreSQL at {self.where}: {what} failed: {text}", {"storage": self.where})
+
+    def _writer_connection(self) -> Any:
+        if self._writer is not None and not self._writer.closed:
+            return self._writer
+        if time.monotonic() < self._down_until:
+            raise UnavailableError(f"PostgreSQL at {self.where} is unreachable; writes are refused until it answers",
+                                   {"storage": self.where})
+        try:
+            self._writer = self._connect(autocommit=True, consistent=False)
+        except psycopg.Error as exc:
+            self._down_until = time.monotonic() + min(1.0, self.connect_seconds)
+            raise self._unavailable(exc, "connecting") from None
+        return self._writer
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except psycopg.Error:
+                pass  # it is broken already: nothing to tell
+            self._writer = None
+
+    # Start-up: the documents and their seq, read at one moment
+
+    def load(self) -> Recovered:
+        try:
+            # Loading may take long: no statement timeout.
+            with self._connect(statement_seconds=0, consistent=False) as connection:
+                with connection.transaction():  # READ COMMITTED: writes of running nodes go on meanwhile
+                    connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                    connection.execute(SCHEMA)
+                connection.isolation_level = IsolationLevel.REPEATABLE_READ
+                return _read_state(connection)
+        except psycopg.Error as exc:
+            raise self._unavailable(exc, "loading") from None
+
+    # The write path (called by Database._commit_shared, one write of this node at a time)
+
+    def begin(self, seq: int) -> list[tuple[int, list]] | Recovered:
+        """Open a write: take the stream's lock and return what other nodes committed after
+        `seq` (or, when those changes were dropped, the whole state to reload)."""
+        connection = self._writer_connection()
+        try:
+            # One round trip: the statements of one simple query run one after the other, each
+            # reading what was committed when it starts (READ COMMITTED): the reads, once the lock is held.
+            cursor = connection.execute(
+                f"BEGIN; SELECT pg_advisory_xact_lock({STREAM_LOCK}); {_CHANGES_AFTER % (int(seq), _PAGE)}")
+            cursor.nextset()  # the lock's result
+            cursor.nextset()
+            return _changes(connection, seq, cursor.fetchall(), lock=True)
+        except psycopg.Error as exc:
+            self.abort()
+            raise self._unavailable(exc, "starting a write") from None
+
+    def append(self, seq: int, operations: list) -> None:
+        """Commit the write `seq` (its documents, the state, a notification); nothing of it on error."""
+        connection = self._writer
+        id_time = max((operation[3] for operation in operations if len(operation) > 3), default=0)
+        pruned = seq - self.keep_changes if seq % 1000 == 0 and seq > self.keep_changes else 0
+        # Its own notification wakes the follower for nothing: the writer applies it. (If the
+        # commit's answer is lost, the follower's next poll reads it.)
+        self._committing = seq
+        try:
+            if all(operation[0] == "set" for operation in operations) and not pruned:
+                # The usual write: one statement and the COMMIT, in one round trip (values bound
+                # on this side, so that both fit in one simple query).
+                documents = {("/".join(op[1][:-1]), op[1][-1]): _encode(op[2]) for op in operations}  # the last set wins
+                psycopg.ClientCursor(connection).execute(_WRITE + "; COMMIT", {
+                    "seq": seq, "operations": _encode(operations), "id_time": id_time, "pruned": pruned,
+                    "collections": [key[0] for key in documents], "ids": [key[1] for key in documents],
+                    "values": list(documents.values()), "channel": CHANNEL,
+                })
+                return
+            self._write_in_steps(connection, seq, operations, id_time, pruned)
+            if pruned:  # compaction: changes every node has long applied
+                connection.execute("DELETE FROM montybase_changes WHERE seq <= %s", (pruned,))
+            connection.execute("COMMIT")
+        except psycopg.Error as exc:
+            # A commit whose answer was lost may have committed: then the follower brings it in,
+            # as a write of another node. It was not acknowledged, so nothing acknowledged is lost.
+            self.abort()
+            raise self._unavailable(exc, "committing a write") from None
+
+    @staticmethod
+    def _write_in_steps(connection: Any, seq: int, operations: list, id_time: int, pruned: int) -> None:
+        """A write with deletes: statement after statement, in its order (a set before a delete
+        of its collection goes with it)."""
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO montybase_changes (seq, operations) VALUES (%s, %s)", (seq, _encode(operations)))
+            for operation in operations:
+                path = operation[1]
+                joined = "/".join(path)
+                if operation[0] == "set":
+                    cursor.execute(_UPSERT, ("/".join(path[:-1]), path[-1], _encode(operation[2])))
+                elif len(path) % 2:
+                    cursor.execute(_DELETE_COLLECTION, {"path": joined, "below": joined + "/", "after": joined + "0"})
+                else:
+                    cursor.execute(_DELETE_DOCUMENT, {"parent": "/".join(path[:-1]), "id": path[-1],
+                                                      "below": joined + "/", "after": joined + "0"})
+            cursor.execute("UPDATE montybase_state SET seq = %s, id_time = GREATEST(id_time, %s), "
+                           "pruned = GREATEST(pruned, %s) WHERE id = 1", (seq, id_time, pruned))
+            cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seq)))
+
+    def abort(self) -> None:
+        """Roll back an open write (releasing the stream's lock); a broken connection is dropped."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.execute("ROLLBACK")
+        except psycopg.Error:
+            self._drop_writer()
+
+    def changes(self, seq: int) -> list[tuple[int, list]] | Recovered:
+        """What was committed after `seq`, read now (a node making sure it is up to date)."""
+        connection = self._writer_connection()
+        try:
+            connection.isolation_level = IsolationLevel.REPEATABLE_READ  # no lock taken: read one moment
+            try:
+                with connection.transaction():
+                    return _changes_after(connection, seq)
+            finally:
+                connection.isolation_level = None
+        except psycopg.Error as exc:
+            self.abort()
+            raise self._unavailable(exc, "reading the changes") from None
+
+    # The follower
+
+    def follow(self, seq: Callable[[], int], apply: Callable[[list[tuple[int, list]] | Recovered], None]) -> None:
+        """Start the thread that applies what other nodes commit: `apply(changes)` with the
+        changes after `seq()` (the node's seq), in order."""
+        self._follower = threading.Thread(target=self._follow, args=(seq, apply), name="montybase-follower", daemon=True)
+        self._follower.start()
+
+    def _follow(self, seq: Callable[[], int], apply: Callable[[Any], None]) -> None:
+        connection, wait, failing, polled = None, 0.1, False, 0.0
+        while not self._stopping.is_set():
+            try:
+                if connection is None:
+                    connection = self._connect(autocommit=True)
+                    connection.execute(f"LISTEN {CHANNEL}")
+                    if failing:
+                        log.warning("PostgreSQL at %s answers again: following the changes from %d", self.where, seq())
+                        failing = False
+                else:  # woken by a notification, or the poll's time is up (looking at _stopping meanwhile)
+                    notified = [notify.payload for notify in connection.notifies(
+                        timeout=min(_WAKE_SECONDS, self.poll_seconds), stop_after=1)]
+                    if not notified and time.monotonic() - polled < self.poll_seconds:
+                        continue
+                    # A change this node has (or is committing: its writer applies it) needs no read.
+                    if notified and notified[0].isdigit() and int(notified[0]) <= max(seq(), self._committing):
+                        continue
+                polled = time.monotonic()
+                while not self._stopping.is_set():
+                    with connection.transaction():
+                        found = _changes_after(connection, seq())
+                    if found:
+                        apply(found)
+                    if isinstance(found, Recovered) or len(found) < _PAGE:
+                        break
+                wait = 0.1
+            except psycopg.Error as exc:
+                if not failing:
+                    log.error("PostgreSQL at %s: following the changes failed (%s); retrying, reads go on from memory",
+                              self.where, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                    failing = True
+                if connection is not None:
+                    try:
+                        connection.close()
+                    except psycopg.Error:
+                        pass  # broken already
+                    connection = None
+                self._stopping.wait(wait)
+                wait = min(2 * wait, 2.0)
+            except Exception:  # a bug must not end the stream: the next round reads again from seq()
+                log.exception("applying the changes from PostgreSQL failed")
+                self._stopping.wait(1.0)
+        if connection is not None:
+            connection.close()
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._follower is not None:
+            self._follower.join(self.poll_seconds + self.connect_seconds + self.statement_seconds + 1)
+        self._drop_writer()
+
+
+_PAGE = 1000  # changes read at once
+_WAKE_SECONDS = 0.2  # how soon a follower waiting for a notification sees that its node stops
+
+
+def _read_state(connection: Any) -> Recovered:
+    """Documents, seq and id time at one moment (the connection's REPEATABLE READ transaction)."""
+    with connection.transaction():
+        seq, id_time = connection.execute("SELECT seq, id_time FROM montybase_state WHERE id = 1").fetchone()
+        collections: Collections = {}
+        with connection.cursor(name="montybase_load") as cursor:  # server-side: 100,000s of rows, a batch at a time
+            cursor.itersize = 5000
+            cursor.execute("SELECT collection, id, value FROM montybase_documents ORDER BY collection, id")
+            path, docs = None, None
+            for collection, doc_id, value in cursor:
+                if collection != path:
+                    path = collection
+                    docs = collections.setdefault(tuple(collection.split("/")), {})
+                docs[doc_id] = json.loads(value)
+    return Recovered(seq, collections, id_time, [])
+
+
+def _changes_after(connection: Any, seq: int) -> list[tuple[int, list]] | Recovered:
+    """The changes after `seq` (at most _PAGE), in order, in the connection's transaction; the
+    whole state instead when some of them were dropped."""
+    return _changes(connection, seq, connection.execute(_CHANGES_AFTER % (int(seq), _PAGE)).fetchall())
+
+
+def _changes(connection: Any, seq: int, rows: list[tuple], *, lock: bool = False) -> list[tuple[int, list]] | Recovered:
+    """The changes in `rows` (of _CHANGES_AFTER `seq`), or the state when some were dropped
+    (also meanwhile, for a reader without the stream's lock); with the stream's `lock` (a write,
+    which needs every change before it), also when there are more than _PAGE."""
+    last, pruned = rows[0][:2]
+    if last <= seq:
+        return []
+    if seq < pruned or rows[0][2] != seq + 1 or (lock and rows[-1][2] < last):
+        return _read_state(connection)
+    return [(number, json.loads(operations)) for _, _, number, operations in rows]
+
+
+# Moving a store in and out (`montybase migrate`)
+
+def import_state(url: str, collections: Collections, id_time: int, counted: Callable[[int], None]) -> int:
+    """Write `collections` as the whole state of an empty Montybase database in PostgreSQL;
+    `counted(n)` after each batch of documents. UnavailableError if it holds data already."""
+    _require_driver()
+    storage = PostgresStorage(url)
+    storage.load()  # makes the tables
+    try:
+        with storage._connect(statement_seconds=0) as connection:
+            with connection.transaction():
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (STREAM_LOCK,))
+                seq, = connection.execute("SELECT seq FROM montybase_state WHERE id = 1").fetchone()
+                if seq or connection.execute("SELECT 1 FROM montybase_documents LIMIT 1").fetchone():
+                    raise UnavailableError(f"PostgreSQL at {storage.where} already holds a Montybase database; "
+                                           "migrate into an empty one")
+                with connection.cursor() as cursor:
+                    with cursor.copy("COPY montybase_documents (collection, id, value) FROM STDIN") as copy:
+                        for path, docs in collections.items():
+                            collection = "/".join(path)
+                            for number, (doc_id, doc) in enumerate(docs.items(), 1):
+                                copy.write_row((collection, doc_id, _encode(doc)))
+                                if number % 1000 == 0:
+                                    counted(1000)
+                            counted(len(docs) % 1000)
+                # One change that says "the data arrived": nodes started before see it as a reload.
+                connection.execute("UPDATE montybase_state SET seq = 1, id_time = %s, pruned = 1 WHERE id = 1", (id_time,))
+                connection.execute("SELECT pg_notify(%s, '1')", (CHANNEL,))
+    except psycopg.Error as exc:
+        raise storage._unavailable(exc, "importing") from None
+    return sum(len(docs) for docs in collections.values())
+
+
+def export_state(url: str) -> Recovered:
+    """The whole state of the Montybase database in PostgreSQL at `url`, at one moment."""
+    _require_driver()
+    storage = PostgresStorage(url)
+    try:
+        with storage._connect(statement_seconds=0) as connection:
+            exists, = connection.execute("SELECT to_regclass('montybase_state') IS NOT NULL").fetchone()
+            if not exists:
+                raise UnavailableError(f"PostgreSQL at {storage.where} holds no Montybase database")
+            connection.rollback()
+            return _read_state(connection)
+    except psycopg.Error as exc:
+        raise storage._unavailable(exc, "exporting") from None

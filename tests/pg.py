@@ -1,0 +1,126 @@
+"""A real PostgreSQL for tests: Debian's `postgresql` binaries, a cluster in a temporary folder
+(initdb), one server on a free port of 127.0.0.1 (pg_ctl), a fresh database per test, stopped
+at the end by the pid it started. As root it runs as the `postgres` user (PostgreSQL refuses root).
+
+Missing PostgreSQL fails the tests that need it, loudly: it is never a skip (`scripts/test`
+installs Debian's `postgresql` when it is missing).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from procs import free_port
+
+__all__ = ["Postgres", "pg_url", "postgres"]
+
+PASSWORD = "montybase-test"  # the cluster's password (scram): URLs carry user and password, as in production
+
+
+def _binaries() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
+    if not found:
+        pytest.fail("PostgreSQL is not installed (Debian: apt-get install postgresql; scripts/test does it as root)",
+                    pytrace=False)
+    return Path(found[-1]).parent
+
+
+class Postgres:
+    """One PostgreSQL server of a cluster made for the tests; `stop()` and `start()` it (the
+    tests of an unavailable PostgreSQL), `url(database)` to reach it, `close()` for good."""
+
+    def __init__(self) -> None:
+        self.bin = _binaries()
+        self.root = Path(tempfile.mkdtemp(prefix="montybase-pg-"))
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            account = pwd.getpwnam("postgres")
+            os.chown(self.root, account.pw_uid, account.pw_gid)
+        (self.root / "password").write_text(PASSWORD + "\n")
+        if self.as_root:
+            os.chown(self.root / "password", account.pw_uid, account.pw_gid)
+        self.port = free_port()
+        self.pid: int | None = None
+        self._names = itertools.count(1)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=scram-sha-256",
+                  f"--pwfile={self.root / 'password'}", "-E", "UTF8", "--locale=C", "--no-sync")
+        self.start()
+
+    def _run(self, program: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        command = [str(self.bin / program), *args]
+        if self.as_root:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}\n"
+                                 f"{self.log.read_text() if self.log.exists() else ''}")
+        return done
+
+    def start(self) -> None:
+        # fsync off: the tests stop PostgreSQL, never the machine; max_connections for 3 nodes and the tests.
+        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
+        self.pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (its connections are closed); `mode` "immediate" is a crash."""
+        if self.pid is None:
+            return
+        done = self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", check=False)
+        if done.returncode != 0:  # pg_ctl could not: end the postmaster this fixture started, by its pid
+            try:
+                os.kill(self.pid, signal.SIGQUIT)
+            except ProcessLookupError:
+                pass
+            for _ in range(200):
+                if not (self.data / "postmaster.pid").exists():
+                    break
+                time.sleep(0.05)
+        self.pid = None
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres:{PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A new, empty database; its URL."""
+        import psycopg
+
+        name = f"test_{os.getpid()}_{next(self._names)}"
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def close(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres) -> str:
+    """The URL of a fresh database of the tests' PostgreSQL (the server is started again if a test stopped it)."""
+    if postgres.pid is None:
+        postgres.start()
+    return postgres.create_database()

@@ -1,0 +1,722 @@
+"""Several nodes sharing one PostgreSQL (server/postgres.py): nodes in this process first, then
+real server processes; a real PostgreSQL started by tests/pg.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/pg.py, tests/procs.py
+
+from conftest import Stranger  # noqa: E402
+from pg import pg_url, postgres  # noqa: E402,F401  (fixtures)
+from procs import Proc, server_command  # noqa: E402
+from python_client import AlreadyExistsError as AlreadyExists  # noqa: E402
+from python_client import Montybase, MontybaseError, doc, increment  # noqa: E402
+from server.accounts import SESSIONS, token_key  # noqa: E402
+from server.config import DEFAULTS, Limits, create_config, open_database  # noqa: E402
+from server.database import Database  # noqa: E402
+from server.errors import (  # noqa: E402
+    AlreadyExistsError, ConflictError, RateLimitedError, UnauthenticatedError, UnavailableError,
+)
+from server.postgres import PostgresStorage, redacted  # noqa: E402
+from server.rules import Principal  # noqa: E402
+from server.session import Service  # noqa: E402
+from server.storage import FileStorage  # noqa: E402
+
+
+def node(url: str, **options: Any) -> Database:
+    """One node of the database at `url`, in this process."""
+    return Database(PostgresStorage(url, poll_seconds=options.pop("poll_seconds", 1.0), **options))
+
+
+def eventually(check, timeout: float = 10.0) -> Any:
+    """`check()`'s first true value within `timeout` seconds (it fails the test otherwise)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {check}")
+        time.sleep(0.01)
+
+
+def write(database: Database, op: str, path: list[str], value: Any = None, **extra: Any) -> dict:
+    params = {"path": path, **({"value": value} if value is not None else {}), **extra}
+    return database.write(op, params, None)[0]
+
+
+def read(database: Database, *path: str) -> Any:
+    return database.get({"path": list(path)}, None)[0]["value"]
+
+
+@pytest.fixture
+def nodes(pg_url):
+    """Two nodes of one database, closed after the test."""
+    opened = [node(pg_url), node(pg_url)]
+    yield opened
+    for database in opened:
+        database.close()
+
+
+# Nodes in this process
+
+
+def test_a_write_on_one_node_is_read_on_the_other(nodes):
+    a, b = nodes
+    write(a, "set", ["scores", "amor"], {"score": 100})
+    assert eventually(lambda: read(b, "scores", "amor")) == {"score": 100}
+    write(b, "delete", ["scores", "amor"])
+    eventually(lambda: read(a, "scores", "amor") is None)
+
+
+def test_a_node_started_later_loads_the_documents_and_follows(pg_url):
+    a = node(pg_url)
+    try:
+        write(a, "set", ["rooms", "r1"], {"name": "lobby"})
+        write(a, "set", ["rooms", "r1", "messages", "m1"], {"text": "hi"})
+        write(a, "add", ["rooms"], {"name": "generated"})
+        b = node(pg_url)
+        try:
+            assert read(b, "rooms", "r1", "messages") == {"m1": {"text": "hi"}}
+            assert read(b, "rooms") == read(a, "rooms")
+            assert b.seq == a.seq
+            write(a, "delete", ["rooms", "r1"])  # its subcollection goes along, there too
+            eventually(lambda: read(b, "rooms", "r1", "messages") == {})
+            c = node(pg_url)
+            assert read(c, "rooms", "r1", "messages") == {} and read(c, "rooms") == read(a, "rooms")
+            c.close()
+            # A batch's order holds in the stored documents: a set, its collection deleted, a set again.
+            a.transact({"writes": [{"op": "set", "path": ["rooms", "r2", "messages", "m1"], "value": {"n": 1}},
+                                   {"op": "delete", "path": ["rooms"]},
+                                   {"op": "set", "path": ["rooms", "r3"], "value": {"n": 3}},
+                                   {"op": "set", "path": ["rooms", "r3"], "value": {"n": 4}}]}, None)
+            a.transact({"writes": [{"op": "set", "path": ["sets", "s"], "value": {"n": 1}},
+                                   {"op": "set", "path": ["sets", "s"], "value": {"n": 2}}]}, None)
+            d = node(pg_url)
+            stored = {path: docs for path, docs in d.tree.collections.items() if docs}
+            assert stored == {("rooms",): {"r3": {"n": 4}}, ("sets",): {"s": {"n": 2}}}
+            d.close()
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+def test_add_with_a_key_taken_on_another_node_is_already_exists(nodes):
+    a, b = nodes
+    write(a, "set", ["users", "alice"], {"name": "first"})
+    # b has not necessarily applied a's write yet: the check is made against PostgreSQL's latest state.
+    with pytest.raises(AlreadyExistsError):
+        b.write("add", {"path": ["users", "alice"], "value": {"name": "second"}}, None)
+    assert read(b, "users", "alice") == {"name": "first"}
+
+
+def test_two_nodes_adding_one_key_at_once_one_wins(pg_url):
+    for round_number in range(5):
+        a, b = node(pg_url), node(pg_url)
+        outcomes: list[str] = []
+        start = threading.Barrier(2)
+
+        def add(database: Database, name: str) -> None:
+            start.wait()
+            try:
+                database.write("add", {"path": ["keys", f"k{round_number}"], "value": {"by": name}}, None)
+                outcomes.append("won")
+            except AlreadyExistsError:
+                outcomes.append("already exists")
+
+        threads = [threading.Thread(target=add, args=(a, "a")), threading.Thread(target=add, args=(b, "b"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(outcomes) == ["already exists", "won"]
+        a.close()
+        b.close()
+
+
+def test_increments_and_transactions_from_two_nodes_lose_nothing(nodes):
+    a, b = nodes
+    write(a, "set", ["counters", "c"], {"n": 0, "t": 0})
+    eventually(lambda: read(b, "counters", "c"))
+
+    def increments(database: Database) -> None:
+        for _ in range(50):
+            database.write("update", {"path": ["counters", "c"], "fields": [["n", {"$increment": 1}]]}, None)
+
+    def transactions(database: Database) -> None:
+        done = 0
+        while done < 20:
+            seen = read(database, "counters", "c")
+            try:
+                database.transact({"reads": [{"path": ["counters", "c", "t"], "value": seen["t"]}],
+                                   "writes": [{"op": "update", "path": ["counters", "c"], "fields": [["t", seen["t"] + 1]]}]},
+                                  None)
+                done += 1
+            except ConflictError:
+                pass  # another node's write came first: read again
+
+    threads = [threading.Thread(target=work, args=(database,)) for database in (a, b) for work in (increments, transactions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert eventually(lambda: read(a, "counters", "c") == {"n": 100, "t": 40})
+    assert eventually(lambda: read(b, "counters", "c") == {"n": 100, "t": 40})
+
+
+def test_a_listener_on_one_node_sees_every_write_of_the_other_in_order(nodes):
+    a, b = nodes
+    seen: list[Any] = []
+    b.watch({"path": ["feed", "doc"]}, lambda tags, message: seen.append(message["value"]), "t")
+    for number in range(30):
+        write(a, "set", ["feed", "doc"], {"n": number})
+    eventually(lambda: seen and seen[-1] == {"n": 29})
+    assert seen == [None] + [{"n": number} for number in range(30)]
+
+
+def test_a_lagging_node_reloads_when_the_changes_it_missed_were_dropped(pg_url):
+    a = node(pg_url, keep_changes=5)
+    b = node(pg_url, poll_seconds=3600)  # its follower is woken by notifications only
+    try:
+        b.storage._stopping.set()  # b stops following, as if cut off from PostgreSQL
+        b.storage._follower.join(10)
+        events: list[Any] = []
+        b.watch({"query": {"path": ["items"]}}, lambda tags, message: events.append(message), "t")
+        write(a, "set", ["items", "gone"], {"n": 0})
+        write(b, "set", ["items", "kept"], {"n": 0})
+        for number in range(1, 1001):  # the thousandth change drops those older than the last 5
+            write(a, "set", ["items", "kept"], {"n": number})
+        write(a, "delete", ["items", "gone"])
+        write(b, "set", ["items", "new"], {"n": 1})  # b is behind the dropped changes: it reloads first
+        assert read(b, "items") == {"kept": {"n": 1000}, "new": {"n": 1}}
+        reloaded = sorted((change["type"], change["id"]) for change in events[-2]["changes"])
+        assert reloaded == [("modified", "kept"), ("removed", "gone")]  # the difference, as one change
+        assert [(change["type"], change["id"]) for change in events[-1]["changes"]] == [("added", "new")]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_session_made_on_one_node_resumes_on_another(nodes):
+    a, b = nodes
+    accounts_a, accounts_b = Service(a).accounts, Service(b).accounts
+    signed = accounts_a.sign_up({"email": "ann@example.com", "password": "correct horse"})
+    # at once: b looks again in PostgreSQL for a session it does not know yet
+    assert accounts_b.resume({"token": signed["token"]}) == {"uid": signed["uid"], "email": "ann@example.com"}
+    assert accounts_b.sign_in({"email": "ann@example.com", "password": "correct horse"})["uid"] == signed["uid"]
+    accounts_b.sign_out({"token": signed["token"]})
+    eventually(lambda: a.document((SESSIONS, token_key(signed["token"]))) is None)
+    with pytest.raises(UnauthenticatedError):
+        accounts_a.resume({"token": signed["token"]})
+
+
+def test_writes_are_unavailable_while_postgres_is_down_and_reads_go_on(postgres, pg_url):
+    a = node(pg_url, connect_seconds=1, statement_seconds=2)
+    try:
+        write(a, "set", ["d", "x"], {"n": 1})
+        postgres.stop()
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(UnavailableError):
+                    write(a, "set", ["d", "x"], {"n": 2})
+                assert time.monotonic() - started < 5
+            assert read(a, "d", "x") == {"n": 1}
+        finally:
+            postgres.start()
+        eventually(lambda: _writes(a))
+        assert read(a, "d", "x") == {"n": 3}
+        b = node(pg_url)
+        assert read(b, "d", "x") == {"n": 3}
+        b.close()
+    finally:
+        a.close()
+
+
+def test_a_session_resumes_from_memory_while_postgres_is_down(postgres, pg_url):
+    a = node(pg_url, connect_seconds=1, statement_seconds=2)
+    try:
+        accounts = Service(a).accounts
+        signed = accounts.sign_up({"email": "ann@example.com", "password": "correct horse"})
+        postgres.stop()
+        try:
+            assert accounts.resume({"token": signed["token"]})["uid"] == signed["uid"]
+            with pytest.raises(UnauthenticatedError):
+                accounts.resume({"token": "not-a-session"})
+        finally:
+            postgres.start()
+    finally:
+        a.close()
+
+
+def _writes(database: Database) -> bool:
+    try:
+        write(database, "set", ["d", "x"], {"n": 3})
+        return True
+    except UnavailableError:
+        return False
+
+
+def test_a_postgresql_url_in_the_config_opens_a_node(pg_url, tmp_path):
+    database = open_database({**DEFAULTS, "storageBucket": pg_url}, pg_url)
+    try:
+        assert isinstance(database.storage, PostgresStorage)
+        write(database, "set", ["a", "b"], {"c": 1})
+    finally:
+        database.close()
+
+
+def test_an_unreachable_postgresql_at_start_is_a_clear_error(postgres):
+    url = postgres.url("postgres").replace(f":{postgres.port}/", ":1/")
+    with pytest.raises(UnavailableError, match=r"PostgreSQL at postgresql://postgres:\*\*\*@127.0.0.1:1/postgres"):
+        node(url, connect_seconds=1)
+
+
+# Three server processes, one PostgreSQL
+
+
+class Cluster:
+    """Server processes started with one montybase.json whose storageBucket is `url`, on
+    127.0.0.1 port 0; each node's client config beside it."""
+
+    def __init__(self, folder: Path, url: str):
+        self.folder = folder
+        self.config_path = folder / "montybase.json"
+        self.config = {**create_config(self.config_path), "storageBucket": url}
+        self.config_path.write_text(json.dumps(self.config))
+        self.procs: list[Proc] = []
+        self.urls: list[str] = []
+        self.clients: list[Montybase] = []
+
+    def start(self, index: int | None = None) -> int:
+        """Start one more node, or node `index` again (on a new port); its index. (One at a time:
+        each writes client-config.json.)"""
+        proc = Proc(server_command("--config", str(self.config_path), "--port", "0"), self.folder)
+        if index is None:
+            self.procs.append(proc)
+            self.urls.append("")
+            index = len(self.procs) - 1
+        self.procs[index] = proc
+        self.urls[index] = proc.endpoint(60)
+        return index
+
+    def client(self, index: int) -> Montybase:
+        """A client of node `index` with the admin key (montybase.json holds it)."""
+        handle = Montybase(api=self.urls[index], config=self.config_path)
+        self.clients.append(handle)
+        return handle
+
+    def close(self) -> None:
+        for handle in self.clients:
+            try:
+                handle.close()
+            except Exception:  # a client of a killed node: closing it is all that is left
+                pass
+        for proc in self.procs:
+            proc.cleanup()
+
+
+@pytest.fixture
+def cluster(tmp_path, pg_url):
+    nodes = Cluster(tmp_path, pg_url)
+    try:
+        for _ in range(3):
+            nodes.start()
+        yield nodes
+    finally:
+        nodes.close()
+
+
+def test_nodes_started_together_from_one_folder_all_serve(tmp_path, pg_url):
+    nodes = Cluster(tmp_path, pg_url)
+    try:
+        for _ in range(3):  # at once: each writes client-config.json beside the config
+            nodes.procs.append(Proc(server_command("--config", str(nodes.config_path), "--port", "0"), tmp_path))
+        nodes.urls = [proc.endpoint(60) for proc in nodes.procs]
+        doc(nodes.client(0), "a", "b").set({"c": 1})
+        assert eventually(lambda: doc(nodes.client(2), "a", "b").get() == {"c": 1})
+        assert json.loads((tmp_path / "client-config.json").read_text())["endpoint"] in nodes.urls
+    finally:
+        nodes.close()
+
+
+def test_a_write_on_node_a_reaches_a_listener_on_node_c(cluster):
+    a, c = cluster.client(0), cluster.client(2)
+    seen: list[Any] = []
+    unsubscribe = doc(c, "scores").order_by("score", "desc").limit(3).on_snapshot(
+        lambda snapshot: seen.append([d["id"] for d in snapshot.docs]))
+    eventually(lambda: seen == [[]])
+    doc(a, "scores").add({"score": 10}, key="amor")
+    doc(a, "scores").add({"score": 30}, key="bea")
+    eventually(lambda: seen[-1] == ["bea", "amor"])
+    assert seen == [[], ["amor"], ["bea", "amor"]]
+    unsubscribe()
+
+
+def test_eight_clients_on_three_nodes_count_exactly(cluster):
+    """8 clients spread over the nodes, each 25 transactional increments and 200 increments of one counter."""
+    clients = [cluster.client(number % 3) for number in range(8)]
+    doc(clients[0], "c", "counter").set({"n": 0, "t": 0})
+    eventually(lambda: all(doc(handle, "c", "counter").get() for handle in clients))
+    failures: list[BaseException] = []
+
+    def work(handle: Montybase) -> None:
+        ref = doc(handle, "c", "counter")
+
+        def increment_once(tx):
+            tx.update(ref, {"t": tx.get(ref)["t"] + 1})
+
+        try:
+            for number in range(225):
+                if number % 9 == 0:
+                    handle.transaction(increment_once, max_attempts=200)
+                else:
+                    ref.update({"n": increment(1)})
+        except MontybaseError as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=work, args=(handle,)) for handle in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    for handle in clients[:3]:
+        assert eventually(lambda: doc(handle, "c", "counter").get() == {"n": 1600, "t": 200})
+
+
+def _replayed(changes_seen: list[list[dict]]) -> list[dict]:
+    """A query listener's documents rebuilt from its changes alone (removed from old_index, then
+    added or moved to new_index), as a client without `docs` would."""
+    docs: list[dict] = []
+    for changes in changes_seen:
+        for change in changes:
+            if change["type"] != "added":
+                assert docs[change["old_index"]]["id"] == change["id"]
+                docs.pop(change["old_index"])
+            if change["type"] != "removed":
+                docs.insert(change["new_index"], {"id": change["id"], "value": change["value"]})
+    return docs
+
+
+def test_listeners_on_every_node_replay_random_writes_of_every_node_to_the_final_result(cluster):
+    import random
+
+    rng = random.Random(17)
+    writers = [cluster.client(index) for index in range(3)]
+    queries = [lambda h: doc(h, "r"), lambda h: doc(h, "r").order_by("v", "desc").limit(4),
+               lambda h: doc(h, "r").where("v", ">=", 50)]
+    seen: list[tuple[int, int, list]] = []  # (node, query, the changes of each snapshot)
+    for index in range(3):
+        listener = cluster.client(index)
+        for number, query in enumerate(queries):
+            changes: list[list[dict]] = []
+            query(listener).on_snapshot(lambda snapshot, changes=changes: changes.append(snapshot.changes))
+            seen.append((index, number, changes))
+    eventually(lambda: all(changes for _, _, changes in seen))
+
+    def write(handle: Montybase, seed: int) -> None:
+        local = random.Random(seed)
+        for _ in range(60):
+            key, roll = f"k{local.randrange(12)}", local.random()
+            try:
+                if roll < 0.5:
+                    doc(handle, "r", key).set({"v": local.randrange(100)})
+                elif roll < 0.8:
+                    doc(handle, "r", key).update({"v": increment(local.randrange(-20, 20))})
+                else:
+                    doc(handle, "r", key).delete()
+            except MontybaseError as error:
+                assert error.reason == "NOT_FOUND"  # an update of a document deleted meanwhile
+
+    threads = [threading.Thread(target=write, args=(handle, rng.random())) for handle in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    def agreed() -> list | None:  # every node's result of every query, once they are the same
+        results = [[query(handle).stream() for query in queries] for handle in writers]
+        return results[0] if all(result == results[0] for result in results) else None
+
+    final = eventually(agreed)
+    for index, number, changes in seen:
+        eventually(lambda: _replayed(changes) == final[number])
+
+
+def test_embedded_programs_on_one_postgresql_are_nodes_too(tmp_path, pg_url):
+    first = Montybase(storageBucket=pg_url, config=tmp_path / "montybase.json")
+    second = Montybase(storageBucket=pg_url, config=tmp_path / "montybase.json")
+    try:
+        seen: list[Any] = []
+        doc(second, "chat", "room").on_snapshot(lambda snapshot: seen.append(snapshot.value))
+        doc(first, "chat", "room").set({"said": "hello"})
+        eventually(lambda: seen[-1:] == [{"said": "hello"}])
+        with pytest.raises(AlreadyExists):
+            doc(second, "chat").add({"said": "again"}, key="room")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_two_nodes_add_one_key_one_wins_the_other_is_already_exists(cluster):
+    a, b = cluster.client(0), cluster.client(1)
+    outcomes: list[str] = []
+    start = threading.Barrier(2)
+
+    def add(handle: Montybase, name: str, key: str) -> None:
+        start.wait()
+        try:
+            doc(handle, "names").add({"by": name}, key=key)
+            outcomes.append(name)
+        except AlreadyExists:
+            outcomes.append("already exists")
+
+    for number in range(5):
+        outcomes.clear()
+        threads = [threading.Thread(target=add, args=(handle, name, f"k{number}")) for handle, name in ((a, "a"), (b, "b"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(outcomes) in (["a", "already exists"], ["already exists", "b"])
+        winner = outcomes[0] if outcomes[0] != "already exists" else outcomes[1]
+        assert eventually(lambda: doc(cluster.client(2), "names", f"k{number}").get() == {"by": winner})
+
+
+def test_a_node_started_late_loads_and_converges(cluster):
+    a = cluster.client(0)
+    for number in range(50):
+        doc(a, "items").add({"n": number})
+    late = cluster.start()
+    d = cluster.client(late)
+    assert doc(d, "items").get() == doc(a, "items").get()
+    doc(d, "items", "from-late").set({"n": -1})
+    assert eventually(lambda: doc(a, "items", "from-late").get() == {"n": -1})
+    assert len(doc(cluster.client(1), "items").get()) == 51
+
+
+def test_a_session_token_made_on_node_a_resumes_on_node_b(cluster):
+    """Accounts and sessions are documents in PostgreSQL: any node knows them."""
+    a, b, c = (Stranger(SimpleNamespace(url=url, config=cluster.config)) for url in cluster.urls)
+    try:
+        signed = a.call("signUp", {"email": "ann@example.com", "password": "correct horse"})["result"]
+        resumed = b.call("resume", {"token": signed["token"]})  # at once: b looks in PostgreSQL
+        assert resumed["result"] == {"uid": signed["uid"], "email": "ann@example.com"}
+        assert b.call("signOut", {"token": signed["token"]})["result"] == {}
+        refused = c.call("resume", {"token": signed["token"]})
+        assert refused["error"]["data"]["reason"] == "UNAUTHENTICATED"
+    finally:
+        for stranger in (a, b, c):
+            stranger.close()
+
+
+class Writers:
+    """One writer thread per node, each setting new documents through a client of its node and
+    keeping the ids acknowledged; a failed write is retried as a new document, through a new
+    client when the connection was lost (a killed node comes back on another port)."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.acked: set[str] = set()
+        self.failures: list[tuple[str, float]] = []  # (error reason, seconds the failed call took)
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._write, args=(index,)) for index in range(len(cluster.procs))]
+        for thread in self.threads:
+            thread.start()
+
+    def _write(self, index: int) -> None:
+        handle, number = None, 0
+        while not self.stop.is_set():
+            number += 1
+            key = f"w{index}-{number}"
+            started = time.monotonic()
+            try:
+                if handle is None:
+                    handle = Montybase(api=self.cluster.urls[index], config=self.cluster.config_path)
+                doc(handle, "acked", key).set({"n": number})
+                self.acked.add(key)
+            except Exception as exc:  # noqa: BLE001 (every failure is counted, and the writer goes on)
+                self.failures.append((getattr(exc, "reason", type(exc).__name__), time.monotonic() - started))
+                if handle is not None and getattr(exc, "reason", "") != "UNAVAILABLE":
+                    try:
+                        handle.close()
+                    except Exception:  # noqa: BLE001 (a client of a killed node)
+                        pass
+                    handle = None
+                self.stop.wait(0.05)
+        if handle is not None:
+            handle.close()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in self.threads)
+
+
+def _converged(cluster: Cluster, acked: set[str]) -> None:
+    """Every acknowledged write is on every node, and the nodes hold the same documents."""
+    readers = [cluster.client(index) for index in range(len(cluster.procs))]
+    states = eventually(lambda: (s := [doc(r, "acked").get() for r in readers]) and all(x == s[0] for x in s) and s, 30)
+    missing = acked - states[0].keys()
+    assert not missing, f"{len(missing)} acknowledged writes lost: {sorted(missing)[:10]}"
+
+
+def test_kill_9_of_a_node_during_writes_loses_no_acknowledged_write(cluster):
+    writers = Writers(cluster)
+    try:
+        for cycle in range(20):
+            eventually(lambda: len(writers.acked) > 10 * (cycle + 1), 30)
+            victim = cycle % 3
+            cluster.procs[victim].kill9()
+            time.sleep(0.2)
+            cluster.start(victim)
+    finally:
+        writers.finish()
+    assert len(writers.acked) > 200
+    _converged(cluster, writers.acked)
+
+
+def test_postgres_stopped_and_started_under_load(cluster, postgres):
+    writers = Writers(cluster)
+    try:
+        eventually(lambda: len(writers.acked) > 30, 30)
+        postgres.stop()
+        try:
+            failed = len(writers.failures)
+            eventually(lambda: len(writers.failures) > failed + 9, 30)  # every node answers UNAVAILABLE
+            down = writers.failures[failed:]
+            acked_while_down = len(writers.acked)
+            time.sleep(1.0)
+            readers = [cluster.client(index) for index in range(3)]
+            assert all(len(doc(r, "acked").get()) >= 30 for r in readers)  # reads go on from memory
+        finally:
+            postgres.start()
+        assert {reason for reason, _ in down} == {"UNAVAILABLE"}
+        assert max(seconds for _, seconds in down) < 10
+        assert len(writers.acked) <= acked_while_down + 3  # (writes in flight as it stopped)
+        eventually(lambda: len(writers.acked) > acked_while_down + 60, 60)  # writes are taken again
+    finally:
+        writers.finish()
+    _converged(cluster, writers.acked)
+
+
+# montybase migrate
+
+
+def migrate(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(server_command("migrate", *args), cwd=folder, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MONTYBASE_PROGRESS_SECONDS": "0"})
+
+
+def test_migrate_moves_a_file_store_into_postgresql_and_back(tmp_path, pg_url):
+    database = Database(FileStorage(tmp_path / "db.json"))
+    for number in range(2500):
+        write(database, "set", ["players", f"p{number:04}"], {"score": number})
+    write(database, "set", ["rooms", "r1", "messages", "m1"], {"text": "hi"})
+    generated = write(database, "add", ["rooms"], {"name": "generated"})["id"]
+    Service(database).accounts.sign_up({"email": "ann@example.com", "password": "correct horse"})
+    before = {path: dict(docs) for path, docs in database.tree.collections.items() if docs}
+    database.close()
+
+    moved = migrate(tmp_path, "--from", "db.json", "--to", pg_url)
+    assert moved.returncode == 0, moved.stderr
+    assert "migrated 2504 documents" in moved.stdout and ":***@127.0.0.1" in moved.stdout
+    assert "montybase-test" not in moved.stdout + moved.stderr  # the password is never printed
+    assert "migrate: 2504/2504 documents" in moved.stderr.splitlines()[-1]
+
+    a = node(pg_url)
+    try:
+        assert {path: dict(docs) for path, docs in a.tree.collections.items() if docs} == before
+        later = write(a, "add", ["rooms"], {"name": "later"})["id"]
+        assert later > generated  # ids made on a node sort after those of the file
+        accounts = Service(a).accounts
+        assert accounts.sign_in({"email": "ann@example.com", "password": "correct horse"})["email"] == "ann@example.com"
+        after = {path: dict(docs) for path, docs in a.tree.collections.items() if docs}
+    finally:
+        a.close()
+
+    back = migrate(tmp_path, "--from", pg_url, "--to", "back/db.json")
+    assert back.returncode == 0, back.stderr
+    assert f"into {tmp_path / 'back' / 'db.json'}" in back.stdout
+    returned = Database(FileStorage(tmp_path / "back" / "db.json"))
+    try:
+        assert {path: dict(docs) for path, docs in returned.tree.collections.items() if docs} == after
+    finally:
+        returned.close()
+
+
+def test_migrate_refuses_what_would_mix_two_stores(tmp_path, pg_url):
+    database = Database(FileStorage(tmp_path / "db.json"))
+    write(database, "set", ["a", "b"], {"c": 1})
+    database.close()
+    assert migrate(tmp_path, "--from", "db.json", "--to", pg_url).returncode == 0
+    again = migrate(tmp_path, "--from", "db.json", "--to", pg_url)
+    assert again.returncode == 1 and "already holds a Montybase database" in again.stderr
+    existing = migrate(tmp_path, "--from", pg_url, "--to", "db.json")
+    assert existing.returncode == 1 and "holds data already" in existing.stderr
+    files = migrate(tmp_path, "--from", "db.json", "--to", "other.json")
+    assert files.returncode == 1 and "give one PostgreSQL URL and one file" in files.stderr
+    served = Database(FileStorage(tmp_path / "db.json"))  # a server holds the file: it must be stopped first
+    try:
+        held = migrate(tmp_path, "--from", "db.json", "--to", pg_url)
+        assert held.returncode == 1 and "stop it first" in held.stderr
+    finally:
+        served.close()
+
+
+def test_file_commands_on_a_postgresql_config_say_what_to_use(tmp_path, pg_url):
+    config_path = tmp_path / "montybase.json"
+    config_path.write_text(json.dumps({**create_config(config_path), "storageBucket": pg_url}))
+    done = subprocess.run(server_command("backup", "b.mbak", "--config", str(config_path)), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "storageBucket is PostgreSQL" in done.stderr and "montybase migrate" in done.stderr
+
+
+def test_rate_limits_are_per_node(nodes):
+    """What the README says: limits count on each node (N nodes let N times a total through)."""
+    a, b = nodes
+    limits = Limits(signUps="2/hour")
+    accounts_a, accounts_b = Service(a, limits=limits).accounts, Service(b, limits=limits).accounts
+    stranger = Principal("client", None, 1, "192.0.2.1")
+    for number in range(2):
+        accounts_a.sign_up({"email": f"a{number}@example.com", "password": "correct horse"}, stranger)
+    with pytest.raises(RateLimitedError):
+        accounts_a.sign_up({"email": "a2@example.com", "password": "correct horse"}, stranger)
+    assert accounts_b.sign_up({"email": "b0@example.com", "password": "correct horse"}, stranger)["email"] == "b0@example.com"
+
+
+def test_messages_name_a_postgresql_url_without_its_password():
+    assert redacted("postgresql://app:s3cret@db:5432/game") == "postgresql://app:***@db:5432/game"
+    assert redacted("postgresql://db/game?user=app&password=s3cret&sslmode=require") == (
+        "postgresql://db/game?user=app&password=***&sslmode=require")
+    assert redacted("postgres://app@db/game") == "postgres://app@db/game"
+
+
+def test_any_json_survives_postgresql_as_it_was_written(nodes):
+    a, _ = nodes
+    tricky = {"quote": "it's \"quoted\" \\ back\\slash", "percent": "100% _under_", "nul": "a\u0000b",
+              "emoji": "🎲 é e\u0301", "nested": {"z": 1, "a": [1.5, -0.0, 2**53 - 1, None, True]}, "order": {"b": 1, "a": 2}}
+    write(a, "set", ["it's 100%_", "key'with\"quotes"], tricky)
+    write(a, "set", ["it's 100%_", "key'with\"quotes", "sub_%", "x"], {"n": 1})
+    write(a, "delete", ["it's 100%"])  # a prefix of the collection's name: deletes nothing of it
+    c = node(a.storage.url)
+    try:
+        stored = c.document(("it's 100%_", "key'with\"quotes"))
+        assert stored == tricky and list(stored["order"]) == ["b", "a"]  # key order kept (JSON text, not jsonb)
+        assert c.document(("it's 100%_", "key'with\"quotes", "sub_%", "x")) == {"n": 1}
+    finally:
+        c.close()
