@@ -24,7 +24,7 @@ from .query import _MISSING, Query, aggregate, field_value, parse_query, run
 from .rules import Principal, RateLimiter, Rules
 from .storage import Storage
 from .tree import Change, Tree, build_index
-from .values import DELETE, TRANSFORMS, clone, json_equal, prepare
+from .values import DELETE, TRANSFORMS, clone, clone_all, json_equal, prepare
 from .watch import Sink, Watcher
 
 __all__ = ["Database"]
@@ -311,7 +311,8 @@ class Database:
             selected = self._select(query, principal, build=True)
             if principal is not None:
                 self.rules.check_results(principal, len(selected), _asked(query))
-            docs = [{"id": doc_id, "value": clone(doc)} for doc_id, doc in selected]
+            ids, documents = zip(*selected) if selected else ((), ())
+            docs = [{"id": doc_id, "value": value} for doc_id, value in zip(ids, clone_all(list(documents)))]
         return {"docs": docs}, 0
 
     def aggregate(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
