@@ -4,6 +4,7 @@ queries read through indexes against the same queries scanned; sorts in steps ag
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 from sortedcontainers import SortedList
 
 from server import query as query_module
-from server.query import OPERATORS, ElementIndex, OrderIndex, compile_where, matches, parse_query, run, sort_in_steps
+from server.query import (
+    OPERATORS, ElementIndex, OrderIndex, compile_where, matches, parse_query, run, sort_in_steps, sort_key,
+)
 from server.tree import Tree
 from server.values import clone_all
 
@@ -215,3 +218,19 @@ def test_copies_of_stored_documents_are_equal_and_share_nothing_with_them():
     copies[0]["a"][1]["b"] = 2
     copies[1]["g"].append(1)
     assert stored[0]["a"][1]["b"] == 1.0 and stored[1]["g"] == []
+
+
+def test_descending_strings_sort_in_reverse_code_point_order_prefixes_included():
+    rng = random.Random(5)
+    alphabet = ["a", "b", "\x00", "é", "\uffff", "\U00010000", "\U0010ffff", "\ud800"]
+    strings = list({"".join(rng.choice(alphabet) for _ in range(rng.randrange(5))) for _ in range(3000)})
+    descending = sorted(strings, key=lambda value: sort_key(value, True))
+    assert descending == sorted(strings, reverse=True)
+    assert len({sort_key(value, True) for value in strings}) == len(strings)
+
+
+def test_an_index_of_descending_strings_holds_nothing_the_garbage_collector_walks():
+    # Full collections hold every thread while they walk every tracked object.
+    index = OrderIndex(((("s",), True),), {f"d{i}": {"s": f"name{i}"} for i in range(100)})
+    gc.collect()
+    assert not any(gc.is_tracked(entry) or any(gc.is_tracked(part) for part in entry) for entry in index.entries)
