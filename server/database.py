@@ -311,9 +311,9 @@ class Database:
             selected = self._select(query, principal, build=True)
             if principal is not None:
                 self.rules.check_results(principal, len(selected), _asked(query))
-            ids, documents = zip(*selected) if selected else ((), ())
-            docs = [{"id": doc_id, "value": value} for doc_id, value in zip(ids, clone_all(list(documents)))]
-        return {"docs": docs}, 0
+        # Copied after the lock: stored documents are replaced, never changed in place.
+        ids, documents = zip(*selected) if selected else ((), ())
+        return {"docs": [{"id": doc_id, "value": value} for doc_id, value in zip(ids, clone_all(list(documents)))]}, 0
 
     def aggregate(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         self._check_open()
