@@ -365,9 +365,24 @@ class OrderIndex:
 
     def __init__(self, spec: tuple[tuple[tuple[str, ...], bool], ...], documents: Mapping[str, Any]):
         self.spec = spec
-        self.entries = _sorted_list(
-            [key for key in (self.key(doc_id, doc) for doc_id, doc in documents.items()) if key is not None]
-        )
+        self.entries = _sorted_list(self._keys(documents))
+
+    def _keys(self, documents: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """The entries of `documents` (as `key` gives them): for one top-level field, the common
+        case, read in place, numbers without a call (a build is about twice as fast)."""
+        if len(self.spec) != 1 or len(self.spec[0][0]) != 1:
+            return [key for key in (self.key(doc_id, doc) for doc_id, doc in documents.items()) if key is not None]
+        (name,), descending = self.spec[0]
+        rank = -2 if descending else 2
+        keys = []
+        for doc_id, document in documents.items():
+            value = document.get(name, _MISSING) if type(document) is dict else _MISSING
+            kind = type(value)
+            if kind is float or kind is int:
+                keys.append((rank, -value if descending else value, doc_id))
+            elif value is not _MISSING:
+                keys.append((*sort_key(value, descending), doc_id))
+        return keys
 
     def key(self, doc_id: str, document: Any) -> tuple[Any, ...] | None:
         """The entry of a document, or None if it lacks an order field."""
