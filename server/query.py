@@ -369,7 +369,7 @@ class OrderIndex:
 
     def _keys(self, documents: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """The entries of `documents` (as `key` gives them): for one top-level field, the common
-        case, read in place, numbers without a call (a build is about twice as fast)."""
+        case, read in place, numbers without a call (about twice as fast as through `key`)."""
         if len(self.spec) != 1 or len(self.spec[0][0]) != 1:
             return [key for key in (self.key(doc_id, doc) for doc_id, doc in documents.items()) if key is not None]
         (name,), descending = self.spec[0]

@@ -12,9 +12,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from itertools import islice
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 from typing import Any
 
 from .accounts import Accounts, token_key

@@ -82,6 +82,8 @@ def clone_all(values: list[Any], step: int = 1000) -> list[Any]:
     thousand small documents). Marshal writes an object held twice as one shared object; stored
     values never share a list or an object (every write stores a fresh copy), so the copies
     share none either."""
+    if len(values) < 8:  # below that, marshal's fixed cost is more than it saves
+        return [clone(value) for value in values]
     out: list[Any] = []
     for low in range(0, len(values), step):
         out += marshal.loads(marshal.dumps(values[low:low + step]))
