@@ -212,12 +212,13 @@ def test_an_index_built_in_steps_is_the_sorted_list_built_at_once_and_stays_usab
 
 
 def test_copies_of_stored_documents_are_equal_and_share_nothing_with_them():
-    stored = [document for _ in range(3) for document in ({"a": [1, {"b": 1.0}], "c": {"d": [True, None, "é"]}, "e": -0.0, "f": 2**53 - 1}, {"g": []})]
-    copies = clone_all(stored, step=2)
-    assert copies == stored and [type(c["e"]) for c in copies[::2]] == [float] * 3
-    copies[0]["a"][1]["b"] = 2
-    copies[1]["g"].append(1)
-    assert stored[0]["a"][1]["b"] == 1.0 and stored[1]["g"] == []
+    stored = [document for _ in range(6) for document in ({"a": [1, {"b": 1.0}], "c": {"d": [True, None, "é"]}, "e": -0.0, "f": 2**53 - 1}, {"g": []})]
+    for copies in (clone_all(stored, step=5), clone_all(stored[:3])):  # in C, and (a few) in Python
+        assert copies == stored[:len(copies)]
+        assert [type(c["e"]) for c in copies[::2]] == [float] * len(copies[::2]) and str(copies[0]["e"]) == "-0.0"
+        copies[0]["a"][1]["b"] = 2
+        copies[1]["g"].append(1)
+        assert stored[0]["a"][1]["b"] == 1.0 and stored[1]["g"] == []
 
 
 def test_descending_strings_sort_in_reverse_code_point_order_prefixes_included():
