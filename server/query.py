@@ -551,10 +551,8 @@ def _plan(
         return None  # so many match that walking the order index until the limit checks fewer
     # The spans hold the chosen clause's matches and nothing else (equal values sort together,
     # 1 beside 1.0 and never true; a range stops at its type's rank; count() relies on it too),
-    # so only the other clauses are checked.
-    rest = list(query.where)
-    rest.remove(chosen)
-    check = compile_where(tuple(rest))
+    # so only the other clauses are checked (told apart by identity: 1 == True in Python).
+    check = compile_where(tuple(clause for clause in query.where if clause is not chosen))
     ids: list[str] = []
     for low, high in spans:
         ids += map(_last, index.entries.islice(low, high))

@@ -235,3 +235,14 @@ def test_an_index_of_descending_strings_holds_nothing_the_garbage_collector_walk
     index = OrderIndex(((("s",), True),), {f"d{i}": {"s": f"name{i}"} for i in range(100)})
     gc.collect()
     assert not any(gc.is_tracked(entry) or any(gc.is_tracked(part) for part in entry) for entry in index.entries)
+
+
+@pytest.mark.parametrize("where", [
+    [["a", "==", 1], ["a", "==", True]], [["a", "==", True], ["a", "==", 1]],
+    [["a", "in", [1]], ["a", "in", [True]]], [["a", ">=", 1], ["a", "==", 1.0], ["a", "==", True]],
+], ids=["1 then true", "true then 1", "in", "three"])
+def test_clauses_equal_in_python_but_not_in_json_are_each_checked(where):
+    # 1 == True in Python: the clause an index serves is told from the others by identity.
+    documents = {"d1": {"a": 1}, "d2": {"a": True}, "d3": {"a": 1.0}, "d4": {"a": [1]}}
+    indexed, scanned = indexed_and_scanned(documents, {"where": where})
+    assert indexed == scanned == []
