@@ -25,7 +25,7 @@ from .query import _MISSING, Query, aggregate, field_value, parse_query, run
 from .rules import Principal, RateLimiter, Rules
 from .storage import Recovered, Storage
 from .tree import Change, Tree, build_index
-from .values import DELETE, TRANSFORMS, clone, json_equal, prepare
+from .values import DELETE, TRANSFORMS, clone, clone_all, json_equal, prepare
 from .watch import Sink, Watcher
 
 __all__ = ["Database"]
@@ -341,8 +341,9 @@ class Database:
             selected = self._select(query, principal, build=True)
             if principal is not None:
                 self.rules.check_results(principal, len(selected), _asked(query))
-            docs = [{"id": doc_id, "value": clone(doc)} for doc_id, doc in selected]
-        return {"docs": docs}, 0
+        # Copied after the lock: stored documents are replaced, never changed in place.
+        ids, documents = zip(*selected) if selected else ((), ())
+        return {"docs": [{"id": doc_id, "value": value} for doc_id, value in zip(ids, clone_all(list(documents)))]}, 0
 
     def aggregate(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         self._check_open()

@@ -93,8 +93,9 @@ class Tree:
         self._indexes: dict[Path, dict[tuple, OrderIndex]] = {}
         # collection → the change logs of the index builds under way outside the lock
         self._building: dict[Path, list[list[tuple[str, Any, Any]]]] = {}
-        # per copy under way (begin_copy): collection → id → the document before its first write since
+        # per copy under way (begin_copy, begin_build): collection → id → the document before its first write since
         self._copies: list[dict[Path, dict[str, Any]]] = []
+        self._build_copies: dict[int, dict[Path, dict[str, Any]]] = {}  # id of a build's log → its copy's log
         # path → the collections nested below it, in the order they appeared (dicts as ordered sets)
         self._nested: dict[Path, dict[Path, None]] = {}
         for collection in self.collections:
@@ -185,13 +186,17 @@ class Tree:
         """The specs of a collection's indexes, least recently used first."""
         return list(self._indexes.get(collection, ()))
 
-    def begin_build(self, collection: Path) -> tuple[dict[str, Any], list[tuple[str, Any, Any]]]:
-        """A copy of a collection to build an index from while others write (documents are
-        replaced, never changed in place), and the log of the changes made to it from now on,
-        to give `finish_build`."""
+    def begin_build(self, collection: Path) -> tuple[Frozen, list[tuple[str, Any, Any]]]:
+        """A collection as it is now, to build an index from while others write, and the log of
+        the changes made to it from now on, to give `finish_build`. A Frozen view (its ids, and
+        the documents writes replace meanwhile), not a copy: the garbage collector's young
+        passes walked a copy of 100,000 documents twice, holding every thread 5 ms each time."""
         log: list[tuple[str, Any, Any]] = []
         self._building.setdefault(collection, []).append(log)
-        return dict(self.collections.get(collection, {})), log
+        replaced: dict[Path, dict[str, Any]] = {}
+        self._copies.append(replaced)
+        self._build_copies[id(log)] = replaced
+        return Frozen(self.collections.get(collection, {}), replaced.setdefault(collection, {})), log
 
     def finish_build(self, collection: Path, index: OrderIndex | None, log: list[tuple[str, Any, Any]]) -> None:
         """Catch an index built from `begin_build`'s copy up with the changes made since (None:
@@ -200,6 +205,8 @@ class Tree:
         logs.remove(log)
         if not logs:
             del self._building[collection]
+        replaced = self._build_copies.pop(id(log))
+        self._copies = [other for other in self._copies if other is not replaced]
         if index is not None:
             for doc_id, old, new in log:
                 index.update(doc_id, old, new)

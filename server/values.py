@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import math
 from typing import Any
 
@@ -14,6 +15,7 @@ __all__ = [
     "MAX_SAFE_INTEGER",
     "TRANSFORMS",
     "clone",
+    "clone_all",
     "json_equal",
     "prepare",
 ]
@@ -72,6 +74,20 @@ def clone(value: Any) -> Any:
                 out[index] = clone(item)
         return out
     return value
+
+
+def clone_all(values: list[Any], step: int = 1000) -> list[Any]:
+    """[clone(value) for value in values], copied in C (marshal: about twice as fast for small
+    documents), `step` values per call so that no call holds the GIL for long (a millisecond per
+    thousand small documents). Marshal writes an object held twice as one shared object; stored
+    values never share a list or an object (every write stores a fresh copy), so the copies
+    share none either."""
+    if len(values) < 8:  # below that, marshal's fixed cost is more than it saves
+        return [clone(value) for value in values]
+    out: list[Any] = []
+    for low in range(0, len(values), step):
+        out += marshal.loads(marshal.dumps(values[low:low + step]))
+    return out
 
 
 def _number(value: Any, where: str) -> int | float:

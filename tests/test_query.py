@@ -1,9 +1,10 @@
 """Unit tests of server/query.py beyond the shared cases: the compiled filter of a scan
 (`compile_where`) against the clause-by-clause `matches`, over random documents and clauses;
-queries read through indexes against the same queries scanned."""
+queries read through indexes against the same queries scanned; sorts in steps against sorted()."""
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 from pathlib import Path
@@ -11,8 +12,14 @@ from typing import Any
 
 import pytest
 
-from server.query import OPERATORS, ElementIndex, OrderIndex, compile_where, matches, parse_query, run
+from sortedcontainers import SortedList
+
+from server import query as query_module
+from server.query import (
+    OPERATORS, ElementIndex, OrderIndex, compile_where, matches, parse_query, run, sort_in_steps, sort_key,
+)
 from server.tree import Tree
+from server.values import clone_all
 
 CASES = json.loads((Path(__file__).parent / "cases" / "queries.json").read_text(encoding="utf-8"))["cases"]
 
@@ -110,11 +117,11 @@ def test_an_element_index_kept_up_to_date_equals_one_built_afresh():
         assert list(index.entries) == list(ElementIndex(("tags",), documents).entries)
 
 
-def indexed_and_scanned(documents: dict[str, Any], wire: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The ids a query selects read through the tree's indexes, and scanned."""
+def indexed_and_scanned(documents: dict[str, Any], wire: dict[str, Any]) -> tuple[list, list]:
+    """The (id, document) pairs a query selects read through the tree's indexes, and scanned."""
     tree = Tree({("c",): dict(documents)})
     query = parse_query({"path": ["c"], **wire})
-    return [i for i, _ in tree.select(query)], [i for i, _ in run(query, documents, None)]
+    return tree.select(query), run(query, documents, None)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if "error" not in c], ids=lambda c: c["name"])
@@ -122,7 +129,7 @@ def test_a_shared_case_reads_the_same_through_indexes_as_scanned(case):
     indexed, scanned = indexed_and_scanned(case["documents"], case["query"])
     assert indexed == scanned
     if "aggregate" not in case and "page" not in case:
-        assert indexed == case["expect"]
+        assert [doc_id for doc_id, _ in indexed] == case["expect"]
 
 
 INDEXED_OPS = ("==", "in", "<", "<=", ">", ">=", "array-contains", "array-contains-any")
@@ -137,15 +144,17 @@ def random_indexed_clause(rng: random.Random) -> list[Any]:
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_random_queries_read_the_same_through_indexes_as_scanned(seed):
+def test_random_queries_read_the_same_through_indexes_as_scanned(seed, monkeypatch):
     rng = random.Random(seed)
     documents = {
-        f"d{i:03}": {
+        f"d{rng.randrange(10**6):06}": {
             **{key: rng.choice(ORDER_VALUES) for key in "ab" if rng.random() < 0.9},
             **({"t": [rng.choice(ORDER_VALUES) for _ in range(rng.randrange(4))]} if rng.random() < 0.7 else {}),
         }
-        for i in range(rng.randrange(1, 120))
+        for _ in range(rng.randrange(1, 120))
     }
+    if seed % 2:  # sorts and index builds in many small steps (many runs merged)
+        monkeypatch.setattr(query_module, "STEP", rng.choice((1, 2, 5)))
     for _ in range(120):
         wire: dict[str, Any] = {"where": [random_indexed_clause(rng) for _ in range(rng.randrange(1, 3))]}
         if rng.random() < 0.6:
@@ -169,3 +178,71 @@ def test_a_count_read_in_an_index_is_the_number_of_documents_selected(seed):
     for _ in range(100):
         query = parse_query({"path": ["c"], "where": [random_indexed_clause(rng)]})
         assert tree.count(query) == len(run(query, documents, None)), query.where
+
+
+SORTABLE: list[Any] = [(2, 1), (2, 1.0), (2, True), (2, 0.5), (3, "a"), (3, "b"), (1, 0), (0, 0), (2, -1)]
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64])
+def test_a_sort_in_steps_is_sorted_with_its_ties_in_the_same_order(step):
+    rng = random.Random(step)
+    for size in (0, 1, 2, step, step + 1, 2 * step + 1, 300):
+        # Equal but distinct items ((2, 1), (2, 1.0), (2, True)) show that equal ones keep their order.
+        items = [rng.choice(SORTABLE) for _ in range(size)]
+        got = sort_in_steps(items, step)
+        assert got == sorted(items)
+        assert [id(item) for item in got] == [id(item) for item in sorted(items)]
+
+
+@pytest.mark.parametrize("step", [1, 3, 2048])
+def test_an_index_built_in_steps_is_the_sorted_list_built_at_once_and_stays_usable(step, monkeypatch):
+    monkeypatch.setattr(query_module, "STEP", step)
+    rng = random.Random(step)
+    documents = {f"d{rng.randrange(10**6):06}": {"s": rng.choice(ORDER_VALUES), "t": [rng.choice(ORDER_VALUES) for _ in range(2)]}
+                 for _ in range(2500)}
+    for index in (OrderIndex(((("s",), False),), documents), OrderIndex(((("s",), True),), documents), ElementIndex(("t",), documents)):
+        expected = SortedList(entry for doc_id, doc in documents.items() for entry in (
+            index.keys(doc_id, doc) if isinstance(index, ElementIndex) else [index.key(doc_id, doc)]))
+        # Laid out as SortedList lays out what it sorts at once: the same sublists, maxes and length.
+        assert (index.entries._lists, index.entries._maxes, len(index.entries)) == (expected._lists, expected._maxes, len(expected))
+        doc_id = next(iter(documents))
+        index.update(doc_id, documents[doc_id], None)
+        index.update(doc_id, None, {"s": "new", "t": ["new"]})
+        assert index.entries.bisect_left(expected[0]) == 0
+
+
+def test_copies_of_stored_documents_are_equal_and_share_nothing_with_them():
+    stored = [document for _ in range(6) for document in ({"a": [1, {"b": 1.0}], "c": {"d": [True, None, "é"]}, "e": -0.0, "f": 2**53 - 1}, {"g": []})]
+    for copies in (clone_all(stored, step=5), clone_all(stored[:3])):  # in C, and (a few) in Python
+        assert copies == stored[:len(copies)]
+        assert [type(c["e"]) for c in copies[::2]] == [float] * len(copies[::2]) and str(copies[0]["e"]) == "-0.0"
+        copies[0]["a"][1]["b"] = 2
+        copies[1]["g"].append(1)
+        assert stored[0]["a"][1]["b"] == 1.0 and stored[1]["g"] == []
+
+
+def test_descending_strings_sort_in_reverse_code_point_order_prefixes_included():
+    rng = random.Random(5)
+    alphabet = ["a", "b", "\x00", "é", "\uffff", "\U00010000", "\U0010ffff", "\ud800"]
+    strings = list({"".join(rng.choice(alphabet) for _ in range(rng.randrange(5))) for _ in range(3000)})
+    descending = sorted(strings, key=lambda value: sort_key(value, True))
+    assert descending == sorted(strings, reverse=True)
+    assert len({sort_key(value, True) for value in strings}) == len(strings)
+
+
+def test_an_index_of_descending_strings_holds_nothing_the_garbage_collector_walks():
+    # Full collections hold every thread while they walk every tracked object.
+    index = OrderIndex(((("s",), True),), {f"d{i}": {"s": f"name{i}"} for i in range(100)})
+    gc.collect()
+    assert not any(gc.is_tracked(entry) or any(gc.is_tracked(part) for part in entry) for entry in index.entries)
+
+
+@pytest.mark.parametrize("where", [
+    [["a", "==", 1], ["a", "==", True]], [["a", "==", True], ["a", "==", 1]],
+    [["a", "in", [1]], ["a", "in", [True]]], [["a", ">=", 1], ["a", "==", 1.0], ["a", "==", True]],
+], ids=["1 then true", "true then 1", "in", "three"])
+def test_clauses_equal_in_python_but_not_in_json_are_each_checked(where):
+    # 1 == True in Python: the clause an index serves is told from the others by identity.
+    documents = {"d1": {"a": 1}, "d2": {"a": True}, "d3": {"a": 1.0}, "d4": {"a": [1]}}
+    indexed, scanned = indexed_and_scanned(documents, {"where": where})
+    assert indexed == scanned == []

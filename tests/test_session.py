@@ -12,8 +12,9 @@ from server.channel import CLOSE_AUTH_FAILED, ClientHandshake, Records
 from server.config import Limits
 from server.database import Database
 from server.errors import LimitExceededError, MethodNotFoundError
+from server.rpc import dumps
 from server.rules import Rules
-from server.session import Service, Session
+from server.session import ENCODE_STEP, Service, Session
 from server.storage import FileStorage
 
 CLIENT_KEY, ADMIN_KEY = "mb-test-client-key-0123456789", "mba-test-admin-key-0123456789"
@@ -122,6 +123,22 @@ def test_a_batch_frame_is_answered_by_one_batch_frame(service):
                         json.loads(request("get", {"path": ["open", "b"]}, 2))])
     answers = json.loads(session.receive(frame.encode()).run().text)
     assert [a["id"] for a in answers] == [1, 2] and answers[1]["result"] == {"value": {"n": 2}}
+
+
+def test_a_large_result_encoded_a_slice_at_a_time_is_the_text_of_one_encoding(service):
+    database = service.database
+    for start in range(0, 2 * ENCODE_STEP + 7, 250):
+        database.commit([{"op": "set", "path": ["open", f"d{i:05}"], "value": {"n": i, "s": "é\"", "t": [i, None]}}
+                         for i in range(start, min(start + 250, 2 * ENCODE_STEP + 7))])
+    session, _, _ = connect(service, "admin", ADMIN_KEY)
+    calls = [("query", {"query": {"path": ["open"], "where": [["n", ">=", 3]]}}), ("get", {"path": ["open"]})]
+    expected = [{"jsonrpc": "2.0", "id": f"r{i}", "result": getattr(database, method)(params, None)[0]}
+                for i, (method, params) in enumerate(calls)]
+    assert len(expected[0]["result"]["docs"]) > ENCODE_STEP and len(expected[1]["result"]["value"]) > ENCODE_STEP
+    for i, (method, params) in enumerate(calls):
+        assert session.receive(request(method, params, f"r{i}").encode()).run().text == dumps(expected[i])
+    frame = json.dumps([json.loads(request(method, params, f"r{i}")) for i, (method, params) in enumerate(calls)])
+    assert session.receive(frame.encode()).run().text == dumps(expected)
 
 
 def test_unknown_and_handshake_methods_after_the_handshake_are_refused(service):

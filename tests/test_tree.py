@@ -109,6 +109,7 @@ def test_an_index_built_from_a_copy_while_others_write_is_caught_up_with_their_w
     assert built == [((("n",), False),), ("elements", ("t",)), ((("n",), True),)]
     for spec in built:
         assert list(tree.index(("c",), spec).entries) == list(build_index(spec, tree.collections[("c",)]).entries)
+    assert not tree._building and not tree._copies  # finished builds no longer log the writes
 
 
 def test_a_collection_emptied_and_filled_again_during_a_build_is_read_again_in_place():
