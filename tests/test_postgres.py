@@ -30,7 +30,7 @@ from server.errors import (  # noqa: E402
 )
 from server.postgres import PostgresStorage, redacted  # noqa: E402
 from server.rules import Principal  # noqa: E402
-from server.session import Service  # noqa: E402
+from server.session import CLOSE_SIGNED_OUT, Service  # noqa: E402
 from server.storage import FileStorage  # noqa: E402
 
 
@@ -521,6 +521,37 @@ def test_a_session_token_made_on_node_a_resumes_on_node_b(cluster):
     finally:
         for stranger in (a, b, c):
             stranger.close()
+
+
+def test_signing_out_on_node_a_closes_the_connections_that_resumed_the_session_on_node_b(tmp_path, pg_url):
+    nodes = Cluster(tmp_path, pg_url)
+    strangers: list[Stranger] = []
+
+    def stranger(index: int, kid: str = "client") -> Stranger:
+        strangers.append(Stranger(SimpleNamespace(url=nodes.urls[index], config=nodes.config), kid=kid))
+        return strangers[-1]
+
+    try:
+        nodes.start(), nodes.start()
+        a, admin = stranger(0), stranger(0, "admin")
+        signed = a.call("signUp", {"email": "ann@example.com", "password": "correct horse"})["result"]
+        b = stranger(1)
+        assert b.call("resume", {"token": signed["token"]})["result"]["uid"] == signed["uid"]
+        started = time.monotonic()
+        assert a.call("signOut", {"token": signed["token"]})["result"] == {}
+        assert b.close_code(timeout=5) == CLOSE_SIGNED_OUT
+        assert time.monotonic() - started < 2
+        # An admin disabling the account on node A ends its sessions resumed on node B too.
+        again = a.call("signIn", {"email": "ann@example.com", "password": "correct horse"})["result"]
+        other = stranger(1)
+        assert other.call("resume", {"token": again["token"]})["result"]["uid"] == signed["uid"]
+        assert admin.call("accountsDisable", {"email": "ann@example.com"})["result"] == {"sessions": 1}
+        assert other.close_code(timeout=5) == CLOSE_SIGNED_OUT
+        assert stranger(1).call("resume", {"token": again["token"]})["error"]["data"]["reason"] == "UNAUTHENTICATED"
+    finally:
+        for connection in strangers:
+            connection.close()
+        nodes.close()
 
 
 class Writers:
