@@ -16,7 +16,8 @@ across nodes) and `append` inserts it with the next seq, updates the documents a
 NOTIFYs the other nodes (the payload is only the seq: NOTIFY carries at most 8,000 bytes) and
 commits. Only then is the write applied in memory and acknowledged. Each node's follower
 thread LISTENs, and also polls every `poll_seconds` (a lost notification is only late), reading
-the changes after the node's seq, in order; after a lost connection it resumes from there.
+the changes after the node's seq, in order; after a lost connection it resumes from there
+(meanwhile `unreachable` is true: /healthz says so).
 """
 
 from __future__ import annotations
@@ -301,7 +302,7 @@ class PostgresStorage(Storage):
                     connection.execute(f"LISTEN {CHANNEL}")
                     if failing:
                         log.warning("PostgreSQL at %s answers again: following the changes from %d", self.where, seq())
-                        failing = False
+                        failing = self.unreachable = False
                 else:  # woken by a notification, or the poll's time is up (looking at _stopping meanwhile)
                     notified = [notify.payload for notify in connection.notifies(
                         timeout=min(_WAKE_SECONDS, self.poll_seconds), stop_after=1)]
@@ -323,7 +324,7 @@ class PostgresStorage(Storage):
                 if not failing:
                     log.error("PostgreSQL at %s: following the changes failed (%s); retrying, reads go on from memory",
                               self.where, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-                    failing = True
+                    failing = self.unreachable = True
                 if connection is not None:
                     try:
                         connection.close()

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -551,6 +553,38 @@ def test_signing_out_on_node_a_closes_the_connections_that_resumed_the_session_o
     finally:
         for connection in strangers:
             connection.close()
+        nodes.close()
+
+
+def _health(url: str, path: str = "/healthz") -> tuple[int, str]:
+    request = urllib.request.Request(url.replace("ws://", "http://") + path)
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+def test_healthz_is_503_and_the_storage_metric_0_while_postgresql_is_unreachable(tmp_path, pg_url, postgres):
+    nodes = Cluster(tmp_path, pg_url)
+    nodes.config["metrics"] = {"allow": ["127.0.0.1"]}
+    nodes.config_path.write_text(json.dumps(nodes.config))
+    try:
+        url = nodes.urls[nodes.start()]
+        status, body = _health(url)
+        assert status == 200 and json.loads(body)["storage"] == "ok"
+        assert "montybase_storage_up 1.0" in _health(url, "/metrics")[1]
+        postgres.stop()
+        try:
+            status, body = eventually(lambda: (found := _health(url))[0] == 503 and found, 10)
+            assert json.loads(body)["status"] == "unavailable" and json.loads(body)["storage"] == "unreachable"
+            assert "montybase_storage_up 0.0" in _health(url, "/metrics")[1]
+            assert "postgres" not in body, "where it is and why is for the log"
+        finally:
+            postgres.start()
+        eventually(lambda: _health(url)[0] == 200, 15)
+        assert "montybase_storage_up 1.0" in _health(url, "/metrics")[1]
+    finally:
         nodes.close()
 
 
