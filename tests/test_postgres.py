@@ -211,6 +211,36 @@ def test_a_lagging_node_reloads_when_the_changes_it_missed_were_dropped(pg_url):
         b.close()
 
 
+def test_a_follower_applies_the_changes_its_notifications_carry_without_reading_them(pg_url):
+    """A change that fits in NOTIFY's payload reaches other nodes with its notification (no read
+    of montybase_changes, which node b's role may no longer read); a larger one is read."""
+    import psycopg
+
+    opened = [node(pg_url)]
+    try:
+        a = opened[0]
+        role = f"reader_{os.getpid()}_{time.monotonic_ns()}"
+        with psycopg.connect(pg_url, autocommit=True) as connection:
+            connection.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'montybase-test'")
+            connection.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+            connection.execute(f"GRANT SELECT, INSERT ON montybase_state, montybase_documents, montybase_changes TO {role}")
+            opened += [node(pg_url.replace("//postgres:", f"//{role}:"), poll_seconds=60), node(pg_url)]
+            b, c = opened[1:]
+            write(a, "set", ["d", "first"], {"n": 0})
+            eventually(lambda: read(b, "d", "first"), 5)  # b's follower is past its first read
+            connection.execute(f"REVOKE SELECT ON montybase_changes FROM {role}")
+        write(a, "set", ["d", "small"], {"n": 1})
+        assert eventually(lambda: read(b, "d", "small"), 5) == {"n": 1}
+        write(a, "delete", ["d", "small"])
+        eventually(lambda: read(b, "d", "small") is None, 5)
+        large = {"text": "x" * 10_000}  # more than NOTIFY carries: read from montybase_changes
+        write(a, "set", ["d", "large"], large)
+        assert eventually(lambda: read(c, "d", "large"), 5) == large
+    finally:
+        for database in opened:
+            database.close()
+
+
 def test_a_session_made_on_one_node_resumes_on_another(nodes):
     a, b = nodes
     accounts_a, accounts_b = Service(a).accounts, Service(b).accounts
