@@ -25,10 +25,11 @@ from procs import Proc, server_command  # noqa: E402
 from python_client import AlreadyExistsError as AlreadyExists  # noqa: E402
 from python_client import Montybase, MontybaseError, doc, increment  # noqa: E402
 from server.accounts import SESSIONS, token_key  # noqa: E402
-from server.config import DEFAULTS, Limits, create_config, open_database  # noqa: E402
+from server.config import DEFAULTS, Limits, create_config, load_config, open_database  # noqa: E402
 from server.database import Database  # noqa: E402
 from server.errors import (  # noqa: E402
-    AlreadyExistsError, ConflictError, RateLimitedError, UnauthenticatedError, UnavailableError,
+    AlreadyExistsError, ConflictError, InvalidArgumentError, RateLimitedError, UnauthenticatedError,
+    UnavailableError,
 )
 from server.postgres import PostgresStorage, redacted  # noqa: E402
 from server.rules import Principal  # noqa: E402
@@ -779,6 +780,35 @@ def test_file_commands_on_a_postgresql_config_say_what_to_use(tmp_path, pg_url):
     done = subprocess.run(server_command("backup", "b.mbak", "--config", str(config_path)), cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "storageBucket is PostgreSQL" in done.stderr and "montybase migrate" in done.stderr
+
+
+def test_kept_changes_is_a_limit_of_the_config(tmp_path, pg_url):
+    database = open_database({**DEFAULTS, "limits": {"keptChanges": 5000}}, pg_url)
+    try:
+        assert database.storage.keep_changes == 5000
+    finally:
+        database.close()
+    config_path = tmp_path / "montybase.json"
+    config_path.write_text(json.dumps({**create_config(config_path), "storageBucket": pg_url,
+                                       "limits": {"keptChanges": 10}}))
+    with pytest.raises(InvalidArgumentError) as caught:
+        load_config(config_path, create=False)
+    assert caught.value.data["path"] == "/limits/keptChanges"
+
+
+def test_a_node_stops_without_a_snapshot_and_reload_says_to_send_it_sighup(tmp_path, pg_url):
+    nodes = Cluster(tmp_path, pg_url)
+    try:
+        nodes.start()
+        done = subprocess.run(server_command("reload", "--config", str(nodes.config_path)), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "SIGHUP" in done.stderr and "PostgreSQL" in done.stderr
+        assert "montybase-test" not in done.stderr + done.stdout, "a message never holds the password"
+        assert nodes.procs[0].stop() == 0
+        stopping = [line for line in nodes.procs[0].stderr_lines if "stopping:" in line]
+        assert stopping and not any("snapshot" in line for line in stopping)
+    finally:
+        nodes.close()
 
 
 def test_rate_limits_are_per_node(nodes):

@@ -295,7 +295,7 @@ async def serve(
     try:
         await stop.wait()
     finally:
-        log.info("stopping: finishing in-flight requests and writing a snapshot")
+        log.info("stopping: finishing in-flight requests%s", " and writing a snapshot" if database.storage.durable else "")
         await server.stop()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
