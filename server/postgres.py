@@ -87,7 +87,8 @@ _CHANGES_AFTER = ("SELECT s.seq, s.pruned, c.seq, c.operations FROM montybase_st
                   "WHERE s.id = 1 ORDER BY c.seq")
 # A write of sets only: the change, the documents, the state and the notification in one statement.
 _WRITE = f"""
-WITH change AS (INSERT INTO montybase_changes (seq, operations) VALUES (%(seq)s, %(operations)s) RETURNING seq, operations),
+WITH change AS (INSERT INTO montybase_changes (seq, operations) VALUES (%(seq)s, %(operations)s)
+                RETURNING seq, operations),
 documents AS (
     INSERT INTO montybase_documents (collection, id, value)
     SELECT * FROM unnest(%(collections)s::text[], %(ids)s::text[], %(values)s::text[])

@@ -224,7 +224,8 @@ def test_a_follower_applies_the_changes_its_notifications_carry_without_reading_
         with psycopg.connect(pg_url, autocommit=True) as connection:
             connection.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'montybase-test'")
             connection.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
-            connection.execute(f"GRANT SELECT, INSERT ON montybase_state, montybase_documents, montybase_changes TO {role}")
+            tables = "montybase_state, montybase_documents, montybase_changes"
+            connection.execute(f"GRANT SELECT, INSERT ON {tables} TO {role}")
             opened += [node(pg_url.replace("//postgres:", f"//{role}:"), poll_seconds=60), node(pg_url)]
             b, c = opened[1:]
             write(a, "set", ["d", "first"], {"n": 0})
