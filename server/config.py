@@ -63,6 +63,7 @@ class Limits:
     signUpsPerAddress: str = "20/hour"
     signInFailures: int = 5
     signInFailuresPerAddress: int = 50
+    keptChanges: int = 100_000
 
     @classmethod
     def from_config(cls, limits: dict[str, Any] | None) -> Limits:
@@ -266,7 +267,7 @@ def open_database(
     elif is_postgres_url(bucket):
         from .postgres import PostgresStorage  # the optional extra montybase[postgres]
 
-        storage = PostgresStorage(bucket)
+        storage = PostgresStorage(bucket, keep_changes=limits.keptChanges)
     else:
         storage = FileStorage(bucket)
     return Database(

@@ -144,6 +144,9 @@ class Database:
         self.max_batch = max_batch
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()  # shared storage: one write of this node at a time (off the read lock)
+        # Shared storage: told (under the lock) of the changes other nodes committed, once applied
+        # here (a Service ends the connections of sessions signed out elsewhere).
+        self.elsewhere: list[Callable[[list[Change]], None]] = []
         self._snapshot_lock = threading.Lock()
         self._closed = threading.Event()
         started = time.monotonic()
@@ -449,14 +452,15 @@ class Database:
                 self._snapshot_due = time.monotonic() + self.snapshot_seconds
         return results, seq if self.hot else 0
 
-    def _applied(self, seq: int, operations: list[list]) -> None:
+    def _applied(self, seq: int, operations: list[list]) -> list[Change]:
         """Apply the committed write `seq` to the tree and notify its listeners (under the lock,
-        so every listener gets notifications in commit order; sinks only enqueue)."""
+        so every listener gets notifications in commit order; sinks only enqueue); its changes."""
         self.seq = seq
         changes = self._apply(operations)
         self._changes += 1
         for sink, tags, message in self.watcher.notify(changes):
             sink(tags, message)
+        return changes
 
     # Several nodes on one shared storage (PostgreSQL: server/postgres.py)
 
@@ -520,7 +524,7 @@ class Database:
             if missed.seq > self.seq:
                 log.warning("changes %d to %d were dropped from the shared storage: reloading its %d collections",
                             self.seq + 1, missed.seq, len(missed.collections))
-                self._applied(missed.seq, self._difference(missed.collections))
+                self._told(self._applied(missed.seq, self._difference(missed.collections)))
                 advance_id_clock(missed.id_time)
             return
         for seq, operations in missed:
@@ -528,10 +532,17 @@ class Database:
                 continue
             if seq != self.seq + 1:
                 raise UnavailableError(f"the shared storage skipped from change {self.seq} to {seq}")
-            self._applied(seq, operations)
+            self._told(self._applied(seq, operations))
             for operation in operations:
                 if len(operation) > 3:
                     advance_id_clock(operation[3])  # ids made here sort after those made elsewhere
+
+    def _told(self, changes: list[Change]) -> None:
+        for told in self.elsewhere:
+            try:
+                told(changes)
+            except Exception:  # the change is applied: a failing observer must not stop the stream
+                log.exception("an observer of the changes committed elsewhere failed")
 
     def _difference(self, collections: dict[Path, dict[str, Any]]) -> list[list]:
         """The operations that turn the tree into `collections`."""

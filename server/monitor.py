@@ -146,6 +146,8 @@ class Monitor:
             state = "closed"
         elif storage.failure is not None:
             state = "failed"
+        elif storage.unreachable:  # PostgreSQL: reads go on from memory, writes are refused
+            state = "unreachable"
         else:
             state = "ok" if storage.durable or storage.shared else "memory"
         snapshot = storage.snapshot_time
@@ -259,6 +261,9 @@ class Monitor:
         snapshot = database.storage.snapshot_time
         yield GaugeMetricFamily("montybase_snapshot_age_seconds", "Seconds since the snapshot on disk was written",
                                 value=time.time() - snapshot if snapshot is not None else float("nan"))
+        storage = database.storage
+        yield GaugeMetricFamily("montybase_storage_up", "1 while the storage takes writes; 0 once it failed or is "
+                                "unreachable", value=0 if storage.failure is not None or storage.unreachable else 1)
         yield GaugeMetricFamily("montybase_uptime_seconds", "Seconds since the server started",
                                 value=time.monotonic() - self.started)
 

@@ -17,7 +17,7 @@ from functools import partial
 from itertools import islice
 from typing import Any
 
-from .accounts import Accounts, token_key
+from .accounts import SESSIONS, Accounts, token_key
 from .channel import CLOSE_AUTH_FAILED, Records, ServerHandshake
 from .config import Limits
 from .database import Database
@@ -29,6 +29,7 @@ from .logs import Throttle, clip
 from .rpc import Call, Rpc, dumps, internal, loads
 from .paths import check_key, check_path
 from .rules import Principal, dry_run
+from .tree import Change
 from .watch import Sink, nothing_readable
 
 __all__ = ["CLOSE_SIGNED_OUT", "METHODS", "Reply", "Service", "Session", "Work"]
@@ -86,6 +87,7 @@ class Service:
         self.sessions: set[Session] = set()  # open network sessions, whose listeners a rules reload re-checks
         self._holders: dict[str, set[Session]] = {}  # a session token's hash → the sessions signed in with it
         self._holding = threading.Lock()  # sign-ins are answered on executor threads
+        database.elsewhere.append(self._ended_elsewhere)
 
     def handshake_keys(self) -> dict[str, tuple[str, ...]]:
         """Each kid's keys a handshake accepts now: its key, then the old ones whose grace lasts."""
@@ -130,6 +132,20 @@ class Service:
         """The sessions signed in with the session token of hash `token`."""
         with self._holding:
             return list(self._holders.get(token, ()))
+
+    def _ended_elsewhere(self, changes: list[Change]) -> None:
+        """Another node of a shared storage ended sessions (a sign-out, an account signed out
+        everywhere, disabled or deleted): the connections here signed in with them are signed
+        out as on that node (CLOSE_SIGNED_OUT). Expired sessions swept there are left alone,
+        as that node leaves them."""
+        if not self._holders:
+            return
+        now = time.time()
+        for change in changes:
+            if change.collection == (SESSIONS,) and change.new is None and change.old is not None and (
+                    change.old.get("expires", 0) >= now):
+                for holder in self.holders(change.id):
+                    holder.signed_out()
 
 
 class Session:

@@ -427,6 +427,7 @@ class Storage:
     durable = False
     shared = False  # several nodes write it (server/postgres.py): writes take Database._commit_shared
     failure: str | None = None  # why writes are refused since a write or fsync failed, or None
+    unreachable = False  # shared storage: its server does not answer now (writes are refused meanwhile)
     snapshot_time: float | None = None  # when the snapshot on disk was written (epoch seconds), if any
 
     def load(self) -> Recovered:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,14 +25,15 @@ from procs import Proc, server_command  # noqa: E402
 from python_client import AlreadyExistsError as AlreadyExists  # noqa: E402
 from python_client import Montybase, MontybaseError, doc, increment  # noqa: E402
 from server.accounts import SESSIONS, token_key  # noqa: E402
-from server.config import DEFAULTS, Limits, create_config, open_database  # noqa: E402
+from server.config import DEFAULTS, Limits, create_config, load_config, open_database  # noqa: E402
 from server.database import Database  # noqa: E402
 from server.errors import (  # noqa: E402
-    AlreadyExistsError, ConflictError, RateLimitedError, UnauthenticatedError, UnavailableError,
+    AlreadyExistsError, ConflictError, InvalidArgumentError, RateLimitedError, UnauthenticatedError,
+    UnavailableError,
 )
 from server.postgres import PostgresStorage, redacted  # noqa: E402
 from server.rules import Principal  # noqa: E402
-from server.session import Service  # noqa: E402
+from server.session import CLOSE_SIGNED_OUT, Service  # noqa: E402
 from server.storage import FileStorage  # noqa: E402
 
 
@@ -207,6 +210,37 @@ def test_a_lagging_node_reloads_when_the_changes_it_missed_were_dropped(pg_url):
     finally:
         a.close()
         b.close()
+
+
+def test_a_follower_applies_the_changes_its_notifications_carry_without_reading_them(pg_url):
+    """A change that fits in NOTIFY's payload reaches other nodes with its notification (no read
+    of montybase_changes, which node b's role may no longer read); a larger one is read."""
+    import psycopg
+
+    opened = [node(pg_url)]
+    try:
+        a = opened[0]
+        role = f"reader_{os.getpid()}_{time.monotonic_ns()}"
+        with psycopg.connect(pg_url, autocommit=True) as connection:
+            connection.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'montybase-test'")
+            connection.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+            tables = "montybase_state, montybase_documents, montybase_changes"
+            connection.execute(f"GRANT SELECT, INSERT ON {tables} TO {role}")
+            opened += [node(pg_url.replace("//postgres:", f"//{role}:"), poll_seconds=60), node(pg_url)]
+            b, c = opened[1:]
+            write(a, "set", ["d", "first"], {"n": 0})
+            eventually(lambda: read(b, "d", "first"), 5)  # b's follower is past its first read
+            connection.execute(f"REVOKE SELECT ON montybase_changes FROM {role}")
+        write(a, "set", ["d", "small"], {"n": 1})
+        assert eventually(lambda: read(b, "d", "small"), 5) == {"n": 1}
+        write(a, "delete", ["d", "small"])
+        eventually(lambda: read(b, "d", "small") is None, 5)
+        large = {"text": "x" * 10_000}  # more than NOTIFY carries: read from montybase_changes
+        write(a, "set", ["d", "large"], large)
+        assert eventually(lambda: read(c, "d", "large"), 5) == large
+    finally:
+        for database in opened:
+            database.close()
 
 
 def test_a_session_made_on_one_node_resumes_on_another(nodes):
@@ -523,6 +557,69 @@ def test_a_session_token_made_on_node_a_resumes_on_node_b(cluster):
             stranger.close()
 
 
+def test_signing_out_on_node_a_closes_the_connections_that_resumed_the_session_on_node_b(tmp_path, pg_url):
+    nodes = Cluster(tmp_path, pg_url)
+    strangers: list[Stranger] = []
+
+    def stranger(index: int, kid: str = "client") -> Stranger:
+        strangers.append(Stranger(SimpleNamespace(url=nodes.urls[index], config=nodes.config), kid=kid))
+        return strangers[-1]
+
+    try:
+        nodes.start(), nodes.start()
+        a, admin = stranger(0), stranger(0, "admin")
+        signed = a.call("signUp", {"email": "ann@example.com", "password": "correct horse"})["result"]
+        b = stranger(1)
+        assert b.call("resume", {"token": signed["token"]})["result"]["uid"] == signed["uid"]
+        started = time.monotonic()
+        assert a.call("signOut", {"token": signed["token"]})["result"] == {}
+        assert b.close_code(timeout=5) == CLOSE_SIGNED_OUT
+        assert time.monotonic() - started < 2
+        # An admin disabling the account on node A ends its sessions resumed on node B too.
+        again = a.call("signIn", {"email": "ann@example.com", "password": "correct horse"})["result"]
+        other = stranger(1)
+        assert other.call("resume", {"token": again["token"]})["result"]["uid"] == signed["uid"]
+        assert admin.call("accountsDisable", {"email": "ann@example.com"})["result"] == {"sessions": 1}
+        assert other.close_code(timeout=5) == CLOSE_SIGNED_OUT
+        assert stranger(1).call("resume", {"token": again["token"]})["error"]["data"]["reason"] == "UNAUTHENTICATED"
+    finally:
+        for connection in strangers:
+            connection.close()
+        nodes.close()
+
+
+def _health(url: str, path: str = "/healthz") -> tuple[int, str]:
+    request = urllib.request.Request(url.replace("ws://", "http://") + path)
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+def test_healthz_is_503_and_the_storage_metric_0_while_postgresql_is_unreachable(tmp_path, pg_url, postgres):
+    nodes = Cluster(tmp_path, pg_url)
+    nodes.config["metrics"] = {"allow": ["127.0.0.1"]}
+    nodes.config_path.write_text(json.dumps(nodes.config))
+    try:
+        url = nodes.urls[nodes.start()]
+        status, body = _health(url)
+        assert status == 200 and json.loads(body)["storage"] == "ok"
+        assert "montybase_storage_up 1.0" in _health(url, "/metrics")[1]
+        postgres.stop()
+        try:
+            status, body = eventually(lambda: (found := _health(url))[0] == 503 and found, 10)
+            assert json.loads(body)["status"] == "unavailable" and json.loads(body)["storage"] == "unreachable"
+            assert "montybase_storage_up 0.0" in _health(url, "/metrics")[1]
+            assert "postgres" not in body, "where it is and why is for the log"
+        finally:
+            postgres.start()
+        eventually(lambda: _health(url)[0] == 200, 15)
+        assert "montybase_storage_up 1.0" in _health(url, "/metrics")[1]
+    finally:
+        nodes.close()
+
+
 class Writers:
     """One writer thread per node, each setting new documents through a client of its node and
     keeping the ids acknowledged; a failed write is retried as a new document, through a new
@@ -684,6 +781,35 @@ def test_file_commands_on_a_postgresql_config_say_what_to_use(tmp_path, pg_url):
     done = subprocess.run(server_command("backup", "b.mbak", "--config", str(config_path)), cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "storageBucket is PostgreSQL" in done.stderr and "montybase migrate" in done.stderr
+
+
+def test_kept_changes_is_a_limit_of_the_config(tmp_path, pg_url):
+    database = open_database({**DEFAULTS, "limits": {"keptChanges": 5000}}, pg_url)
+    try:
+        assert database.storage.keep_changes == 5000
+    finally:
+        database.close()
+    config_path = tmp_path / "montybase.json"
+    config_path.write_text(json.dumps({**create_config(config_path), "storageBucket": pg_url,
+                                       "limits": {"keptChanges": 10}}))
+    with pytest.raises(InvalidArgumentError) as caught:
+        load_config(config_path, create=False)
+    assert caught.value.data["path"] == "/limits/keptChanges"
+
+
+def test_a_node_stops_without_a_snapshot_and_reload_says_to_send_it_sighup(tmp_path, pg_url):
+    nodes = Cluster(tmp_path, pg_url)
+    try:
+        nodes.start()
+        done = subprocess.run(server_command("reload", "--config", str(nodes.config_path)), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "SIGHUP" in done.stderr and "PostgreSQL" in done.stderr
+        assert "montybase-test" not in done.stderr + done.stdout, "a message never holds the password"
+        assert nodes.procs[0].stop() == 0
+        stopping = [line for line in nodes.procs[0].stderr_lines if "stopping:" in line]
+        assert stopping and not any("snapshot" in line for line in stopping)
+    finally:
+        nodes.close()
 
 
 def test_rate_limits_are_per_node(nodes):

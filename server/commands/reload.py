@@ -7,7 +7,7 @@ import os
 import signal
 from pathlib import Path
 
-from ..config import load_config, storage_path
+from ..config import is_postgres_url, load_config, storage_path
 from ..errors import UnavailableError
 from ..storage import lock_holder
 from .serve import settings
@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     config, _ = load_config(config_path, create=False)
     storage = storage_path(config, config_path)
     settings(config, config_path, storage)  # a file the server would refuse is refused here, and not sent
+    if is_postgres_url(storage):  # nodes of one database may share this config: none holds a lock to find it by
+        raise UnavailableError(f"{config_path} is checked and fine, but its storageBucket is PostgreSQL, whose nodes "
+                               "cannot be found from it: send SIGHUP to each node's process (kill -HUP PID)")
     pid = running_server(config_path, storage)
     if pid is None:
         raise UnavailableError(f"no running server uses {config_path} (nothing holds the lock of its storage {storage})")

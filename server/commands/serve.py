@@ -312,7 +312,9 @@ async def serve(
     try:
         await stop.wait()
     finally:
-        log.info("stopping: finishing in-flight requests and writing a snapshot")
+        # Nodes on PostgreSQL write no snapshot: PostgreSQL holds every acknowledged write.
+        snapshot = " and writing a snapshot" if database.storage.durable else ""
+        log.info("stopping: finishing in-flight requests%s", snapshot)
         await server.stop()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
