@@ -17,51 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-if str(ROOT) not in sys.path:  # runnable from a checkout without installing
-    sys.path.insert(0, str(ROOT))
-
-import websockets  # noqa: E402
-
-from server.channel import ClientHandshake  # noqa: E402
-from server.config import create_config  # noqa: E402
-
-
-def start_server(folder: Path, count: int) -> tuple[subprocess.Popen, str]:
-    config = create_config(folder / "montybase.json")
-    config["limits"] = {"maxConnections": count + 10, "maxConnectionsPerAddress": count + 10,
-                        "maxUnauthenticated": 200, "maxUnauthenticatedPerAddress": 200}
-    config["rules"] = {"scores": {"read": "public", "write": "public"}}
-    (folder / "montybase.json").write_text(json.dumps(config), encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--config", str(folder / "montybase.json"), "--port", "0",
-                             "--log-level", "warning"],
-                            cwd=folder, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("endpoint: "):
-            return proc, line.split(" ", 1)[1].strip()
-    proc.kill()
-    raise RuntimeError("the server did not start")
-
-
-def rss(pid: int) -> int:
-    """Resident bytes of process `pid` (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+import websockets
+from raw import open_channel, rss, start_server
 
 
 async def request(ws, session, request_id: int, method: str, params: dict) -> dict:
@@ -77,17 +41,7 @@ async def request(ws, session, request_id: int, method: str, params: dict) -> di
 
 
 async def connect(url: str, key: str, listen: bool) -> websockets.ClientConnection:
-    ws = await websockets.connect(url, max_size=16 * 1024 * 1024, open_timeout=60)
-    handshake = ClientHandshake("client", key)
-    for method, params in (("hello", handshake.hello()), ("auth", None)):
-        if method == "auth":
-            params, session = handshake.finish(result)
-        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": method, "params": params}))
-        answer = json.loads(await ws.recv())
-        if "error" in answer:
-            raise RuntimeError(answer["error"]["message"])
-        result = answer["result"]
-    handshake.confirm(result)
+    ws, session = await open_channel(url, "client", key)
     if listen:
         await request(ws, session, 1, "subscribe",
                       {"sub": 1, "query": {"path": ["scores"], "where": [["score", ">", 10]], "limit": 5}})
@@ -122,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     limit = min(args.max, hard - 200)  # sockets, plus what both processes have open besides
     with tempfile.TemporaryDirectory() as folder:
-        proc, url = start_server(Path(folder), limit)
+        limits = {"maxConnections": limit + 10, "maxConnectionsPerAddress": limit + 10,
+                  "maxUnauthenticated": 200, "maxUnauthenticatedPerAddress": 200}
+        proc, url = start_server(Path(folder), limits=limits, rules={"scores": {"read": "public", "write": "public"}})
         key = json.loads((Path(folder) / "montybase.json").read_text())["apiKey"]
         try:
             rows = asyncio.run(measure(url, key, proc.pid, limit, args.step, args.listen))

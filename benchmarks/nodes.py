@@ -44,6 +44,9 @@ for entry in (str(ROOT), str(ROOT / "tests")):  # runnable from a checkout; test
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
+from raw import open_channel, rss  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+
 TOP10 = {"path": ["pulse"], "orderBy": [["score", "desc"]], "limit": 10}
 LISTENERS_PER_CONNECTION = 20
 CLIENT_COUNTS = (1, 16)
@@ -54,14 +57,6 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def rss(pid: int) -> int:
-    """Resident bytes of process `pid` (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 def item(n: int) -> dict[str, Any]:
@@ -149,9 +144,6 @@ def run_clients(specs: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
 
 
 async def listen(spec: dict[str, Any]) -> None:
-    import websockets
-
-    from server.channel import ClientHandshake
     from server.config import public_key
 
     config = json.loads(Path(spec["config"]).read_text())
@@ -160,19 +152,7 @@ async def listen(spec: dict[str, Any]) -> None:
     since = spec["since"]
 
     async def connect(base: int, per: int) -> Any:
-        ws = await websockets.connect(spec["url"], max_size=16 * 1024 * 1024, open_timeout=60)
-        handshake = ClientHandshake("admin", config["adminKey"], public_key(config["serverKey"]))
-        result = None
-        for method in ("hello", "auth"):
-            params = handshake.hello() if method == "hello" else None
-            if method == "auth":
-                params, session = handshake.finish(result)
-            await ws.send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": method, "params": params}))
-            answer = json.loads(await ws.recv())
-            if "error" in answer:
-                raise RuntimeError(answer["error"]["message"])
-            result = answer["result"]
-        handshake.confirm(result)
+        ws, session = await open_channel(spec["url"], "admin", config["adminKey"], public_key(config["serverKey"]))
         for sub in range(base, base + per):
             await ws.send(session.seal(json.dumps({"jsonrpc": "2.0", "id": sub, "method": "subscribe",
                                                    "params": {"sub": sub, "query": TOP10}}).encode()))
@@ -198,7 +178,7 @@ async def listen(spec: dict[str, Any]) -> None:
                                 seen[sub] = value["w"]
                     for sub in params["subs"]:
                         seen.setdefault(sub, -1)  # its first snapshot arrived
-        except websockets.ConnectionClosed:
+        except ConnectionClosed:
             pass
 
     total, per = spec["listeners"], LISTENERS_PER_CONNECTION
