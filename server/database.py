@@ -348,6 +348,7 @@ class Database:
             selected = self._select(query, principal, build=True)
             if principal is not None:
                 self.rules.check_results(principal, len(selected), _asked(query))
+        self.tree.free_evicted()
         # Copied after the lock: stored documents are replaced, never changed in place.
         ids, documents = zip(*selected) if selected else ((), ())
         return {"docs": [{"id": doc_id, "value": value} for doc_id, value in zip(ids, clone_all(list(documents)))]}, 0
@@ -370,6 +371,7 @@ class Database:
                 value = found if type(found) is int else len(found)
             else:
                 value = aggregate(op, field, self._select(query, principal, build=True))
+        self.tree.free_evicted()
         return {"value": value}, 0
 
     # Listeners
