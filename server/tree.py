@@ -181,6 +181,8 @@ class Tree:
         indexes = self._indexes.setdefault(collection, {})
         indexes.pop(spec, None)
         while len(indexes) >= MAX_INDEXES_PER_COLLECTION:
+            if len(self._evicted) >= MAX_INDEXES_PER_COLLECTION:  # evicted by listeners, no query freed them: at once
+                del self._evicted[0]
             self._evicted.append(indexes.pop(next(iter(indexes))))
         indexes[spec] = index  # last: the most recently used
 

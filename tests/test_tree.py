@@ -98,6 +98,9 @@ def test_an_evicted_index_is_freed_in_parts_unless_a_query_still_holds_it():
     assert list(held.entries) == list(build_index(held_spec, docs).entries)
     tree.free_evicted()  # nothing left to free
     assert list(held.entries) == list(build_index(held_spec, docs).entries)
+    for i in range(4 * MAX_INDEXES_PER_COLLECTION):  # evicted without a query to free them: a bounded number waits
+        tree.index(("c",), ((("m", str(i)), False),))
+    assert len(tree._evicted) <= MAX_INDEXES_PER_COLLECTION
 
 
 def large_tree(rng: random.Random) -> Tree:
