@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -91,6 +92,7 @@ class Tree:
     def __init__(self, collections: dict[Path, dict[str, Any]] | None = None):
         self.collections: dict[Path, dict[str, Any]] = collections or {}
         self._indexes: dict[Path, dict[tuple, OrderIndex]] = {}
+        self._evicted: list[OrderIndex] = []  # to free in parts (free_evicted)
         # collection → the change logs of the index builds under way outside the lock
         self._building: dict[Path, list[list[tuple[str, Any, Any]]]] = {}
         # per copy under way (begin_copy, begin_build): collection → id → the document before its first write since
@@ -179,8 +181,26 @@ class Tree:
         indexes = self._indexes.setdefault(collection, {})
         indexes.pop(spec, None)
         while len(indexes) >= MAX_INDEXES_PER_COLLECTION:
-            del indexes[next(iter(indexes))]
+            if len(self._evicted) >= MAX_INDEXES_PER_COLLECTION:  # evicted by listeners, no query freed them: at once
+                del self._evicted[0]
+            self._evicted.append(indexes.pop(next(iter(indexes))))
         indexes[spec] = index  # last: the most recently used
+
+    def free_evicted(self) -> None:
+        """Free the indexes evicted since, a part of their entries at a time (to call without
+        the lock). Dropped at once, the last reference to a 100,000-entry index freed every
+        entry in one C call, holding the GIL, so every other connection, for 10 ms and more.
+        An index a query still holds (see `_over`) is left to that query, to go when it ends."""
+        while self._evicted:
+            try:
+                index = self._evicted.pop()
+            except IndexError:  # another thread took the last one meanwhile
+                return
+            if sys.getrefcount(index) > 2:  # (this name and the call's argument)
+                continue
+            parts = index.entries._lists
+            while parts:
+                parts.pop()  # a list of at most a few thousand entries: a fraction of a millisecond
 
     def indexes(self, collection: Path) -> list[tuple]:
         """The specs of a collection's indexes, least recently used first."""

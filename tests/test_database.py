@@ -15,8 +15,9 @@ import pytest
 from server import database
 from server import storage as storage_module
 from server.database import Database
-from server.errors import NotFoundError
+from server.errors import NotFoundError, PermissionDeniedError
 from server.query import parse_query, run
+from server.rules import Principal, Rules
 from server.storage import FileStorage, MemoryStorage, decode_snapshot
 from server.tree import HAND_OVER_BUILDS_FROM, build_index
 
@@ -62,6 +63,45 @@ def test_writes_go_on_while_queries_build_indexes_and_every_index_stays_right():
     assert db.query({"query": wire}, None)[0]["docs"] == [
         {"id": doc_id, "value": document} for doc_id, document in run(parse_query(wire), documents, None)
     ]
+    db.close()
+
+
+def test_a_client_get_of_a_document_or_field_does_not_wait_for_a_selection_holding_the_lock():
+    """A query selects under the database lock; a client's get of one document (or a field of
+    one, or a missing one) answers meanwhile, by the same rules, and a collection's get waits."""
+    db = Database(rules=Rules({"users": {"read": "owner", "owner": "uid"}, "c": {"read": "public"}}))
+    db.commit([{"op": "set", "path": ["users", "alice"], "value": {"uid": "alice", "stats": {"wins": 3}}},
+               {"op": "set", "path": ["c", "d1"], "value": {"n": 1}}])
+    alice, bob = Principal("client", "alice", 1, "10.0.0.1"), Principal("client", "bob", 2, "10.0.0.2")
+    held, release = threading.Event(), threading.Event()
+
+    def select() -> None:
+        with db._lock:  # what a query's selection holds
+            held.set()
+            release.wait(30)
+
+    selecting = threading.Thread(target=select)
+    selecting.start()
+    answers: list = []
+    listing = threading.Thread(target=lambda: answers.append(db.get({"path": ["c"]}, alice)[0]["value"]))
+    try:
+        assert held.wait(30)
+        assert db.get({"path": ["users", "alice"]}, alice)[0]["value"] == {"uid": "alice", "stats": {"wins": 3}}
+        assert db.get({"path": ["users", "alice", "stats"]}, alice)[0]["value"] == {"wins": 3}
+        assert db.get({"path": ["users", "alice", "stats", "wins"]}, alice)[0]["value"] == 3
+        assert db.get({"path": ["c", "gone"]}, alice)[0]["value"] is None
+        with pytest.raises(PermissionDeniedError):
+            db.get({"path": ["users", "alice"]}, bob)
+        with pytest.raises(PermissionDeniedError):
+            db.get({"path": ["users", "alice", "stats"]}, bob)
+        listing.start()
+        listing.join(0.2)
+        assert listing.is_alive() and not answers  # a collection's get is a selection: it waits
+    finally:
+        release.set()
+        selecting.join(30)
+    listing.join(30)
+    assert answers == [{"d1": {"n": 1}}]
     db.close()
 
 

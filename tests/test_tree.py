@@ -81,6 +81,28 @@ def test_the_least_recently_used_index_is_evicted_first():
     assert specs[0] in tree.indexes(("c",)) and specs[1] not in tree.indexes(("c",))
 
 
+def test_an_evicted_index_is_freed_in_parts_unless_a_query_still_holds_it():
+    """Freed at once, a large index held the GIL for its whole deallocation: free_evicted
+    empties it a part at a time; one a query still reads stays whole for that query."""
+    docs = {f"d{i:05}": {f"f{j}": (i * 7919 + j) % 1000 for j in range(3)} for i in range(5000)}
+    tree = Tree({("c",): docs})
+    held_spec, dropped_spec = ((("f0",), False),), ((("f1",), True),)
+    held = tree.index(("c",), held_spec)  # as a query reading it holds it
+    dropped_parts = tree.index(("c",), dropped_spec).entries._lists
+    assert len(dropped_parts) > 1  # several parts to free one at a time
+    for i in range(MAX_INDEXES_PER_COLLECTION):
+        tree.index(("c",), ((("f2",), bool(i % 2)), (("n", str(i)), False)))
+    assert held_spec not in tree.indexes(("c",)) and dropped_spec not in tree.indexes(("c",))
+    tree.free_evicted()
+    assert dropped_parts == []
+    assert list(held.entries) == list(build_index(held_spec, docs).entries)
+    tree.free_evicted()  # nothing left to free
+    assert list(held.entries) == list(build_index(held_spec, docs).entries)
+    for i in range(4 * MAX_INDEXES_PER_COLLECTION):  # evicted without a query to free them: a bounded number waits
+        tree.index(("c",), ((("m", str(i)), False),))
+    assert len(tree._evicted) <= MAX_INDEXES_PER_COLLECTION
+
+
 def large_tree(rng: random.Random) -> Tree:
     return Tree({("c",): {f"d{i:05}": {"n": rng.randrange(50), "t": [rng.randrange(5)]} for i in range(HAND_OVER_BUILDS_FROM + 200)}})
 
