@@ -44,11 +44,8 @@ DEFAULT_SLOW_MS = 1000
 # How long a thread running Python code keeps the GIL while another waits for it (Python's
 # default: 5 ms). Queries run on executor threads; at 5 ms the event loop waited that long,
 # several times per request, whenever one ran (a second client's get: p50 4.6 ms beside a client
-# scanning 100,000 documents; 0.8 ms at 0.2 ms). Each socket call of a get gives the GIL up and
-# waits for it again: at 0.05 ms its p99 beside index builds was 5.8 and 5.2 ms against 8.7 and
-# 8.9 at 0.2 ms (two back-to-back pairs on the loaded shared machine: to confirm on a quiet one).
-# The interval only counts while a thread waits: a thread alone never switches.
-SWITCH_INTERVAL = 0.00005
+# scanning 100,000 documents; 0.8 ms at this interval). A thread alone never switches.
+SWITCH_INTERVAL = 0.0002
 
 
 def _tls(config: dict[str, Any], config_path: Path) -> ssl.SSLContext | None:
