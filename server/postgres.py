@@ -222,30 +222,35 @@ class PostgresStorage(Storage):
 
     def append(self, seq: int, operations: list) -> None:
         """Commit the write `seq` (its documents, the state, a notification); nothing of it on error."""
+        self.append_group([(seq, operations)])
+
+    def append_group(self, changes: list[tuple[int, list]]) -> None:
+        """Commit the writes `changes` (seq and operations, in order, numbered from the seq the
+        stream was at) in one transaction: each its change, its documents and its notification,
+        then the state; nothing of them on error."""
         connection = self._writer
-        id_time = max((operation[3] for operation in operations if len(operation) > 3), default=0)
-        pruned = seq - self.keep_changes if seq % 1000 == 0 and seq > self.keep_changes else 0
-        # Its own notification wakes the follower for nothing: the writer applies it. (If the
-        # commit's answer is lost, the follower's next poll reads it.)
-        self._committing = seq
+        last = changes[-1][0]
+        pruned = max((seq - self.keep_changes for seq, _ in changes if seq % 1000 == 0 and seq > self.keep_changes),
+                     default=0)
+        # Its own notifications wake the follower for nothing: the writer applies them. (If the
+        # commit's answer is lost, the follower's next poll reads them.)
+        self._committing = last
         try:
-            if all(operation[0] == "set" for operation in operations) and not pruned:
-                # The usual write: one statement and the COMMIT, in one round trip (values bound
-                # on this side, so that both fit in one simple query).
-                documents = {("/".join(op[1][:-1]), op[1][-1]): _encode(op[2]) for op in operations}  # the last set wins
-                psycopg.ClientCursor(connection).execute(_WRITE + "; COMMIT", {
-                    "seq": seq, "operations": _encode(operations), "id_time": id_time, "pruned": pruned,
-                    "collections": [key[0] for key in documents], "ids": [key[1] for key in documents],
-                    "values": list(documents.values()), "channel": CHANNEL,
-                })
+            if not pruned and all(operation[0] == "set" for _, operations in changes for operation in operations):
+                # The usual writes: one statement each and the COMMIT, in one round trip (values
+                # bound on this side, so that all fit in one simple query).
+                cursor = psycopg.ClientCursor(connection)
+                cursor.execute("; ".join([*(cursor.mogrify(_WRITE, _bound(seq, operations)) for seq, operations in changes),
+                                          "COMMIT"]))
                 return
-            self._write_in_steps(connection, seq, operations, id_time, pruned)
+            for seq, operations in changes:
+                self._write_in_steps(connection, seq, operations, _id_time(operations), pruned)
             if pruned:  # compaction: changes every node has long applied
                 connection.execute("DELETE FROM montybase_changes WHERE seq <= %s", (pruned,))
             connection.execute("COMMIT")
         except psycopg.Error as exc:
             # A commit whose answer was lost may have committed: then the follower brings it in,
-            # as a write of another node. It was not acknowledged, so nothing acknowledged is lost.
+            # as writes of another node. They were not acknowledged, so nothing acknowledged is lost.
             self.abort()
             raise self._unavailable(exc, "committing a write") from None
 
@@ -371,6 +376,19 @@ class PostgresStorage(Storage):
 
 _PAGE = 1000  # changes read at once
 _WAKE_SECONDS = 0.2  # how soon a follower waiting for a notification sees that its node stops
+
+
+def _id_time(operations: list) -> int:
+    """The latest generated id's millisecond in a write (0 if none)."""
+    return max((operation[3] for operation in operations if len(operation) > 3), default=0)
+
+
+def _bound(seq: int, operations: list) -> dict[str, Any]:
+    """The parameters of _WRITE for the write `seq` of sets only."""
+    documents = {("/".join(op[1][:-1]), op[1][-1]): _encode(op[2]) for op in operations}  # the last set wins
+    return {"seq": seq, "operations": _encode(operations), "id_time": _id_time(operations), "pruned": 0,
+            "collections": [key[0] for key in documents], "ids": [key[1] for key in documents],
+            "values": list(documents.values()), "channel": CHANNEL}
 
 
 def _read_state(connection: Any) -> Recovered:
