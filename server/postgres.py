@@ -9,12 +9,14 @@ Tables (made by the first node that starts):
 - `montybase_state`: one row: the last seq, the latest generated id's millisecond, and
   `pruned`, the last seq whose change was dropped (a node behind it reloads the documents).
 
-A write (Database._commit_shared): `begin(seq)` takes the stream's lock and returns the changes
-other nodes committed after `seq`, which the node applies first; the node then computes the
-write against the latest state (transforms, transactions, `add` with a taken key stay atomic
-across nodes) and `append` inserts it with the next seq, updates the documents and the state,
-NOTIFYs the other nodes (the payload is the seq and, when they fit in NOTIFY's 8,000 bytes, the
-operations) and commits. Only then is the write applied in memory and acknowledged. Each node's
+A group of a node's writes (Database._commit_shared, group commit): `begin(seq)` takes the
+stream's lock and returns the changes other nodes committed after `seq`, which the node applies
+first; the node then computes each write against the latest state and the group's writes before
+it (transforms, transactions, `add` with a taken key stay atomic across nodes) and
+`append_group` inserts each as a change with the next seq, updates the documents and the state,
+NOTIFYs the other nodes once per change (the payload is the seq and, when they fit in NOTIFY's
+8,000 bytes, the operations) and commits them all at once. Only then are the writes applied in
+memory and acknowledged. Each node's
 follower thread LISTENs (notifications arrive in commit order: the next change's operations,
 when it carries them, are applied as they are), and also polls every `poll_seconds` (a lost
 notification is only late), reading the changes after the node's seq, in order; after a lost
@@ -202,7 +204,7 @@ class PostgresStorage(Storage):
         except psycopg.Error as exc:
             raise self._unavailable(exc, "loading") from None
 
-    # The write path (called by Database._commit_shared, one write of this node at a time)
+    # The write path (called by Database._commit_shared, one group of this node's writes at a time)
 
     def begin(self, seq: int) -> list[tuple[int, list]] | Recovered:
         """Open a write: take the stream's lock and return what other nodes committed after
