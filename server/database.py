@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import threading
@@ -557,12 +558,9 @@ class Database:
                             self._applied(seq, operations)
             finally:
                 self._write_lock.release()
-        except UnavailableError as exc:
-            for pending in group:
-                pending.results, pending.error = [], exc
-        except Exception as exc:  # a bug: each write of the group reports it
-            for pending in group:
-                pending.results, pending.error = [], exc
+        except Exception as exc:  # UNAVAILABLE (or a bug): every write of the group reports it
+            for pending in group:  # (each raises its own copy: one instance raised in several threads mixes their tracebacks)
+                pending.results, pending.error = [], copy.copy(exc) if isinstance(exc, UnavailableError) else exc
         finally:
             for pending in group:
                 pending.done = True
