@@ -494,14 +494,15 @@ def test_postgres_stopped_during_a_group_makes_it_unavailable_and_loses_nothing_
     import psycopg
 
     a = node(pg_url, connect_seconds=1, statement_seconds=2)
-    acknowledged, stop, workers = [0], threading.Event(), []
+    acknowledged: list[int] = []  # (list.append is atomic across threads)
+    stop, workers = threading.Event(), []
     increment = ("update", {"path": ["counters", "c"], "fields": [["n", {"$increment": 1}]]})
 
     def writer() -> None:
         while not stop.is_set():
             try:
                 a.write(*increment, None)
-                acknowledged[0] += 1
+                acknowledged.append(1)
             except UnavailableError:
                 time.sleep(0.01)
 
@@ -520,11 +521,11 @@ def test_postgres_stopped_during_a_group_makes_it_unavailable_and_loses_nothing_
         workers.extend(threading.Thread(target=writer) for _ in range(8))
         for worker in workers:
             worker.start()
-        eventually(lambda: acknowledged[0] >= 50, 30)
+        eventually(lambda: len(acknowledged) >= 50, 30)
         postgres.stop("immediate")
         time.sleep(0.5)
         postgres.start()
-        eventually(lambda: acknowledged[0] >= 150, 30)
+        eventually(lambda: len(acknowledged) >= 150, 30)
     finally:
         stop.set()
         for worker in workers:
@@ -534,7 +535,7 @@ def test_postgres_stopped_during_a_group_makes_it_unavailable_and_loses_nothing_
     try:
         b = node(pg_url)
         # An unanswered COMMIT may have committed (it was not acknowledged): more, never fewer.
-        assert read(b, "counters", "c")["n"] >= acknowledged[0]
+        assert read(b, "counters", "c")["n"] >= len(acknowledged)
         assert eventually(lambda: read(a, "counters", "c") == read(b, "counters", "c"))
         b.close()
     finally:
