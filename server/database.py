@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import threading
@@ -40,6 +41,9 @@ _NO_DOCUMENTS: dict[str, Any] = {}
 # every thread, though JSON holds no cycle to collect. A smaller one costs little to walk, and
 # an embedded program that opens small stores keeps its own objects collected as usual.
 FREEZE_FROM = 100_000
+# Shared storage: at most this many writes of a node go to the storage in one transaction (a
+# bound on the transaction's size and on what one failure turns UNAVAILABLE).
+GROUP_WRITES = 64
 
 
 class _Batch:
@@ -112,6 +116,19 @@ def _updated(old: dict, fields: Any, now_ms: int, where: str) -> dict:
     return new
 
 
+class _Pending:
+    """A write waiting in a group commit, then its outcome (results, or the error it raises)."""
+
+    __slots__ = ("writes", "reads", "principal", "private", "single", "results", "error", "done")
+
+    def __init__(self, writes: Sequence[dict], reads: Sequence[dict] | None, principal: Principal | None,
+                 private: bool, single: bool):
+        self.writes, self.reads, self.principal, self.private, self.single = writes, reads, principal, private, single
+        self.results: list[dict] = []
+        self.error: Exception | None = None
+        self.done = False
+
+
 class Database:
     """The whole tree in memory, journaled to `storage`.
 
@@ -143,7 +160,11 @@ class Database:
         self.snapshot_seconds = snapshot_seconds
         self.max_batch = max_batch
         self._lock = threading.RLock()
-        self._write_lock = threading.Lock()  # shared storage: one write of this node at a time (off the read lock)
+        self._write_lock = threading.Lock()  # shared storage: one group of this node's writes at a time (off the read lock)
+        # Shared storage: the writes waiting to be committed, and whether a writer leads (commits groups).
+        self._queued = threading.Condition(threading.Lock())
+        self._queue: list[_Pending] = []
+        self._leading = False
         # Shared storage: told (under the lock) of the changes other nodes committed, once applied
         # here (a Service ends the connections of sessions signed out elsewhere).
         self.elsewhere: list[Callable[[list[Change]], None]] = []
@@ -474,34 +495,104 @@ class Database:
         self, writes: Sequence[dict], reads: Sequence[dict] | None, principal: Principal | None,
         private: bool, single: bool,
     ) -> tuple[list[dict], int]:
-        """The write path when several nodes share the storage: under the storage's lock of the
-        change stream, first the writes other nodes committed, then this one checked and computed
-        against them, committed by the storage (the durable truth), and only then applied here.
-        The round trips hold no lock that reads take: reads and listeners go on meanwhile."""
-        if not self._write_lock.acquire(timeout=self.storage.write_wait):
-            raise UnavailableError("the storage did not take this node's writes in time; try again")
-        try:
-            self._check_open()
-            missed = self.storage.begin(self.seq)
-            operations: list[list] = []
+        """The write path when several nodes share the storage (group commit): the writes waiting
+        on this node go to the storage together, in one transaction under its lock of the change
+        stream, each with its own change. The first waiting writer leads: it commits the group
+        of whoever queued meanwhile (up to GROUP_WRITES) while the next writers queue; a write
+        alone leads at once, waiting for no companion."""
+        pending = _Pending(writes, reads, principal, private, single)
+        deadline = time.monotonic() + self.storage.write_wait
+        with self._queued:
+            self._queue.append(pending)
+            while not pending.done and self._leading:
+                left = deadline - time.monotonic()
+                if left <= 0 and pending in self._queue:  # no leader took it: it was never tried
+                    self._queue.remove(pending)
+                    raise UnavailableError("the storage did not take this node's writes in time; try again")
+                # (A write a leader took waits for its answer: each of the leader's steps is bounded.)
+                self._queued.wait(max(left, 0.05))
+            if not pending.done:
+                self._leading = True
+        if not pending.done:
             try:
-                with self._lock:
-                    self._catch_up(missed)
-                    self._check_reads(reads, principal)
-                    operations, results = self._resolve(writes, principal, private, single)
-                if not operations:
-                    return results, 0
-                seq = self.seq + 1
-                self.storage.append(seq, operations)  # commits, or rolls back and raises
+                while not pending.done:  # the groups before this write's, then the group holding it
+                    with self._queued:
+                        group = self._queue[:GROUP_WRITES]
+                        del self._queue[:GROUP_WRITES]
+                    self._commit_group(group)
+                    with self._queued:
+                        self._queued.notify_all()
             finally:
-                if not operations:  # nothing to commit, or refused: let go of the stream
-                    self.storage.abort()
-            with self._lock:
-                if seq > self.seq:  # (the follower may have brought it in already)
-                    self._applied(seq, operations)
-            return results, 0
+                with self._queued:
+                    self._leading = False
+                    self._queued.notify_all()
+        if pending.error is not None:
+            raise pending.error
+        return pending.results, 0
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """Commit a group of writes: under the stream's lock, first the writes other nodes
+        committed, then each write checked and computed against the state that includes the
+        group's writes before it (a write that fails its checks fails alone), one transaction,
+        and only once it committed, the writes applied here and answered. If it fails, every
+        write of the group is UNAVAILABLE and memory is unchanged.
+
+        Each write is computed against the tree itself, applied to it and, once the group is
+        computed, undone, all under the node's lock: so the rules, the transactions' reads, the
+        counts and the cascades see exactly what a write alone sees, and no reader sees what is
+        not committed. (An overlay of the tree would have to serve every read the checks make.)
+        The round trips hold no lock that reads take: reads and listeners go on meanwhile."""
+        computed: list[tuple[_Pending, int, list[list]]] = []
+        try:
+            if not self._write_lock.acquire(timeout=self.storage.write_wait):
+                raise UnavailableError("the storage did not take this node's writes in time; try again")
+            try:
+                self._check_open()
+                missed = self.storage.begin(self.seq)
+                try:
+                    with self._lock:
+                        self._catch_up(missed)
+                        computed = self._compute(group)
+                    if computed:  # commits, or rolls back and raises
+                        self.storage.append_group([(seq, operations) for _, seq, operations in computed])
+                finally:
+                    if not computed:  # nothing to commit: let go of the stream
+                        self.storage.abort()
+                with self._lock:
+                    for _, seq, operations in computed:
+                        if seq > self.seq:  # (the follower may have brought it in already)
+                            self._applied(seq, operations)
+            finally:
+                self._write_lock.release()
+        except Exception as exc:  # UNAVAILABLE (or a bug): every write of the group reports it
+            for pending in group:  # (each raises its own copy: one instance raised in several threads mixes their tracebacks)
+                pending.results, pending.error = [], copy.copy(exc) if isinstance(exc, UnavailableError) else exc
         finally:
-            self._write_lock.release()
+            for pending in group:
+                pending.done = True
+
+    def _compute(self, group: list[_Pending]) -> list[tuple[_Pending, int, list[list]]]:
+        """Each write's operations, numbered from the node's seq, computed in order against the
+        tree with the writes before it applied (then undone; under the lock); a write that fails
+        keeps its error and is left out."""
+        computed, undo, seq = [], [], self.seq
+        try:
+            for pending in group:
+                try:
+                    self._check_reads(pending.reads, pending.principal)
+                    operations, pending.results = self._resolve(pending.writes, pending.principal, pending.private,
+                                                                 pending.single)
+                except Exception as exc:  # this write alone fails (after the commit, it is told so)
+                    pending.error = exc
+                    continue
+                if operations:
+                    seq += 1
+                    computed.append((pending, seq, operations))
+                    undo.extend(self._apply(operations))
+        finally:
+            for change in reversed(undo):
+                self.tree.undo(change)
+        return computed
 
     def _receive(self, missed: list[tuple[int, list]] | Recovered) -> None:
         """Writes other nodes committed, from the storage's follower."""

@@ -9,12 +9,14 @@ Tables (made by the first node that starts):
 - `montybase_state`: one row: the last seq, the latest generated id's millisecond, and
   `pruned`, the last seq whose change was dropped (a node behind it reloads the documents).
 
-A write (Database._commit_shared): `begin(seq)` takes the stream's lock and returns the changes
-other nodes committed after `seq`, which the node applies first; the node then computes the
-write against the latest state (transforms, transactions, `add` with a taken key stay atomic
-across nodes) and `append` inserts it with the next seq, updates the documents and the state,
-NOTIFYs the other nodes (the payload is the seq and, when they fit in NOTIFY's 8,000 bytes, the
-operations) and commits. Only then is the write applied in memory and acknowledged. Each node's
+A group of a node's writes (Database._commit_shared, group commit): `begin(seq)` takes the
+stream's lock and returns the changes other nodes committed after `seq`, which the node applies
+first; the node then computes each write against the latest state and the group's writes before
+it (transforms, transactions, `add` with a taken key stay atomic across nodes) and
+`append_group` inserts each as a change with the next seq, updates the documents and the state,
+NOTIFYs the other nodes once per change (the payload is the seq and, when they fit in NOTIFY's
+8,000 bytes, the operations) and commits them all at once. Only then are the writes applied in
+memory and acknowledged. Each node's
 follower thread LISTENs (notifications arrive in commit order: the next change's operations,
 when it carries them, are applied as they are), and also polls every `poll_seconds` (a lost
 notification is only late), reading the changes after the node's seq, in order; after a lost
@@ -202,7 +204,7 @@ class PostgresStorage(Storage):
         except psycopg.Error as exc:
             raise self._unavailable(exc, "loading") from None
 
-    # The write path (called by Database._commit_shared, one write of this node at a time)
+    # The write path (called by Database._commit_shared, one group of this node's writes at a time)
 
     def begin(self, seq: int) -> list[tuple[int, list]] | Recovered:
         """Open a write: take the stream's lock and return what other nodes committed after
@@ -222,30 +224,35 @@ class PostgresStorage(Storage):
 
     def append(self, seq: int, operations: list) -> None:
         """Commit the write `seq` (its documents, the state, a notification); nothing of it on error."""
+        self.append_group([(seq, operations)])
+
+    def append_group(self, changes: list[tuple[int, list]]) -> None:
+        """Commit the writes `changes` (seq and operations, in order, numbered from the seq the
+        stream was at) in one transaction: each its change, its documents and its notification,
+        then the state; nothing of them on error."""
         connection = self._writer
-        id_time = max((operation[3] for operation in operations if len(operation) > 3), default=0)
-        pruned = seq - self.keep_changes if seq % 1000 == 0 and seq > self.keep_changes else 0
-        # Its own notification wakes the follower for nothing: the writer applies it. (If the
-        # commit's answer is lost, the follower's next poll reads it.)
-        self._committing = seq
+        last = changes[-1][0]
+        pruned = max((seq - self.keep_changes for seq, _ in changes if seq % 1000 == 0 and seq > self.keep_changes),
+                     default=0)
+        # Its own notifications wake the follower for nothing: the writer applies them. (If the
+        # commit's answer is lost, the follower's next poll reads them.)
+        self._committing = last
         try:
-            if all(operation[0] == "set" for operation in operations) and not pruned:
-                # The usual write: one statement and the COMMIT, in one round trip (values bound
-                # on this side, so that both fit in one simple query).
-                documents = {("/".join(op[1][:-1]), op[1][-1]): _encode(op[2]) for op in operations}  # the last set wins
-                psycopg.ClientCursor(connection).execute(_WRITE + "; COMMIT", {
-                    "seq": seq, "operations": _encode(operations), "id_time": id_time, "pruned": pruned,
-                    "collections": [key[0] for key in documents], "ids": [key[1] for key in documents],
-                    "values": list(documents.values()), "channel": CHANNEL,
-                })
+            if not pruned and all(operation[0] == "set" for _, operations in changes for operation in operations):
+                # The usual writes: one statement each and the COMMIT, in one round trip (values
+                # bound on this side, so that all fit in one simple query).
+                cursor = psycopg.ClientCursor(connection)
+                cursor.execute("; ".join([*(cursor.mogrify(_WRITE, _bound(seq, operations)) for seq, operations in changes),
+                                          "COMMIT"]))
                 return
-            self._write_in_steps(connection, seq, operations, id_time, pruned)
+            for seq, operations in changes:
+                self._write_in_steps(connection, seq, operations, _id_time(operations), pruned)
             if pruned:  # compaction: changes every node has long applied
                 connection.execute("DELETE FROM montybase_changes WHERE seq <= %s", (pruned,))
             connection.execute("COMMIT")
         except psycopg.Error as exc:
             # A commit whose answer was lost may have committed: then the follower brings it in,
-            # as a write of another node. It was not acknowledged, so nothing acknowledged is lost.
+            # as writes of another node. They were not acknowledged, so nothing acknowledged is lost.
             self.abort()
             raise self._unavailable(exc, "committing a write") from None
 
@@ -371,6 +378,19 @@ class PostgresStorage(Storage):
 
 _PAGE = 1000  # changes read at once
 _WAKE_SECONDS = 0.2  # how soon a follower waiting for a notification sees that its node stops
+
+
+def _id_time(operations: list) -> int:
+    """The latest generated id's millisecond in a write (0 if none)."""
+    return max((operation[3] for operation in operations if len(operation) > 3), default=0)
+
+
+def _bound(seq: int, operations: list) -> dict[str, Any]:
+    """The parameters of _WRITE for the write `seq` of sets only."""
+    documents = {("/".join(op[1][:-1]), op[1][-1]): _encode(op[2]) for op in operations}  # the last set wins
+    return {"seq": seq, "operations": _encode(operations), "id_time": _id_time(operations), "pruned": 0,
+            "collections": [key[0] for key in documents], "ids": [key[1] for key in documents],
+            "values": list(documents.values()), "channel": CHANNEL}
 
 
 def _read_state(connection: Any) -> Recovered:

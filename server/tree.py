@@ -316,6 +316,13 @@ class Tree:
                 changes.append(self._take(collection, doc_id))
         return changes
 
+    def undo(self, change: Change) -> None:
+        """Put back what `change` (made by put or remove) replaced; changes are undone last first."""
+        if change.old is None:
+            self._take(change.collection, change.id)
+        else:
+            self.put(change.collection + (change.id,), change.old)
+
     def _take(self, collection: Path, doc_id: str) -> Change:
         docs = self.collections[collection]
         for replaced in self._copies:  # before the write: see Frozen.chunks

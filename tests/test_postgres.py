@@ -28,7 +28,7 @@ from server.accounts import SESSIONS, token_key  # noqa: E402
 from server.config import DEFAULTS, Limits, create_config, load_config, open_database  # noqa: E402
 from server.database import Database  # noqa: E402
 from server.errors import (  # noqa: E402
-    AlreadyExistsError, ConflictError, InvalidArgumentError, RateLimitedError, UnauthenticatedError,
+    AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, UnauthenticatedError,
     UnavailableError,
 )
 from server.postgres import PostgresStorage, redacted  # noqa: E402
@@ -301,6 +301,245 @@ def _writes(database: Database) -> bool:
         return True
     except UnavailableError:
         return False
+
+
+# Group commit: the writes waiting on a node go to PostgreSQL in one transaction
+
+
+def _run(*works: Any) -> None:
+    threads = [threading.Thread(target=work) for work in works]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+
+
+def _counted_work(database: Database, name: str, outcomes: list[str]) -> list[Any]:
+    """A writer's three kinds of work on `database`: increments of one counter, a transaction
+    that increments another, `add`s racing for the same keys."""
+
+    def increments() -> None:
+        for _ in range(40):
+            database.write("update", {"path": ["counters", "c"], "fields": [["n", {"$increment": 1}]]}, None)
+
+    def transactions() -> None:
+        done = 0
+        for _ in range(1000):
+            if done == 10:
+                break
+            seen = read(database, "counters", "c")
+            try:
+                database.transact({"reads": [{"path": ["counters", "c", "t"], "value": seen["t"]}],
+                                   "writes": [{"op": "update", "path": ["counters", "c"], "fields": [["t", seen["t"] + 1]]}]},
+                                  None)
+                done += 1
+            except ConflictError:
+                pass  # a write before it (in its group, or elsewhere) came first: read again
+
+    def adds() -> None:
+        for number in range(10):
+            try:
+                database.write("add", {"path": ["keys", f"k{number}"], "value": {"by": name}}, None)
+                outcomes.append("won")
+            except AlreadyExistsError:
+                outcomes.append("already exists")
+
+    return [increments, transactions, adds]
+
+
+def test_many_writers_on_one_node_count_exactly(pg_url):
+    a = node(pg_url)
+    try:
+        write(a, "set", ["counters", "c"], {"n": 0, "t": 0})
+        outcomes: list[str] = []
+        _run(*(work for writer in range(6) for work in _counted_work(a, f"w{writer}", outcomes)))
+        assert read(a, "counters", "c") == {"n": 240, "t": 60}
+        assert sorted(outcomes).count("won") == 10 and len(outcomes) == 60
+        b = node(pg_url)  # what PostgreSQL holds is what the node holds
+        assert read(b, "counters", "c") == {"n": 240, "t": 60}
+        assert b.documents(("keys",)) == a.documents(("keys",))
+        b.close()
+        grouped = _transactions(pg_url)
+        assert max(grouped.values()) > 1  # writes went to PostgreSQL together
+    finally:
+        a.close()
+
+
+def test_many_writers_on_two_nodes_count_exactly(nodes):
+    a, b = nodes
+    write(a, "set", ["counters", "c"], {"n": 0, "t": 0})
+    eventually(lambda: read(b, "counters", "c"))
+    outcomes: list[str] = []
+    _run(*(work for database, name in ((a, "a"), (b, "b")) for writer in range(3)
+           for work in _counted_work(database, f"{name}{writer}", outcomes)))
+    assert eventually(lambda: read(a, "counters", "c") == {"n": 240, "t": 60})
+    assert eventually(lambda: read(b, "counters", "c") == {"n": 240, "t": 60})
+    assert sorted(outcomes).count("won") == 10 and len(outcomes) == 60
+    assert eventually(lambda: b.documents(("keys",)) == a.documents(("keys",)))
+
+
+def _transactions(url: str) -> dict[int, int]:
+    """The transactions that wrote montybase_changes: how many changes each wrote."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        rows = connection.execute("SELECT xmin::text, count(*) FROM montybase_changes GROUP BY 1").fetchall()
+    return {int(xmin): count for xmin, count in rows}
+
+
+def _queued(database: Database, writes: list[tuple[str, dict]], outcomes: dict[int, Any], stream: Any) -> list[threading.Thread]:
+    """Start `writes` on `database` while another holds the stream's lock: the first leads and
+    waits for the lock, the others queue behind it (then commit as one group)."""
+    from server.postgres import STREAM_LOCK
+
+    def attempt(number: int, op: str, params: dict) -> None:
+        try:
+            outcomes[number] = (database.transact(params, None) if op == "transact" else database.write(op, params, None))[0]
+        except Exception as exc:
+            outcomes[number] = exc
+
+    stream.execute("SELECT pg_advisory_lock(%s)", (STREAM_LOCK,))
+    threads = []
+    for number, (op, params) in enumerate(writes):
+        threads.append(threading.Thread(target=attempt, args=(number, op, params)))
+        threads[-1].start()
+        if number == 0:  # the leader took its group (itself) and waits for the stream
+            eventually(lambda: database._leading and not database._queue, 5)
+    eventually(lambda: len(database._queue) == len(writes) - 1, 5)
+    return threads
+
+
+def test_a_write_of_a_group_that_fails_its_checks_fails_alone(pg_url):
+    import psycopg
+
+    a = node(pg_url)
+    try:
+        write(a, "set", ["counters", "c"], {"n": 0, "t": 0})
+        write(a, "set", ["keys", "taken"], {"by": "first"})
+        outcomes: dict[int, Any] = {}
+        increment = ("update", {"path": ["counters", "c"], "fields": [["n", {"$increment": 1}]]})
+        with psycopg.connect(pg_url, autocommit=True) as stream:
+            threads = _queued(a, [
+                ("set", {"path": ["d", "leader"], "value": {"n": 1}}),
+                increment,
+                ("add", {"path": ["keys", "new"], "value": {"by": "second"}}),
+                ("add", {"path": ["keys", "taken"], "value": {"by": "third"}}),  # taken before
+                ("add", {"path": ["keys", "new"], "value": {"by": "fourth"}}),  # taken by the group's write before it
+                increment,
+                # a transaction that read t=0: the group's first transaction changes it first
+                ("transact", {"reads": [{"path": ["counters", "c", "t"], "value": 0}],
+                              "writes": [{"op": "update", "path": ["counters", "c"], "fields": [["t", 1]]}]}),
+                ("transact", {"reads": [{"path": ["counters", "c", "t"], "value": 0}],
+                              "writes": [{"op": "update", "path": ["counters", "c"], "fields": [["t", 2]]}]}),
+                ("update", {"path": ["d", "missing"], "fields": [["n", 1]]}),
+            ], outcomes, stream)
+            assert read(a, "keys", "new") is None  # nothing is applied before the group committed
+        for thread in threads:
+            thread.join(30)
+        assert isinstance(outcomes[3], AlreadyExistsError) and isinstance(outcomes[4], AlreadyExistsError)
+        assert outcomes[3].data["document"] == ["keys", "taken"] and outcomes[4].data["document"] == ["keys", "new"]
+        assert isinstance(outcomes[7], ConflictError)
+        assert isinstance(outcomes[8], NotFoundError)
+        assert not any(isinstance(outcomes[number], Exception) for number in (0, 1, 2, 5, 6))
+        assert read(a, "counters", "c") == {"n": 2, "t": 1}
+        assert read(a, "keys") == {"taken": {"by": "first"}, "new": {"by": "second"}}
+        grouped = sorted(_transactions(pg_url).values())
+        assert grouped[-1] == 4  # the four queued writes that passed their checks: one transaction
+        b = node(pg_url)
+        assert read(b, "counters", "c") == {"n": 2, "t": 1} and read(b, "keys") == read(a, "keys")
+        b.close()
+    finally:
+        a.close()
+
+
+def test_a_group_whose_commit_fails_is_all_unavailable_and_memory_is_unchanged(pg_url):
+    """A COMMIT that fails (a deferred check of this test refuses a change): every write of the
+    group is UNAVAILABLE, those that failed their checks too, and nothing of it is applied."""
+    import psycopg
+
+    a = node(pg_url)
+    try:
+        write(a, "set", ["counters", "c"], {"n": 0})
+        with psycopg.connect(pg_url, autocommit=True) as connection:
+            connection.execute("""
+                CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN IF NEW.operations LIKE '%boom%' THEN RAISE EXCEPTION 'boom refused'; END IF; RETURN NEW; END $$;
+                CREATE CONSTRAINT TRIGGER refuse_boom AFTER INSERT ON montybase_changes
+                    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_boom();""")
+        outcomes: dict[int, Any] = {}
+        with psycopg.connect(pg_url, autocommit=True) as stream:
+            threads = _queued(a, [
+                ("set", {"path": ["d", "leader"], "value": {"n": 1}}),
+                ("update", {"path": ["counters", "c"], "fields": [["n", {"$increment": 1}]]}),
+                ("set", {"path": ["d", "x"], "value": {"text": "boom"}}),
+                ("add", {"path": ["counters", "c"], "value": {"n": 5}}),  # taken: fails its checks
+                ("delete", {"path": ["counters", "c"]}),
+            ], outcomes, stream)
+        for thread in threads:
+            thread.join(30)
+        assert outcomes[0] == {"id": "leader"}
+        assert all(isinstance(outcomes[number], UnavailableError) for number in (1, 2, 3, 4)), outcomes
+        assert read(a, "counters", "c") == {"n": 0} and read(a, "d", "x") is None
+        write(a, "update", ["counters", "c"], fields=[["n", {"$increment": 1}]])  # the stream goes on
+        b = node(pg_url)
+        assert read(b, "counters", "c") == read(a, "counters", "c") == {"n": 1}
+        assert read(b, "d") == read(a, "d") == {"leader": {"n": 1}}
+        b.close()
+    finally:
+        a.close()
+
+
+def test_postgres_stopped_during_a_group_makes_it_unavailable_and_loses_nothing_acknowledged(postgres, pg_url):
+    import psycopg
+
+    a = node(pg_url, connect_seconds=1, statement_seconds=2)
+    acknowledged: list[int] = []  # (list.append is atomic across threads)
+    stop, workers = threading.Event(), []
+    increment = ("update", {"path": ["counters", "c"], "fields": [["n", {"$increment": 1}]]})
+
+    def writer() -> None:
+        while not stop.is_set():
+            try:
+                a.write(*increment, None)
+                acknowledged.append(1)
+            except UnavailableError:
+                time.sleep(0.01)
+
+    try:
+        write(a, "set", ["counters", "c"], {"n": 0})
+        outcomes: dict[int, Any] = {}
+        with psycopg.connect(pg_url, autocommit=True) as stream:
+            threads = _queued(a, [increment] * 5, outcomes, stream)
+            postgres.stop()  # the leader waits for the stream's lock; four writes wait behind it
+        for thread in threads:
+            thread.join(30)
+        assert all(isinstance(outcome, UnavailableError) for outcome in outcomes.values()), outcomes
+        assert read(a, "counters", "c") == {"n": 0}
+        # Under load: writers on the counter while PostgreSQL crashes and starts again.
+        postgres.start()
+        workers.extend(threading.Thread(target=writer) for _ in range(8))
+        for worker in workers:
+            worker.start()
+        eventually(lambda: len(acknowledged) >= 50, 30)
+        postgres.stop("immediate")
+        time.sleep(0.5)
+        postgres.start()
+        eventually(lambda: len(acknowledged) >= 150, 30)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+        if postgres.pid is None:
+            postgres.start()
+    try:
+        b = node(pg_url)
+        # An unanswered COMMIT may have committed (it was not acknowledged): more, never fewer.
+        assert read(b, "counters", "c")["n"] >= len(acknowledged)
+        assert eventually(lambda: read(a, "counters", "c") == read(b, "counters", "c"))
+        b.close()
+    finally:
+        a.close()
 
 
 def test_a_postgresql_url_in_the_config_opens_a_node(pg_url, tmp_path):
