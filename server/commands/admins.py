@@ -8,12 +8,12 @@ import argparse
 import getpass
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ..accounts import Accounts
-from ..config import load_config, open_database, storage_path
-from ..errors import InvalidArgumentError, UnavailableError
+from ..config import open_database, storage_path
+from ..errors import InvalidArgumentError
+from . import configured
 
 __all__ = ["add", "add_arguments", "email_argument", "list_admins", "remove"]
 
@@ -29,10 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _with_accounts(args: argparse.Namespace, work: Callable[[Accounts], int]) -> int:
-    config_path = Path(args.config).absolute()
-    if not config_path.is_file():
-        raise UnavailableError(f"no config at {config_path}: name it with --config")
-    config, _ = load_config(config_path, create=False)
+    config, config_path = configured(args)
     bucket = storage_path(config, config_path)
     if bucket == ":memory:":
         raise InvalidArgumentError("storageBucket is :memory:: there is no stored data to keep admin accounts in")

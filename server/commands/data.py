@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import Limits, is_postgres_url, load_config, open_database, storage_path
+from ..config import Limits, is_postgres_url, open_database, storage_path
 from ..database import Database
 from ..errors import InvalidArgumentError, MontybaseError, UnavailableError
 from ..monitor import last_backup_path
@@ -32,6 +32,7 @@ from ..storage import (
     FileStorage, StorageReader, decode_snapshot, is_sealed_snapshot, lock_holder, snapshot_chunks, take_lock,
 )
 from ..values import prepare
+from . import configured
 from .keys import shipped_endpoint
 from .progress import progress
 from .reload import running_server
@@ -48,10 +49,7 @@ PRIVATE = "__"  # collections of the accounts' own store start so: in backups, n
 
 def _storage(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
     """(config, config path, storage file) of --config; refused for a storage in memory."""
-    config_path = Path(args.config).absolute()
-    if not config_path.is_file():
-        raise UnavailableError(f"no config at {config_path}: name it with --config")
-    config, _ = load_config(config_path, create=False)
+    config, config_path = configured(args)
     bucket = storage_path(config, config_path)
     if bucket == ":memory:":
         raise InvalidArgumentError(f"{config_path}: storageBucket is :memory:, there are no files to work on")

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULTS, client_endpoint, fresh_keys, load_config, save_config, write_client_config
-from ..errors import InvalidArgumentError, UnavailableError
+from ..config import DEFAULTS, client_endpoint, fresh_keys, save_config, write_client_config
+from ..errors import InvalidArgumentError
+from . import configured
 
 __all__ = ["arguments", "duration", "rotate", "shipped_endpoint"]
 
@@ -54,10 +55,7 @@ def rotate(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("name the keys to make anew: --client, --admin, --server (one or more)")
     if args.grace is not None and not args.client:
         raise InvalidArgumentError("--grace keeps the old client key valid: use it with --client")
-    config_path = Path(args.config).absolute()
-    if not config_path.is_file():
-        raise UnavailableError(f"no config at {config_path}: name it with --config")
-    load_config(config_path, create=False)  # a bad file is named and left as it is
+    _, config_path = configured(args)  # a bad file is named and left as it is
     config = json.loads(config_path.read_text(encoding="utf-8"))  # the file's own fields, written back as they are
     now = time.time()
     previous = [old for old in config.get("previousApiKeys") or () if old["until"] > now]  # expired ones go

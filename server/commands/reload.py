@@ -7,9 +7,10 @@ import os
 import signal
 from pathlib import Path
 
-from ..config import is_postgres_url, load_config, storage_path
+from ..config import is_postgres_url, storage_path
 from ..errors import UnavailableError
 from ..storage import lock_holder
+from . import configured
 from .serve import settings
 
 __all__ = ["arguments", "running_server", "run"]
@@ -27,10 +28,7 @@ def running_server(config_path: Path, storage: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config_path = Path(args.config).absolute()
-    if not config_path.is_file():
-        raise UnavailableError(f"no config at {config_path}: name the running server's with --config")
-    config, _ = load_config(config_path, create=False)
+    config, config_path = configured(args, "name the running server's with --config")
     storage = storage_path(config, config_path)
     settings(config, config_path, storage)  # a file the server would refuse is refused here, and not sent
     if is_postgres_url(storage):  # nodes of one database may share this config: none holds a lock to find it by

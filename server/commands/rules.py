@@ -9,24 +9,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import Limits, load_config, storage_path
+from ..config import Limits, storage_path
 from ..database import Database
 from ..errors import MontybaseError, UnavailableError
 from ..paths import check_path
 from ..rules import OPERATIONS, Principal, Rule, Rules, dry_run
 from ..storage import StorageReader
+from . import configured
 
 __all__ = ["check", "check_arguments", "test", "test_arguments"]
 
 _SHOWN = 20  # collections listed by `rules check` before "… and N more"
-
-
-def _load(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
-    config_path = Path(args.config).absolute()
-    if not config_path.is_file():
-        raise UnavailableError(f"no config at {config_path}: name it with --config")
-    config, _ = load_config(config_path, create=False)
-    return config, config_path
 
 
 def _stored(config: dict[str, Any], config_path: Path) -> Database | None:
@@ -50,7 +43,7 @@ def check_arguments(parser: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace) -> int:
     """Every pattern's rule parses (grants, schema, fields, rates); every collection of the data
     has a rule, or is listed as one client keys cannot use. Exit 1 when a rule is bad."""
-    config, config_path = _load(args)
+    config, config_path = configured(args)
     specs = config.get("rules")
     if specs is None:
         print(f"no rules in {config_path.name}: client keys may do nothing (only the admin key has access)")
@@ -121,7 +114,7 @@ def test_arguments(parser: argparse.ArgumentParser) -> None:
 
 def test(args: argparse.Namespace) -> int:
     """ALLOW or DENY, and the rule that decided: exit 0 or 1."""
-    config, config_path = _load(args)
+    config, config_path = configured(args)
     path = check_path([segment for segment in args.path.split("/") if segment], "PATH")
     limits = Limits.from_config(config.get("limits"))
     rules = Rules(config.get("rules"), max_doc_bytes=limits.maxDocBytes, max_results=limits.maxResults)
