@@ -63,6 +63,24 @@ def read(database: Database, *path: str) -> Any:
     return database.get({"path": list(path)}, None)[0]["value"]
 
 
+def add_by_transactions(database: Database, times: int) -> None:
+    """Add 1 to counters/c's `t` `times` times, each by a transaction that read it: after a
+    CONFLICT (a write before it, in its group or on another node, came first) it reads again."""
+    done = 0
+    for _ in range(1000):
+        seen = read(database, "counters", "c")
+        try:
+            database.transact({"reads": [{"path": ["counters", "c", "t"], "value": seen["t"]}],
+                               "writes": [{"op": "update", "path": ["counters", "c"], "fields": [["t", seen["t"] + 1]]}]},
+                              None)
+        except ConflictError:
+            continue  # read again
+        done += 1
+        if done == times:
+            return
+    raise AssertionError(f"{times} transactions did not all commit in 1,000 tries")
+
+
 @pytest.fixture
 def nodes(pg_url):
     """Two nodes of one database, closed after the test."""
@@ -159,16 +177,7 @@ def test_increments_and_transactions_from_two_nodes_lose_nothing(nodes):
             database.write("update", {"path": ["counters", "c"], "fields": [["n", {"$increment": 1}]]}, None)
 
     def transactions(database: Database) -> None:
-        done = 0
-        while done < 20:
-            seen = read(database, "counters", "c")
-            try:
-                database.transact({"reads": [{"path": ["counters", "c", "t"], "value": seen["t"]}],
-                                   "writes": [{"op": "update", "path": ["counters", "c"], "fields": [["t", seen["t"] + 1]]}]},
-                                  None)
-                done += 1
-            except ConflictError:
-                pass  # another node's write came first: read again
+        add_by_transactions(database, 20)
 
     threads = [threading.Thread(target=work, args=(database,)) for database in (a, b) for work in (increments, transactions)]
     for thread in threads:
@@ -324,18 +333,7 @@ def _counted_work(database: Database, name: str, outcomes: list[str]) -> list[An
             database.write("update", {"path": ["counters", "c"], "fields": [["n", {"$increment": 1}]]}, None)
 
     def transactions() -> None:
-        done = 0
-        for _ in range(1000):
-            if done == 10:
-                break
-            seen = read(database, "counters", "c")
-            try:
-                database.transact({"reads": [{"path": ["counters", "c", "t"], "value": seen["t"]}],
-                                   "writes": [{"op": "update", "path": ["counters", "c"], "fields": [["t", seen["t"] + 1]]}]},
-                                  None)
-                done += 1
-            except ConflictError:
-                pass  # a write before it (in its group, or elsewhere) came first: read again
+        add_by_transactions(database, 10)
 
     def adds() -> None:
         for number in range(10):
