@@ -12,10 +12,9 @@
 // Prints one JSON line. Needs /usr/bin/chromium (or CHROMIUM) and playwright-core (npm ci).
 // Nothing is asserted: the numbers are for the README, measured on a shared machine or not.
 
-import { spawn } from "node:child_process";
 import { join } from "node:path";
 
-import { PYTHON, Server, pythonEnv, runPython, tempDir, writeConfig } from "../tests/js/helpers.js";
+import { Server, addAdmin, runPython, tempDir, writeConfig } from "../tests/js/helpers.js";
 import { launchChromium, openPage } from "../tests/browser/chromium.js";
 
 const ADMIN = "bench@console.example";
@@ -30,17 +29,6 @@ function parseArgs(argv) {
     options[name] = value;
   }
   return options;
-}
-
-function addAdmin(dir) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(PYTHON, ["-m", "server", "admins", "add", ADMIN, "--password-stdin"], { cwd: dir, env: pythonEnv() });
-    let output = "";
-    child.stdout.on("data", (text) => (output += text));
-    child.stderr.on("data", (text) => (output += text));
-    child.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`admins add failed: ${output}`))));
-    child.stdin.end(`${PASSWORD}\n`);
-  });
 }
 
 /** Python with an admin handle `db` on the server. */
@@ -63,7 +51,7 @@ async function main() {
   const options = parseArgs(process.argv.slice(2));
   const dir = await tempDir("montybase-console-bench-");
   await writeConfig(dir, { rules: {}, projectName: "console-bench" });
-  await addAdmin(dir);
+  await addAdmin(dir, ADMIN, PASSWORD);
   const server = await Server.start({ dir });
   const browser = await launchChromium();
   try {

@@ -8,12 +8,11 @@
 // Screenshots of each view land in test-artifacts/console/ (gitignored).
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 
-import { PYTHON, ROOT, Server, pythonEnv, runPython, tempDir, writeConfig } from "../js/helpers.js";
+import { ROOT, Server, addAdmin, runPython, tempDir, writeConfig } from "../js/helpers.js";
 import { launchChromium, openPage } from "./chromium.js";
 
 const ADMIN = "ops@console.example";
@@ -25,18 +24,6 @@ const RULES = { notes: { read: "public", write: "public" } };
 
 let server;
 let browser;
-
-/** `python -m server admins add EMAIL --password-stdin` in `dir`, before the server starts. */
-function addAdmin(dir) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(PYTHON, ["-m", "server", "admins", "add", ADMIN, "--password-stdin"], { cwd: dir, env: pythonEnv() });
-    let output = "";
-    child.stdout.on("data", (text) => (output += text));
-    child.stderr.on("data", (text) => (output += text));
-    child.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`admins add failed: ${output}`))));
-    child.stdin.end(`${PASSWORD}\n`);
-  });
-}
 
 /** Python with an admin handle `db` on the server (the admin key, as a server-side program has it). */
 function python(code) {
@@ -54,7 +41,7 @@ finally:
 before(async () => {
   const dir = await tempDir("montybase-console-");
   await writeConfig(dir, { rules: RULES, projectName: "console-tests" });
-  await addAdmin(dir);
+  await addAdmin(dir, ADMIN, PASSWORD);
   [server, browser] = await Promise.all([Server.start({ dir }), launchChromium()]);
   await python(`
 teams = ["red", "green", "blue", "gold"]

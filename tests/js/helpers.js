@@ -27,6 +27,18 @@ export function pythonEnv() {
   return { ...process.env, PYTHONPATH: path, PYTHONUNBUFFERED: "1" };
 }
 
+/** `python -m server admins add EMAIL --password-stdin` in `dir` (before a server starts there). */
+export function addAdmin(dir, email, password) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(PYTHON, ["-m", "server", "admins", "add", email, "--password-stdin"], { cwd: dir, env: pythonEnv() });
+    let output = "";
+    child.stdout.on("data", (text) => (output += text));
+    child.stderr.on("data", (text) => (output += text));
+    child.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`admins add failed: ${output}`))));
+    child.stdin.end(`${password}\n`);
+  });
+}
+
 /** A fresh temporary folder. */
 export function tempDir(prefix = "montybase-js-") {
   return mkdtemp(join(tmpdir(), prefix));
