@@ -697,13 +697,7 @@ def test_upgrades_that_arrive_together_are_each_counted(loop_thread, tmp_path):
             sock.sendall(_raw_upgrade(port))
         statuses = Counter()
         for sock in sockets:
-            answer = b""
-            while b"\r\n" not in answer and len(answer) < 4096:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                answer += chunk
-            statuses[answer.split(b" ", 2)[1].decode()] += 1
+            statuses[_upgrade_status(sock)] += 1
         assert statuses == {"101": Limits().maxUnauthenticatedPerAddress, "429": 40 - Limits().maxUnauthenticatedPerAddress}
     finally:
         for sock in sockets:
