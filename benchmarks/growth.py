@@ -6,7 +6,9 @@ on each filtered field) and a plain dict, at each size, every system in a proces
 
 Documents are {name, score (uniform in [0, 1)), level (0-999), tags (2 of 20)}. Every timed cell
 is the median of its repetitions. Montybase is the engine itself (server.database.Database over
-a FileStorage: what the embedded client and the server call), without a client's copies.
+a FileStorage: what the embedded client and the server call). The engine hands out its stored
+documents, as the server encodes them; the row "copied" adds the copy the embedded client makes
+of each document it returns (sqlite3's rows are decoded anew every time; the dict's are copied).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ SYSTEMS = ("montybase", "sqlite", "dict")
 TITLES = {"montybase": "Montybase", "sqlite": "sqlite3 + indexes", "dict": "dict"}
 ROWS = (
     ("where", "where score > x (0.1%), q/s"),
+    ("copied", "the same, each document copied for the caller (the embedded client's stream()), q/s"),
     ("where10", "where score > x (10 documents), q/s"),
     ("second", "where level == k and score > x, q/s"),
     ("count", "count() where score > x (1%), q/s"),
@@ -107,6 +110,7 @@ class Montybase:
         from server.database import Database
         from server.storage import FileStorage
 
+        self.embedded = None
         self.open = lambda: Database(FileStorage(folder / "db.json"), snapshot_seconds=1e9, sync_interval=3600)
         self.db = self.open()
         rng = random.Random(1)
@@ -116,6 +120,12 @@ class Montybase:
 
     def query(self, where: list, **more: Any) -> list:
         return self.db.query({"query": {"path": ["c"], "where": where, **more}}, None)[0]["docs"]
+
+    def copied(self, where: list) -> list:
+        from python_client.embedded import EmbeddedBackend
+
+        self.embedded = self.embedded or EmbeddedBackend(self.db)
+        return self.embedded.call("query", {"query": {"path": ["c"], "where": where}})["docs"]
 
     def count(self, where: list) -> int:
         return self.db.aggregate({"op": "count", "query": {"path": ["c"], "where": where}}, None)[0]["value"]
@@ -134,7 +144,7 @@ class Montybase:
 
     def stop(self) -> None:
         self.db.close()
-        self.db = None
+        self.db = self.embedded = None
 
     def cold(self, doc_id: str) -> None:
         self.db = self.open()
@@ -168,6 +178,8 @@ class Sqlite:
         else:
             rows = self.conn.execute("SELECT id, doc FROM t WHERE level = ? AND score > ?", (where[0][2], where[1][2]))
         return [(i, json.loads(d)) for i, d in rows]
+
+    copied = query  # every row is decoded anew
 
     def count(self, where: list) -> int:
         return self.conn.execute("SELECT count(*) FROM t WHERE score > ?", (where[0][2],)).fetchone()[0]
@@ -211,6 +223,12 @@ class Dict:
         level, bound = where[0][2], where[1][2]
         return [(i, d) for i, d in self.data.items() if d["level"] == level and d["score"] > bound]
 
+    def copied(self, where: list) -> list:
+        from server.values import clone_all
+
+        found = self.query(where)
+        return list(zip([i for i, _ in found], clone_all([d for _, d in found])))
+
     def count(self, where: list) -> int:
         bound = where[0][2]
         return sum(1 for d in self.data.values() if d["score"] > bound)
@@ -252,6 +270,7 @@ def measure(system: str, count: int) -> dict[str, Any]:
         ids = [f"d{rng.randrange(count):07}" for _ in range(1000)]
         few = max(3, min(50, 2_000_000 // count))  # queries per round
         out["where"] = rate(lambda i: store.query([["score", ">", 0.999 - (i % 7) * 1e-5]]), few)
+        out["copied"] = rate(lambda i: store.copied([["score", ">", 0.999 - (i % 7) * 1e-5]]), few)
         out["where10"] = rate(lambda i: store.query([["score", ">", 1 - 10 / count - (i % 7) * 1e-9]]), few)
         out["second"] = rate(lambda i: store.query([["level", "==", i % 1000], ["score", ">", 0.5]]), few)
         out["count"] = rate(lambda i: store.count([["score", ">", 0.99 - (i % 7) * 1e-5]]), few)

@@ -8,6 +8,7 @@ from typing import Any
 from ..server.config import Limits
 from ..server.database import Database
 from ..server.session import Service
+from ..server.values import clone, clone_all
 
 from .listen import Dispatcher, Listener
 
@@ -24,7 +25,14 @@ class EmbeddedBackend:
         self.session = Service(database, limits=limits).admin(self.dispatcher.put)
         self.user: dict[str, str] | None = None  # {"uid", "email"} once signed in
         self.token: str | None = None
-        self.call: Callable[[str, dict[str, Any]], dict[str, Any]] = self.session.call
+
+    def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The session's answer, copied: the database hands out the documents it stores (read-only,
+        as the server encodes them), and this program may change what it gets (Firestore's
+        to_dict() copies too). A query's documents are copied in C, a thousand per call."""
+        result = self.session.call(method, params)
+        docs = result.get("docs")
+        return {**result, "docs": clone_all(docs)} if type(docs) is list else clone(result)
 
     def subscribe(self, params: dict[str, Any], callback: Callable[[Any], None]) -> Callable[[], None]:
         listener = Listener(params, callback)

@@ -26,7 +26,7 @@ from .query import _MISSING, Query, aggregate, field_value, parse_query, run
 from .rules import Principal, RateLimiter, Rules
 from .storage import Recovered, Storage
 from .tree import Change, Tree, build_index
-from .values import DELETE, TRANSFORMS, clone, clone_all, json_equal, prepare
+from .values import DELETE, TRANSFORMS, json_equal, prepare
 from .watch import Sink, Watcher
 
 __all__ = ["Database"]
@@ -138,6 +138,10 @@ class Database:
     `snapshot_changes` changes have been made, one is taken `snapshot_seconds` later.
     `loading(done, total)` follows the start: called once the snapshot is read, then after each
     journal record replayed, counting the snapshot's documents and the records' writes.
+
+    Reads (and listeners' messages) hand out the stored documents, not copies: a stored document
+    is replaced, never changed in place, so it reads the same for as long as anyone holds it. The
+    server encodes them as they are; the embedded client copies what it gives its program.
     """
 
     def __init__(
@@ -260,9 +264,9 @@ class Database:
                 # atomic: reading one document needs no lock.
                 document = self.tree.collections.get(path[:-1], _NO_DOCUMENTS).get(path[-1])
                 if document is not None:
-                    return {"value": clone(document)}, 0
+                    return {"value": document}, 0
             with self._lock:
-                return {"value": clone(self.tree.read(path))}, 0
+                return {"value": self.tree.read(path)}, 0
         if not path:
             raise PermissionDeniedError("only the admin key may read the root", {"document": []})
         if not self._reads_collection(path):
@@ -274,13 +278,13 @@ class Database:
             self._check_addressed(principal, path, doc_path, document)
             value = _MISSING if document is None else field_value(document, path[len(doc_path):])
             self.rates.take(principal, self.rules.match(doc_path[:-1]), "get")
-            return {"value": ({} if len(path) % 2 else None) if value is _MISSING else clone(value)}, 0
+            return {"value": ({} if len(path) % 2 else None) if value is _MISSING else value}, 0
         with self._lock:
             query = self.rules.narrow(principal, parse_query({"path": list(path)}))
             self.rates.take(principal, self.rules.match(path), "list")
             selected = self.tree.select(query)
             self.rules.check_results(principal, len(selected))
-            return {"value": {doc_id: clone(doc) for doc_id, doc in selected}}, 0
+            return {"value": dict(selected)}, 0
 
     def collections(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         """The collections that hold documents directly under the document `path` (the root by
@@ -370,9 +374,7 @@ class Database:
             if principal is not None:
                 self.rules.check_results(principal, len(selected), _asked(query))
         self.tree.free_evicted()
-        # Copied after the lock: stored documents are replaced, never changed in place.
-        ids, documents = zip(*selected) if selected else ((), ())
-        return {"docs": [{"id": doc_id, "value": value} for doc_id, value in zip(ids, clone_all(list(documents)))]}, 0
+        return {"docs": [{"id": doc_id, "value": document} for doc_id, document in selected]}, 0
 
     def aggregate(self, params: dict, principal: Principal | None) -> tuple[dict, int]:
         self._check_open()
@@ -717,7 +719,7 @@ class Database:
                 if (old or self.tree.subcollections(path)) if is_collection else (old is not None or below):
                     operations.append(["delete", list(path)])
                     batch.remove(path)
-                results.append({"value": clone(old) if old is not None else None})
+                results.append({"value": old})
                 continue
             if op == "update":
                 if is_collection:

@@ -7,6 +7,8 @@ sequential indexes: apply them in order to the previous docs (remove at oldIndex
 insert at newIndex when ≥ 0) and you have the new docs. Listeners of equal queries share one
 computation (a query is data); a change that cannot affect a result is skipped without running
 the query; a result without a window is kept up to date by insertions, never recomputed.
+Values are the stored documents themselves (replaced, never changed in place): a sink encodes
+them or copies them, and must not change them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from sortedcontainers import SortedList
 
 from .query import OrderIndex, Query, field_value
 from .tree import Change, Tree
-from .values import clone
 
 __all__ = ["Sink", "Watcher", "nothing_readable", "query_key"]
 
@@ -45,7 +46,7 @@ def nothing_readable(target: dict[str, Any]) -> dict[str, Any]:
 
 
 def _change(kind: str, doc_id: str, document: Any, old_index: int, new_index: int) -> dict[str, Any]:
-    return {"type": kind, "id": doc_id, "value": clone(document), "oldIndex": old_index, "newIndex": new_index}
+    return {"type": kind, "id": doc_id, "value": document, "oldIndex": old_index, "newIndex": new_index}
 
 
 class _Listeners:
@@ -84,7 +85,7 @@ class _DocumentTarget(_Listeners):
         document = tree.document(self.path)
         if self.owner is not None and document is not None and field_value(document, self.owner[0]) != self.owner[1]:
             document = None
-        return {"id": self.path[-1], "value": clone(document), "exists": document is not None}
+        return {"id": self.path[-1], "value": document, "exists": document is not None}
 
 
 class _WindowTarget(_Listeners):
@@ -231,7 +232,7 @@ class Watcher:
             self._queries[key] = target
         docs = target.docs()
         snapshot = {
-            "docs": [{"id": doc_id, "value": clone(doc)} for doc_id, doc in docs],
+            "docs": [{"id": doc_id, "value": doc} for doc_id, doc in docs],
             "changes": [_change("added", doc_id, doc, -1, j) for j, (doc_id, doc) in enumerate(docs)],
         }
         return self._add(target, sink, tag), snapshot

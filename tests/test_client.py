@@ -220,7 +220,11 @@ def test_returned_values_are_copies(db):
     value["list"].append(2)
     got = ref.get()
     got["map"]["a"] = 99
+    doc(db, "c").get()["x"]["list"].append(3)
+    doc(db, "c").stream()[0]["value"]["map"]["b"] = 2
+    doc(db, "c").where("list", "array-contains", 1).stream()[0]["value"]["list"].clear()
     assert ref.get() == {"list": [1], "map": {"a": 1}}
+    assert doc(db, "c").stream() == [{"id": "x", "value": {"list": [1], "map": {"a": 1}}}]
 
 
 def test_exists_and_exist_alias(db):

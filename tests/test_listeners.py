@@ -369,6 +369,28 @@ def test_an_empty_result_first_then_the_first_document(db):
         stop()
 
 
+def test_callbacks_that_change_their_snapshots_change_nothing_stored(db):
+    seed(db, {"a": {"score": 1, "tags": ["x"], "stats": {"wins": 1}}})
+
+    def spoil(snapshot: Any) -> None:
+        values = [snapshot.value] if isinstance(snapshot, DocumentSnapshot) else [d["value"] for d in snapshot.docs]
+        for value in values:
+            value["tags"].append("spoiled")
+            value["stats"]["wins"] = -1
+
+    query, one = Collector(spoil), Collector(spoil)
+    stops = [doc(db, COLLECTION).on_snapshot(query), doc(db, COLLECTION, "a").on_snapshot(one)]
+    try:
+        query.wait_count(1), one.wait_count(1)
+        doc(db, COLLECTION).update({"score": 2}, key="a")
+        query.wait_count(2), one.wait_count(2)
+        assert doc(db, COLLECTION, "a").get() == {"score": 2, "tags": ["x"], "stats": {"wins": 1}}
+        assert doc(db, COLLECTION).where("tags", "array-contains", "spoiled").stream() == []
+    finally:
+        for stop in stops:
+            stop()
+
+
 def test_unsubscribe_stops_delivery(db):
     marker = Marker(db)
     got = Collector()

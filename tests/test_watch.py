@@ -133,12 +133,14 @@ def test_a_document_target_sees_its_document_only():
     assert h.last(sub) == {"id": "x", "value": None, "exists": False}
 
 
-def test_the_value_sent_is_a_copy():
+def test_the_value_sent_is_the_stored_document_not_a_copy():
     h = Harness({"a": {"n": {"deep": 1}}})
     sub = h.watch({})
-    h.last(sub)["docs"][0]["value"]["n"]["deep"] = 99
-    h.last(sub)["changes"][0]["value"]["n"]["deep"] = 98
-    assert h.tree.document(("c", "a")) == {"n": {"deep": 1}}
+    stored = h.tree.document(("c", "a"))
+    assert h.last(sub)["docs"][0]["value"] is stored and h.last(sub)["changes"][0]["value"] is stored
+    h.commit(("set", "a", {"n": {"deep": 2}}))
+    assert h.last(sub)["changes"][0]["value"] is h.tree.document(("c", "a"))
+    assert stored == {"n": {"deep": 1}}  # replaced, not changed: what was sent reads the same
 
 
 def test_equal_queries_share_one_computation_and_one_message():
