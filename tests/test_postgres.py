@@ -882,8 +882,8 @@ def test_healthz_is_503_and_the_storage_metric_0_while_postgresql_is_unreachable
 class Writers:
     """Clients of the nodes, each with the list of every node's endpoint, signed in, and
     listening to the `board` collection: on the Python client one writer thread per node (that
-    node first in its list), `watch` (it only listens, its list reversed) and, with `js`, a Node
-    process writing on the JS client (tests/js/failover-writer.js; its list reversed too).
+    node first in its list), `watch` (it only listens; node 1, 0, 2) and, with `js`, a Node
+    process writing on the JS client (tests/js/failover-writer.js; node 2, 1, 0).
     A writer commits batches one after the other: a new document acked/NAME-N, board/NAME =
     {n: N} and counters/total.n + 1. `acked` holds the keys acknowledged; `failures` the others
     (key, reason, seconds the call took; a write in flight at a kill is not acknowledged, and
@@ -1083,6 +1083,7 @@ def test_kill_9_of_a_node_during_writes_clients_fail_over_and_lose_no_acknowledg
     finally:
         writers.finish()
     assert moved >= 20, "the killed nodes had clients"
+    assert not writers.js.lines("listener-failed "), "the JS client's listener was refused"
     assert {reason for _, reason in writers.all_failures()} <= {"CONNECTION_LOST", "UNAVAILABLE"}
     assert max((seconds for _, _, seconds in writers.failures), default=0) < 10
     _converged(cluster, writers, pg_url)
