@@ -20,6 +20,7 @@ import { Montybase, doc, increment } from "../../js_client/node.js";
 const [configPath, name] = process.argv.slice(2);
 const say = (line) => process.stdout.write(`${line}\n`);
 
+// timeout: no call waits for an answer longer than 20 s (a hung client fails the test, never blocks it)
 const db = new Montybase(JSON.parse(readFileSync(configPath, "utf8")), { WebSocket, timeout: 20_000 });
 await db.signUp(`${name}@example.org`, "correct horse battery");
 let latest = null;
