@@ -34,12 +34,13 @@ class Proc:
     """One subprocess with both pipes drained by reader threads (so it never blocks on a full
     pipe), lines kept for the test, and waits that always end."""
 
-    def __init__(self, args: Sequence[str], cwd: Path, env: dict[str, str] | None = None):
+    def __init__(self, args: Sequence[str], cwd: Path, env: dict[str, str] | None = None, *, commands: bool = False):
+        """`commands`: the process reads lines on its stdin (`tell`); otherwise its stdin is empty."""
         self.args = list(args)
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.popen = subprocess.Popen(
-            self.args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True, env=full_env,
+            self.args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE if commands else subprocess.DEVNULL, text=True, env=full_env,
         )
         self.pid = self.popen.pid
         self.stdout_lines: list[str] = []
@@ -78,13 +79,13 @@ class Proc:
         return (f"{self.args} (pid {self.pid}, exit {self.popen.poll()})\n"
                 f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}")
 
-    def wait_for_line(self, prefix: str, timeout: float = START_TIMEOUT) -> str:
-        """The first stdout line starting with `prefix`, without it; fails if the process ends
-        first or the deadline passes."""
+    def wait_for_line(self, prefix: str, timeout: float = START_TIMEOUT, start: int = 0) -> str:
+        """The first stdout line starting with `prefix` (from line number `start` on), without it;
+        fails if the process ends first or the deadline passes."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                for line in self.stdout_lines:
+                for line in self.stdout_lines[start:]:
                     if line.startswith(prefix):
                         return line[len(prefix):]
                 if self._open_pipes == 0 and self.popen.poll() is not None:
@@ -93,6 +94,16 @@ class Proc:
                 if left <= 0:
                     raise AssertionError(f"no line {prefix!r} within {timeout}s\n{self.describe()}")
                 self._changed.wait(min(left, 0.2))
+
+    def lines(self, prefix: str, start: int = 0) -> list[str]:
+        """The stdout lines (from line number `start` on) that start with `prefix`, without it."""
+        with self._changed:
+            return [line[len(prefix):] for line in self.stdout_lines[start:] if line.startswith(prefix)]
+
+    def tell(self, line: str) -> None:
+        """Send one line to the process's stdin (made with `commands=True`)."""
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
 
     def endpoint(self, timeout: float = START_TIMEOUT) -> str:
         return self.wait_for_line("endpoint: ", timeout).strip()
@@ -133,7 +144,7 @@ class Proc:
                 self.popen.wait(10)
         for reader in self._readers:
             reader.join(5)
-        for pipe in (self.popen.stdout, self.popen.stderr):
+        for pipe in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
             if pipe is not None:
                 pipe.close()
 

@@ -3,14 +3,17 @@ real server processes; a real PostgreSQL started by tests/pg.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +28,7 @@ from procs import Proc, server_command  # noqa: E402
 from python_client import AlreadyExistsError as AlreadyExists  # noqa: E402
 from python_client import Montybase, MontybaseError, doc, increment  # noqa: E402
 from server.accounts import SESSIONS, token_key  # noqa: E402
-from server.config import DEFAULTS, Limits, create_config, load_config, open_database  # noqa: E402
+from server.config import DEFAULTS, Limits, client_config, create_config, load_config, open_database  # noqa: E402
 from server.database import Database  # noqa: E402
 from server.errors import (  # noqa: E402
     AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, UnauthenticatedError,
@@ -562,19 +565,20 @@ class Cluster:
     """Server processes started with one montybase.json whose storageBucket is `url`, on
     127.0.0.1 port 0; each node's client config beside it."""
 
-    def __init__(self, folder: Path, url: str):
+    def __init__(self, folder: Path, url: str, rules: dict[str, Any] | None = None):
         self.folder = folder
         self.config_path = folder / "montybase.json"
-        self.config = {**create_config(self.config_path), "storageBucket": url}
+        self.config = {**create_config(self.config_path), "storageBucket": url, **({"rules": rules} if rules else {})}
         self.config_path.write_text(json.dumps(self.config))
         self.procs: list[Proc] = []
         self.urls: list[str] = []
         self.clients: list[Montybase] = []
 
     def start(self, index: int | None = None) -> int:
-        """Start one more node, or node `index` again (on a new port); its index. (One at a time:
-        each writes client-config.json.)"""
-        proc = Proc(server_command("--config", str(self.config_path), "--port", "0"), self.folder)
+        """Start one more node (on a free port), or node `index` again on its port; its index.
+        (One at a time: each writes client-config.json.)"""
+        port = "0" if index is None else self.urls[index].rsplit(":", 1)[1]
+        proc = Proc(server_command("--config", str(self.config_path), "--port", port), self.folder)
         if index is None:
             self.procs.append(proc)
             self.urls.append("")
@@ -589,6 +593,13 @@ class Cluster:
         self.clients.append(handle)
         return handle
 
+    def app_config(self, name: str, urls: list[str]) -> Path:
+        """An app's client-config.json (the client key) listing the endpoints `urls`."""
+        path = self.folder / "apps" / name / "client-config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(client_config(self.config, urls)))
+        return path
+
     def close(self) -> None:
         for handle in self.clients:
             try:
@@ -599,15 +610,26 @@ class Cluster:
             proc.cleanup()
 
 
-@pytest.fixture
-def cluster(tmp_path, pg_url):
-    nodes = Cluster(tmp_path, pg_url)
+def _three_nodes(folder: Path, url: str, rules: dict[str, Any] | None = None) -> Iterator[Cluster]:
+    nodes = Cluster(folder, url, rules)
     try:
         for _ in range(3):
             nodes.start()
         yield nodes
     finally:
         nodes.close()
+
+
+@pytest.fixture
+def cluster(tmp_path, pg_url):
+    yield from _three_nodes(tmp_path, pg_url)
+
+
+@pytest.fixture
+def members_cluster(tmp_path, pg_url):
+    """Three nodes whose data only signed-in users read and write (a client whose session was
+    not resumed after a reconnect is refused)."""
+    yield from _three_nodes(tmp_path, pg_url, {"**": {"read": "user", "write": "user"}})
 
 
 def test_nodes_started_together_from_one_folder_all_serve(tmp_path, pg_url):
@@ -858,76 +880,219 @@ def test_healthz_is_503_and_the_storage_metric_0_while_postgresql_is_unreachable
 
 
 class Writers:
-    """One writer thread per node, each setting new documents through a client of its node and
-    keeping the ids acknowledged; a failed write is retried as a new document, through a new
-    client when the connection was lost (a killed node comes back on another port)."""
+    """Clients of the nodes, each with the list of every node's endpoint, signed in, and
+    listening to the `board` collection: on the Python client one writer thread per node (that
+    node first in its list), `watch` (it only listens; node 1, 0, 2) and, with `js`, a Node
+    process writing on the JS client (tests/js/failover-writer.js; node 2, 1, 0).
+    A writer commits batches one after the other: a new document acked/NAME-N, board/NAME =
+    {n: N} and counters/total.n + 1. `acked` holds the keys acknowledged; `failures` the others
+    (key, reason, seconds the call took; a write in flight at a kill is not acknowledged, and
+    not sent again). `pause()` lets the batches in flight end and holds the next ones."""
 
-    def __init__(self, cluster: Cluster):
-        self.cluster = cluster
+    def __init__(self, cluster: Cluster, *, js: bool = False):
+        urls = cluster.urls
+        with Montybase(api=urls[0], config=cluster.config_path) as admin:
+            doc(admin, "counters", "total").set({"n": 0})
+        lists = {f"py{index}": urls[index:] + urls[:index] for index in range(len(urls))}
+        lists["watch"] = urls[1::-1] + urls[2:]
+        self.handles = {name: Montybase(config=cluster.app_config(name, endpoints)) for name, endpoints in lists.items()}
+        self.seen: dict[str, list[dict]] = {}  # each listener's latest docs
+        for name, handle in self.handles.items():
+            handle.sign_up(f"{name}@example.org", "correct horse battery")
+            doc(handle, "board").on_snapshot(lambda snapshot, name=name: self.seen.__setitem__(name, snapshot.docs))
+        self.writers = [name for name in self.handles if name != "watch"]
         self.acked: set[str] = set()
-        self.failures: list[tuple[str, float]] = []  # (error reason, seconds the failed call took)
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._write, args=(index,)) for index in range(len(cluster.procs))]
+        self.counts = dict.fromkeys(self.writers, 0)
+        self.failures: list[tuple[str, str, float]] = []
+        self._turn = threading.Condition()
+        self._going, self._stopping = True, False
+        self._busy = set(self.writers)
+        self.threads = [threading.Thread(target=self._write, args=(name,), daemon=True) for name in self.writers]
         for thread in self.threads:
             thread.start()
-
-    def _write(self, index: int) -> None:
-        handle, number = None, 0
-        while not self.stop.is_set():
-            number += 1
-            key = f"w{index}-{number}"
-            started = time.monotonic()
+        self.js: Proc | None = None
+        if js:
+            node = shutil.which("node")
             try:
-                if handle is None:
-                    handle = Montybase(api=self.cluster.urls[index], config=self.cluster.config_path)
-                doc(handle, "acked", key).set({"n": number})
+                assert node, "the JS client's writer needs Node (>= 20) on the PATH"
+                self.js = Proc([node, str(JS_WRITER), str(cluster.app_config("js", urls[::-1])), "js"],
+                               cluster.folder, commands=True)
+                self.js.wait_for_line("ready", 30)
+            except BaseException:
+                self.finish()
+                raise
+
+    def _write(self, name: str) -> None:
+        handle, number = self.handles[name], 0
+        while True:
+            with self._turn:
+                self._busy.discard(name)
+                self._turn.notify_all()
+                self._turn.wait_for(lambda: self._going or self._stopping)
+                if self._stopping:
+                    return
+                self._busy.add(name)
+            number += 1
+            key, started = f"{name}-{number}", time.monotonic()
+            try:
+                (handle.batch().set(doc(handle, "acked", key), {"by": name, "n": number})
+                 .set(doc(handle, "board", name), {"n": number})
+                 .update(doc(handle, "counters", "total"), {"n": increment(1)}).commit())
                 self.acked.add(key)
-            except Exception as exc:  # noqa: BLE001 (every failure is counted, and the writer goes on)
-                self.failures.append((getattr(exc, "reason", type(exc).__name__), time.monotonic() - started))
-                if handle is not None and getattr(exc, "reason", "") != "UNAVAILABLE":
-                    try:
-                        handle.close()
-                    except Exception:  # noqa: BLE001 (a client of a killed node)
-                        pass
-                    handle = None
-                self.stop.wait(0.05)
-        if handle is not None:
-            handle.close()
+                self.counts[name] += 1
+            except MontybaseError as exc:  # counted, and the writer goes on
+                self.failures.append((key, exc.reason, time.monotonic() - started))
+            time.sleep(0.01)
+
+    def all_acked(self) -> set[str]:
+        return self.acked | set(self.js.lines("acked ") if self.js else ())
+
+    def all_failures(self) -> list[tuple[str, str]]:
+        js = [tuple(line.split(" ")) for line in self.js.lines("failed ")] if self.js else []
+        return [(key, reason) for key, reason, _ in self.failures] + js
+
+    def _progress(self) -> list[int]:
+        return list(self.counts.values()) + ([len(self.js.lines("acked "))] if self.js else [])
+
+    def wait_for_acks(self, more: int) -> None:
+        """Until every writer has `more` batches acknowledged after now (30 s at most)."""
+        base = self._progress()
+        try:
+            eventually(lambda: all(now >= then + more for now, then in zip(self._progress(), base)), 30)
+        except AssertionError:
+            late = [name for name, now, then in zip(self.writers + ["js"], self._progress(), base) if now < then + more]
+            raise AssertionError(f"{late} did not have {more} more writes acknowledged in 30 s") from None
+
+    def _js_line(self, command: str, answer: str) -> str:
+        marker = len(self.js.stdout_lines)
+        self.js.tell(command)
+        return self.js.wait_for_line(answer, 30, start=marker)
+
+    def pause(self) -> None:
+        """Hold the writers once their batches in flight are answered."""
+        with self._turn:
+            self._going = False
+            assert self._turn.wait_for(lambda: not self._busy, 30), f"stuck in a call: {self._busy}"
+        if self.js:
+            self._js_line("pause", "paused")
+
+    def states(self, board: list[dict]) -> dict[str, dict[str, Any]]:
+        """While paused: each client's endpoint, signed-in user, listener's latest docs once they
+        are `board` (after 10 s at most; a Python handle is asked nothing before), and `board`
+        as it reads it afterwards."""
+        states = {}
+        for name, handle in self.handles.items():
+            with contextlib.suppress(AssertionError):
+                eventually(lambda: self.seen.get(name) == board, 10)
+            states[name] = {"endpoint": handle._backend.url, "user": handle.current_user,
+                            "snapshot": self.seen.get(name), "read": doc(handle, "board").stream()}
+        if self.js:
+            states["js"] = json.loads(self._js_line("state", "state "))
+        return states
+
+    def go(self) -> None:
+        if self.js:
+            self.js.tell("go")
+        with self._turn:
+            self._going = True
+            self._turn.notify_all()
 
     def finish(self) -> None:
-        self.stop.set()
+        with self._turn:
+            self._stopping = True
+            self._turn.notify_all()
         for thread in self.threads:
             thread.join(60)
         assert not any(thread.is_alive() for thread in self.threads)
+        for handle in self.handles.values():
+            handle.close()
+        if self.js:
+            try:
+                self.js.tell("stop")
+                assert self.js.wait(30) == 0, self.js.describe()
+            finally:
+                self.js.cleanup()
 
 
-def _converged(cluster: Cluster, acked: set[str]) -> None:
-    """Every acknowledged write is on every node, and the nodes hold the same documents."""
-    readers = [cluster.client(index) for index in range(len(cluster.procs))]
-    states = eventually(lambda: (s := [doc(r, "acked").get() for r in readers]) and all(x == s[0] for x in s) and s, 30)
-    missing = acked - states[0].keys()
-    assert not missing, f"{len(missing)} acknowledged writes lost: {sorted(missing)[:10]}"
+JS_WRITER = Path(__file__).resolve().parent / "js" / "failover-writer.js"
 
 
-def test_kill_9_of_a_node_during_writes_loses_no_acknowledged_write(cluster):
-    writers = Writers(cluster)
+def _stored(url: str, collection: str) -> dict[str, Any]:
+    """A collection's documents as PostgreSQL holds them."""
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=10) as connection:
+        rows = connection.execute("SELECT id, value FROM montybase_documents WHERE collection = %s",
+                                  (collection,)).fetchall()
+    return {key: json.loads(value) for key, value in rows}
+
+
+def _agreed(urls: list[str], config_path: Path, read) -> Any:
+    """What `read(handle)` answers on every node at `urls` once it is the same on all (10 s at most)."""
+    handles = [Montybase(api=url, config=config_path) for url in urls]
     try:
+        return eventually(lambda: (seen := [read(h) for h in handles]) and all(x == seen[0] for x in seen) and seen[0])
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def _converged(cluster: Cluster, writers: Writers, pg_url: str) -> None:
+    """Every acknowledged write is in PostgreSQL and in every node's memory, which all hold what
+    PostgreSQL holds; each batch whole (the counter counts the documents); a document no write
+    acknowledged is one whose write failed (in flight at a kill, or while PostgreSQL was away)."""
+    stored = _stored(pg_url, "acked")
+    assert _agreed(cluster.urls, cluster.config_path, lambda h: doc(h, "acked").get()) == stored
+    acked = writers.all_acked()
+    missing = acked - stored.keys()
+    assert not missing, f"{len(missing)} acknowledged writes lost: {sorted(missing)[:10]}"
+    assert stored.keys() - acked <= {key for key, _ in writers.all_failures()}
+    assert _stored(pg_url, "counters") == {"total": {"n": len(stored)}}
+
+
+def test_kill_9_of_a_node_during_writes_clients_fail_over_and_lose_no_acknowledged_write(members_cluster, pg_url):
+    """20 times: a node killed while every client writes; its clients go on with the next
+    endpoint of their list, resume their session and resubscribe; the node restarted on its port
+    loads, and converges while the writes go on."""
+    cluster = members_cluster
+    writers = Writers(cluster, js=True)
+    moved = 0
+    try:
+        writers.pause()
+        last = writers.states(_agreed(cluster.urls, cluster.config_path, lambda h: doc(h, "board").stream()))
+        writers.go()
         for cycle in range(20):
-            eventually(lambda: len(writers.acked) > 10 * (cycle + 1), 30)
             victim = cycle % 3
+            writers.wait_for_acks(3)
             cluster.procs[victim].kill9()
-            time.sleep(0.2)
-            cluster.start(victim)
+            writers.wait_for_acks(3)  # every client writes again, without being told
+            writers.pause()
+            live = [url for index, url in enumerate(cluster.urls) if index != victim]
+            board = _agreed(live, cluster.config_path, lambda h: doc(h, "board").stream())
+            states = writers.states(board)
+            for name, state in states.items():
+                assert state["endpoint"] != cluster.urls[victim], f"{name} is still on the killed node"
+                assert state["user"]["email"] == f"{name}@example.org", f"{name}'s session did not resume"
+                assert state["snapshot"] == state["read"] == board, f"{name}'s listener did not resync"
+                moved += last[name]["endpoint"] == cluster.urls[victim]
+            count = _agreed(live, cluster.config_path, lambda h: doc(h, "acked").count())
+            assert _agreed(live, cluster.config_path, lambda h: doc(h, "counters", "total").get()) == {"n": count}
+            last = states
+            writers.go()
+            cluster.start(victim)  # while the writes go on: it loads, then follows
     finally:
         writers.finish()
-    assert len(writers.acked) > 200
-    _converged(cluster, writers.acked)
+    assert moved >= 20, "the killed nodes had clients"
+    assert not writers.js.lines("listener-failed "), "the JS client's listener was refused"
+    assert {reason for _, reason in writers.all_failures()} <= {"CONNECTION_LOST", "UNAVAILABLE"}
+    assert max((seconds for _, _, seconds in writers.failures), default=0) < 10
+    _converged(cluster, writers, pg_url)
 
 
-def test_postgres_stopped_and_started_under_load(cluster, postgres):
+def test_postgres_stopped_and_started_under_load(cluster, postgres, pg_url):
     writers = Writers(cluster)
     try:
-        eventually(lambda: len(writers.acked) > 30, 30)
+        writers.wait_for_acks(10)
         postgres.stop()
         try:
             failed = len(writers.failures)
@@ -936,16 +1101,16 @@ def test_postgres_stopped_and_started_under_load(cluster, postgres):
             acked_while_down = len(writers.acked)
             time.sleep(1.0)
             readers = [cluster.client(index) for index in range(3)]
-            assert all(len(doc(r, "acked").get()) >= 30 for r in readers)  # reads go on from memory
+            assert all(doc(r, "acked").count() >= 30 for r in readers)  # reads go on from memory
         finally:
             postgres.start()
-        assert {reason for reason, _ in down} == {"UNAVAILABLE"}
-        assert max(seconds for _, seconds in down) < 10
+        assert {reason for _, reason, _ in down} == {"UNAVAILABLE"}
+        assert max(seconds for _, _, seconds in down) < 10
         assert len(writers.acked) <= acked_while_down + 3  # (writes in flight as it stopped)
         eventually(lambda: len(writers.acked) > acked_while_down + 60, 60)  # writes are taken again
     finally:
         writers.finish()
-    _converged(cluster, writers.acked)
+    _converged(cluster, writers, pg_url)
 
 
 # montybase migrate
