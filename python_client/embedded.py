@@ -32,7 +32,10 @@ class EmbeddedBackend:
         to_dict() copies too). A query's documents are copied in C, a thousand per call."""
         result = self.session.call(method, params)
         docs = result.get("docs")
-        return {**result, "docs": clone_all(docs)} if type(docs) is list else clone(result)
+        if type(docs) is not list:
+            return clone(result)
+        values = clone_all([found["value"] for found in docs])
+        return {**result, "docs": [{"id": found["id"], "value": value} for found, value in zip(docs, values)]}
 
     def subscribe(self, params: dict[str, Any], callback: Callable[[Any], None]) -> Callable[[], None]:
         listener = Listener(params, callback)
