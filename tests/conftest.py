@@ -44,7 +44,7 @@ ON_POSTGRES = STORAGE != ""
 # themselves (test_postgres: on the PostgreSQL it starts, in every run); test_fuzz (20,000
 # requests and an RSS bound of a file server: minutes for little more behaviour).
 POSTGRES_MODULES = {
-    "test_accounts", "test_admins", "test_bad_input", "test_client", "test_doors", "test_listeners",
+    "test_accounts", "test_admins", "test_bad_input", "test_client", "test_commands", "test_doors", "test_listeners",
     "test_monitor", "test_query_cases", "test_read_cases", "test_remote", "test_rules", "test_seed_readme",
     "test_transport", "test_web",
 }
