@@ -39,14 +39,13 @@ ON_POSTGRES = STORAGE != ""
 # parts driven in-process (test_database, test_query, test_tree, test_watch, test_rules_unit,
 # test_session, test_rpc, test_paths, test_channel, test_wire, test_errors, test_logs,
 # test_config): no server, no storage under them but memory; the file storage, its recovery and
-# its operator commands (test_storage, test_durability, test_cli, test_commands,
-# test_commands_data); the packaging and scripts (test_packaging, test_scripts); the nodes
-# themselves (test_postgres: on the PostgreSQL it starts, in every run); test_fuzz (20,000
-# requests and an RSS bound of a file server: minutes for little more behaviour).
+# the command line's start-up over files (test_storage, test_durability, test_commands_data,
+# test_cli); the packaging and scripts (test_packaging, test_scripts); the nodes themselves
+# (test_postgres: on the PostgreSQL it starts, in every run).
 POSTGRES_MODULES = {
-    "test_accounts", "test_admins", "test_bad_input", "test_client", "test_commands", "test_doors", "test_listeners",
-    "test_monitor", "test_query_cases", "test_read_cases", "test_remote", "test_rules", "test_seed_readme",
-    "test_transport", "test_web",
+    "test_accounts", "test_admins", "test_bad_input", "test_client", "test_commands", "test_doors", "test_fuzz",
+    "test_listeners", "test_monitor", "test_query_cases", "test_read_cases", "test_remote", "test_rules",
+    "test_seed_readme", "test_transport", "test_web",
 }
 BACKENDS = ["remote"] if ON_POSTGRES else ["memory", "file", "remote"]
 CLIENTS = ["remote"] if ON_POSTGRES else ["embedded", "remote"]  # the shared cases' clients
