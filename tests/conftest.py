@@ -57,7 +57,7 @@ _made: list[str] = []  # the databases server_bucket made that are not dropped y
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "not_on_postgres(reason): a test left out in PostgreSQL mode (the file storage, or no storage at all)")
+    config.addinivalue_line("markers", "not_on_postgres(reason): a test left out in PostgreSQL mode (reason: why)")
     if ON_POSTGRES and STORAGE != "postgresql" and not is_postgres_url(STORAGE):
         raise pytest.UsageError(f"MONTYBASE_TEST_STORAGE={STORAGE!r}: 'postgresql' or a postgresql:// URL")
 

@@ -6,9 +6,8 @@ Missing PostgreSQL fails the tests that need it, loudly: it is never a skip (`sc
 installs Debian's `postgresql` when it is missing).
 
 As a program, for the test runs that need one PostgreSQL for many processes (scripts/test's
-JavaScript suite on nodes): `python3 tests/pg.py serve` starts one, prints its URL and stops it
-on SIGTERM or SIGINT (or when its parent is gone); `python3 tests/pg.py create URL` makes a fresh
-database there and prints its URL.
+runs on nodes): `python3 tests/pg.py serve` starts one, prints its URL and stops it on SIGTERM or
+SIGINT (or when its parent is gone); `create_database(url)` makes a fresh database there.
 """
 
 from __future__ import annotations
@@ -174,9 +173,6 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["serve"]:
-        serve()
-    elif len(sys.argv) == 3 and sys.argv[1] == "create":
-        print(create_database(sys.argv[2]))
-    else:
-        sys.exit("usage: python3 tests/pg.py serve | create POSTGRESQL_URL")
+    if sys.argv[1:] != ["serve"]:
+        sys.exit("usage: python3 tests/pg.py serve")
+    serve()

@@ -244,7 +244,8 @@ def test_keys_rotate_with_grace_keeps_the_old_client_key_until_it_ends(tmp_path)
 
 
 def test_keys_rotate_admin_and_server_and_drops_expired_grace(tmp_path):
-    config = server_config(tmp_path / "montybase.json", previousApiKeys=[{"key": "mb-long-gone-0123456789", "until": 1}])
+    config = server_config(tmp_path / "montybase.json",
+                           previousApiKeys=[{"key": "mb-long-gone-0123456789", "until": 1}])
     done = montybase(tmp_path, "keys", "rotate", "--admin", "--server")
     assert done.returncode == 0, done.stderr
     after = json.loads((tmp_path / "montybase.json").read_text())
