@@ -31,7 +31,6 @@ from python_client import Montybase, doc  # noqa: E402
 from python_client.errors import PermissionDeniedError, UnauthenticatedError  # noqa: E402
 
 OPEN = {"read": "public", "write": "public"}
-FIRST_RUN = "a first run from an empty folder: the server makes montybase.json, with a file storage"
 
 
 def montybase(folder: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -100,8 +99,8 @@ def test_a_command_without_a_config_says_so_in_one_line_and_makes_none(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.not_on_postgres(FIRST_RUN)
 def test_serve_subcommand_serves_as_montybase_alone_does(tmp_path):
+    server_config(tmp_path / "montybase.json")
     with start(tmp_path, "serve", "--port", "0", script=True) as proc:
         url = proc.endpoint()
         with client(url, tmp_path) as db:
@@ -110,7 +109,7 @@ def test_serve_subcommand_serves_as_montybase_alone_does(tmp_path):
         assert proc.stop() == 0, proc.describe()
 
 
-@pytest.mark.not_on_postgres(FIRST_RUN)
+@pytest.mark.not_on_postgres("a first run from an empty folder: the server makes montybase.json, with a file storage")
 def test_the_operating_commands_of_the_readme_work_as_shown_from_an_empty_folder(tmp_path):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     block = readme.split("## Operating", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
