@@ -42,7 +42,7 @@ except ImportError:  # an optional extra: say how to get it when a URL asks for 
 from .errors import UnavailableError
 from .storage import Collections, Recovered, Storage
 
-__all__ = ["PostgresStorage", "export_state", "import_state", "redacted"]
+__all__ = ["PostgresReader", "PostgresStorage", "export_state", "import_state", "redacted"]
 
 log = logging.getLogger("montybase.postgres")
 
@@ -489,14 +489,35 @@ def import_state(url: str, collections: Collections, id_time: int, counted: Call
 
 def export_state(url: str) -> Recovered:
     """The whole state of the Montybase database in PostgreSQL at `url`, at one moment."""
+    state = _stored_state(url, "exporting")
+    if state is None:
+        raise UnavailableError(f"PostgreSQL at {redacted(url)} holds no Montybase database")
+    return state
+
+
+class PostgresReader(Storage):
+    """The database in PostgreSQL at `url` as it is, read once at one moment, never written (for
+    `montybase rules`, as StorageReader reads a file storage): no node starts. A database no node
+    has made its tables in yet holds no documents, as a file storage not written yet."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def load(self) -> Recovered:
+        return _stored_state(self.url, "reading") or Recovered(0, {}, 0, [])
+
+
+def _stored_state(url: str, what: str) -> Recovered | None:
+    """The whole state of the Montybase database in PostgreSQL at `url`, at one moment (None
+    without its tables); `what` names the step in an error."""
     _require_driver()
     storage = PostgresStorage(url)
     try:
         with storage._connect(statement_seconds=0) as connection:
             exists, = connection.execute("SELECT to_regclass('montybase_state') IS NOT NULL").fetchone()
             if not exists:
-                raise UnavailableError(f"PostgreSQL at {storage.where} holds no Montybase database")
+                return None
             connection.rollback()
             return _read_state(connection)
     except psycopg.Error as exc:
-        raise storage._unavailable(exc, "exporting") from None
+        raise storage._unavailable(exc, what) from None

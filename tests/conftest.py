@@ -1,9 +1,19 @@
-"""Fixtures: the behaviour suite runs against every backend and storage."""
+"""Fixtures: the behaviour suite runs against every backend and storage.
+
+`MONTYBASE_TEST_STORAGE` chooses where the servers the tests start keep their data. Unset: file
+storage (in memory for the servers started in this process). `postgresql`: every server is a
+node of a fresh database of a PostgreSQL started for the run (tests/pg.py); a `postgresql://…`
+URL (a server where the tests may create databases, such as `python3 tests/pg.py serve` prints):
+the same on that server. In PostgreSQL mode only the behaviour suite runs (the modules of
+`POSTGRES_MODULES`), without its embedded backends, and without the tests marked
+`not_on_postgres` (each says why: the file storage, or no storage at all).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -16,13 +26,100 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from python_client import Montybase
+from pg import Postgres, create_database, drop_unused_databases
 from server.channel import ClientHandshake, Records
-from server.config import client_config, create_config, open_database, public_key
+from server.config import client_config, create_config, is_postgres_url, open_database, public_key
 from server.database import Database
 from server.storage import MemoryStorage
 from server.transport import Limits, MontybaseServer
 
-BACKENDS = ["memory", "file", "remote"]
+STORAGE = os.environ.get("MONTYBASE_TEST_STORAGE", "")
+ON_POSTGRES = STORAGE != ""
+# The behaviour suite: the modules whose tests use served databases. Left out: the engine and its
+# parts driven in-process (test_database, test_query, test_tree, test_watch, test_rules_unit,
+# test_session, test_rpc, test_paths, test_channel, test_wire, test_errors, test_logs,
+# test_config): no server, no storage under them but memory; the file storage, its recovery and
+# the command line's start-up over files (test_storage, test_durability, test_commands_data,
+# test_cli); the packaging and scripts (test_packaging, test_scripts); the nodes themselves
+# (test_postgres: on the PostgreSQL it starts, in every run).
+POSTGRES_MODULES = {
+    "test_accounts", "test_admins", "test_bad_input", "test_client", "test_commands", "test_doors", "test_fuzz",
+    "test_listeners", "test_monitor", "test_query_cases", "test_read_cases", "test_remote", "test_rules",
+    "test_seed_readme", "test_transport", "test_web",
+}
+BACKENDS = ["remote"] if ON_POSTGRES else ["memory", "file", "remote"]
+CLIENTS = ["remote"] if ON_POSTGRES else ["embedded", "remote"]  # the shared cases' clients
+# The mark of the tests with no served database: the engine, an embedded database or a client
+# alone (a test of the file storage says why in a mark of its own).
+NO_SERVER = pytest.mark.not_on_postgres("no served database: the engine, an embedded database or a client alone")
+_started: Postgres | None = None  # the PostgreSQL this run started (MONTYBASE_TEST_STORAGE=postgresql)
+_made: list[str] = []  # the databases server_bucket made that are not dropped yet
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "not_on_postgres(reason): a test left out in PostgreSQL mode (reason: why)")
+    if ON_POSTGRES and STORAGE != "postgresql" and not is_postgres_url(STORAGE):
+        raise pytest.UsageError(f"MONTYBASE_TEST_STORAGE={STORAGE!r}: 'postgresql' or a postgresql:// URL")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if ON_POSTGRES and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return collection_path.stem not in POSTGRES_MODULES or None
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if ON_POSTGRES:
+        left_out = [item for item in items if item.get_closest_marker("not_on_postgres")]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker("not_on_postgres")]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _started is not None:
+        _started.close()
+
+
+def _postgres_url() -> str:
+    """The URL of the PostgreSQL where the tests make their databases."""
+    global _started
+    if STORAGE != "postgresql":
+        return STORAGE
+    if _started is None:
+        _started = Postgres()
+    return _started.url()
+
+
+def server_bucket(default: str = ":memory:") -> str:
+    """Where a server a test starts keeps its data: `default`, or in PostgreSQL mode a fresh
+    database (its URL)."""
+    if not ON_POSTGRES:
+        return default
+    _made.append(create_database(_postgres_url()))
+    return _made[-1]
+
+
+@pytest.fixture(autouse=True)
+def _drop_finished_databases() -> Iterator[None]:
+    """In PostgreSQL mode, after each test, drop the databases no node uses any more (those of
+    servers a module shares stay until their last node closes): a PostgreSQL in memory holds them."""
+    yield
+    if _made:
+        _made[:] = drop_unused_databases(_postgres_url(), _made)
+
+
+def server_config(path: Path, **fields: Any) -> dict[str, Any]:
+    """A fresh `montybase.json` at `path` (create_config) with `fields` over it, for a server
+    started as a program; in PostgreSQL mode its `storageBucket` is a fresh database, whatever
+    `fields` say."""
+    config = create_config(path)
+    if ON_POSTGRES:
+        fields["storageBucket"] = server_bucket()
+    if fields:
+        config = {**config, **fields}
+        path.write_text(json.dumps(config, indent=2))
+    return config
 
 
 def json_equal(a: Any, b: Any) -> bool:
@@ -73,7 +170,7 @@ class Served:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.config = create_config(folder / "montybase.json")
-        self.database = database or open_database(self.config, ":memory:")
+        self.database = database or open_database(self.config, server_bucket())
         self.server = MontybaseServer(
             self.database,
             keys={"client": self.config["apiKey"], "admin": self.config["adminKey"]},

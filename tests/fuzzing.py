@@ -907,14 +907,16 @@ def _log_problems(log: str) -> list[str]:
     return [line for line in log.splitlines() if any(marker in line for marker in markers)]
 
 
-def campaign(folder: Path, seed: int, requests: int, garbage: int, *, progress: Callable[[str], None] | None = None) -> Report:
-    """Fuzz a fresh server in `folder` with `requests` authenticated requests and `garbage`
-    unauthenticated frames drawn from `seed`; the report says what happened and what went wrong."""
+def campaign(folder: Path, seed: int, requests: int, garbage: int, *, progress: Callable[[str], None] | None = None,
+             storage: str = "db.json") -> Report:
+    """Fuzz a fresh server in `folder` (its data in `storage`, its storageBucket) with `requests`
+    authenticated requests and `garbage` unauthenticated frames drawn from `seed`; the report says
+    what happened and what went wrong."""
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "montybase.json"
     config = create_config(config_path)
     config.update(rules=RULES, limits=LIMITS, origins=["https://game.example", None], trustedProxies=["127.0.0.1"],
-                  metrics={"token": METRICS_TOKEN})
+                  metrics={"token": METRICS_TOKEN}, storageBucket=storage)
     config_path.write_text(json.dumps(config, indent=2))
     report = Report(seed)
     rng = random.Random(seed)

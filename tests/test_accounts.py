@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Served, Stranger
+from conftest import NO_SERVER, Served, Stranger, server_bucket
 from python_client import Montybase, doc
 from python_client.errors import (
     AlreadyExistsError,
@@ -44,8 +44,8 @@ RULES = {
 RESERVED = ("__accounts__", "__sessions__")
 
 
-def serve(loop_thread, folder: Path, bucket: str = ":memory:", limits: Limits | None = None) -> Served:
-    database = open_database({**DEFAULTS, "rules": RULES}, bucket)
+def serve(loop_thread, folder: Path, bucket: str | None = None, limits: Limits | None = None) -> Served:
+    database = open_database({**DEFAULTS, "rules": RULES}, bucket or server_bucket())
     return Served(loop_thread, folder, database=database, limits=limits or Limits())
 
 
@@ -482,7 +482,7 @@ async def _close_listener(served: Served) -> None:
 
 @pytest.mark.parametrize("restart", ["same database", "reopened from disk"])
 def test_a_session_is_resumed_after_a_reconnect(loop_thread, tmp_path, restart):
-    bucket = str(tmp_path / "db.json") if restart == "reopened from disk" else ":memory:"
+    bucket = server_bucket(str(tmp_path / "db.json") if restart == "reopened from disk" else ":memory:")
     served = serve(loop_thread, tmp_path, bucket)
     handle = served.client()
     try:
@@ -549,6 +549,7 @@ def test_current_user_is_cleared_when_a_resumed_session_is_refused(accounts):
     assert handle.current_user is None
 
 
+@NO_SERVER
 def test_expired_sessions_are_deleted_with_a_later_sign_in(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     db = Montybase(storageBucket=str(tmp_path / "db.json"))
@@ -584,6 +585,7 @@ def test_expired_sessions_are_deleted_with_a_later_sign_in(tmp_path, monkeypatch
 # Embedded
 
 
+@NO_SERVER
 def test_embedded_accounts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     db = Montybase(storageBucket=":memory:")
@@ -607,6 +609,7 @@ def test_embedded_accounts(tmp_path, monkeypatch):
         db.close()
 
 
+@NO_SERVER
 def test_embedded_credentials_with_a_lone_surrogate_are_invalid_arguments(tmp_path, monkeypatch):
     """A str may hold what UTF-8 cannot encode; the password and the token are hashed as UTF-8."""
     monkeypatch.chdir(tmp_path)
@@ -625,6 +628,7 @@ def test_embedded_credentials_with_a_lone_surrogate_are_invalid_arguments(tmp_pa
         db.close()
 
 
+@NO_SERVER
 def test_rules_do_not_apply_to_the_program_that_embeds_the_database(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = create_config(tmp_path / "montybase.json")

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from conftest import Served
+from conftest import NO_SERVER, Served
 from python_client import (
     AlreadyExistsError,
     LimitExceededError,
@@ -615,6 +615,7 @@ def test_a_batch_over_max_writes_is_limit_exceeded_and_writes_nothing(db):
     assert doc(db, "c").count() == 0
 
 
+@NO_SERVER
 def test_what_embedded_accepts_a_server_on_the_same_files_serves_and_updates(loop_thread, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with Montybase() as embedded:

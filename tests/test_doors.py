@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Served
+from conftest import Served, server_bucket
 from python_client import Montybase, Query, doc
 from python_client.errors import MontybaseError
 from server.config import DEFAULTS, open_database
@@ -50,7 +50,7 @@ class Door:
 
     def __init__(self, loop_thread: Any, folder: Path, grant: str):
         rules = json.loads(json.dumps(CASES["rules"]).replace('"$grant"', json.dumps(grant)))
-        self.served = Served(loop_thread, folder, database=open_database({**DEFAULTS, "rules": rules}, ":memory:"))
+        self.served = Served(loop_thread, folder, database=open_database({**DEFAULTS, "rules": rules}, server_bucket()))
         self.handles: dict[str, Montybase] = {"anonymous": self.served.client(), "admin": self.served.client(admin=True)}
         self.placeholders = {}
         for name in ("owner", "other"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from conftest import server_bucket
 from fuzzing import campaign, seed_from_environment
 
 REQUESTS = 20_000
@@ -19,7 +20,7 @@ HASHING_THREADS = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default execut
 def test_fuzzed_requests_and_handshakes_break_no_connection_and_leave_the_server_whole(tmp_path):
     seed = seed_from_environment()
     print(f"fuzz seed {seed} (replay with MONTYBASE_FUZZ_SEED={seed})")
-    report = campaign(tmp_path, seed, REQUESTS, GARBAGE)
+    report = campaign(tmp_path, seed, REQUESTS, GARBAGE, storage=server_bucket("db.json"))
     summary = report.summary()
     print(summary)
     assert report.requests >= REQUESTS and report.garbage_frames >= GARBAGE, summary

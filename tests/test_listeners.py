@@ -27,7 +27,7 @@ from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/procs.py
 
-from conftest import Served, hand_handshake, json_equal  # noqa: E402
+from conftest import NO_SERVER, Served, hand_handshake, json_equal, server_config  # noqa: E402
 from procs import Proc, free_port, server_command  # noqa: E402
 from python_client import Montybase, doc  # noqa: E402
 from python_client.listen import Dispatcher, DocumentSnapshot, Listener, QuerySnapshot  # noqa: E402
@@ -78,6 +78,7 @@ def _replay_ids(ids: list[str], changes: list[dict[str, Any]], old: str, new: st
 # The case file itself
 
 
+@NO_SERVER
 def test_cases_file_is_well_formed():
     """Every case is complete and its own expectations are consistent (expected changes replayed on
     the previous expected docs give the expected docs), so a failure elsewhere is the engine's."""
@@ -594,6 +595,7 @@ def test_many_listeners_on_one_handle(db):
         marker.unsubscribe()
 
 
+@NO_SERVER
 @pytest.mark.parametrize("value", [{"score": 1, "name": "a"}, {"score": 1, "stats": {"games": [1, 2]}}], ids=["flat", "nested"])
 def test_listeners_sharing_a_message_get_values_of_their_own(value):
     """One message for two listeners of a handle: what one callback changes in its snapshot, at
@@ -955,11 +957,7 @@ def test_a_connection_dropped_for_overflow_releases_its_listeners_and_slot(loop_
 
 
 def test_a_listener_gets_the_current_state_again_after_the_server_restarts(tmp_path):
-    from server.config import create_config
-
-    config = create_config(tmp_path / "montybase.json")
-    config["hot"] = True  # acknowledged writes survive the SIGKILL
-    (tmp_path / "montybase.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    server_config(tmp_path / "montybase.json", hot=True)  # on files, acknowledged writes survive the SIGKILL
     port = free_port()
     args = server_command("--host", "127.0.0.1", "--port", str(port))
     first = Proc(args, cwd=tmp_path)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Served, Stranger, json_equal
+from conftest import CLIENTS, NO_SERVER, Served, Stranger, json_equal
 
 from python_client import Montybase, doc
 from python_client.errors import MontybaseError as ClientError
@@ -58,6 +58,7 @@ def _check_aggregate(case: dict[str, Any], value: Any) -> None:
 # The file itself
 
 
+@NO_SERVER
 def test_cases_file_is_well_formed():
     names = [case.get("name") for case in CASES]
     assert len(names) == len(set(names)), "case names must be unique"
@@ -132,6 +133,7 @@ def _engine_run(session: Session, case: dict[str, Any]) -> Any:
     return session.call("query", {"query": _params(case)})["docs"]
 
 
+@NO_SERVER
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
 def test_query_case(engine, case):
     _load(engine, case["documents"])
@@ -175,7 +177,7 @@ def server(loop_thread, tmp_path_factory):
     served.stop()
 
 
-@pytest.fixture(params=["embedded", "remote"])
+@pytest.fixture(params=CLIENTS)
 def client(request):
     """A database with an empty collection `c`: embedded in memory, or a server's, over the
     network with the admin key (one server for the module: `c` is emptied afterwards)."""
@@ -230,6 +232,7 @@ def test_client_chain_matches_handwritten_wire(client):
     }
 
 
+@NO_SERVER
 def test_client_raises_engine_reason():
     """An error case seen through the client carries the same reason."""
     with Montybase(storageBucket=":memory:") as database:

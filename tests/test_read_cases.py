@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Served, json_equal
+from conftest import CLIENTS, NO_SERVER, Served, json_equal
 
 from python_client import Montybase, doc
 from server.database import Database
@@ -28,6 +28,7 @@ def _check(case: dict[str, Any], answers: dict[str, Any]) -> None:
         assert json_equal(answers[read], case["expect"][read]), f"{read}: expected {case['expect'][read]!r}, got {answers[read]!r}"
 
 
+@NO_SERVER
 def test_cases_file_is_well_formed():
     names = [case["name"] for case in CASES]
     assert len(names) == len(set(names)), "case names must be unique"
@@ -37,6 +38,7 @@ def test_cases_file_is_well_formed():
         assert case["path"][0] == "c", case["name"]
 
 
+@NO_SERVER
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
 def test_read_case(case):
     database = Database()
@@ -62,7 +64,7 @@ def server(loop_thread, tmp_path_factory):
     served.stop()
 
 
-@pytest.fixture(params=["embedded", "remote"])
+@pytest.fixture(params=CLIENTS)
 def client(request):
     """An empty database: embedded in memory, or a server's over the network with the admin key
     (one server for the module: `c` is emptied afterwards)."""

@@ -8,7 +8,6 @@ import json
 import os
 import queue
 import signal
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/procs.py
 
+from conftest import NO_SERVER, server_bucket  # noqa: E402
 from procs import Proc, free_port, server_command  # noqa: E402
 from python_client import ConnectionLostError, InvalidArgumentError, Montybase, doc  # noqa: E402
 from server.config import client_config, create_config  # noqa: E402
@@ -27,11 +27,13 @@ PASSWORD = "correct horse battery"
 
 
 class Node:
-    """`python -m server` in its own folder (its own storage) with a shared montybase.json."""
+    """`python -m server` in its own folder (its own storage) with a shared montybase.json's keys."""
 
     def __init__(self, folder: Path, config_path: Path):
         folder.mkdir()
-        shutil.copy(config_path, folder / "montybase.json")
+        config = json.loads(config_path.read_text())
+        config["storageBucket"] = server_bucket(config["storageBucket"])  # a storage of its own
+        (folder / "montybase.json").write_text(json.dumps(config))
         self.folder = folder
         self.proc = Proc(server_command("--config", "montybase.json", "--port", "0"), cwd=folder)
         self.url = self.proc.endpoint()
@@ -124,6 +126,7 @@ def test_a_session_the_next_server_does_not_know_ends_and_the_handle_goes_on_sig
         assert db.current_user is None
 
 
+@NO_SERVER
 def test_all_endpoints_away_is_connection_lost_naming_the_last_tried(tmp_path):
     config = create_config(tmp_path / "montybase.json")
     away = [f"ws://127.0.0.1:{free_port()}", f"ws://127.0.0.1:{free_port()}"]
@@ -134,6 +137,7 @@ def test_all_endpoints_away_is_connection_lost_naming_the_last_tried(tmp_path):
         assert time.monotonic() - started < 5
 
 
+@NO_SERVER
 @pytest.mark.parametrize("endpoints, where, said", [
     ([], "/endpoint", "non-empty"),
     (["ws://127.0.0.1:1", "ftp://127.0.0.1:2"], "/endpoint/1", "'ftp://127.0.0.1:2' is not a ws://"),
@@ -149,6 +153,7 @@ def test_a_bad_endpoint_in_the_client_config_is_invalid_argument_naming_it(tmp_p
     assert not (tmp_path / "db.json").exists()  # not taken for an embedded database's settings
 
 
+@NO_SERVER
 def test_an_empty_api_list_is_invalid_argument(tmp_path):
     config = create_config(tmp_path / "montybase.json")
     with pytest.raises(InvalidArgumentError, match="non-empty list of endpoints"):

@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/procs.py
 
-from conftest import Served, hand_handshake  # noqa: E402
+from conftest import Served, hand_handshake, server_bucket  # noqa: E402
 from procs import Proc, server_command  # noqa: E402
 from python_client import Montybase, Query, doc, increment  # noqa: E402
 from python_client.errors import (  # noqa: E402
@@ -53,7 +53,7 @@ PASSWORD = "correct horse battery"
 def serve(loop_thread, folder: Path, rules: dict[str, Any] | None, limits: dict[str, Any] | None = None) -> Served:
     """A real server whose database has these `rules` (None: no `rules` key) and `limits`."""
     config = {**DEFAULTS, **({} if rules is None else {"rules": rules}), **({"limits": limits} if limits else {})}
-    database = open_database(config, ":memory:")
+    database = open_database(config, server_bucket())
     return Served(loop_thread, folder, database=database, limits=Limits.from_config(limits))
 
 
@@ -335,6 +335,7 @@ OPEN_WARNING = 'the rule "**" in montybase.json opens every collection'
 NO_RULES_WARNING = "no rules in montybase.json"
 
 
+@pytest.mark.not_on_postgres("the rules' warnings at start, from montybase.json: nothing a storage changes")
 def test_the_server_warns_at_every_start_while_the_open_rule_is_in_force(tmp_path):
     first = _start_and_stop(tmp_path)  # a first run: the config is created with the open rule
     assert OPEN_WARNING in first and "WARNING" in first.split(OPEN_WARNING)[0].splitlines()[-1]
@@ -354,6 +355,7 @@ def test_the_server_warns_at_every_start_while_the_open_rule_is_in_force(tmp_pat
     assert NO_RULES_WARNING in none and OPEN_WARNING not in none
 
 
+@pytest.mark.not_on_postgres("montybase.json is refused before any storage opens")
 def test_a_broken_schema_stops_the_server_at_start_with_a_clear_error(tmp_path):
     config = create_config(tmp_path / "montybase.json")
     config["rules"] = {"scores": {"read": "public", "schema": {"type": "nonsense"}}}

@@ -21,11 +21,11 @@ from referencing import Registry, Resource
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import Served, Stranger, connect_from, hand_handshake
+from conftest import Served, Stranger, connect_from, hand_handshake, server_bucket, server_config
 from procs import Proc, server_command
 from python_client import ConnectionLostError, Montybase, PermissionDeniedError, UnauthenticatedError, doc
 from server.channel import ClientHandshake, Records, derive_psk, key_schedule
-from server.config import create_config, fresh_keys, open_database, public_key
+from server.config import fresh_keys, open_database, public_key
 from server.schemas import load_schema
 from server.transport import Limits, MontybaseServer
 
@@ -449,7 +449,7 @@ def test_in_flight_calls_fail_with_connection_lost_and_the_next_call_reconnects(
         doc(client, "c", "a").get()
     # A new server on the same port: the client connects again by itself.
     service = served.server.service  # a new server with the same keys
-    served.database = open_database(served.config, ":memory:")
+    served.database = open_database(served.config, server_bucket())
     served.server = MontybaseServer(served.database, keys=service.keys, server_key=service.server_key)
     served.loop_thread.run(served.server.start("127.0.0.1", port))
     try:
@@ -802,9 +802,7 @@ def _memory_kb(pid, field):
 
 
 def test_a_subscriber_that_never_reads_costs_the_server_bounded_memory(tmp_path):
-    config = create_config(tmp_path / "montybase.json")
-    config["storageBucket"] = ":memory:"
-    (tmp_path / "montybase.json").write_text(json.dumps(config), encoding="utf-8")
+    config = server_config(tmp_path / "montybase.json", storageBucket=":memory:")
     with Proc(server_command("--config", str(tmp_path / "montybase.json"), "--port", "0"), cwd=tmp_path) as proc:
         server = SimpleNamespace(url=proc.endpoint(), config=config)
         writer = Montybase(api=server.url, config=tmp_path / "montybase.json")
@@ -850,10 +848,8 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limits(loop_th
 
 
 def test_the_server_command_takes_trusted_proxies_from_the_config(tmp_path):
-    config = create_config(tmp_path / "montybase.json")
-    config.update(storageBucket=":memory:", trustedProxies=["127.0.0.1"],
+    server_config(tmp_path / "montybase.json", storageBucket=":memory:", trustedProxies=["127.0.0.1"],
                   limits={"maxConnectionsPerAddress": 1, "handshakeTimeout": 60})
-    (tmp_path / "montybase.json").write_text(json.dumps(config), encoding="utf-8")
     with Proc(server_command("--config", str(tmp_path / "montybase.json"), "--port", "0"), cwd=tmp_path) as proc:
         upgrades = _Upgrades(proc.endpoint())
         try:
@@ -868,6 +864,7 @@ def test_the_server_command_takes_trusted_proxies_from_the_config(tmp_path):
 
 
 def test_the_server_raises_its_open_files_limit_to_the_hard_limit(tmp_path):
+    server_config(tmp_path / "montybase.json")
     command = ["prlimit", "--nofile=64:256", *server_command("--port", "0")]  # as a low `ulimit -n` leaves it
     with Proc(command, cwd=tmp_path) as proc:
         proc.endpoint()
@@ -877,10 +874,9 @@ def test_the_server_raises_its_open_files_limit_to_the_hard_limit(tmp_path):
 
 
 def test_out_of_file_descriptors_the_server_logs_a_line_not_tracebacks_and_recovers(tmp_path):
-    config = create_config(tmp_path / "montybase.json")
-    config.update(storageBucket=":memory:", limits={"maxConnectionsPerAddress": 1000, "maxUnauthenticatedPerAddress": 1000,
-                                                    "maxUnauthenticated": 1000, "handshakeTimeout": 30})
-    (tmp_path / "montybase.json").write_text(json.dumps(config), encoding="utf-8")
+    server_config(tmp_path / "montybase.json", storageBucket=":memory:", limits={
+        "maxConnectionsPerAddress": 1000, "maxUnauthenticatedPerAddress": 1000, "maxUnauthenticated": 1000,
+        "handshakeTimeout": 30})
     command = ["prlimit", "--nofile=48:48", *server_command("--config", str(tmp_path / "montybase.json"), "--port", "0")]
     with Proc(command, cwd=tmp_path) as proc:
         host, port = proc.endpoint().removeprefix("ws://").rsplit(":", 1)

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from conftest import Served
+from conftest import NO_SERVER, Served
 from server.web import console, route
 
 OPEN = urllib.request.build_opener(urllib.request.ProxyHandler({})).open  # 127.0.0.1 only, never a proxy
@@ -31,6 +31,7 @@ def site(tmp_path):
     return tmp_path / "site"
 
 
+@NO_SERVER
 def test_the_js_client_and_its_modules_are_served():
     status, content_type, body = route("/montybase.js", "h:1", CONFIG, None, False)
     assert status == 200 and content_type.startswith("text/javascript") and b"/montybase/index.js" in body
@@ -38,18 +39,21 @@ def test_the_js_client_and_its_modules_are_served():
     assert status == 200 and b"export" in body
 
 
+@NO_SERVER
 def test_the_client_config_points_at_the_address_the_browser_used():
     status, content_type, body = route("/client-config.json", "example.org:8765", CONFIG, None, True)
     assert status == 200 and content_type == "application/json"
     assert json.loads(body) == {**CONFIG, "endpoint": "wss://example.org:8765"}
 
 
+@NO_SERVER
 def test_the_client_config_points_at_the_public_endpoint_when_the_config_sets_one():
     proxied = {**CONFIG, "endpoint": "wss://example.org"}  # the browser reached a proxy in front of us
     status, _, body = route("/client-config.json", "127.0.0.1:8765", proxied, None, False)
     assert status == 200 and json.loads(body)["endpoint"] == "wss://example.org"
 
 
+@NO_SERVER
 @pytest.mark.parametrize(
     "target,status,needle",
     [("/", 200, b"home"), ("/app.js", 200, b"export"), ("/sub/page.css", 200, b"body"), ("/sub/", 404, b""),
@@ -64,6 +68,7 @@ def test_the_static_folder_never_lists_or_escapes(site, target, status, needle):
     assert b"outside" not in body and b"SECRET" not in body
 
 
+@NO_SERVER
 def test_without_a_static_folder_other_paths_are_not_found():
     assert route("/", "h:1", CONFIG, None, False)[0] == 404
 
@@ -109,6 +114,7 @@ def test_the_console_is_served_with_a_strict_content_security_policy_and_no_fram
         served.stop()
 
 
+@NO_SERVER
 def test_the_console_page_runs_no_inline_script_or_style():
     (status, content_type, page), headers = console("/admin/")
     html = page.decode()

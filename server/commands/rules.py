@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import Limits, storage_path
+from ..config import Limits, is_postgres_url, storage_path
 from ..database import Database
 from ..errors import MontybaseError, UnavailableError
 from ..paths import check_path
@@ -27,6 +27,10 @@ def _stored(config: dict[str, Any], config_path: Path) -> Database | None:
     bucket = storage_path(config, config_path)
     if bucket == ":memory:":
         return None
+    if is_postgres_url(bucket):  # the nodes' database at one moment, as the files are read below
+        from ..postgres import PostgresReader  # the optional extra montybase[postgres]
+
+        return Database(PostgresReader(bucket))
     try:
         return Database(StorageReader(bucket))
     except (ValueError, OSError) as exc:

@@ -20,6 +20,15 @@ export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..")
 export const PYTHON = process.env.PYTHON || (existsSync(join(ROOT, ".venv", "bin", "python")) ? join(ROOT, ".venv", "bin", "python") : "python3");
 const START_TIMEOUT = 20_000;
 const STOP_TIMEOUT = 15_000;
+/**
+ * PostgreSQL mode: `MONTYBASE_TEST_STORAGE=postgresql://…` (a PostgreSQL where the tests may make
+ * databases, as `python3 tests/pg.py serve` prints; scripts/test sets it for its second run):
+ * every server the tests start is then a node of a fresh database there.
+ */
+export const STORAGE = process.env.MONTYBASE_TEST_STORAGE || "";
+if (STORAGE && !STORAGE.startsWith("postgresql://")) {
+  throw new Error(`MONTYBASE_TEST_STORAGE=${STORAGE}: a postgresql:// URL (python3 tests/pg.py serve prints one)`);
+}
 
 /** The environment for Python children: the repository's packages importable from anywhere. */
 export function pythonEnv() {
@@ -28,7 +37,8 @@ export function pythonEnv() {
 }
 
 /** `python -m server admins add EMAIL --password-stdin` in `dir` (before a server starts there). */
-export function addAdmin(dir, email, password) {
+export async function addAdmin(dir, email, password) {
+  await useStorage(dir);
   return new Promise((resolve, reject) => {
     const child = spawn(PYTHON, ["-m", "server", "admins", "add", email, "--password-stdin"], { cwd: dir, env: pythonEnv() });
     let output = "";
@@ -92,6 +102,7 @@ export class Server {
    */
   static async start({ dir, port = 0 } = {}) {
     dir ??= await tempDir();
+    await useStorage(dir);
     const child = spawn(PYTHON, ["-m", "server", "--config", join(dir, "montybase.json"), "--port", String(port)], {
       cwd: dir,
       env: pythonEnv(),
@@ -206,6 +217,23 @@ Server.prototype.restart = async function restart({ signal = "SIGKILL" } = {}) {
   Object.assign(this, { child: again.child, endpoint: again.endpoint, output: again.output });
   return this;
 };
+
+/**
+ * In PostgreSQL mode, make the storageBucket of `dir`'s montybase.json (written first if there is
+ * none) a fresh database, unless it names one already: a server started again on its folder finds
+ * its data there, one whose bucket a test set to ":memory:" starts empty, as in memory.
+ */
+async function useStorage(dir) {
+  if (!STORAGE) return;
+  const path = join(dir, "montybase.json");
+  const config = existsSync(path) ? JSON.parse(await readFile(path, "utf8")) : null;
+  if (config?.storageBucket?.startsWith("postgresql://")) return;
+  const made = await runPython(`from pg import create_database\nprint(create_database(${JSON.stringify(STORAGE)}))`, {
+    cwd: join(ROOT, "tests"),
+  });
+  const storageBucket = made.trim();
+  await (config ? updateConfig(dir, { storageBucket }) : writeConfig(dir, { storageBucket }));
+}
 
 /** Write `extra` settings into an existing montybase.json (for the next start). */
 export async function updateConfig(dir, extra) {
