@@ -18,7 +18,7 @@ from .values import MAX_SAFE_INTEGER, json_equal, prepare
 
 __all__ = [
     "OPERATORS", "ElementIndex", "OrderIndex", "Query", "aggregate", "compile_where", "count", "field_value", "matches",
-    "parse_query", "run", "sort_in_steps",
+    "parse_query", "pause", "pause_between_steps", "run", "sort_in_steps",
 ]
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not-in", "array-contains", "array-contains-any")
@@ -307,6 +307,25 @@ def _clause(field: tuple[str, ...], op: str, bound: Any) -> Callable[[dict], boo
 STEP = 1024
 
 
+def _go_on() -> None:
+    pass
+
+
+_pause: Callable[[], None] = _go_on
+
+
+def pause_between_steps(hook: Callable[[], None] | None) -> None:
+    """Have long work (index builds, sorts, scans) call `hook` between its steps (None: nothing):
+    the server's, which lets its event loop go first (server/transport.py, Foreground)."""
+    global _pause
+    _pause = hook or _go_on
+
+
+def pause() -> None:
+    """A step of long work is done: let more urgent work go first, if the server says so."""
+    _pause()
+
+
 _filling = [0, 0]  # items put in new lists since the last young pass; young passes so far
 
 
@@ -323,6 +342,7 @@ def _filled(items: int) -> None:
         _filling[0] = 0
         _filling[1] += 1
         gc.collect(1 if _filling[1] % 8 == 0 else 0)
+        _pause()
 
 
 def sort_in_steps(items: list, step: int | None = None) -> list:
