@@ -18,7 +18,7 @@ from .values import MAX_SAFE_INTEGER, json_equal, prepare
 
 __all__ = [
     "OPERATORS", "ElementIndex", "OrderIndex", "Query", "aggregate", "compile_where", "count", "field_value", "matches",
-    "parse_query", "pause", "pause_between_steps", "run", "sort_in_steps",
+    "filled", "parse_query", "pause", "pause_between_steps", "run", "sort_in_steps",
 ]
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not-in", "array-contains", "array-contains-any")
@@ -326,22 +326,25 @@ def pause() -> None:
     _pause()
 
 
-_filling = [0, 0]  # items put in new lists since the last young pass; young passes so far
+_filling = [0]  # items put in new lists since the last young pass
 
 
-def _filled(items: int) -> None:
-    """Note `items` more put in new lists, and keep the garbage collector's young passes short.
+def filled(items: int) -> None:
+    """Note `items` more put in new lists; after every STEP, a step of long work is done: a
+    young pass of the garbage collector, then `pause`.
 
     A collection walks every item of every container in the generations it collects, holding
     every thread meanwhile. Filling lists hardly counts as allocating (their temporaries are
     freed as fast), so an index build's lists stayed young until a pass walked all 100,000
-    entries at once, twice (5 ms each). Collected after every STEP items (the middle generation
-    every 8th time), each pass walks a few thousand; the oldest is left to its own schedule."""
+    entries at once, twice (5 ms each); collected every STEP items, the middle generation
+    every 8th time, they still were walked again and again as they grew (a few ms a pass).
+    The young and middle generations are now collected together after every STEP items: a
+    list being filled is walked while small, then is old, and only the oldest generation's
+    own (rare) collections walk it."""
     _filling[0] += items
     if _filling[0] >= STEP:
         _filling[0] = 0
-        _filling[1] += 1
-        gc.collect(1 if _filling[1] % 8 == 0 else 0)
+        gc.collect(1)
         _pause()
 
 
@@ -355,7 +358,7 @@ def sort_in_steps(items: list, step: int | None = None) -> list:
     runs = []
     for low in range(0, len(items), step):
         runs.append(sorted(items[low:low + step]))
-        _filled(len(runs[-1]))
+        filled(len(runs[-1]))
     while len(runs) > 1:
         runs = [_merge(runs[i], runs[i + 1], step) if i + 1 < len(runs) else runs[i] for i in range(0, len(runs), 2)]
     return runs[0] if runs else []
@@ -378,11 +381,11 @@ def _merge(a: list, b: list, step: int) -> list:
             i, j = cut, b_end
         part.sort()
         out += part
-        _filled(len(part))
+        filled(len(part))
     for rest, start, end in ((a, i, a_len), (b, j, b_len)):
         for low in range(start, end, step):
             out += rest[low:min(low + step, end)]
-            _filled(min(step, end - low))
+            filled(min(step, end - low))
     return out
 
 
@@ -395,7 +398,7 @@ def _sorted_list(items: list) -> SortedList:
     for low in range(0, len(ordered), load):
         entries._lists.append(ordered[low:low + load])
         if len(ordered) > load:
-            _filled(load)
+            filled(load)
     entries._maxes = [part[-1] for part in entries._lists]
     entries._len = len(ordered)
     return entries

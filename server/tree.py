@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from .query import ElementIndex, OrderIndex, Query, count, pause, run
+from .query import ElementIndex, OrderIndex, Query, count, filled, run
 
 __all__ = ["Change", "Copy", "Frozen", "Tree", "build_index"]
 
@@ -39,6 +39,7 @@ class Frozen:
         remaining = iter(docs)
         while part := list(itertools.islice(remaining, 20000)):
             self.ids += part
+            filled(len(part))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -61,7 +62,7 @@ class Frozen:
     def items(self) -> Iterator[tuple[str, Any]]:
         for chunk in self.chunks(256):  # about 0.1 ms of an index build's work each
             yield from chunk.items()
-            pause()
+            filled(len(chunk))  # an index build fills its list as it reads
 
 
 class Copy(NamedTuple):
