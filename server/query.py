@@ -326,25 +326,26 @@ def pause() -> None:
     _pause()
 
 
-_filling = [0]  # items put in new lists since the last young pass
+_filling = [0, 0]  # items put in new lists since the last young pass; young passes so far
 
 
 def filled(items: int) -> None:
     """Note `items` more put in new lists; after every STEP, a step of long work is done: a
-    young pass of the garbage collector, then `pause`.
+    short young pass of the garbage collector, then `pause`.
 
     A collection walks every item of every container in the generations it collects, holding
     every thread meanwhile. Filling lists hardly counts as allocating (their temporaries are
     freed as fast), so an index build's lists stayed young until a pass walked all 100,000
-    entries at once, twice (5 ms each); collected every STEP items, the middle generation
-    every 8th time, they still were walked again and again as they grew (a few ms a pass).
-    The young and middle generations are now collected together after every STEP items: a
-    list being filled is walked while small, then is old, and only the oldest generation's
-    own (rare) collections walk it."""
+    entries at once, twice (5 ms each). Collected after every STEP items (the middle generation
+    every 8th time), each pass walks a few thousand; the oldest is left to its own schedule.
+    (Collecting the middle generation every time moved more short-lived lists to the oldest,
+    so that its full collections, which walk every document written since the start, came
+    sooner.)"""
     _filling[0] += items
     if _filling[0] >= STEP:
         _filling[0] = 0
-        gc.collect(1)
+        _filling[1] += 1
+        gc.collect(1 if _filling[1] % 8 == 0 else 0)
         _pause()
 
 
