@@ -3,12 +3,13 @@ collections come and go, against a scan of every collection; the bound on its in
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
 
 from server.query import parse_query, run
-from server.tree import HAND_OVER_BUILDS_FROM, MAX_INDEXES_PER_COLLECTION, Tree, build_index
+from server.tree import HAND_OVER_BUILDS_FROM, MAX_INDEXES_PER_COLLECTION, Frozen, Tree, build_index
 
 
 def scanned(tree: Tree, path: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -177,3 +178,12 @@ def test_a_copy_reads_as_the_tree_was_when_it_began_whatever_is_written_while_it
             tree.remove(target[:1])  # the whole collection (it may come back)
     tree.end_copy(copy)
     assert read == before
+
+
+def test_a_view_of_a_collection_lists_its_ids_where_the_garbage_collector_stops_following_them():
+    documents = {f"d{i:05}": {"a": i} for i in range(5000)}
+    view = Frozen(documents, {})
+    gc.collect()
+    # Collections hold every thread while they walk: a few parts, none of them followed.
+    assert len(view.ids) <= 5 and not any(gc.is_tracked(part) for part in view.ids)
+    assert [doc_id for chunk in view.chunks(700) for doc_id in chunk] == list(documents) and len(view) == 5000
