@@ -303,8 +303,10 @@ def _clause(field: tuple[str, ...], op: str, bound: Any) -> Callable[[dict], boo
 
 # The most items one C call sorts, merges or copies while a query runs. A thread running C code
 # keeps the GIL until the call returns, whatever the switch interval: a 100,000-key list.sort
-# holds every other connection for tens of milliseconds, a sort of this many for half of one.
-STEP = 1024
+# holds every other connection for tens of milliseconds, a sort of this many for about 0.1 ms
+# (the event loop, waking while a step runs, waits for its end: at 1024, a get's median beside
+# index builds was 0.1 ms longer).
+STEP = 256
 
 
 def _go_on() -> None:
@@ -326,26 +328,25 @@ def pause() -> None:
     _pause()
 
 
-_filling = [0, 0]  # items put in new lists since the last young pass; young passes so far
+_filling = [0, 0]  # items put in new lists since the last step; steps so far
 
 
 def filled(items: int) -> None:
-    """Note `items` more put in new lists; after every STEP, a step of long work is done: a
-    short young pass of the garbage collector, then `pause`.
+    """Note `items` more put in new lists; after every STEP, a step of long work is done: then
+    `pause`, after a short pass of the garbage collector every 4th step.
 
     A collection walks every item of every container in the generations it collects, holding
     every thread meanwhile. Filling lists hardly counts as allocating (their temporaries are
     freed as fast), so an index build's lists stayed young until a pass walked all 100,000
-    entries at once, twice (5 ms each). Collected after every STEP items (the middle generation
-    every 8th time), each pass walks a few thousand; the oldest is left to its own schedule.
-    (Collecting the middle generation every time moved more short-lived lists to the oldest,
-    so that its full collections, which walk every document written since the start, came
-    sooner.)"""
+    entries at once, twice (5 ms each). The young generation collected after every 1,024 items
+    and the middle one after every 2,048, each pass walks a few thousand (at most about 0.2 ms;
+    the middle one every 8,192 items walked up to 1 ms); the oldest is left to its own schedule."""
     _filling[0] += items
     if _filling[0] >= STEP:
         _filling[0] = 0
         _filling[1] += 1
-        gc.collect(1 if _filling[1] % 8 == 0 else 0)
+        if _filling[1] % 4 == 0:
+            gc.collect(1 if _filling[1] % 8 == 0 else 0)
         _pause()
 
 
