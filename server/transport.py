@@ -81,6 +81,12 @@ class Foreground(selectors.DefaultSelector):  # type: ignore[misc,valid-type]  #
             self._held = self._busy.acquire(False)
         return events
 
+    def close(self) -> None:
+        if self._held:  # the loop has stopped: nothing is in hand
+            self._held = False
+            self._busy.release()
+        super().close()
+
     def pause(self) -> None:
         """Wait while the loop has work in hand (from any thread but the loop's)."""
         busy, owed = self._busy, self._owed
@@ -88,7 +94,10 @@ class Foreground(selectors.DefaultSelector):  # type: ignore[misc,valid-type]  #
         if threading.get_ident() == self._loop or start < getattr(owed, "until", 0.0):
             return
         if not busy.locked():
-            if not select.select((self,), (), (), 0)[0]:
+            try:
+                if not select.select((self,), (), (), 0)[0]:
+                    return
+            except ValueError:  # the loop has closed its selector: there is no loop to let go first
                 return
             # I/O is ready: the loop is waking, and will want the GIL; sleeping hands it over.
             time.sleep(HAND_OVER)

@@ -1030,3 +1030,10 @@ def test_work_on_the_loops_own_thread_never_pauses(foreground_loop, monkeypatch)
 
 async def _timed_pause(foreground: Foreground) -> float:
     return timed(foreground.pause)
+
+
+def test_long_work_goes_on_after_the_loop_has_closed(monkeypatch):
+    monkeypatch.setattr(transport, "PAUSE_AT_MOST", 5.0)
+    loop = LoopThread()
+    loop.close()
+    assert timed(loop.foreground.pause) < 1
