@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 import math
 import operator
+import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ from .values import MAX_SAFE_INTEGER, json_equal, prepare
 
 __all__ = [
     "OPERATORS", "ElementIndex", "OrderIndex", "Query", "aggregate", "compile_where", "count", "field_value", "matches",
-    "filled", "parse_query", "pause", "pause_between_steps", "run", "sort_in_steps",
+    "filled", "parse_query", "pause", "pause_between_steps", "pausing", "run", "sort_in_steps",
 ]
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not-in", "array-contains", "array-contains-any")
@@ -317,15 +319,34 @@ _pause: Callable[[], None] = _go_on
 
 
 def pause_between_steps(hook: Callable[[], None] | None) -> None:
-    """Have long work (index builds, sorts, scans) call `hook` between its steps (None: nothing):
-    the server's, which lets its event loop go first (server/transport.py, Foreground)."""
+    """Have long work (index builds, sorts) call `hook` between its steps where it may (see
+    `pausing`; None: nothing): the server's, which lets its event loop go first
+    (server/transport.py, Foreground)."""
     global _pause
     _pause = hook or _go_on
 
 
+_pausing = threading.local()
+
+
+@contextmanager
+def pausing() -> Iterator[None]:
+    """Let long work in this block pause between its steps: only work that holds no lock the
+    event loop may wait for (the database's: writes take it on the loop), or a pause would
+    hold the loop up instead."""
+    before = getattr(_pausing, "on", False)
+    _pausing.on = True
+    try:
+        yield
+    finally:
+        _pausing.on = before
+
+
 def pause() -> None:
-    """A step of long work is done: let more urgent work go first, if the server says so."""
-    _pause()
+    """A step of long work is done: let more urgent work go first, if the server says so and
+    the work may (`pausing`)."""
+    if getattr(_pausing, "on", False):
+        _pause()
 
 
 _filling = [0, 0]  # items put in new lists since the last step; steps so far
@@ -347,7 +368,7 @@ def filled(items: int) -> None:
         _filling[1] += 1
         if _filling[1] % 4 == 0:
             gc.collect(1 if _filling[1] % 8 == 0 else 0)
-        _pause()
+        pause()
 
 
 def sort_in_steps(items: list, step: int | None = None) -> list:

@@ -52,9 +52,9 @@ HAND_OVER = 0.00005
 
 
 class Foreground(selectors.DefaultSelector):  # type: ignore[misc,valid-type]  # a class: EpollSelector on Linux
-    """The event loop's selector, which also tells long work on other threads (index builds,
-    sorts and scans in the executor, between their steps: query.pause) to wait while the loop
-    has work in hand: from the moment I/O is ready for it until it waits again.
+    """The event loop's selector, which also tells long work on other threads (index builds
+    in the executor, between their steps, where they hold no lock: query.pause) to wait while
+    the loop has work in hand: from the moment I/O is ready for it until it waits again.
 
     Threads take turns with the GIL: each time the loop came back from a system call (the wait
     for I/O, each recv, each send: four per get) it waited for a busy query thread to hand the

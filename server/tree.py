@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
-from .query import ElementIndex, OrderIndex, Query, count, filled, pause, run
+from .query import ElementIndex, OrderIndex, Query, count, filled, pause, pausing, run
 
 __all__ = ["Change", "Copy", "Frozen", "Tree", "build_index"]
 
@@ -19,9 +20,11 @@ HAND_OVER_BUILDS_FROM = 5000
 Build = Callable[[Path, tuple], OrderIndex]
 
 
-def build_index(spec: tuple, documents: dict[str, Any]) -> OrderIndex:
-    """A new index for a spec: ("elements", field) or an order spec."""
-    return ElementIndex(spec[1], documents) if spec and spec[0] == "elements" else OrderIndex(spec, documents)
+def build_index(spec: tuple, documents: dict[str, Any] | Frozen) -> OrderIndex:
+    """A new index for a spec: ("elements", field) or an order spec. A build from a Frozen view
+    runs without the lock (see `begin_build`), so it pauses between its steps (query.pausing)."""
+    with pausing() if type(documents) is Frozen else nullcontext():
+        return ElementIndex(spec[1], documents) if spec and spec[0] == "elements" else OrderIndex(spec, documents)
 
 
 class Frozen:
@@ -205,9 +208,10 @@ class Tree:
             if sys.getrefcount(index) > 2:  # (this name and the call's argument)
                 continue
             parts = index.entries._lists
-            while parts:
-                parts.pop()  # a list of at most a few thousand entries: a fraction of a millisecond
-                pause()
+            with pausing():  # (called without the lock)
+                while parts:
+                    parts.pop()  # a list of at most a few thousand entries: a fraction of a millisecond
+                    pause()
 
     def indexes(self, collection: Path) -> list[tuple]:
         """The specs of a collection's indexes, least recently used first."""
