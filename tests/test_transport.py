@@ -971,8 +971,8 @@ class LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
-    def busy(self, seconds: float) -> threading.Event:
-        """Keep the loop in one callback for `seconds`; the event is set once it runs."""
+    def busy(self, seconds: float) -> None:
+        """Keep the loop in one callback for `seconds`, from now."""
         started = threading.Event()
 
         def callback():
@@ -981,7 +981,6 @@ class LoopThread:
 
         self.loop.call_soon_threadsafe(callback)
         assert started.wait(5)
-        return started
 
     def close(self):
         self.loop.call_soon_threadsafe(self.loop.stop)
