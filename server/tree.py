@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
-from .query import ElementIndex, OrderIndex, Query, count, run
+from .query import ElementIndex, OrderIndex, Query, count, filled, pause, pausing, run
 
 __all__ = ["Change", "Copy", "Frozen", "Tree", "build_index"]
 
@@ -19,9 +20,11 @@ HAND_OVER_BUILDS_FROM = 5000
 Build = Callable[[Path, tuple], OrderIndex]
 
 
-def build_index(spec: tuple, documents: dict[str, Any]) -> OrderIndex:
-    """A new index for a spec: ("elements", field) or an order spec."""
-    return ElementIndex(spec[1], documents) if spec and spec[0] == "elements" else OrderIndex(spec, documents)
+def build_index(spec: tuple, documents: dict[str, Any] | Frozen) -> OrderIndex:
+    """A new index for a spec: ("elements", field) or an order spec. A build from a Frozen view
+    runs without the lock (see `begin_build`), so it pauses between its steps (query.pausing)."""
+    with pausing() if type(documents) is Frozen else nullcontext():
+        return ElementIndex(spec[1], documents) if spec and spec[0] == "elements" else OrderIndex(spec, documents)
 
 
 class Frozen:
@@ -29,19 +32,24 @@ class Frozen:
     others write: its ids listed then, each document as stored now unless a write since logged
     the one it replaced."""
 
-    __slots__ = ("docs", "ids", "replaced")
+    __slots__ = ("count", "docs", "ids", "replaced")
 
     def __init__(self, docs: dict[str, Any], replaced: dict[str, Any]):
         self.docs, self.replaced = docs, replaced
         # Listed a slice at a time (under the lock: nothing writes meanwhile), so the lock-free
-        # readers of documents get the GIL in between, as while the snapshot is encoded.
-        self.ids: list[str] = []
+        # readers of documents get the GIL in between, as while the snapshot is encoded; as
+        # tuples, which the garbage collector stops following at the first pass that walks them,
+        # made a part at a time (it walked a list of 100,000 ids in a young pass, then in a
+        # middle one: 3 ms, and 100,000 in tuples in one young pass).
+        self.ids: list[tuple[str, ...]] = []
         remaining = iter(docs)
-        while part := list(itertools.islice(remaining, 20000)):
-            self.ids += part
+        while part := tuple(itertools.islice(remaining, 1024)):
+            self.ids.append(part)
+            filled(len(part))
+        self.count = len(docs)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.count
 
     def chunks(self, size: int) -> Iterator[dict[str, Any]]:
         """The documents as they were, `size` ids at a time, as {id: document}.
@@ -51,16 +59,17 @@ class Frozen:
         after that read, is found in the log as it was. Read in C a chunk at a time (one
         document at a time in Python took 0.8 s of a million documents' 1.3 s snapshot)."""
         docs, replaced = self.docs, self.replaced
-        for start in range(0, len(self.ids), size):
-            ids = self.ids[start:start + size]
+        remaining = itertools.chain.from_iterable(self.ids)
+        while ids := tuple(itertools.islice(remaining, size)):
             chunk = dict(zip(ids, map(docs.get, ids)))
             for doc_id in chunk.keys() & replaced.keys():
                 chunk[doc_id] = replaced[doc_id]
             yield chunk
 
     def items(self) -> Iterator[tuple[str, Any]]:
-        for chunk in self.chunks(1000):
+        for chunk in self.chunks(256):  # about 0.1 ms of an index build's work each
             yield from chunk.items()
+            filled(len(chunk))  # an index build fills its list as it reads
 
 
 class Copy(NamedTuple):
@@ -199,8 +208,10 @@ class Tree:
             if sys.getrefcount(index) > 2:  # (this name and the call's argument)
                 continue
             parts = index.entries._lists
-            while parts:
-                parts.pop()  # a list of at most a few thousand entries: a fraction of a millisecond
+            with pausing():  # (called without the lock)
+                while parts:
+                    parts.pop()  # a list of at most a few thousand entries: a fraction of a millisecond
+                    pause()
 
     def indexes(self, collection: Path) -> list[tuple]:
         """The specs of a collection's indexes, least recently used first."""

@@ -211,6 +211,21 @@ def test_an_index_built_in_steps_is_the_sorted_list_built_at_once_and_stays_usab
         assert index.entries.bisect_left(expected[0]) == 0
 
 
+def test_an_index_build_pauses_between_its_steps_only_where_it_may(monkeypatch):
+    monkeypatch.setattr(query_module, "STEP", 64)
+    documents = {f"d{i:04}": {"s": -i} for i in range(2000)}
+    pauses = []
+    query_module.pause_between_steps(lambda: pauses.append(1))
+    try:
+        OrderIndex(((("s",), False),), documents)  # as under the database's lock
+        assert pauses == []
+        with query_module.pausing():
+            OrderIndex(((("s",), False),), documents)
+    finally:
+        query_module.pause_between_steps(None)
+    assert len(pauses) >= 2000 // 64  # a pause at least every step of the first sort
+
+
 def test_copies_of_stored_documents_are_equal_and_share_nothing_with_them():
     stored = [document for _ in range(6) for document in ({"a": [1, {"b": 1.0}], "c": {"d": [True, None, "é"]}, "e": -0.0, "f": 2**53 - 1}, {"g": []})]
     for copies in (clone_all(stored, step=5), clone_all(stored[:3])):  # in C, and (a few) in Python

@@ -27,7 +27,8 @@ from python_client import ConnectionLostError, Montybase, PermissionDeniedError,
 from server.channel import ClientHandshake, Records, derive_psk, key_schedule
 from server.config import fresh_keys, open_database, public_key
 from server.schemas import load_schema
-from server.transport import Limits, MontybaseServer
+from server import transport
+from server.transport import Foreground, Limits, MontybaseServer
 
 _registry = Registry().with_resource("montybase:common", Resource.from_contents(load_schema("common")))
 
@@ -955,3 +956,79 @@ def test_a_plain_http_answer_says_the_connection_closes(served):
         response.read()
     finally:
         connection.close()
+
+
+class LoopThread:
+    """An event loop on the Foreground selector, run by a thread of its own."""
+
+    def __init__(self):
+        self.foreground = Foreground()
+        self.loop = asyncio.SelectorEventLoop(self.foreground)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def busy(self, seconds: float) -> None:
+        """Keep the loop in one callback for `seconds`, from now."""
+        started = threading.Event()
+
+        def callback():
+            started.set()
+            time.sleep(seconds)
+
+        self.loop.call_soon_threadsafe(callback)
+        assert started.wait(5)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def foreground_loop():
+    loop = LoopThread()
+    yield loop
+    loop.close()
+
+
+def timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def test_long_work_pauses_while_the_loop_runs_a_callback_until_the_loop_waits_again(foreground_loop, monkeypatch):
+    monkeypatch.setattr(transport, "PAUSE_AT_MOST", 5.0)
+    foreground_loop.busy(0.3)
+    waited = timed(foreground_loop.foreground.pause)
+    assert 0.1 < waited < 4  # the rest of the callback, not the bound
+
+
+def test_long_work_pauses_at_most_pause_at_most_then_works_as_long_before_pausing_again(foreground_loop, monkeypatch):
+    monkeypatch.setattr(transport, "PAUSE_AT_MOST", 0.1)
+    foreground_loop.busy(3)
+    assert 0.09 < timed(foreground_loop.foreground.pause) < 2
+    assert timed(foreground_loop.foreground.pause) < 0.05  # the loop is still busy: this thread's turn
+
+
+def test_long_work_does_not_pause_while_the_loop_waits_for_io(foreground_loop, monkeypatch):
+    monkeypatch.setattr(transport, "PAUSE_AT_MOST", 5.0)
+    time.sleep(0.05)  # the loop is in its wait
+    assert timed(foreground_loop.foreground.pause) < 1
+
+
+def test_work_on_the_loops_own_thread_never_pauses(foreground_loop, monkeypatch):
+    monkeypatch.setattr(transport, "PAUSE_AT_MOST", 5.0)
+    waited = asyncio.run_coroutine_threadsafe(_timed_pause(foreground_loop.foreground), foreground_loop.loop).result(10)
+    assert waited < 1
+
+
+async def _timed_pause(foreground: Foreground) -> float:
+    return timed(foreground.pause)
+
+
+def test_long_work_goes_on_after_the_loop_has_closed(monkeypatch):
+    monkeypatch.setattr(transport, "PAUSE_AT_MOST", 5.0)
+    loop = LoopThread()
+    loop.close()
+    assert timed(loop.foreground.pause) < 1

@@ -3,12 +3,14 @@ collections come and go, against a scan of every collection; the bound on its in
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
 
+from server import query as query_module
 from server.query import parse_query, run
-from server.tree import HAND_OVER_BUILDS_FROM, MAX_INDEXES_PER_COLLECTION, Tree, build_index
+from server.tree import HAND_OVER_BUILDS_FROM, MAX_INDEXES_PER_COLLECTION, Frozen, Tree, build_index
 
 
 def scanned(tree: Tree, path: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -177,3 +179,27 @@ def test_a_copy_reads_as_the_tree_was_when_it_began_whatever_is_written_while_it
             tree.remove(target[:1])  # the whole collection (it may come back)
     tree.end_copy(copy)
     assert read == before
+
+
+def test_a_view_of_a_collection_lists_its_ids_where_the_garbage_collector_stops_following_them():
+    documents = {f"d{i:05}": {"a": i} for i in range(5000)}
+    view = Frozen(documents, {})
+    gc.collect()
+    # Collections hold every thread while they walk: a few parts, none of them followed.
+    assert len(view.ids) <= 5 and not any(gc.is_tracked(part) for part in view.ids)
+    assert [doc_id for chunk in view.chunks(700) for doc_id in chunk] == list(documents) and len(view) == 5000
+
+
+def test_an_index_built_from_a_view_pauses_between_its_steps_and_one_built_under_the_lock_does_not():
+    documents = {f"d{i:05}": {"a": -i} for i in range(3000)}
+    pauses = []
+    query_module.pause_between_steps(lambda: pauses.append(1))
+    try:
+        build_index(((("a",), False),), documents)
+        assert pauses == []
+        view = Frozen(documents, {})  # (made under the lock: no pause)
+        assert pauses == []
+        index = build_index(((("a",), False),), view)
+    finally:
+        query_module.pause_between_steps(None)
+    assert len(pauses) >= 3000 // query_module.STEP and index.entries[0][-1] == "d02999"

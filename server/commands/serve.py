@@ -30,7 +30,8 @@ from ..logs import LEVELS, configure_logging, set_level
 from ..monitor import document_count
 from ..rules import Rules
 from ..storage import take_lock
-from ..transport import MontybaseServer
+from ..query import pause_between_steps
+from ..transport import Foreground, MontybaseServer
 from .progress import loading
 
 __all__ = ["Settings", "announce", "arguments", "run", "serve", "settings"]
@@ -379,5 +380,12 @@ def run(args: argparse.Namespace) -> int:
     host = args.host or config["host"]
     port = config["port"] if args.port is None else args.port
     share_the_interpreter()  # this process is the server's alone (not so where serve() is called in-process)
-    asyncio.run(serve(database, config, config_path, host, port, ready=ready, overrides=overrides))
+    # Long work on executor threads waits between its steps while the loop has requests in hand.
+    foreground = Foreground()
+    pause_between_steps(foreground.pause)
+    try:
+        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(foreground)) as runner:
+            runner.run(serve(database, config, config_path, host, port, ready=ready, overrides=overrides))
+    finally:
+        pause_between_steps(None)
     return 0
