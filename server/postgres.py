@@ -190,6 +190,9 @@ class PostgresStorage(Storage):
         writer = None
         try:
             writer = self._connect(autocommit=True, consistent=False)
+            # psycopg's own preparing of statements run often clears the session's prepared
+            # statements (DEALLOCATE ALL) after a ROLLBACK: ours with them.
+            writer.prepare_threshold = None
             _run(writer, _PREPARE)  # (the tables exist: load made them)
         except psycopg.Error as exc:
             if writer is not None:

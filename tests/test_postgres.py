@@ -1248,3 +1248,20 @@ def test_any_json_survives_postgresql_as_it_was_written(nodes):
         assert c.document(("it's 100%_", "key'with\"quotes", "sub_%", "x")) == {"n": 1}
     finally:
         c.close()
+
+
+def test_writes_go_on_after_deletes_and_refused_ones(nodes):
+    """The writer's two statements are prepared once per connection: they must outlive what
+    the connection runs besides (psycopg, preparing the deletes it ran often, cleared every
+    prepared statement of the session after the ROLLBACK of a refused write)."""
+    a, b = nodes
+    write(a, "set", ["log", "anchor"], {"a": 1})
+    for n in range(8):
+        write(a, "set", ["log", f"gone{n}"], {"n": n})
+        write(a, "delete", ["log", f"gone{n}"])
+    for n in range(4):
+        with pytest.raises(ConflictError):
+            a.transact({"reads": [{"path": ["log", "anchor"], "value": {"a": 2}}],
+                        "writes": [{"op": "add", "path": ["log"], "value": {"n": n}}]}, None)
+        write(a, "set", ["log", f"kept{n}"], {"n": n})
+    assert eventually(lambda: sorted(read(b, "log")) == ["anchor", "kept0", "kept1", "kept2", "kept3"])
