@@ -260,8 +260,8 @@ class PostgresStorage(Storage):
         self._committing = last
         try:
             if not pruned and all(operation[0] == "set" for _, operations in changes for operation in operations):
-                # The usual writes: one statement each and the COMMIT, in one round trip (values
-                # bound on this side, so that all fit in one simple query).
+                # The usual writes: one statement for the group and the COMMIT, in one round trip
+                # (values bound on this side, so that both fit in one simple query).
                 _run(connection, psycopg.ClientCursor(connection).mogrify(_EXECUTE_WRITE, _bound(changes)) + "; COMMIT")
                 return
             for seq, operations in changes:
