@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -145,18 +146,22 @@ def _console_calls(handle: Montybase) -> dict[str, Any]:
     return answers
 
 
-def _served_with_admin(loop_thread, folder: Path) -> Served:
+@pytest.fixture
+def with_admin(loop_thread, folder: Path) -> Iterator[Served]:
+    """A server on data holding an admin account (ADMIN) and two documents, stopped afterwards."""
     assert admins(folder, "add", ADMIN, "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
     served = serve(loop_thread, folder)
     owner = served.client(admin=True)
     doc(owner, "secret", "one").set({"n": 1})
     doc(owner, "notes", "a").set({"text": "open"})
     owner.close()
-    return served
+    yield served
+    served.stop()
+    served.database.close()
 
 
-def test_an_admin_account_signs_in_with_the_admin_role(loop_thread, folder):
-    served = _served_with_admin(loop_thread, folder)
+def test_an_admin_account_signs_in_with_the_admin_role(with_admin):
+    served = with_admin
     page = served.client()
     try:
         user = page.sign_in(ADMIN, PASSWORD)
@@ -174,12 +179,10 @@ def test_an_admin_account_signs_in_with_the_admin_role(loop_thread, folder):
         assert answers["serverStatus"]["documents"] == 3
     finally:
         page.close()
-        served.stop()
-        served.database.close()
 
 
-def test_after_sign_out_an_admin_account_connection_is_a_client_again(loop_thread, folder):
-    served = _served_with_admin(loop_thread, folder)
+def test_after_sign_out_an_admin_account_connection_is_a_client_again(with_admin):
+    served = with_admin
     page = served.client()
     try:
         page.sign_in(ADMIN, PASSWORD)
@@ -190,12 +193,10 @@ def test_after_sign_out_an_admin_account_connection_is_a_client_again(loop_threa
             doc(page, "secret", "one").get()
     finally:
         page.close()
-        served.stop()
-        served.database.close()
 
 
-def test_a_user_account_and_an_anonymous_client_are_denied_everything_the_console_uses(loop_thread, folder):
-    served = _served_with_admin(loop_thread, folder)
+def test_a_user_account_and_an_anonymous_client_are_denied_everything_the_console_uses(with_admin):
+    served = with_admin
     anonymous, user = served.client(), served.client()
     try:
         user.sign_up(OTHER, PASSWORD)
@@ -211,12 +212,10 @@ def test_a_user_account_and_an_anonymous_client_are_denied_everything_the_consol
     finally:
         anonymous.close()
         user.close()
-        served.stop()
-        served.database.close()
 
 
-def test_signing_up_cannot_make_an_admin_account(loop_thread, folder):
-    served = _served_with_admin(loop_thread, folder)
+def test_signing_up_cannot_make_an_admin_account(with_admin):
+    served = with_admin
     page = served.client()
     try:
         result = page._backend.call("signUp", {"email": "new@admins.example", "password": PASSWORD})
@@ -225,12 +224,10 @@ def test_signing_up_cannot_make_an_admin_account(loop_thread, folder):
             page._backend.call("collections", {})
     finally:
         page.close()
-        served.stop()
-        served.database.close()
 
 
-def test_failed_admin_sign_ins_are_rate_limited_and_logged(loop_thread, folder, caplog):
-    served = _served_with_admin(loop_thread, folder)
+def test_failed_admin_sign_ins_are_rate_limited_and_logged(with_admin, caplog):
+    served = with_admin
     page = served.client()
     caplog.set_level(logging.WARNING, logger="montybase.clients")
     try:
@@ -244,12 +241,10 @@ def test_failed_admin_sign_ins_are_rate_limited_and_logged(loop_thread, folder, 
         assert any("sign-in refused" in record.getMessage() for record in caplog.records)
     finally:
         page.close()
-        served.stop()
-        served.database.close()
 
 
-def test_an_admin_accounts_sign_in_lifts_no_limit_on_guessing_other_passwords(loop_thread, folder):
-    served = _served_with_admin(loop_thread, folder)
+def test_an_admin_accounts_sign_in_lifts_no_limit_on_guessing_other_passwords(with_admin):
+    served = with_admin
     page = served.client()
     try:
         page.sign_in(ADMIN, PASSWORD)
@@ -262,12 +257,10 @@ def test_an_admin_accounts_sign_in_lifts_no_limit_on_guessing_other_passwords(lo
         assert reasons[-1] == "RATE_LIMITED"
     finally:
         page.close()
-        served.stop()
-        served.database.close()
 
 
-def test_the_rules_dry_run_answers_as_montybase_rules_test_does(loop_thread, folder):
-    served = _served_with_admin(loop_thread, folder)
+def test_the_rules_dry_run_answers_as_montybase_rules_test_does(with_admin):
+    served = with_admin
     page = served.client()
     try:
         page.sign_in(ADMIN, PASSWORD)
@@ -283,8 +276,6 @@ def test_the_rules_dry_run_answers_as_montybase_rules_test_does(loop_thread, fol
         assert caught.value.data["path"] == "/path"
     finally:
         page.close()
-        served.stop()
-        served.database.close()
 
 
 # The console's Accounts view
@@ -320,8 +311,8 @@ def _resumes(served: Served, token: str) -> str:
         stranger.close()
 
 
-def test_accounts_list_shows_sign_up_and_last_sign_in_times_and_finds_by_email(loop_thread, folder):
-    served = _served_with_admin(loop_thread, folder)
+def test_accounts_list_shows_sign_up_and_last_sign_in_times_and_finds_by_email(with_admin):
+    served = with_admin
     page = _admin_page(served)
     users = [served.client() for _ in range(3)]
     try:
@@ -346,12 +337,10 @@ def test_accounts_list_shows_sign_up_and_last_sign_in_times_and_finds_by_email(l
     finally:
         for handle in (page, *users):
             handle.close()
-        served.stop()
-        served.database.close()
 
 
-def test_signing_an_account_out_everywhere_closes_its_connections_and_ends_its_sessions(loop_thread, folder):
-    served = _served_with_admin(loop_thread, folder)
+def test_signing_an_account_out_everywhere_closes_its_connections_and_ends_its_sessions(with_admin):
+    served = with_admin
     page = _admin_page(served)
     _sign_up(served)
     first, token = _signed_in(served)
@@ -368,12 +357,10 @@ def test_signing_an_account_out_everywhere_closes_its_connections_and_ends_its_s
     finally:
         for handle in (page, first, second):
             handle.close()
-        served.stop()
-        served.database.close()
 
 
-def test_a_disabled_account_cannot_sign_in_or_resume_and_its_connections_close_until_enabled(loop_thread, folder):
-    served = _served_with_admin(loop_thread, folder)
+def test_a_disabled_account_cannot_sign_in_or_resume_and_its_connections_close_until_enabled(with_admin):
+    served = with_admin
     page = _admin_page(served)
     _sign_up(served)
     signed, token = _signed_in(served)
@@ -395,12 +382,10 @@ def test_a_disabled_account_cannot_sign_in_or_resume_and_its_connections_close_u
     finally:
         for handle in (page, signed, user):
             handle.close()
-        served.stop()
-        served.database.close()
 
 
-def test_a_deleted_account_is_gone_with_its_sessions_and_its_email_may_sign_up_again(loop_thread, folder):
-    served = _served_with_admin(loop_thread, folder)
+def test_a_deleted_account_is_gone_with_its_sessions_and_its_email_may_sign_up_again(with_admin):
+    served = with_admin
     page = _admin_page(served)
     _sign_up(served)
     signed, token = _signed_in(served)
@@ -419,8 +404,6 @@ def test_a_deleted_account_is_gone_with_its_sessions_and_its_email_may_sign_up_a
     finally:
         for handle in (page, signed, user):
             handle.close()
-        served.stop()
-        served.database.close()
 
 
 # The console's Rules and Server views, on a server run as `montybase serve` runs it
