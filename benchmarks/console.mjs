@@ -12,9 +12,8 @@
 // Prints one JSON line. Needs /usr/bin/chromium (or CHROMIUM) and playwright-core (npm ci).
 // Nothing is asserted: the numbers are for the README, measured on a shared machine or not.
 
-import { join } from "node:path";
 
-import { Server, addAdmin, runPython, tempDir, writeConfig } from "../tests/js/helpers.js";
+import { Server, addAdmin, runAdminPython, tempDir, writeConfig } from "../tests/js/helpers.js";
 import { launchChromium, openPage } from "../tests/browser/chromium.js";
 
 const ADMIN = "bench@console.example";
@@ -33,15 +32,7 @@ function parseArgs(argv) {
 
 /** Python with an admin handle `db` on the server. */
 function python(server, code, timeout = 600_000) {
-  return runPython(`
-import json, time
-from python_client import Montybase, doc
-db = Montybase(api=${JSON.stringify(server.endpoint)}, config=${JSON.stringify(join(server.dir, "montybase.json"))})
-try:
-${code.trim().split("\n").map((line) => `    ${line}`).join("\n")}
-finally:
-    db.close()
-`, { timeout });
+  return runAdminPython(server, code, { timeout });
 }
 
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];

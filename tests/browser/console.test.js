@@ -12,7 +12,7 @@ import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 
-import { ROOT, Server, addAdmin, runPython, tempDir, writeConfig } from "../js/helpers.js";
+import { ROOT, Server, addAdmin, runAdminPython, tempDir, writeConfig } from "../js/helpers.js";
 import { launchChromium, openPage } from "./chromium.js";
 
 const ADMIN = "ops@console.example";
@@ -27,15 +27,7 @@ let browser;
 
 /** Python with an admin handle `db` on the server (the admin key, as a server-side program has it). */
 function python(code) {
-  return runPython(`
-import json
-from python_client import Montybase, doc, increment
-db = Montybase(api=${JSON.stringify(server.endpoint)}, config=${JSON.stringify(join(server.dir, "montybase.json"))})
-try:
-${code.trim().split("\n").map((line) => `    ${line}`).join("\n")}
-finally:
-    db.close()
-`, { timeout: 120_000 });
+  return runAdminPython(server, code);
 }
 
 before(async () => {

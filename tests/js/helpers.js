@@ -198,6 +198,25 @@ export function runPython(code, { cwd = ROOT, timeout = 30_000 } = {}) {
   });
 }
 
+/**
+ * Run Python with an admin handle `db` on `server` (the admin key, as a server-side program has
+ * it; `json`, `time`, `doc` and `increment` imported); resolves with its stdout.
+ * @param {{endpoint: string, dir: string}} server
+ * @param {string} code
+ * @param {{timeout?: number}} [options]
+ */
+export function runAdminPython(server, code, { timeout = 120_000 } = {}) {
+  return runPython(`
+import json, time
+from python_client import Montybase, doc, increment
+db = Montybase(api=${JSON.stringify(server.endpoint)}, config=${JSON.stringify(join(server.dir, "montybase.json"))})
+try:
+${code.trim().split("\n").map((line) => `    ${line}`).join("\n")}
+finally:
+    db.close()
+`, { timeout });
+}
+
 /** Read and parse a JSON file of the repository. */
 export async function readJson(...parts) {
   return JSON.parse(await readFile(join(ROOT, ...parts), "utf8"));
