@@ -116,17 +116,24 @@ def _updated(old: dict, fields: Any, now_ms: int, where: str) -> dict:
     return new
 
 
-class _Pending:
-    """A write waiting in a group commit, then its outcome (results, or the error it raises)."""
+def _changes(computed: list[tuple[_Pending, int, list[list]]]) -> list[tuple[int, list[list]]]:
+    return [(seq, operations) for _, seq, operations in computed]
 
-    __slots__ = ("writes", "reads", "principal", "private", "single", "results", "error", "done")
+
+class _Pending:
+    """A write waiting in a group commit, then its outcome (results, or the error it raises).
+    `woken` is held until the write's thread is told something: its outcome, or that it leads."""
+
+    __slots__ = ("writes", "reads", "principal", "private", "single", "results", "error", "done", "leads", "woken")
 
     def __init__(self, writes: Sequence[dict], reads: Sequence[dict] | None, principal: Principal | None,
                  private: bool, single: bool):
         self.writes, self.reads, self.principal, self.private, self.single = writes, reads, principal, private, single
         self.results: list[dict] = []
         self.error: Exception | None = None
-        self.done = False
+        self.done = self.leads = False
+        self.woken = threading.Lock()
+        self.woken.acquire()
 
 
 class Database:
@@ -166,7 +173,7 @@ class Database:
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()  # shared storage: one group of this node's writes at a time (off the read lock)
         # Shared storage: the writes waiting to be committed, and whether a writer leads (commits groups).
-        self._queued = threading.Condition(threading.Lock())
+        self._queued = threading.Lock()
         self._queue: list[_Pending] = []
         self._leading = False
         # Shared storage: told (under the lock) of the changes other nodes committed, once applied
@@ -499,45 +506,57 @@ class Database:
     ) -> tuple[list[dict], int]:
         """The write path when several nodes share the storage (group commit): the writes waiting
         on this node go to the storage together, in one transaction under its lock of the change
-        stream, each with its own change. The first waiting writer leads: it commits the group
-        of whoever queued meanwhile (up to GROUP_WRITES) while the next writers queue; a write
-        alone leads at once, waiting for no companion."""
+        stream, each with its own change. One writer leads: it commits the group of whoever
+        queued meanwhile (up to GROUP_WRITES) while the next writers queue, wakes each of them
+        with its answer and, once its own write is answered, hands the lead to the first still
+        queued. A write alone leads at once, waiting for no companion. (Each waiting thread is
+        woken once, by its own lock: a condition shared by all woke every one at each group.)"""
         pending = _Pending(writes, reads, principal, private, single)
-        deadline = time.monotonic() + self.storage.write_wait
         with self._queued:
             self._queue.append(pending)
-            while not pending.done and self._leading:
-                left = deadline - time.monotonic()
-                if left <= 0 and pending in self._queue:  # no leader took it: it was never tried
+            pending.leads, self._leading = not self._leading, True
+        if not pending.leads and not pending.woken.acquire(timeout=self.storage.write_wait):
+            with self._queued:
+                if not pending.leads and pending in self._queue:  # no leader took it: it was never tried
                     self._queue.remove(pending)
                     raise UnavailableError("the storage did not take this node's writes in time; try again")
-                # (A write a leader took waits for its answer: each of the leader's steps is bounded.)
-                self._queued.wait(max(left, 0.05))
-            if not pending.done:
-                self._leading = True
-        if not pending.done:
-            try:
-                while not pending.done:  # the groups before this write's, then the group holding it
-                    with self._queued:
-                        group = self._queue[:GROUP_WRITES]
-                        del self._queue[:GROUP_WRITES]
-                    self._commit_group(group)
-                    with self._queued:
-                        self._queued.notify_all()
-            finally:
-                with self._queued:
-                    self._leading = False
-                    self._queued.notify_all()
+            pending.woken.acquire()  # a leader took it (each of its steps is bounded), or handed it the lead
+        if pending.leads:
+            self._lead(pending)
         if pending.error is not None:
             raise pending.error
         return pending.results, 0
 
+    def _lead(self, pending: _Pending) -> None:
+        """Commit the queued groups up to the one holding `pending`, then hand the lead on."""
+        try:
+            while not pending.done:
+                with self._queued:
+                    group = self._queue[:GROUP_WRITES]
+                    del self._queue[:GROUP_WRITES]
+                try:
+                    self._commit_group(group)
+                finally:
+                    for other in group:
+                        if other is not pending:
+                            other.woken.release()
+        finally:
+            with self._queued:
+                if self._queue:
+                    self._queue[0].leads = True
+                    self._queue[0].woken.release()
+                else:
+                    self._leading = False
+
     def _commit_group(self, group: list[_Pending]) -> None:
-        """Commit a group of writes: under the stream's lock, first the writes other nodes
-        committed, then each write checked and computed against the state that includes the
-        group's writes before it (a write that fails its checks fails alone), one transaction,
-        and only once it committed, the writes applied here and answered. If it fails, every
-        write of the group is UNAVAILABLE and memory is unchanged.
+        """Commit a group of writes, each checked and computed against the state that includes
+        the group's writes before it (a write that fails its checks fails alone), in one
+        transaction; only once it committed, the writes are applied here and answered. If it
+        fails, every write of the group is UNAVAILABLE and memory is unchanged.
+
+        First in one round trip, computed against this node's state: committed if no other node
+        committed since (the storage checks under the stream's lock). Otherwise in two: under the
+        stream's lock, first the writes other nodes committed, then the group computed again.
 
         Each write is computed against the tree itself, applied to it and, once the group is
         computed, undone, all under the node's lock: so the rules, the transactions' reads, the
@@ -550,16 +569,21 @@ class Database:
                 raise UnavailableError("the storage did not take this node's writes in time; try again")
             try:
                 self._check_open()
-                missed = self.storage.begin(self.seq)
-                try:
-                    with self._lock:
-                        self._catch_up(missed)
-                        computed = self._compute(group)
-                    if computed:  # commits, or rolls back and raises
-                        self.storage.append_group([(seq, operations) for _, seq, operations in computed])
-                finally:
-                    if not computed:  # nothing to commit: let go of the stream
-                        self.storage.abort()
+                with self._lock:
+                    computed = self._compute(group)
+                # (A group with nothing to commit takes the two steps too: its checks must see the latest state.)
+                if not computed or not self.storage.append_latest(_changes(computed)):
+                    computed = []
+                    missed = self.storage.begin(self.seq)
+                    try:
+                        with self._lock:
+                            self._catch_up(missed)
+                            computed = self._compute(group)
+                        if computed:  # commits, or rolls back and raises
+                            self.storage.append_group(_changes(computed))
+                    finally:
+                        if not computed:  # nothing to commit: let go of the stream
+                            self.storage.abort()
                 with self._lock:
                     for _, seq, operations in computed:
                         if seq > self.seq:  # (the follower may have brought it in already)
@@ -580,6 +604,7 @@ class Database:
         computed, undo, seq = [], [], self.seq
         try:
             for pending in group:
+                pending.error = None  # (computed again after the writes of other nodes: only that outcome counts)
                 try:
                     self._check_reads(pending.reads, pending.principal)
                     operations, pending.results = self._resolve(pending.writes, pending.principal, pending.private,

@@ -9,14 +9,15 @@ Tables (made by the first node that starts):
 - `montybase_state`: one row: the last seq, the latest generated id's millisecond, and
   `pruned`, the last seq whose change was dropped (a node behind it reloads the documents).
 
-A group of a node's writes (Database._commit_shared, group commit): `begin(seq)` takes the
-stream's lock and returns the changes other nodes committed after `seq`, which the node applies
-first; the node then computes each write against the latest state and the group's writes before
-it (transforms, transactions, `add` with a taken key stay atomic across nodes) and
-`append_group` inserts each as a change with the next seq, updates the documents and the state,
-NOTIFYs the other nodes once per change (the payload is the seq and, when they fit in NOTIFY's
-8,000 bytes, the operations) and commits them all at once. Only then are the writes applied in
-memory and acknowledged. Each node's
+A group of a node's writes (Database._commit_shared, group commit): the node computes each
+write against its state and the group's writes before it (transforms, transactions, `add` with
+a taken key stay atomic across nodes), and `append_latest` commits them in one round trip: it
+takes the stream's lock, inserts each as a change with the next seq, updates the documents and
+the state, NOTIFYs the other nodes once per change (the payload is the seq and, when they fit in
+NOTIFY's 8,000 bytes, the operations) and commits them all at once, unless another node
+committed since the node's seq. Then `begin(seq)` takes the stream's lock and returns the
+changes after `seq`, which the node applies first, computes the writes again and
+`append_group` commits them. Only then are the writes applied in memory and acknowledged. Each node's
 follower thread LISTENs (notifications arrive in commit order: the next change's operations,
 when it carries them, are applied as they are), and also polls every `poll_seconds` (a lost
 notification is only late), reading the changes after the node's seq, in order; after a lost
@@ -28,10 +29,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import select
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 try:
     import psycopg
@@ -92,9 +96,13 @@ _CHANGES_AFTER = ("SELECT s.seq, s.pruned, c.seq, c.operations FROM montybase_st
 # id], ...], each once, and `values` beside), the state, and a notification per change, in order.
 # JSON texts rather than arrays of text: psycopg's dumping of three arrays per write took about a
 # third of a node's CPU. (Values are only ever cast to text: a string holding \u0000 cannot be unescaped.)
+# Its guard: when the stream is past `first - 1`, the seqs are NULL and the statement fails
+# (not_null_violation on seq): the writes were computed against a state another node has moved on
+# from. (A stream behind it, a PostgreSQL that lost commits in a crash, takes the node's state.)
 _WRITE = f"""
 WITH change AS (INSERT INTO montybase_changes (seq, operations)
-                SELECT %(first)s + n - 1, o::text FROM json_array_elements(%(operations)s::json) WITH ORDINALITY t(o, n)
+                SELECT CASE WHEN s.seq < %(first)s THEN %(first)s + n - 1 END, o::text
+                FROM montybase_state s, json_array_elements(%(operations)s::json) WITH ORDINALITY t(o, n) WHERE s.id = 1
                 RETURNING seq, operations),
 documents AS (
     INSERT INTO montybase_documents (collection, id, value)
@@ -109,10 +117,10 @@ FROM change ORDER BY seq
 # Both statements of a write, prepared once per writer connection: planning them took longer
 # than running them (0.16 -> 0.07 ms and 0.30 -> 0.18 ms a write, measured here).
 _WRITE_PARAMETERS = ("first", "operations", "keys", "values", "seq", "id_time")
-_PREPARE = (f"PREPARE montybase_changes_after (bigint, int) AS {_CHANGES_AFTER % ('$1', '$2')}; "
+_PREPARE_CHANGES_AFTER = f"PREPARE montybase_changes_after (bigint, int) AS {_CHANGES_AFTER % ('$1', '$2')}"
+_PREPARE = (f"{_PREPARE_CHANGES_AFTER}; "
             f"PREPARE montybase_write (bigint, json, json, json, bigint, bigint) AS "
             f"{_WRITE % {name: f'${i}' for i, name in enumerate(_WRITE_PARAMETERS, 1)}}")
-_EXECUTE_WRITE = f"EXECUTE montybase_write({', '.join(f'%({name})s' for name in _WRITE_PARAMETERS)})"
 _UPSERT = ("INSERT INTO montybase_documents (collection, id, value) VALUES (%s, %s, %s) "
            "ON CONFLICT (collection, id) DO UPDATE SET value = EXCLUDED.value")
 
@@ -233,15 +241,30 @@ class PostgresStorage(Storage):
         try:
             # One round trip: the statements of one simple query run one after the other, each
             # reading what was committed when it starts (READ COMMITTED): the reads, once the lock is held.
-            result = _run(connection, f"BEGIN; SELECT pg_advisory_xact_lock({STREAM_LOCK}); "
-                                      f"EXECUTE montybase_changes_after({int(seq)}, {_PAGE})")
-            text = [[None if (value := result.get_value(row, column)) is None else value.decode() for column in range(4)]
-                    for row in range(result.ntuples)]
-            rows = [(int(last), int(pruned), number and int(number), operations) for last, pruned, number, operations in text]
+            rows = _rows(_run(connection, f"BEGIN; SELECT pg_advisory_xact_lock({STREAM_LOCK}); {_execute_changes_after(seq)}"))
             return _changes(connection, seq, rows, lock=True)
         except psycopg.Error as exc:
             self.abort()
             raise self._unavailable(exc, "starting a write") from None
+
+    def append_latest(self, changes: list[tuple[int, list]]) -> bool:
+        """Commit the writes `changes` (numbered from the node's seq) in one round trip: the
+        stream's lock, the writes, the commit. False, with nothing written, when the stream has
+        moved past the node's seq (another node committed meanwhile) or when the writes need
+        `append_group`'s steps (deletes, or a compaction due): then the caller takes `begin`'s path."""
+        if not _sets_only(changes) or self._pruned(changes):
+            return False
+        connection = self._writer_connection()
+        committing, self._committing = self._committing, changes[-1][0]
+        try:
+            _run(connection, b"BEGIN; SELECT pg_advisory_xact_lock(%d); %s; COMMIT" % (STREAM_LOCK, self._bind(connection, changes)))
+            return True
+        except psycopg.Error as exc:
+            self.abort()
+            if isinstance(exc, psycopg.errors.NotNullViolation) and exc.diag.column_name == "seq":
+                self._committing = committing
+                return False
+            raise self._unavailable(exc, "committing a write") from None
 
     def append(self, seq: int, operations: list) -> None:
         """Commit the write `seq` (its documents, the state, a notification); nothing of it on error."""
@@ -252,17 +275,13 @@ class PostgresStorage(Storage):
         stream was at) in one transaction: each its change, its documents and its notification,
         then the state; nothing of them on error."""
         connection = self._writer
-        last = changes[-1][0]
-        pruned = max((seq - self.keep_changes for seq, _ in changes if seq % 1000 == 0 and seq > self.keep_changes),
-                     default=0)
+        pruned = self._pruned(changes)
         # Its own notifications wake the follower for nothing: the writer applies them. (If the
         # commit's answer is lost, the follower's next poll reads them.)
-        self._committing = last
+        self._committing = changes[-1][0]
         try:
-            if not pruned and all(operation[0] == "set" for _, operations in changes for operation in operations):
-                # The usual writes: one statement for the group and the COMMIT, in one round trip
-                # (values bound on this side, so that both fit in one simple query).
-                _run(connection, psycopg.ClientCursor(connection).mogrify(_EXECUTE_WRITE, _bound(changes)) + "; COMMIT")
+            if not pruned and _sets_only(changes):  # the usual writes: one statement and the COMMIT, one round trip
+                _run(connection, self._bind(connection, changes) + b"; COMMIT")
                 return
             for seq, operations in changes:
                 self._write_in_steps(connection, seq, operations, _id_time(operations), pruned)
@@ -274,6 +293,20 @@ class PostgresStorage(Storage):
             # as writes of another node. They were not acknowledged, so nothing acknowledged is lost.
             self.abort()
             raise self._unavailable(exc, "committing a write") from None
+
+    def _pruned(self, changes: list[tuple[int, list]]) -> int:
+        """The seq up to which changes are dropped with these (compaction, every 1,000th), or 0."""
+        return max((seq - self.keep_changes for seq, _ in changes if seq % 1000 == 0 and seq > self.keep_changes),
+                   default=0)
+
+    @staticmethod
+    def _bind(connection: Any, changes: list[tuple[int, list]]) -> bytes:
+        """The statement writing `changes` (sets only), its values bound on this side, quoted
+        by libpq (so that it goes in one simple query with the statements around it)."""
+        quote = psycopg.pq.Escaping(connection.pgconn).escape_literal
+        first, operations, keys, values, seq, id_time = _bound(changes)
+        return b"EXECUTE montybase_write(%d, %s, %s, %s, %d, %d)" % (
+            first, quote(operations), quote(keys), quote(values), seq, id_time)
 
     @staticmethod
     def _write_in_steps(connection: Any, seq: int, operations: list, id_time: int, pruned: int) -> None:
@@ -333,14 +366,16 @@ class PostgresStorage(Storage):
         while not self._stopping.is_set():
             try:
                 if connection is None:
+                    # Used through libpq alone: psycopg's own handling of the notifications (a
+                    # generator a wait, a backlog of those received during queries) took as
+                    # much of the node's CPU as the write that sent them.
                     connection = self._connect(autocommit=True)
-                    connection.execute(f"LISTEN {CHANNEL}")
+                    _run(connection, f"LISTEN {CHANNEL}; {_PREPARE_CHANGES_AFTER}")
                     if failing:
                         log.warning("PostgreSQL at %s answers again: following the changes from %d", self.where, seq())
                         failing = self.unreachable = False
                 else:  # woken by a notification, or the poll's time is up (looking at _stopping meanwhile)
-                    notified = [notify.payload for notify in connection.notifies(
-                        timeout=min(_WAKE_SECONDS, self.poll_seconds), stop_after=1)]
+                    notified = _notifications(connection.pgconn, min(_WAKE_SECONDS, self.poll_seconds))
                     if not notified and time.monotonic() - polled < self.poll_seconds:
                         continue
                     if notified and self._notified(notified, seq, apply):
@@ -348,7 +383,8 @@ class PostgresStorage(Storage):
                 polled = time.monotonic()
                 while not self._stopping.is_set():
                     # One statement reads one moment (autocommit): no transaction's round trips.
-                    found = _changes_after(connection, seq())
+                    at = seq()
+                    found = _changes(connection, at, _rows(_run(connection, _execute_changes_after(at))))
                     if found:
                         apply(found)
                     if isinstance(found, Recovered) or len(found) < _PAGE:
@@ -399,14 +435,44 @@ _PAGE = 1000  # changes read at once
 _WAKE_SECONDS = 0.2  # how soon a follower waiting for a notification sees that its node stops
 
 
-def _run(connection: Any, statements: str) -> Any:
+def _run(connection: Any, statements: str | bytes) -> Any:
     """Run a simple query (statements in one round trip) on libpq itself: the last statement's
-    result, or its error raised. A node's write is two such queries; through psycopg's cursors,
-    which read every statement's result in Python, they cost about a third of its CPU."""
-    result = connection.pgconn.exec_(statements.encode())
+    result, or its error raised. A node's write is one such query (two when another node wrote
+    first); through psycopg's cursors, which read every statement's result in Python, they cost
+    about a third of its CPU."""
+    result = connection.pgconn.exec_(statements if isinstance(statements, bytes) else statements.encode())
     if result.status not in (psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.TUPLES_OK):
         raise psycopg.errors.error_from_result(result)
     return result
+
+
+def _notifications(pgconn: Any, timeout: float) -> list[str]:
+    """The payloads of the notifications received on `pgconn` (waiting up to `timeout` for one)."""
+    payloads = _received(pgconn)
+    if not payloads and select.select([pgconn.socket], [], [], timeout)[0]:
+        pgconn.consume_input()  # (raises when the connection is lost)
+        payloads = _received(pgconn)
+    return payloads
+
+
+def _received(pgconn: Any) -> list[str]:
+    payloads = []
+    while (notify := pgconn.notifies()) is not None:
+        payloads.append(notify.extra.decode())
+    return payloads
+
+
+def _execute_changes_after(seq: int) -> str:
+    return f"EXECUTE montybase_changes_after({int(seq)}, {_PAGE})"
+
+
+def _rows(result: Any) -> list[tuple[int, int, int | None, str | None]]:
+    """The rows of _CHANGES_AFTER in a libpq result: (last seq, pruned, seq, operations)."""
+    rows = []
+    for row in range(result.ntuples):
+        last, pruned, number, operations = (result.get_value(row, column) for column in range(4))
+        rows.append((int(last), int(pruned), number and int(number), operations and operations.decode()))
+    return rows
 
 
 def _id_time(operations: list) -> int:
@@ -414,12 +480,23 @@ def _id_time(operations: list) -> int:
     return max((operation[3] for operation in operations if len(operation) > 3), default=0)
 
 
-def _bound(changes: list[tuple[int, list]]) -> dict[str, Any]:
-    """The parameters of _WRITE for the writes `changes` of sets only (the last set of a document wins)."""
+def _sets_only(changes: list[tuple[int, list]]) -> bool:
+    return all(operation[0] == "set" for _, operations in changes for operation in operations)
+
+
+def _bound(changes: list[tuple[int, list]]) -> tuple[int, bytes, bytes, bytes, int, int]:
+    """The parameters of _WRITE (in _WRITE_PARAMETERS' order) for the writes `changes` of sets
+    only (the last set of a document wins)."""
     documents = {("/".join(op[1][:-1]), op[1][-1]): op[2] for _, operations in changes for op in operations}
-    return {"first": changes[0][0], "operations": _encode([operations for _, operations in changes]),
-            "keys": _encode(list(documents)), "values": _encode(list(documents.values())),
-            "seq": changes[-1][0], "id_time": max(_id_time(operations) for _, operations in changes)}
+    return (changes[0][0], _json([operations for _, operations in changes]), _json(list(documents)),
+            _json(list(documents.values())), changes[-1][0], max(_id_time(operations) for _, operations in changes))
+
+
+def _json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, from an original tree: json writes it
+        return _encode(value).encode()
 
 
 def _read_state(connection: Any) -> Recovered:

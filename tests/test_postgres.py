@@ -191,6 +191,33 @@ def test_increments_and_transactions_from_two_nodes_lose_nothing(nodes):
     assert eventually(lambda: read(b, "counters", "c") == {"n": 100, "t": 40})
 
 
+def test_a_write_computed_on_a_state_another_node_moved_on_from_is_computed_again(pg_url):
+    """A node first commits a write in one round trip, computed against what it holds; when
+    another node committed since, PostgreSQL refuses it and the write is computed again after
+    those changes: an increment counts both, and a write on a document only the other node has
+    finds it."""
+    a, b = node(pg_url), node(pg_url, poll_seconds=3600)
+    try:
+        write(a, "set", ["counters", "c"], {"n": 0})
+        eventually(lambda: read(b, "counters", "c"))
+        b.storage._stopping.set()  # b stops following: what a writes next, b does not hold
+        b.storage._follower.join(10)
+        increment = [["n", {"$increment": 1}]]
+        write(a, "update", ["counters", "c"], fields=increment)
+        write(a, "set", ["counters", "new"], {"n": 10})
+        assert read(b, "counters", "c") == {"n": 0} and read(b, "counters", "new") is None
+        write(b, "update", ["counters", "c"], fields=increment)  # computed on n = 0 first: refused
+        assert read(b, "counters", "c") == {"n": 2}
+        write(b, "update", ["counters", "new"], fields=increment)  # not found here first: read again
+        assert read(b, "counters") == {"c": {"n": 2}, "new": {"n": 11}}
+        assert eventually(lambda: read(a, "counters") == {"c": {"n": 2}, "new": {"n": 11}})
+        assert b.storage.append_latest([(1, [["set", ["counters", "c"], {"n": -1}]])]) is False  # nothing written
+        assert read(node(pg_url), "counters") == {"c": {"n": 2}, "new": {"n": 11}}
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_listener_on_one_node_sees_every_write_of_the_other_in_order(nodes):
     a, b = nodes
     seen: list[Any] = []
@@ -409,6 +436,32 @@ def _queued(database: Database, writes: list[tuple[str, dict]], outcomes: dict[i
             eventually(lambda: database._leading and not database._queue, 5)
     eventually(lambda: len(database._queue) == len(writes) - 1, 5)
     return threads
+
+
+def test_writes_queued_longer_than_the_write_wait_are_unavailable_and_the_lead_passes_on(pg_url):
+    """While another holds the stream's lock, each group's leader waits for it up to the
+    statement timeout, then hands the lead to the first write still queued; writes queued for
+    longer than `write_wait` give up. Every write answers UNAVAILABLE, and the node writes on."""
+    import psycopg
+
+    a = node(pg_url, connect_seconds=0.2, statement_seconds=1)  # write_wait: 2.2 s; a group: 1 s (the 4th waits 3)
+    try:
+        outcomes: dict[int, Any] = {}
+        writes = [("set", {"path": ["d", f"w{number}"], "value": {"n": number}}) for number in range(1 + 3 * 64)]
+        with psycopg.connect(pg_url, autocommit=True) as stream:
+            threads = _queued(a, writes, outcomes, stream)
+            for thread in threads:
+                thread.join(30)
+        assert len(outcomes) == len(writes)
+        assert all(isinstance(outcome, UnavailableError) for outcome in outcomes.values()), outcomes
+        messages = {str(outcome) for outcome in outcomes.values()}
+        assert "the storage did not take this node's writes in time; try again" in messages  # the last ones
+        assert any("statement timeout" in message for message in messages)  # the groups tried
+        assert not a._queue and not a._leading
+        write(a, "set", ["d", "after"], {"n": 1})
+        assert read(a, "d") == {"after": {"n": 1}}
+    finally:
+        a.close()
 
 
 def test_a_write_of_a_group_that_fails_its_checks_fails_alone(pg_url):
