@@ -555,8 +555,9 @@ class Database:
         fails, every write of the group is UNAVAILABLE and memory is unchanged.
 
         First in one round trip, computed against this node's state: committed if no other node
-        committed since (the storage checks under the stream's lock). Otherwise in two: under the
-        stream's lock, first the writes other nodes committed, then the group computed again.
+        committed since (the storage checks under the stream's lock). Otherwise, and while other
+        nodes write too (`storage.alone` is false), in two: under the stream's lock, first the
+        writes other nodes committed, then the group computed (again).
 
         Each write is computed against the tree itself, applied to it and, once the group is
         computed, undone, all under the node's lock: so the rules, the transactions' reads, the
@@ -569,8 +570,9 @@ class Database:
                 raise UnavailableError("the storage did not take this node's writes in time; try again")
             try:
                 self._check_open()
-                with self._lock:
-                    computed = self._compute(group)
+                if self.storage.alone:
+                    with self._lock:
+                        computed = self._compute(group)
                 # (A group with nothing to commit takes the two steps too: its checks must see the latest state.)
                 if not computed or not self.storage.append_latest(_changes(computed)):
                     computed = []

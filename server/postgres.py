@@ -163,6 +163,9 @@ class PostgresStorage(Storage):
         self._writer: Any = None  # the connection of this node's writes (Database._write_lock serializes them)
         self._down_until = 0.0  # after a failed connection, writes fail at once until then
         self._committing = 0  # the last seq this node's writer committed (or is committing)
+        # No other node wrote before this node's last write: its next is tried in one round trip
+        # (append_latest). While others write too, most such tries would be refused: two steps.
+        self.alone = True
         self._stopping = threading.Event()
         self._follower: threading.Thread | None = None
 
@@ -236,13 +239,18 @@ class PostgresStorage(Storage):
 
     def begin(self, seq: int) -> list[tuple[int, list]] | Recovered:
         """Open a write: take the stream's lock and return what other nodes committed after
-        `seq` (or, when those changes were dropped, the whole state to reload)."""
+        `seq` (or, when those changes were dropped, the whole state to reload). A write
+        append_latest refused is rolled back first, in the same round trip."""
         connection = self._writer_connection()
+        refused = connection.pgconn.transaction_status == psycopg.pq.TransactionStatus.INERROR
         try:
             # One round trip: the statements of one simple query run one after the other, each
             # reading what was committed when it starts (READ COMMITTED): the reads, once the lock is held.
-            rows = _rows(_run(connection, f"BEGIN; SELECT pg_advisory_xact_lock({STREAM_LOCK}); {_execute_changes_after(seq)}"))
-            return _changes(connection, seq, rows, lock=True)
+            rows = _rows(_run(connection, f"{'ROLLBACK; ' if refused else ''}BEGIN; "
+                                          f"SELECT pg_advisory_xact_lock({STREAM_LOCK}); {_execute_changes_after(seq)}"))
+            missed = _changes(connection, seq, rows, lock=True)
+            self.alone = not missed
+            return missed
         except psycopg.Error as exc:
             self.abort()
             raise self._unavailable(exc, "starting a write") from None
@@ -250,8 +258,9 @@ class PostgresStorage(Storage):
     def append_latest(self, changes: list[tuple[int, list]]) -> bool:
         """Commit the writes `changes` (numbered from the node's seq) in one round trip: the
         stream's lock, the writes, the commit. False, with nothing written, when the stream has
-        moved past the node's seq (another node committed meanwhile) or when the writes need
-        `append_group`'s steps (deletes, or a compaction due): then the caller takes `begin`'s path."""
+        moved past the node's seq (another node committed meanwhile; `begin` then rolls it
+        back) or when the writes need `append_group`'s steps (deletes, or a compaction due):
+        then the caller takes `begin`'s path."""
         if not _sets_only(changes) or self._pruned(changes):
             return False
         connection = self._writer_connection()
@@ -260,10 +269,10 @@ class PostgresStorage(Storage):
             _run(connection, b"BEGIN; SELECT pg_advisory_xact_lock(%d); %s; COMMIT" % (STREAM_LOCK, self._bind(connection, changes)))
             return True
         except psycopg.Error as exc:
-            self.abort()
             if isinstance(exc, psycopg.errors.NotNullViolation) and exc.diag.column_name == "seq":
-                self._committing = committing
+                self._committing, self.alone = committing, False
                 return False
+            self.abort()
             raise self._unavailable(exc, "committing a write") from None
 
     def append(self, seq: int, operations: list) -> None:
