@@ -570,11 +570,13 @@ class Database:
                 raise UnavailableError("the storage did not take this node's writes in time; try again")
             try:
                 self._check_open()
+                spent: list = []
                 if self.storage.alone:
-                    with self._lock:
+                    with self._lock, self.rates.recorded() as spent:
                         computed = self._compute(group)
                 # (A group with nothing to commit takes the two steps too: its checks must see the latest state.)
                 if not computed or not self.storage.append_latest(_changes(computed)):
+                    self.rates.refund(spent)  # computed again: each write spends its rate-limit tokens once
                     computed = []
                     missed = self.storage.begin(self.seq)
                     try:

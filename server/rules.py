@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -410,6 +411,26 @@ class RateLimiter:
         self.clock = clock
         self._buckets: dict[tuple[Any, ...], tuple[float, float, float]] = {}  # key → (tokens, when, full again at)
         self._lock = threading.Lock()
+        self._recording = threading.local()  # per thread: the list `recorded` keeps the tokens spent in
+
+    @contextmanager
+    def recorded(self) -> Iterator[list[tuple[tuple[Any, ...], int, float]]]:
+        """The buckets this thread spends a token of meanwhile, for `refund` (a write computed
+        once more counts once)."""
+        spent: list[tuple[tuple[Any, ...], int, float]] = []
+        self._recording.spent = spent
+        try:
+            yield spent
+        finally:
+            self._recording.spent = None
+
+    def refund(self, spent: list[tuple[tuple[Any, ...], int, float]]) -> None:
+        """Give back the tokens `recorded` saw spent."""
+        with self._lock:
+            for key, count, seconds in spent:
+                if key in self._buckets:
+                    tokens, when, full = self._buckets[key]
+                    self._buckets[key] = (min(float(count), tokens + 1), when, full - seconds / count)
 
     def take(self, principal: Principal, rule: Rule | None, op: str) -> None:
         """Spend one token of each bucket the operation falls in, or raise RATE_LIMITED."""
@@ -435,6 +456,8 @@ class RateLimiter:
                 levels.append((key, tokens - 1, now + (count - tokens + 1) * seconds / count))
             for key, tokens, full in levels:
                 self._buckets[key] = (tokens, now, full)
+            if (recording := getattr(self._recording, "spent", None)) is not None:
+                recording.extend(buckets)
             if len(self._buckets) > 100_000:  # forget the buckets that are full again: a new one is the same
                 self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}
 

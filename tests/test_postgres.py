@@ -32,10 +32,10 @@ from server.config import DEFAULTS, Limits, client_config, create_config, load_c
 from server.database import Database  # noqa: E402
 from server.errors import (  # noqa: E402
     AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, UnauthenticatedError,
-    UnavailableError,
+    UnavailableError, ValidationError,
 )
 from server.postgres import PostgresStorage, redacted  # noqa: E402
-from server.rules import Principal  # noqa: E402
+from server.rules import Principal, Rules  # noqa: E402
 from server.session import CLOSE_SIGNED_OUT, Service  # noqa: E402
 from server.storage import FileStorage  # noqa: E402
 
@@ -218,6 +218,33 @@ def test_a_write_computed_on_a_state_another_node_moved_on_from_is_computed_agai
         c = node(pg_url)
         assert read(c, "counters") == read(b, "counters")
         c.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_write_computed_again_spends_its_rate_limit_tokens_once(pg_url):
+    """A write refused in one round trip, or that had nothing to commit, is computed again: the
+    rate-limit tokens the first computation spent are given back first."""
+    rules = Rules({"items": {"read": "public", "write": "public", "rate": {"create": "3/min"},
+                             "schema": {"type": "object", "required": ["score"]}}})
+    a = node(pg_url)
+    b = Database(PostgresStorage(pg_url, poll_seconds=3600), rules=rules)
+    player = Principal("client", None, 7, "192.0.2.7")
+    try:
+        b.storage._stopping.set()  # b stops following: what a writes next, b does not hold
+        b.storage._follower.join(10)
+        write(a, "set", ["items", "by-a"], {"score": 0})
+        b.write("set", {"path": ["items", "p1"], "value": {"score": 1}}, player)  # refused first, then computed again
+        assert not b.storage.alone
+        write(b, "set", ["other", "x"], {"n": 0})  # two steps, nobody else wrote: one round trip next
+        assert b.storage.alone
+        with pytest.raises(ValidationError):  # nothing to commit: computed again in two steps
+            b.write("set", {"path": ["items", "bad"], "value": {"name": "no score"}}, player)
+        b.write("set", {"path": ["items", "p2"], "value": {"score": 2}}, player)  # the third token
+        with pytest.raises(RateLimitedError):
+            b.write("set", {"path": ["items", "p3"], "value": {"score": 3}}, player)
+        assert sorted(read(b, "items")) == ["by-a", "p1", "p2"]
     finally:
         a.close()
         b.close()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import urllib.request
 from typing import Any
 
@@ -352,6 +353,22 @@ def test_a_bucket_empties_then_refills():
     assert _take(limiter, ALICE) is not None
     clock.now += 10  # a full bucket holds at most its count
     assert [_take(limiter, ALICE) for _ in range(4)][-1] is not None
+
+
+def test_tokens_recorded_are_given_back_and_only_this_threads():
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    assert _take(limiter, ALICE) is None
+    with limiter.recorded() as spent:
+        assert [_take(limiter, ALICE) is None for _ in range(3)] == [True, True, False]  # the third finds none
+        other = threading.Thread(target=_take, args=(limiter, BOB))
+        other.start()
+        other.join()
+    assert len(spent) == 4  # two tokens, each of the connection's bucket and the address's
+    limiter.refund(spent)
+    assert [_take(limiter, ALICE) is None for _ in range(3)] == [True, True, False]
+    assert _take(limiter, ALICE, "create") is not None
+    assert [_take(limiter, BOB) is None for _ in range(3)] == [True, True, False]  # Bob's first stayed spent
 
 
 def test_buckets_are_per_connection_and_per_address():
