@@ -239,15 +239,12 @@ class PostgresStorage(Storage):
 
     def begin(self, seq: int) -> list[tuple[int, list]] | Recovered:
         """Open a write: take the stream's lock and return what other nodes committed after
-        `seq` (or, when those changes were dropped, the whole state to reload). A write
-        append_latest refused is rolled back first, in the same round trip."""
+        `seq` (or, when those changes were dropped, the whole state to reload)."""
         connection = self._writer_connection()
-        refused = connection.pgconn.transaction_status == psycopg.pq.TransactionStatus.INERROR
         try:
             # One round trip: the statements of one simple query run one after the other, each
             # reading what was committed when it starts (READ COMMITTED): the reads, once the lock is held.
-            rows = _rows(_run(connection, f"{'ROLLBACK; ' if refused else ''}BEGIN; "
-                                          f"SELECT pg_advisory_xact_lock({STREAM_LOCK}); {_execute_changes_after(seq)}"))
+            rows = _rows(_run(connection, f"BEGIN; SELECT pg_advisory_xact_lock({STREAM_LOCK}); {_execute_changes_after(seq)}"))
             missed = _changes(connection, seq, rows, lock=True)
             self.alone = not missed
             return missed
@@ -257,22 +254,23 @@ class PostgresStorage(Storage):
 
     def append_latest(self, changes: list[tuple[int, list]]) -> bool:
         """Commit the writes `changes` (numbered from the node's seq) in one round trip: the
-        stream's lock, the writes, the commit. False, with nothing written, when the stream has
-        moved past the node's seq (another node committed meanwhile; `begin` then rolls it
-        back) or when the writes need `append_group`'s steps (deletes, or a compaction due):
-        then the caller takes `begin`'s path."""
+        stream's lock and the writes, one simple query, which PostgreSQL runs as one transaction
+        (committed at its end, rolled back at its first error: the lock is let go at once). False,
+        with nothing written, when the stream has moved past the node's seq (another node
+        committed meanwhile) or when the writes need `append_group`'s steps (deletes, or a
+        compaction due): then the caller takes `begin`'s path."""
         if not _sets_only(changes) or self._pruned(changes):
             return False
         connection = self._writer_connection()
         committing, self._committing = self._committing, changes[-1][0]
         try:
-            _run(connection, b"BEGIN; SELECT pg_advisory_xact_lock(%d); %s; COMMIT" % (STREAM_LOCK, self._bind(connection, changes)))
+            _run(connection, b"SELECT pg_advisory_xact_lock(%d); %s" % (STREAM_LOCK, self._bind(connection, changes)))
             return True
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.NotNullViolation) and exc.diag.column_name == "seq":
                 self._committing, self.alone = committing, False
                 return False
-            self.abort()
+            self.abort()  # (nothing to roll back: a broken connection is dropped)
             raise self._unavailable(exc, "committing a write") from None
 
     def append(self, seq: int, operations: list) -> None:
