@@ -373,8 +373,8 @@ class PostgresStorage(Storage):
         while not self._stopping.is_set():
             try:
                 if connection is None:
-                    # Used through libpq alone: psycopg's own handling of the notifications (a
-                    # generator a wait, a backlog of those received during queries) took as
+                    # Used through libpq alone: psycopg's own handling of notifications (a
+                    # generator per wait, a backlog of those received during queries) took as
                     # much of the node's CPU as the write that sent them.
                     connection = self._connect(autocommit=True)
                     _run(connection, f"LISTEN {CHANNEL}; {_PREPARE_CHANGES_AFTER}")
@@ -444,8 +444,8 @@ _WAKE_SECONDS = 0.2  # how soon a follower waiting for a notification sees that 
 
 def _run(connection: Any, statements: str | bytes) -> Any:
     """Run a simple query (statements in one round trip) on libpq itself: the last statement's
-    result, or its error raised. A node's write is one such query (two when another node wrote
-    first); through psycopg's cursors, which read every statement's result in Python, they cost
+    result, or its error raised. A node's write is one such query (three when another node wrote
+    since); through psycopg's cursors, which read every statement's result in Python, they cost
     about a third of its CPU."""
     result = connection.pgconn.exec_(statements if isinstance(statements, bytes) else statements.encode())
     if result.status not in (psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.TUPLES_OK):
