@@ -87,9 +87,9 @@ _DELETE_DOCUMENT = ("DELETE FROM montybase_documents WHERE (collection = %(paren
 _DELETE_COLLECTION = ("DELETE FROM montybase_documents WHERE collection = %(path)s "
                       "OR (collection > %(below)s AND collection < %(after)s)")
 # The state and the changes after a seq, in one statement: (last seq, pruned, seq, operations)
-# rows, or one row with the change NULL when there is none. (Formatted with two ints, or prepared.)
+# rows, or one row with the change NULL when there is none ($1: the seq, $2: at most so many).
 _CHANGES_AFTER = ("SELECT s.seq, s.pruned, c.seq, c.operations FROM montybase_state s LEFT JOIN LATERAL "
-                  "(SELECT seq, operations FROM montybase_changes WHERE seq > %s ORDER BY seq LIMIT %s) c ON true "
+                  "(SELECT seq, operations FROM montybase_changes WHERE seq > $1 ORDER BY seq LIMIT $2) c ON true "
                   "WHERE s.id = 1 ORDER BY c.seq")
 # A group of writes of sets only, in one statement: their changes (`operations`: a JSON array of
 # each write's operations, numbered from `first`), the documents they leave (`keys`: [[collection,
@@ -117,7 +117,7 @@ FROM change ORDER BY seq
 # Both statements of a write, prepared once per writer connection: planning them took longer
 # than running them (0.16 -> 0.07 ms and 0.30 -> 0.18 ms a write, measured here).
 _WRITE_PARAMETERS = ("first", "operations", "keys", "values", "seq", "id_time")
-_PREPARE_CHANGES_AFTER = f"PREPARE montybase_changes_after (bigint, int) AS {_CHANGES_AFTER % ('$1', '$2')}"
+_PREPARE_CHANGES_AFTER = f"PREPARE montybase_changes_after (bigint, int) AS {_CHANGES_AFTER}"
 _PREPARE = (f"{_PREPARE_CHANGES_AFTER}; "
             f"PREPARE montybase_write (bigint, json, json, json, bigint, bigint) AS "
             f"{_WRITE % {name: f'${i}' for i, name in enumerate(_WRITE_PARAMETERS, 1)}}")
@@ -390,8 +390,7 @@ class PostgresStorage(Storage):
                 polled = time.monotonic()
                 while not self._stopping.is_set():
                     # One statement reads one moment (autocommit): no transaction's round trips.
-                    at = seq()
-                    found = _changes(connection, at, _rows(_run(connection, _execute_changes_after(at))))
+                    found = _changes_after(connection, seq())
                     if found:
                         apply(found)
                     if isinstance(found, Recovered) or len(found) < _PAGE:
@@ -524,9 +523,10 @@ def _read_state(connection: Any) -> Recovered:
 
 
 def _changes_after(connection: Any, seq: int) -> list[tuple[int, list]] | Recovered:
-    """The changes after `seq` (at most _PAGE), in order, in the connection's transaction; the
-    whole state instead when some of them were dropped."""
-    return _changes(connection, seq, connection.execute(_CHANGES_AFTER % (int(seq), _PAGE)).fetchall())
+    """The changes after `seq` (at most _PAGE), in order, read by the connection's prepared
+    statement (in its transaction, if one is open); the whole state instead when some of them
+    were dropped."""
+    return _changes(connection, seq, _rows(_run(connection, _execute_changes_after(seq))))
 
 
 def _changes(connection: Any, seq: int, rows: list[tuple], *, lock: bool = False) -> list[tuple[int, list]] | Recovered:

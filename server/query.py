@@ -311,11 +311,7 @@ def _clause(field: tuple[str, ...], op: str, bound: Any) -> Callable[[dict], boo
 STEP = 256
 
 
-def _go_on() -> None:
-    pass
-
-
-_pause: Callable[[], None] = _go_on
+_pause: Callable[[], None] | None = None
 
 
 def pause_between_steps(hook: Callable[[], None] | None) -> None:
@@ -323,7 +319,7 @@ def pause_between_steps(hook: Callable[[], None] | None) -> None:
     `pausing`; None: nothing): the server's, which lets its event loop go first
     (server/transport.py, Foreground)."""
     global _pause
-    _pause = hook or _go_on
+    _pause = hook
 
 
 _pausing = threading.local()
@@ -345,7 +341,7 @@ def pausing() -> Iterator[None]:
 def pause() -> None:
     """A step of long work is done: let more urgent work go first, if the server says so and
     the work may (`pausing`)."""
-    if getattr(_pausing, "on", False):
+    if _pause is not None and getattr(_pausing, "on", False):
         _pause()
 
 
