@@ -5,8 +5,8 @@ PostgreSQL insert loop: round trips, cross-node listener latency, visibility, st
 
 One run, side by side:
 - a PostgreSQL of its own (tests/pg.py: initdb into a temporary folder, pg_ctl on a free port of
-  127.0.0.1, run as the `postgres` user under root; fsync, synchronous_commit and full_page_writes
-  off, as in the tests), stopped at the end by the pid it started;
+  127.0.0.1, run as the `postgres` user under root; fsync and full_page_writes off, as in the
+  tests), stopped at the end by the pid it started;
 - `--docs` documents `{name, score, level, tags}` in collection `items`, put into PostgreSQL with
   `montybase migrate`'s import and, for the file-storage server, migrated out into a `db.json`;
 - one file-storage server and three node processes (`python -m server`, one montybase.json whose

@@ -80,9 +80,12 @@ class Postgres:
         return done
 
     def start(self) -> None:
-        # fsync off: the tests stop PostgreSQL, never the machine; max_connections for 3 nodes and the tests.
+        # fsync off: the tests stop PostgreSQL, never the machine. synchronous_commit stays on: a
+        # commit's WAL is written (to the system, not the disk) before it is answered, so one that
+        # was answered survives PostgreSQL's crash (off, an immediate stop lost answered commits).
+        # max_connections for 3 nodes and the tests.
         options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                   "-c fsync=off -c full_page_writes=off -c max_connections=200")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
         self.pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
 
