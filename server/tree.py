@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 from .query import ElementIndex, OrderIndex, Query, count, filled, pause, pausing, run
+from .values import shaped
 
 __all__ = ["Change", "Copy", "Frozen", "Tree", "build_index"]
 
@@ -95,7 +96,10 @@ class Change(NamedTuple):
 class Tree:
     """Collections keyed by their path (`("users",)`, `("users", "u1", "posts")`), each a dict
     of id → document. Stored documents are never changed in place: a write replaces them, so
-    a shallow copy of the collections is a consistent snapshot.
+    a shallow copy of the collections is a consistent snapshot. Documents written are stored
+    `shaped` (those with the same fields share one table of keys); loaded ones as they were
+    decoded (shaping a million at start took 0.7 s and gave no memory back: what the decoder's
+    dicts leave free stays the process's, for the documents written next).
     """
 
     def __init__(self, collections: dict[Path, dict[str, Any]] | None = None):
@@ -296,8 +300,9 @@ class Tree:
     # Writes (the database calls these after journaling)
 
     def put(self, path: Path, document: Any) -> Change:
-        """Create or replace the document at `path`; the tree takes ownership of `document`."""
+        """Create or replace the document at `path` (stored `shaped`)."""
         collection, doc_id = path[:-1], path[-1]
+        document = shaped(document)
         docs = self.collections.get(collection)
         if docs is None:
             docs = self.collections[collection] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import random
+import sys
 
 import pytest
 
@@ -41,6 +42,21 @@ def test_subcollections_follow_writes_and_deletes(seed):
             tree.remove(path[:-1])  # a whole collection, with everything below it
         for prefix in {p[:depth] for p in tree.collections for depth in range(1, len(p) + 1)} | {path, path[:-1]}:
             assert tree.subcollections(prefix) == scanned(tree, prefix), (step, prefix)
+
+
+def test_documents_written_are_stored_by_shape():
+    def plain(n: int) -> dict:
+        return {"name": f"n{n}", "score": n / 3, "level": n, "tags": ["a"]}
+
+    tree = Tree({("c",): {"loaded": plain(1)}})
+    changes = [tree.put(("c", "written"), plain(2)), tree.put(("c", "loaded"), plain(3))]
+    for doc_id, n in (("written", 2), ("loaded", 3)):
+        stored = tree.document(("c", doc_id))
+        assert stored == plain(n) and list(stored) == list(plain(n))
+        assert sys.getsizeof(stored) < sys.getsizeof(plain(n))
+    assert [change.new for change in changes] == [plain(2), plain(3)]
+    assert changes[0].new is tree.document(("c", "written"))  # listeners are told of what is stored
+    assert changes[1].old == plain(1)
 
 
 def test_removing_a_document_removes_what_is_nested_below_it():
