@@ -45,6 +45,7 @@ except ImportError:  # an optional extra: say how to get it when a URL asks for 
 
 from .errors import UnavailableError
 from .storage import Collections, Recovered, Storage
+from .values import shaped
 
 __all__ = ["PostgresReader", "PostgresStorage", "export_state", "import_state", "redacted"]
 
@@ -518,7 +519,7 @@ def _read_state(connection: Any) -> Recovered:
                 if collection != path:
                     path = collection
                     docs = collections.setdefault(tuple(collection.split("/")), {})
-                docs[doc_id] = json.loads(value)
+                docs[doc_id] = shaped(json.loads(value))  # stored as written ones are (Tree.put)
     return Recovered(seq, collections, id_time, [])
 
 

@@ -4,7 +4,7 @@ Files beside the snapshot `db.json`: journals `db.json.<first_seq>.journal` and 
 `db.json.lock`. A journal record is `u32 length | u32 crc32(seq ‖ payload) | u64 seq | payload`,
 big-endian, the payload being the compact JSON of one committed write (a list of operations).
 The snapshot is `{"__montybase__":1,"seq":…,"idTime":…,"collections":{…},"crc32":…}`, the
-checksum covering the bytes before `,"crc32":`. A running storage holds an OS lock (flock) on
+checksum covering the bytes before `,"crc32":`, laid out in lines (see snapshot_chunks). A running storage holds an OS lock (flock) on
 the lock file and on the journal it appends to. `MemoryStorage` is the same over files in memory.
 """
 
@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from .errors import UnavailableError
+from .values import shaped
 
 __all__ = [
     "FileStorage", "LocalFiles", "MemoryFiles", "MemoryStorage", "Recovered", "Storage", "StorageReader",
@@ -45,6 +46,7 @@ SNAPSHOT_FORMAT = 1
 _FORMAT_KEY = "__montybase__"  # a key no document or collection may use
 _CRC_KEY = b',"crc32":'
 _SNAPSHOT_START = b'{"%s":' % _FORMAT_KEY.encode()
+_COLLECTIONS_LINE = b',"collections":{'  # the end of a snapshot's first line
 SNAPSHOT_CHUNK = 1000  # documents encoded in one call (about a millisecond)
 
 
@@ -81,9 +83,9 @@ def snapshot_chunks(seq: int, collections: Mapping[tuple[str, ...], Any], id_tim
 
     Encoded SNAPSHOT_CHUNK documents at a time: one call encoding a million documents would
     hold the GIL for seconds, and every other thread (readers, writers) with it; between
-    chunks they get their turn. The bytes are those of encoding the whole at once. A collection
-    is a dict, or anything with `chunks(size)` giving dicts (a Frozen one, written meanwhile).
-    """
+    chunks they get their turn. Each chunk is a line, as are the header, each collection's
+    opening and its closing brace, and the checksum (compact JSON has no line break of its own):
+    decode_snapshot reads such a file a line at a time."""
     crc = 0
 
     def piece(data: bytes) -> bytes:
@@ -92,9 +94,9 @@ def snapshot_chunks(seq: int, collections: Mapping[tuple[str, ...], Any], id_tim
         return data
 
     head = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "idTime": id_time})
-    yield piece(f'{head[:-1]},"collections":{{'.encode("utf-8"))
+    yield piece(f'{head[:-1]}{_COLLECTIONS_LINE.decode()}\n'.encode("utf-8"))
     for n, (path, docs) in enumerate(collections.items()):
-        yield piece(f'{"," if n else ""}{_encode_json("/".join(path))}:{{'.encode("utf-8"))
+        yield piece(f'{"," if n else ""}{_encode_json("/".join(path))}:{{\n'.encode("utf-8"))
         if hasattr(docs, "chunks"):
             chunks = docs.chunks(SNAPSHOT_CHUNK)
         else:
@@ -102,10 +104,10 @@ def snapshot_chunks(seq: int, collections: Mapping[tuple[str, ...], Any], id_tim
             chunks = iter(lambda: dict(itertools.islice(items, SNAPSHOT_CHUNK)), {})
         separator = b""
         for chunk in chunks:
-            yield piece(b"%s%s" % (separator, _encode_chunk(chunk)[1:-1]))
+            yield piece(b"%s%s\n" % (separator, _encode_chunk(chunk)[1:-1]))
             counted(len(chunk))
             separator = b","
-        yield piece(b"}")
+        yield piece(b"}\n")
     yield piece(b"}")
     yield b"%s%d}\n" % (_CRC_KEY, crc)
 
@@ -149,7 +151,7 @@ def decode_snapshot(data: bytes) -> tuple[int, Collections, int]:
     tree: Any = None
     if data.startswith(_SNAPSHOT_START):
         try:
-            tree = _loads(data)
+            tree = _by_lines(data) or _loads(data)
         except orjson.JSONDecodeError:
             pass  # json says what is wrong, or takes it
     if tree is None:
@@ -177,6 +179,41 @@ def decode_snapshot(data: bytes) -> tuple[int, Collections, int]:
         if not isinstance(docs, dict) or not set(map(type, docs.values())) <= {dict}:
             raise ValueError(f"collection {'/'.join(path)!r} is not an object of documents (objects)")
     return seq, {path: docs for path, docs in collections.items() if docs}, id_time
+
+
+def _by_lines(data: bytes) -> dict[str, Any] | None:
+    """A snapshot laid out as snapshot_chunks writes it, decoded a line at a time, its documents
+    stored `shaped`: None if it is laid out otherwise (written before lines, or edited by hand).
+
+    Against one call for the whole file: the documents of a chunk are made while the memory of
+    the chunk before is still in the cache, and the dicts of each decoded chunk are freed before
+    the next one is decoded, so the shaped copies reuse their memory (a million documents: 0.6 s
+    instead of 1.0 to decode, 1.0 with the shaping; 530 MB instead of 610)."""
+    end = data.find(b"\n")
+    if end < 0 or not data.startswith(_COLLECTIONS_LINE, end - len(_COLLECTIONS_LINE)):
+        return None
+    tree = _loads(data[:end - len(_COLLECTIONS_LINE)] + b"}")
+    collections = tree["collections"] = {}
+    docs = None  # the collection being read
+    start = end + 1
+    while (end := data.find(b"\n", start)) >= 0:
+        line, start = data[start:end], end + 1
+        if docs is not None:
+            if line == b"}":
+                docs = None
+                continue
+            chunk = _loads(b"{%s}" % (line[1:] if line.startswith(b",") else line))
+            for doc_id, document in chunk.items():  # replacing the values of existing keys is safe
+                chunk[doc_id] = shaped(document)
+            docs.update(chunk)
+        elif line.startswith(b"}" + _CRC_KEY) and start == len(data):
+            tree["crc32"] = _loads(line[len(_CRC_KEY) + 1:-1])
+            return tree
+        elif line.endswith(b":{"):
+            collections[_loads(line[1:-2] if line.startswith(b",") else line[:-2])] = docs = {}
+        else:
+            return None
+    return None
 
 
 def _is_torn(data: bytes, offset: int, size: int) -> bool:

@@ -96,10 +96,10 @@ class Change(NamedTuple):
 class Tree:
     """Collections keyed by their path (`("users",)`, `("users", "u1", "posts")`), each a dict
     of id → document. Stored documents are never changed in place: a write replaces them, so
-    a shallow copy of the collections is a consistent snapshot. Documents written are stored
-    `shaped` (those with the same fields share one table of keys); loaded ones as they were
-    decoded (shaping a million at start took 0.7 s and gave no memory back: what the decoder's
-    dicts leave free stays the process's, for the documents written next).
+    a shallow copy of the collections is a consistent snapshot. Documents are stored `shaped`
+    (those with the same fields share one table of keys): `put` shapes what it stores, the
+    storages what they load (decode_snapshot a chunk at a time, where the copies reuse the memory
+    of what they replace).
     """
 
     def __init__(self, collections: dict[Path, dict[str, Any]] | None = None):

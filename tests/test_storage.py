@@ -19,6 +19,7 @@ import time
 import zlib
 from pathlib import Path
 
+import orjson
 import pytest
 
 from python_client import Montybase, doc, increment
@@ -795,9 +796,41 @@ def test_a_snapshot_encoded_in_chunks_is_the_json_of_the_whole_with_its_crc():
     text = json.dumps({"__montybase__": 1, "seq": 12, "idTime": 345,
                        "collections": {"/".join(path): docs for path, docs in collections.items()}},
                       ensure_ascii=False, separators=(",", ":"))
-    covered = text[:-1].encode("utf-8")
-    assert bytes(data) == covered + b',"crc32":%d}\n' % zlib.crc32(covered)
-    assert decode_snapshot(bytes(data))[:2] == (12, {path: docs for path, docs in collections.items() if docs})
+    data = bytes(data)
+    covered = data[:data.rfind(b',"crc32":')]
+    assert covered.replace(b"\n", b"") == text[:-1].encode("utf-8")  # line breaks only between the pieces
+    assert data == covered + b',"crc32":%d}\n' % zlib.crc32(covered)
+    # a line for the header, for each collection's opening and closing, each chunk, the checksum
+    assert data.count(b"\n") == 1 + (2 + 3) + 2 + (2 + 1) + 1
+    assert decode_snapshot(data)[:2] == (12, {path: docs for path, docs in collections.items() if docs})
+
+
+def test_a_snapshot_read_a_line_at_a_time_equals_it_read_whole_and_stores_documents_by_shape():
+    collections = {("users",): {f"u{i}": {"name": f"n{i}", "score": i / 3, "tags": ["a", i]} for i in range(2500)},
+                   ("users", "u1", "posts"): {"p": {"title": "x"}}, ("empty",): {}, ("z",): {"d": {}}}
+    data = bytes(encode_snapshot(5, collections, 77))
+    seq, loaded, id_time = decode_snapshot(data)
+    whole = orjson.loads(data)
+    assert (seq, id_time) == (5, 77)
+    assert {"/".join(path): docs for path, docs in loaded.items()} == {k: v for k, v in whole["collections"].items() if v}
+    assert [list(docs) for docs in loaded.values()] == [list(docs) for docs in whole["collections"].values() if docs]
+    document = loaded[("users",)]["u7"]
+    assert sys.getsizeof(document) < sys.getsizeof(dict(document))
+    # Laid out otherwise (on one line, as before lines; a member added by hand): read whole, the same.
+    one_line = data[:data.rfind(b',"crc32":')].replace(b"\n", b"")
+    one_line += b',"crc32":%d}\n' % zlib.crc32(one_line)
+    edited = data.replace(b'\n},"crc32":', b'\n},"note":"mine","crc32":').split(b',"crc32":')[0] + b"}"
+    for other in (one_line, edited):
+        assert decode_snapshot(other) == (seq, loaded, id_time)
+
+
+def test_a_damaged_line_of_a_snapshot_is_named_as_json_names_it():
+    data = bytes(encode_snapshot(5, {("c",): {f"d{i}": {"n": i} for i in range(3000)}}, 0))
+    damaged = data.replace(b'"d1500":{"n":1500}', b'"d1500":{"n":15x0}', 1)  # in the second chunk: line 4
+    with pytest.raises(ValueError, match="not valid JSON .*line 4 column"):
+        decode_snapshot(damaged.split(b',"crc32":')[0] + b"}")
+    with pytest.raises(ValueError, match="checksum does not match"):
+        decode_snapshot(data.replace(b'"d1500":{"n":1500}', b'"d1500":{"n":1501}', 1))
 
 
 def test_a_snapshot_orjson_refuses_loads_as_json_reads_it():
