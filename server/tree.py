@@ -9,7 +9,7 @@ from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 from .query import ElementIndex, OrderIndex, Query, count, filled, pause, pausing, run
-from .values import shaped
+from .values import settled
 
 __all__ = ["Change", "Copy", "Frozen", "Tree", "build_index"]
 
@@ -97,9 +97,9 @@ class Tree:
     """Collections keyed by their path (`("users",)`, `("users", "u1", "posts")`), each a dict
     of id → document. Stored documents are never changed in place: a write replaces them, so
     a shallow copy of the collections is a consistent snapshot. Documents are stored `shaped`
-    (those with the same fields share one table of keys): `put` shapes what it stores, the
-    storages what they load (decode_snapshot a chunk at a time, where the copies reuse the memory
-    of what they replace).
+    (those with the same fields share one table of keys): `put` shapes what it stores (and takes
+    it out of the garbage collector's walks: `settled`), the storages what they load
+    (decode_snapshot a chunk at a time, where the copies reuse the memory of what they replace).
     """
 
     def __init__(self, collections: dict[Path, dict[str, Any]] | None = None):
@@ -300,9 +300,9 @@ class Tree:
     # Writes (the database calls these after journaling)
 
     def put(self, path: Path, document: Any) -> Change:
-        """Create or replace the document at `path` (stored `shaped`)."""
+        """Create or replace the document at `path` (stored `settled`)."""
         collection, doc_id = path[:-1], path[-1]
-        document = shaped(document)
+        document = settled(document)
         docs = self.collections.get(collection)
         if docs is None:
             docs = self.collections[collection] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import marshal
 import math
 import sys
@@ -19,6 +20,7 @@ __all__ = [
     "clone_all",
     "json_equal",
     "prepare",
+    "settled",
     "shaped",
 ]
 
@@ -117,6 +119,34 @@ def shaped(value: Any) -> Any:
     out = template.copy()
     out.update(value)
     return out
+
+
+try:  # CPython's C API: take a container out of the garbage collector's walks
+    _untrack = ctypes.pythonapi.PyObject_GC_UnTrack
+    _untrack.argtypes, _untrack.restype = [ctypes.py_object], None
+except AttributeError:  # an interpreter without it walks them as before
+    _untrack = None
+
+
+def settled(document: Any) -> Any:
+    """`document` as the tree keeps it: `shaped`, and it and the objects and arrays in it out of
+    the garbage collector's walks. JSON holds no reference cycle and a stored document is never
+    changed, so the collector has nothing to find there; yet a full collection walked every
+    document written since the start (a million: 460 ms, pausing every thread, again each time
+    the objects that live long had grown by a quarter). A container given a value that the
+    collector follows is followed again (CPython's rule for dicts); loaded documents are frozen
+    out of its view at once instead (Database: gc.freeze)."""
+    document = shaped(document)
+    if _untrack is not None and type(document) is dict:
+        _untrack_all(document)
+    return document
+
+
+def _untrack_all(container: dict | list) -> None:
+    _untrack(container)
+    for item in container.values() if type(container) is dict else container:
+        if type(item) is dict or type(item) is list:
+            _untrack_all(item)
 
 
 def _shape(keys: tuple[str, ...]) -> dict | None:

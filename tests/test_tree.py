@@ -56,6 +56,7 @@ def test_documents_written_are_stored_by_shape():
         assert sys.getsizeof(stored) < sys.getsizeof(plain(n))
     assert [change.new for change in changes] == [plain(2), plain(3)]
     assert changes[0].new is tree.document(("c", "written"))  # listeners are told of what is stored
+    assert not gc.is_tracked(changes[0].new) and not gc.is_tracked(changes[0].new["tags"])  # values.settled
     assert changes[1].old == plain(1)
 
 

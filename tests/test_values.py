@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import marshal
 import random
@@ -10,7 +11,7 @@ import sys
 import orjson
 
 from server import values
-from server.values import prepare, shaped
+from server.values import prepare, settled, shaped
 
 
 def _random_object(rng: random.Random) -> dict:
@@ -74,3 +75,15 @@ def test_prepare_stores_objects_by_shape_and_sizes_lists_exactly():
     assert sys.getsizeof(value["tags"]) == sys.getsizeof([None] * 3)  # room for three items, no more
     assert sys.getsizeof(value["inner"]) < sys.getsizeof(dict(value["inner"]))
     assert sys.getsizeof(value["inner"]["y"][0]) < sys.getsizeof(dict(value["inner"]["y"][0]))
+
+
+def test_a_settled_document_and_its_containers_are_out_of_the_collectors_walks_until_given_a_container():
+    document = settled({"name": "a", "tags": ["x", {"deep": [1, 2]}], "inner": {"list": [3]}})
+    assert document == {"name": "a", "tags": ["x", {"deep": [1, 2]}], "inner": {"list": [3]}}
+    containers = [document, document["tags"], document["tags"][1], document["tags"][1]["deep"],
+                  document["inner"], document["inner"]["list"]]
+    assert [gc.is_tracked(container) for container in containers] == [False] * 6
+    assert sys.getsizeof(document) < sys.getsizeof(dict(document))
+    document["inner"]["more"] = [4]  # a container given to a dict: the collector follows the dict again
+    assert gc.is_tracked(document["inner"])
+    assert settled([1, 2]) == [1, 2] and settled("text") == "text"
