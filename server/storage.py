@@ -4,8 +4,9 @@ Files beside the snapshot `db.json`: journals `db.json.<first_seq>.journal` and 
 `db.json.lock`. A journal record is `u32 length | u32 crc32(seq ‖ payload) | u64 seq | payload`,
 big-endian, the payload being the compact JSON of one committed write (a list of operations).
 The snapshot is `{"__montybase__":1,"seq":…,"idTime":…,"collections":{…},"crc32":…}`, the
-checksum covering the bytes before `,"crc32":`, laid out in lines (see snapshot_chunks). A running storage holds an OS lock (flock) on
-the lock file and on the journal it appends to. `MemoryStorage` is the same over files in memory.
+checksum covering the bytes before `,"crc32":`, laid out in lines (see snapshot_chunks). A
+running storage holds an OS lock (flock) on the lock file and on the journal it appends to.
+`MemoryStorage` is the same over files in memory.
 """
 
 from __future__ import annotations
@@ -187,8 +188,9 @@ def _by_lines(data: bytes) -> dict[str, Any] | None:
 
     Against one call for the whole file: the documents of a chunk are made while the memory of
     the chunk before is still in the cache, and the dicts of each decoded chunk are freed before
-    the next one is decoded, so the shaped copies reuse their memory (a million documents: 0.6 s
-    instead of 1.0 to decode, 1.0 with the shaping; 530 MB instead of 610)."""
+    the next one is decoded, so the shaped copies reuse their memory. A million documents: 0.6 s
+    to decode instead of 1.0, 1.0 with the shaping; then 581 MB of RSS instead of 656, and at
+    most 670 MB while loading instead of 1,018."""
     end = data.find(b"\n")
     if end < 0 or not data.startswith(_COLLECTIONS_LINE, end - len(_COLLECTIONS_LINE)):
         return None
