@@ -49,6 +49,7 @@ def test_documents_written_are_stored_by_shape():
         return {"name": f"n{n}", "score": n / 3, "level": n, "tags": ["a"]}
 
     tree = Tree({("c",): {"loaded": plain(1)}})
+    tree.put(("c", "first"), plain(0))  # a shape is made the second time it is seen
     changes = [tree.put(("c", "written"), plain(2)), tree.put(("c", "loaded"), plain(3))]
     for doc_id, n in (("written", 2), ("loaded", 3)):
         stored = tree.document(("c", doc_id))
