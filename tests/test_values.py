@@ -9,9 +9,17 @@ import random
 import sys
 
 import orjson
+import pytest
 
 from server import values
 from server.values import prepare, settled, shaped
+
+
+@pytest.fixture(autouse=True)
+def fresh_shapes(monkeypatch):
+    """Each test starts with no shape seen (other tests of this process make shapes too)."""
+    monkeypatch.setattr(values, "_shapes", {})
+    monkeypatch.setattr(values, "_seen_once", set())
 
 
 def _random_object(rng: random.Random) -> dict:
@@ -40,8 +48,6 @@ def test_objects_of_one_shape_share_their_keys_and_take_less_memory_from_the_sec
 
 
 def test_a_map_keyed_by_ids_makes_no_shape(monkeypatch):
-    monkeypatch.setattr(values, "_shapes", {})
-    monkeypatch.setattr(values, "_seen_once", set())
     monkeypatch.setattr(values, "MAX_SHAPES", 8)
     maps = [{f"user{i}": True, f"user{i + 1}": True} for i in range(20)]
     assert [shaped(likes) is likes for likes in maps] == [True] * 20
@@ -71,8 +77,6 @@ def test_what_has_no_shape_is_returned_as_it_is():
 
 
 def test_shapes_stop_at_their_bound_and_objects_past_it_stay_as_they_are(monkeypatch):
-    monkeypatch.setattr(values, "_shapes", {})
-    monkeypatch.setattr(values, "_seen_once", set())
     monkeypatch.setattr(values, "MAX_SHAPES", 3)
     made = [shaped({f"only{i}": i}) for i in range(3) for _ in range(2)][1::2]  # each the second of its shape
     past = {"only3": 3}
