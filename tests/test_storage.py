@@ -24,6 +24,7 @@ import pytest
 
 from python_client import Montybase, doc, increment
 from python_client import UnavailableError as ClientUnavailableError
+from server import values
 from server.config import create_config
 from server.database import Database
 from server.errors import UnavailableError
@@ -805,7 +806,9 @@ def test_a_snapshot_encoded_in_chunks_is_the_json_of_the_whole_with_its_crc():
     assert decode_snapshot(data)[:2] == (12, {path: docs for path, docs in collections.items() if docs})
 
 
-def test_a_snapshot_read_a_line_at_a_time_equals_it_read_whole_and_stores_documents_by_shape():
+def test_a_snapshot_read_a_line_at_a_time_equals_it_read_whole_and_stores_documents_by_shape(monkeypatch):
+    monkeypatch.setattr(values, "_shapes", {})  # (whatever shapes other tests made)
+    monkeypatch.setattr(values, "_seen_once", set())
     collections = {("users",): {f"u{i}": {"name": f"n{i}", "score": i / 3, "tags": ["a", i]} for i in range(2500)},
                    ("users", "u1", "posts"): {"p": {"title": "x"}}, ("empty",): {}, ("z",): {"d": {}}}
     data = bytes(encode_snapshot(5, collections, 77))

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from server import query as query_module
+from server import values
 from server.query import parse_query, run
 from server.tree import HAND_OVER_BUILDS_FROM, MAX_INDEXES_PER_COLLECTION, Frozen, Tree, build_index
 
@@ -44,7 +45,10 @@ def test_subcollections_follow_writes_and_deletes(seed):
             assert tree.subcollections(prefix) == scanned(tree, prefix), (step, prefix)
 
 
-def test_documents_written_are_stored_by_shape():
+def test_documents_written_are_stored_by_shape(monkeypatch):
+    monkeypatch.setattr(values, "_shapes", {})  # (whatever shapes other tests made)
+    monkeypatch.setattr(values, "_seen_once", set())
+
     def plain(n: int) -> dict:
         return {"name": f"n{n}", "score": n / 3, "level": n, "tags": ["a"]}
 
