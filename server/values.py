@@ -129,6 +129,34 @@ def shaped(value: Any) -> Any:
     return out
 
 
+def _shape(keys: tuple[str, ...]) -> dict | None:
+    if len(_shapes) >= MAX_SHAPES:
+        return None
+    _shapes[keys] = template = _template(keys)
+    return template
+
+
+def _template(keys: tuple[str, ...]) -> dict | None:
+    """The first object of a shape (None: objects of it stay as they are)."""
+    kind = type("Shape", (), {})
+    first = kind()
+    try:
+        for key in keys:
+            setattr(first, key, None)
+    except (TypeError, AttributeError):  # `__class__`, `__dict__`: refused by check_key, not by old files
+        return None
+    # Each instance made narrows the room the class keeps for keys none of them has yet, down to
+    # one: a copy of `first` then holds values for its keys and one more, not for 30.
+    for _ in range(_SHARED_KEYS + 2):
+        kind()
+    template = vars(first)
+    try:  # an interpreter without key-sharing dicts keeps its plain ones
+        smaller = sys.getsizeof(template.copy()) < sys.getsizeof(dict(template))
+    except TypeError:
+        return None
+    return template if smaller else None
+
+
 try:  # CPython's C API: take a container out of the garbage collector's walks
     _untrack = ctypes.pythonapi.PyObject_GC_UnTrack
     _untrack.argtypes, _untrack.restype = [ctypes.py_object], None
@@ -155,31 +183,6 @@ def _untrack_all(container: dict | list) -> None:
     for item in container.values() if type(container) is dict else container:
         if type(item) is dict or type(item) is list:
             _untrack_all(item)
-
-
-def _shape(keys: tuple[str, ...]) -> dict | None:
-    if len(_shapes) >= MAX_SHAPES:
-        return None
-    kind = type("Shape", (), {})
-    first = kind()
-    try:
-        for key in keys:
-            setattr(first, key, None)
-    except (TypeError, AttributeError):  # `__class__`, `__dict__`: refused by check_key, not by old files
-        first = None
-    else:
-        # Each instance made narrows the room the class keeps for keys none of them has yet, down
-        # to one: a copy of `first` then holds values for its keys and one more, not for 30.
-        for _ in range(_SHARED_KEYS + 2):
-            kind()
-    template = None if first is None else vars(first)
-    try:  # an interpreter without key-sharing dicts keeps its plain ones
-        if template is not None and sys.getsizeof(template.copy()) >= sys.getsizeof(dict(template)):
-            template = None
-    except TypeError:
-        template = None
-    _shapes[keys] = template
-    return template
 
 
 def _number(value: Any, where: str) -> int | float:
