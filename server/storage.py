@@ -95,7 +95,7 @@ def snapshot_chunks(seq: int, collections: Mapping[tuple[str, ...], Any], id_tim
         return data
 
     head = _encode_json({_FORMAT_KEY: SNAPSHOT_FORMAT, "seq": seq, "idTime": id_time})
-    yield piece(f'{head[:-1]}{_COLLECTIONS_LINE.decode()}\n'.encode("utf-8"))
+    yield piece(head[:-1].encode("utf-8") + _COLLECTIONS_LINE + b"\n")
     for n, (path, docs) in enumerate(collections.items()):
         yield piece(f'{"," if n else ""}{_encode_json("/".join(path))}:{{\n'.encode("utf-8"))
         if hasattr(docs, "chunks"):
