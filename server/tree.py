@@ -9,7 +9,7 @@ from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 from .query import ElementIndex, OrderIndex, Query, count, filled, pause, pausing, run
-from .values import settled
+from .values import settled, untracked
 
 __all__ = ["Change", "Copy", "Frozen", "Tree", "build_index"]
 
@@ -18,6 +18,7 @@ MAX_INDEXES_PER_COLLECTION = 16
 # Index builds are handed to the caller's `build` (see `index`) only for collections at least
 # this large: smaller ones build in a few milliseconds, less than handing them over costs.
 HAND_OVER_BUILDS_FROM = 5000
+LIST_STEP = 200_000  # ids Frozen lists in one call (about 8 ms)
 Build = Callable[[Path, tuple], OrderIndex]
 
 
@@ -37,16 +38,13 @@ class Frozen:
 
     def __init__(self, docs: dict[str, Any], replaced: dict[str, Any]):
         self.docs, self.replaced = docs, replaced
-        # Listed a slice at a time (under the lock: nothing writes meanwhile), so the lock-free
-        # readers of documents get the GIL in between, as while the snapshot is encoded; as
-        # tuples, which the garbage collector stops following at the first pass that walks them,
-        # made a part at a time (it walked a list of 100,000 ids in a young pass, then in a
-        # middle one: 3 ms, and 100,000 in tuples in one young pass).
-        self.ids: list[tuple[str, ...]] = []
+        # Listed under the lock (nothing writes meanwhile), LIST_STEP ids per C call (a million
+        # in 35 to 45 ms in all, against 55 to 150 in tuples of 1,024 with collections between),
+        # so the lock-free readers get the GIL in between; out of the garbage collector's walks.
+        self.ids: list[str] = untracked([])
         remaining = iter(docs)
-        while part := tuple(itertools.islice(remaining, 1024)):
-            self.ids.append(part)
-            filled(len(part))
+        while len(self.ids) < len(docs):
+            self.ids += itertools.islice(remaining, LIST_STEP)
         self.count = len(docs)
 
     def __len__(self) -> int:
@@ -60,7 +58,7 @@ class Frozen:
         after that read, is found in the log as it was. Read in C a chunk at a time (one
         document at a time in Python took 0.8 s of a million documents' 1.3 s snapshot)."""
         docs, replaced = self.docs, self.replaced
-        remaining = itertools.chain.from_iterable(self.ids)
+        remaining = iter(self.ids)
         while ids := tuple(itertools.islice(remaining, size)):
             chunk = dict(zip(ids, map(docs.get, ids)))
             for doc_id in chunk.keys() & replaced.keys():
@@ -104,6 +102,8 @@ class Tree:
 
     def __init__(self, collections: dict[Path, dict[str, Any]] | None = None):
         self.collections: dict[Path, dict[str, Any]] = collections or {}
+        for docs in self.collections.values():
+            untracked(docs)
         self._indexes: dict[Path, dict[tuple, OrderIndex]] = {}
         self._evicted: list[OrderIndex] = []  # to free in parts (free_evicted)
         # collection → the change logs of the index builds under way outside the lock
@@ -311,6 +311,7 @@ class Tree:
         for replaced in self._copies:  # before the write: see Frozen.chunks
             replaced.setdefault(collection, {}).setdefault(doc_id, old)
         docs[doc_id] = document
+        untracked(docs)  # (given a dict, a dict is followed again: CPython's rule)
         for log in self._building.get(collection, ()):
             log.append((doc_id, old, document))
         for index in self._indexes.get(collection, {}).values():

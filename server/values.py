@@ -22,6 +22,7 @@ __all__ = [
     "prepare",
     "settled",
     "shaped",
+    "untracked",
 ]
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -164,25 +165,60 @@ except AttributeError:  # an interpreter without it walks them as before
     _untrack = None
 
 
+# Values that repeat across documents (a level, a count, a tag, a status) are stored once: a
+# decoded message makes an object of each, 32 bytes for an integer and 56 or more for a string.
+# Integers in SAME_INTS are kept once each (at most 66,560 of them); strings of at most
+# SHORT_STRING characters through a table of at most MAX_STRINGS, emptied when full (the strings
+# that repeat come back at once; names seen once cost no more than that table).
+SAME_INTS = range(-1024, 65536)
+SHORT_STRING = 16
+MAX_STRINGS = 16384
+_ints: dict[int, int] = {}
+_strings: dict[str, str] = {}
+
+
+def untracked(container: Any) -> Any:
+    """`container`, out of the garbage collector's walks (see `settled`) where the interpreter
+    allows it: a list stays out, a dict until it is given a dict or a list (CPython's rule)."""
+    if _untrack is not None:
+        _untrack(container)
+    return container
+
+
 def settled(document: Any) -> Any:
-    """`document` as the tree keeps it: `shaped`, and it and the objects and arrays in it out of
-    the garbage collector's walks. JSON holds no reference cycle and a stored document is never
-    changed, so the collector has nothing to find there; yet a full collection walked every
+    """`document` as the tree keeps it: `shaped`, its small integers and short strings (at any
+    depth) the equal ones other stored documents hold, and it and the objects and arrays in it
+    out of the garbage collector's walks. JSON holds no reference cycle and a stored document is
+    never changed, so the collector has nothing to find there; yet a full collection walked every
     document written since the start (a million: 460 ms, pausing every thread, again each time
-    the objects that live long had grown by a quarter). A container given a value that the
-    collector follows is followed again (CPython's rule for dicts); loaded documents are frozen
-    out of its view at once instead (Database: gc.freeze)."""
+    the objects that live long had grown by a quarter). Loaded documents are frozen out of its
+    view at once instead (Database: gc.freeze)."""
     document = shaped(document)
-    if _untrack is not None and type(document) is dict:
-        _untrack_all(document)
+    if type(document) is dict:
+        _settle(document)
     return document
 
 
-def _untrack_all(container: dict | list) -> None:
-    _untrack(container)
-    for item in container.values() if type(container) is dict else container:
-        if type(item) is dict or type(item) is list:
-            _untrack_all(item)
+def _settle(container: dict | list) -> None:
+    untracked(container)
+    ints, strings = _ints, _strings
+    for key, item in container.items() if type(container) is dict else enumerate(container):
+        kind = type(item)  # replacing the values of existing keys or places is safe
+        if kind is str:
+            if len(item) <= SHORT_STRING:
+                container[key] = strings.get(item) or _remember(item)
+        elif kind is int:
+            if item in SAME_INTS:
+                container[key] = ints.setdefault(item, item)
+        elif kind is dict or kind is list:
+            _settle(item)
+
+
+def _remember(text: str) -> str:
+    if len(_strings) >= MAX_STRINGS:
+        _strings.clear()
+    _strings[text] = text
+    return text
 
 
 def _number(value: Any, where: str) -> int | float:

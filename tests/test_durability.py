@@ -288,15 +288,17 @@ class PowerLossFiles(LocalFiles):
         super().close(fd)
         del self.fds[fd]
 
-    def write_file(self, path, data):
+    def write_file(self, path, pieces):
         self.point("write_file")
-        LocalFiles().write_file(path, data)  # the real I/O, without coming back through write()
+        data = b"".join(pieces)
+        LocalFiles().write_file(path, [data])  # the real I/O, without coming back through write()
         name = self._name(path)
         inode = self._create(name)
         inode.data, inode.durable = bytearray(), b""  # O_TRUNC
         inode.data += data
         self.point("write_file written")
         inode.durable = bytes(data)  # its fsync
+        return len(data)
 
     def truncate(self, path, size):
         self.point("truncate")
@@ -649,13 +651,13 @@ class FailingSnapshotFiles(LocalFiles):
     def __init__(self):
         self.fail = False
 
-    def write_file(self, path, data):
+    def write_file(self, path, pieces):
         if self.fail:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.write(fd, data[:10])
+            os.write(fd, b"".join(pieces)[:10])
             os.close(fd)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        super().write_file(path, data)
+        return super().write_file(path, pieces)
 
 
 def test_failed_snapshot_loses_nothing_and_writes_continue(tmp_path, caplog):
@@ -723,9 +725,9 @@ def switchable(base: type[LocalFiles]) -> type[LocalFiles]:
             self._maybe_fail()
             super().fsync(fd)
 
-        def write_file(self, path, data):
+        def write_file(self, path, pieces):
             self._maybe_fail()
-            super().write_file(path, data)
+            return super().write_file(path, pieces)
 
     return Switchable
 

@@ -24,12 +24,13 @@ import pytest
 
 from python_client import Montybase, doc, increment
 from python_client import UnavailableError as ClientUnavailableError
+from server import storage as storage_module
 from server import values
 from server.config import create_config
 from server.database import Database
 from server.errors import UnavailableError
 from server.storage import (
-    SNAPSHOT_CHUNK, FileStorage, MemoryStorage, StorageReader, decode_snapshot, encode_snapshot, snapshot_chunks,
+    SNAPSHOT_CHUNK, FileStorage, MemoryStorage, StorageReader, decode_snapshot, snapshot_chunks,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +80,7 @@ class Place:
         if self.memory is None:
             path.write_bytes(data)
         else:
-            self.memory.files.write_file(path, data)
+            self.memory.files.write_file(path, [data])
 
     def remove(self, path: Path) -> None:
         if self.memory is None:
@@ -778,13 +779,18 @@ def test_storage_reader_beside_snapshots_always_reads_a_whole_recent_state(tmp_p
     assert reads > 20
 
 
-def test_snapshot_chunks_are_the_bytes_of_encode_snapshot_and_count_every_document():
+def test_a_snapshot_file_is_the_bytes_of_its_chunks_written_in_runs_and_they_count_every_document(tmp_path, monkeypatch):
     collections = {("users",): {f"u{i}": {"n": i, "name": "é ✓"} for i in range(2500)},
                    ("users", "u1", "posts"): {"p": {"title": "x"}}, ("empty",): {}}
     counted: list[int] = []
     pieces = list(snapshot_chunks(7, collections, 1234, counted.append))
-    assert b"".join(pieces) == encode_snapshot(7, collections, 1234)
     assert sum(counted) == 2501 and len(pieces) > 3
+    writes: list[int] = []
+    monkeypatch.setattr(storage_module, "WRITE_SIZE", 4000)
+    monkeypatch.setattr(storage_module.LocalFiles, "write", lambda self, fd, data: writes.append(os.write(fd, data)))
+    size = storage_module.LocalFiles().write_file(tmp_path / "snapshot", iter(pieces))
+    assert (tmp_path / "snapshot").read_bytes() == b"".join(pieces) and size == sum(writes) == len(b"".join(pieces))
+    assert len(writes) < len(pieces) and all(written >= 4000 for written in writes[:-1])
 
 
 def test_a_snapshot_encoded_in_chunks_is_the_json_of_the_whole_with_its_crc():
@@ -793,7 +799,7 @@ def test_a_snapshot_encoded_in_chunks_is_the_json_of_the_whole_with_its_crc():
         ("users", "u1", "posts"): {},
         ("t",): {"x": {"k": {"deep": True}}},
     }
-    data = encode_snapshot(12, collections, 345)
+    data = b"".join(snapshot_chunks(12, collections, 345))
     text = json.dumps({"__montybase__": 1, "seq": 12, "idTime": 345,
                        "collections": {"/".join(path): docs for path, docs in collections.items()}},
                       ensure_ascii=False, separators=(",", ":"))
@@ -811,7 +817,7 @@ def test_a_snapshot_read_a_line_at_a_time_equals_it_read_whole_and_stores_docume
     monkeypatch.setattr(values, "_seen_once", set())
     collections = {("users",): {f"u{i}": {"name": f"n{i}", "score": i / 3, "tags": ["a", i]} for i in range(2500)},
                    ("users", "u1", "posts"): {"p": {"title": "x"}}, ("empty",): {}, ("z",): {"d": {}}}
-    data = bytes(encode_snapshot(5, collections, 77))
+    data = b"".join(snapshot_chunks(5, collections, 77))
     seq, loaded, id_time = decode_snapshot(data)
     whole = orjson.loads(data)
     assert (seq, id_time) == (5, 77)
@@ -828,7 +834,7 @@ def test_a_snapshot_read_a_line_at_a_time_equals_it_read_whole_and_stores_docume
 
 
 def test_a_damaged_line_of_a_snapshot_is_named_as_json_names_it():
-    data = bytes(encode_snapshot(5, {("c",): {f"d{i}": {"n": i} for i in range(3000)}}, 0))
+    data = b"".join(snapshot_chunks(5, {("c",): {f"d{i}": {"n": i} for i in range(3000)}}, 0))
     damaged = data.replace(b'"d1500":{"n":1500}', b'"d1500":{"n":15x0}', 1)  # in the second chunk: line 4
     with pytest.raises(ValueError, match="not valid JSON .*line 4 column"):
         decode_snapshot(damaged.split(b',"crc32":')[0] + b"}")
@@ -850,7 +856,7 @@ def test_an_original_tree_keeps_its_integers_beyond_64_bits():
 def test_a_snapshot_holding_an_integer_beyond_64_bits_is_written_all_the_same():
     # Only an original tree brings one in (writes refuse integers beyond ±(2^53-1)).
     collections = {("c",): {"d": {"n": 2**70}, "e": {"n": 1.5}}}
-    data = bytes(encode_snapshot(4, collections, 0))
+    data = b"".join(snapshot_chunks(4, collections, 0))
     assert b'"d":{"n":1180591620717411303424}' in data
     assert decode_snapshot(data)[0] == 4
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from server import query as query_module
+from server import tree as tree_module
 from server import values
 from server.query import parse_query, run
 from server.tree import HAND_OVER_BUILDS_FROM, MAX_INDEXES_PER_COLLECTION, Frozen, Tree, build_index
@@ -63,6 +64,40 @@ def test_documents_written_are_stored_by_shape(monkeypatch):
     assert changes[0].new is tree.document(("c", "written"))  # listeners are told of what is stored
     assert not gc.is_tracked(changes[0].new) and not gc.is_tracked(changes[0].new["tags"])  # values.settled
     assert changes[1].old == plain(1)
+
+
+def test_collections_and_the_parts_of_their_indexes_stay_out_of_the_collectors_walks():
+    """A full collection walked every document of a collection and every entry of its indexes,
+    though none of them can hold a cycle: 145 ms at a million documents and three indexes."""
+    tree = Tree({("loaded",): {"a": {"n": 1}}})
+    assert not gc.is_tracked(tree.collections[("loaded",)])
+    tree.put(("c", "d00000"), {"n": 0, "tags": [0]})
+    tree.index(("c",), ((("n",), False),))
+    for i in range(1, 5000):  # the index's parts split as they fill
+        tree.put(("c", f"d{i:05}"), {"n": i % 97, "tags": [i % 5]})
+    tree.put(("loaded", "b"), {"n": 2})
+    tree.index(("c",), ("elements", ("tags",)))
+    for i in range(5000, 6000):
+        tree.put(("c", f"d{i:05}"), {"n": i % 97, "tags": [i % 5, 9]})
+    indexes = [tree.index(("c",), spec) for spec in tree.indexes(("c",))]
+    parts = [part for index in indexes for part in index.entries._lists]
+    assert len(parts) > 4 and sum(map(len, parts)) == 6000 + 7000
+    assert [gc.is_tracked(part) for part in parts] == [False] * len(parts)
+    assert [gc.is_tracked(docs) for docs in tree.collections.values()] == [False, False]
+    query = parse_query({"path": ["c"], "where": [["n", "==", 3]]})
+    assert tree.select(query) == run(query, tree.collections[("c",)], None) != []
+
+
+def test_a_copy_lists_every_id_in_order_a_step_at_a_time(monkeypatch):
+    monkeypatch.setattr(tree_module, "LIST_STEP", 3)
+    tree = Tree({("c",): {f"d{i}": {"n": i} for i in range(10)}, ("empty",): {}})
+    copy = tree.begin_copy()
+    tree.put(("c", "new"), {"n": 10})
+    tree.remove(("c", "d4"))
+    assert copy.collections[("c",)].ids == [f"d{i}" for i in range(10)] and not gc.is_tracked(copy.collections[("c",)].ids)
+    assert [dict(chunk) for chunk in copy.collections[("c",)].chunks(4)][1] == {f"d{i}": {"n": i} for i in range(4, 8)}
+    assert copy.collections[("empty",)].ids == [] and len(copy.collections[("c",)]) == 10
+    tree.end_copy(copy)
 
 
 def test_removing_a_document_removes_what_is_nested_below_it():
@@ -201,15 +236,6 @@ def test_a_copy_reads_as_the_tree_was_when_it_began_whatever_is_written_while_it
             tree.remove(target[:1])  # the whole collection (it may come back)
     tree.end_copy(copy)
     assert read == before
-
-
-def test_a_view_of_a_collection_lists_its_ids_where_the_garbage_collector_stops_following_them():
-    documents = {f"d{i:05}": {"a": i} for i in range(5000)}
-    view = Frozen(documents, {})
-    gc.collect()
-    # Collections hold every thread while they walk: a few parts, none of them followed.
-    assert len(view.ids) <= 5 and not any(gc.is_tracked(part) for part in view.ids)
-    assert [doc_id for chunk in view.chunks(700) for doc_id in chunk] == list(documents) and len(view) == 5000
 
 
 def test_an_index_built_from_a_view_pauses_between_its_steps_and_one_built_under_the_lock_does_not():

@@ -17,9 +17,11 @@ from server.values import prepare, settled, shaped
 
 @pytest.fixture(autouse=True)
 def fresh_shapes(monkeypatch):
-    """Each test starts with no shape seen (other tests of this process make shapes too)."""
+    """Each test starts with no shape and no shared value seen (other tests of this process make them too)."""
     monkeypatch.setattr(values, "_shapes", {})
     monkeypatch.setattr(values, "_seen_once", set())
+    monkeypatch.setattr(values, "_ints", {})
+    monkeypatch.setattr(values, "_strings", {})
 
 
 def _random_object(rng: random.Random) -> dict:
@@ -106,3 +108,36 @@ def test_a_settled_document_and_its_containers_are_out_of_the_collectors_walks_u
     document["inner"]["more"] = [4]  # a container given to a dict: the collector follows the dict again
     assert gc.is_tracked(document["inner"])
     assert settled([1, 2]) == [1, 2] and settled("text") == "text"
+
+
+def _fresh(text: str) -> str:
+    """An equal string that is another object (as decoding a message makes)."""
+    return json.loads(json.dumps(text))
+
+
+def test_settled_documents_hold_one_object_for_each_small_integer_and_short_string_at_any_depth():
+    documents = [settled({"level": int(str(700 + i % 2)), "tag": _fresh("gold"), "tags": [_fresh("t1"), int("5000")],
+                          "inner": {"state": _fresh("active"), "count": int("-1000")}}) for i in range(6)]
+    assert documents[0] == {"level": 700, "tag": "gold", "tags": ["t1", 5000], "inner": {"state": "active", "count": -1000}}
+    assert all(document["level"] is documents[i % 2]["level"] for i, document in enumerate(documents))
+    for pick in (lambda d: d["tag"], lambda d: d["tags"][0], lambda d: d["tags"][1],
+                 lambda d: d["inner"]["state"], lambda d: d["inner"]["count"]):
+        assert len({id(pick(document)) for document in documents}) == 1
+
+
+def test_large_integers_long_strings_floats_and_booleans_are_kept_as_they_are():
+    first, second = (settled({"big": int("70000"), "low": int("-1025"), "long": _fresh("x" * 17), "score": float("0.5"),
+                              "flag": True}) for _ in range(2))
+    assert first == second == {"big": 70000, "low": -1025, "long": "x" * 17, "score": 0.5, "flag": True}
+    assert [first[key] is second[key] for key in ("big", "low", "long", "score")] == [False] * 4
+    assert first["flag"] is True and type(settled({"one": 1})["one"]) is int
+
+
+def test_the_table_of_short_strings_is_emptied_when_full(monkeypatch):
+    monkeypatch.setattr(values, "MAX_STRINGS", 3)
+    names = [settled({"name": _fresh(f"n{i}")})["name"] for i in range(3)]
+    assert settled({"name": _fresh("n1")})["name"] is names[1]
+    settled({"name": "n3"})  # a fourth: the table starts again
+    assert len(values._strings) == 1
+    again = settled({"name": _fresh("n1")})["name"]
+    assert again == "n1" and again is not names[1]
