@@ -589,6 +589,7 @@ class FileStorage(Storage):
         self._offset = 0  # bytes of the current journal known good
         self._written = 0  # last seq handed to the OS
         self._synced = 0  # last seq known durable
+        self._unsynced_name = False  # the current journal's name not yet made durable (_open_journal)
         self._journal_bytes = 0
         self._snapshot_bytes = 0
         self.failure = None
@@ -743,19 +744,24 @@ class FileStorage(Storage):
             return "the record checksum does not match", seq, b"", end - offset
         return None, seq, payload, end - offset
 
-    def _open_journal(self, first_seq: int) -> None:
-        """Open (and lock) the journal that starts at `first_seq` as the current one."""
+    def _open_journal(self, first_seq: int, *, sync_dir: bool = True) -> None:
+        """Open (and lock) the journal that starts at `first_seq` as the current one. Without
+        `sync_dir`, its name is made durable by the first `sync` after (a snapshot's rotation,
+        under the database lock, leaves that fsync of the folder to writers no longer waiting
+        for it: 5 to 60 ms here)."""
         journal = self.dir / f"{self.path.name}.{first_seq}.journal"
         fd = self.files.open_append(journal)
         try:
             if not self.files.lock(fd):
                 raise self._other_writer() or self._in_use("another process", f"it writes {journal}", journal)
             offset = len(self.files.read(journal))
-            self.files.fsync_dir(self.dir)
+            if sync_dir:
+                self.files.fsync_dir(self.dir)
         except BaseException:
             self.files.close(fd)
             raise
         self._fd, self._journal, self._offset = fd, journal, offset
+        self._unsynced_name = not sync_dir
 
     # Writing
 
@@ -797,6 +803,9 @@ class FileStorage(Storage):
             self._check()
             target = self._written
             try:
+                if self._unsynced_name:
+                    self.files.fsync_dir(self.dir)
+                    self._unsynced_name = False
                 self.files.fsync(self._fd)
             except OSError as exc:
                 raise self._fail(exc, "journal fsync") from exc
@@ -816,7 +825,7 @@ class FileStorage(Storage):
             # always finds one of them held (_other_writer).
             previous = self._fd
             try:
-                self._open_journal(seq + 1)
+                self._open_journal(seq + 1, sync_dir=False)
             except (OSError, UnavailableError) as exc:
                 raise self._fail(exc, "opening a new journal") from exc
             self.files.close(previous)

@@ -11,14 +11,14 @@ from typing import Any, NamedTuple
 from .query import ElementIndex, OrderIndex, Query, count, filled, pause, pausing, run
 from .values import settled, untracked
 
-__all__ = ["Change", "Copy", "Frozen", "Tree", "build_index"]
+__all__ = ["Change", "Copy", "Frozen", "Tree", "build_index", "list_ids"]
 
 Path = tuple[str, ...]
 MAX_INDEXES_PER_COLLECTION = 16
 # Index builds are handed to the caller's `build` (see `index`) only for collections at least
 # this large: smaller ones build in a few milliseconds, less than handing them over costs.
 HAND_OVER_BUILDS_FROM = 5000
-LIST_STEP = 200_000  # ids Frozen lists in one call (about 8 ms)
+LIST_STEP = 200_000  # ids list_ids lists in one C call (about 8 ms)
 Build = Callable[[Path, tuple], OrderIndex]
 
 
@@ -29,23 +29,27 @@ def build_index(spec: tuple, documents: dict[str, Any] | Frozen) -> OrderIndex:
         return ElementIndex(spec[1], documents) if spec and spec[0] == "elements" else OrderIndex(spec, documents)
 
 
+def list_ids(docs: dict[str, Any]) -> list[str]:
+    """The ids of a collection in its order, LIST_STEP per C call (a million in 35 to 45 ms in
+    all), so the lock-free readers get the GIL in between; out of the garbage collector's walks."""
+    ids: list[str] = untracked([])
+    remaining = iter(docs)
+    while len(ids) < len(docs):
+        ids += itertools.islice(remaining, LIST_STEP)
+    return ids
+
+
 class Frozen:
     """A collection as it was when `Tree.begin_copy` was called, readable without the lock while
-    others write: its ids listed then, each document as stored now unless a write since logged
-    the one it replaced."""
+    others write: the first `count` of `ids` (the tree's list of its ids, which writes since
+    only append to), each document as stored now unless a write since logged the one it
+    replaced."""
 
     __slots__ = ("count", "docs", "ids", "replaced")
 
-    def __init__(self, docs: dict[str, Any], replaced: dict[str, Any]):
-        self.docs, self.replaced = docs, replaced
-        # Listed under the lock (nothing writes meanwhile), LIST_STEP ids per C call (a million
-        # in 35 to 45 ms in all, against 55 to 150 in tuples of 1,024 with collections between),
-        # so the lock-free readers get the GIL in between; out of the garbage collector's walks.
-        self.ids: list[str] = untracked([])
-        remaining = iter(docs)
-        while len(self.ids) < len(docs):
-            self.ids += itertools.islice(remaining, LIST_STEP)
-        self.count = len(docs)
+    def __init__(self, docs: dict[str, Any], replaced: dict[str, Any], ids: list[str]):
+        self.docs, self.replaced, self.ids = docs, replaced, ids
+        self.count = len(ids)
 
     def __len__(self) -> int:
         return self.count
@@ -58,7 +62,7 @@ class Frozen:
         after that read, is found in the log as it was. Read in C a chunk at a time (one
         document at a time in Python took 0.8 s of a million documents' 1.3 s snapshot)."""
         docs, replaced = self.docs, self.replaced
-        remaining = iter(self.ids)
+        remaining = itertools.islice(self.ids, self.count)
         while ids := tuple(itertools.islice(remaining, size)):
             chunk = dict(zip(ids, map(docs.get, ids)))
             for doc_id in chunk.keys() & replaced.keys():
@@ -104,6 +108,11 @@ class Tree:
         self.collections: dict[Path, dict[str, Any]] = collections or {}
         for docs in self.collections.values():
             untracked(docs)
+        # collection → its ids in the order they came, kept while its documents are only added
+        # and replaced, so that a copy (a snapshot, an index build) lists nothing under the lock
+        # (a million ids: 35 to 45 ms, which writers waited); None once one is removed, until the
+        # next copy lists them again.
+        self._ids: dict[Path, list[str] | None] = {path: list_ids(docs) for path, docs in self.collections.items()}
         self._indexes: dict[Path, dict[tuple, OrderIndex]] = {}
         self._evicted: list[OrderIndex] = []  # to free in parts (free_evicted)
         # collection → the change logs of the index builds under way outside the lock
@@ -231,7 +240,7 @@ class Tree:
         replaced: dict[Path, dict[str, Any]] = {}
         self._copies.append(replaced)
         self._build_copies[id(log)] = replaced
-        return Frozen(self.collections.get(collection, {}), replaced.setdefault(collection, {})), log
+        return self._frozen(collection, replaced), log
 
     def finish_build(self, collection: Path, index: OrderIndex | None, log: list[tuple[str, Any, Any]]) -> None:
         """Catch an index built from `begin_build`'s copy up with the changes made since (None:
@@ -248,10 +257,20 @@ class Tree:
 
     def begin_copy(self) -> Copy:
         """Every collection as it is now, to read while others write (a snapshot); each write
-        from now on logs the document it replaces, until `end_copy`. Costs a list of the ids."""
+        from now on logs the document it replaces, until `end_copy`. Costs nothing per document
+        unless documents were removed since the last copy (then their ids are listed again)."""
         replaced: dict[Path, dict[str, Any]] = {}
         self._copies.append(replaced)
-        return Copy({path: Frozen(docs, replaced.setdefault(path, {})) for path, docs in self.collections.items()}, replaced)
+        return Copy({path: self._frozen(path, replaced) for path in self.collections}, replaced)
+
+    def _frozen(self, collection: Path, replaced: dict[Path, dict[str, Any]]) -> Frozen:
+        docs = self.collections.get(collection)
+        if docs is None:
+            return Frozen({}, replaced.setdefault(collection, {}), [])
+        ids = self._ids[collection]
+        if ids is None:
+            ids = self._ids[collection] = list_ids(docs)
+        return Frozen(docs, replaced.setdefault(collection, {}), ids)
 
     def end_copy(self, copy: Copy) -> None:
         """Stop logging for a copy from `begin_copy`."""
@@ -306,12 +325,15 @@ class Tree:
         docs = self.collections.get(collection)
         if docs is None:
             docs = self.collections[collection] = {}
+            self._ids[collection] = untracked([])
             self._nest(collection)
         old = docs.get(doc_id)
         for replaced in self._copies:  # before the write: see Frozen.chunks
             replaced.setdefault(collection, {}).setdefault(doc_id, old)
         docs[doc_id] = document
         untracked(docs)  # (given a dict, a dict is followed again: CPython's rule)
+        if old is None and (ids := self._ids[collection]) is not None:
+            ids.append(doc_id)
         for log in self._building.get(collection, ()):
             log.append((doc_id, old, document))
         for index in self._indexes.get(collection, {}).values():
@@ -345,6 +367,12 @@ class Tree:
         for replaced in self._copies:  # before the write: see Frozen.chunks
             replaced.setdefault(collection, {}).setdefault(doc_id, docs[doc_id])
         old = docs.pop(doc_id)
+        ids = self._ids[collection]
+        if ids is not None:
+            if not self._copies and ids[-1] == doc_id:  # the last added (an add undone): no copy reads it
+                ids.pop()
+            else:  # listed again by the next copy (a copy under way keeps the list it has)
+                self._ids[collection] = None
         for log in self._building.get(collection, ()):
             log.append((doc_id, old, None))
         if docs:
@@ -352,6 +380,7 @@ class Tree:
                 index.update(doc_id, old, None)
         else:
             del self.collections[collection]
+            del self._ids[collection]
             self._indexes.pop(collection, None)
             self._unnest(collection)
         return Change(collection, doc_id, old, None)

@@ -202,20 +202,31 @@ def test_once_a_database_opened_large_blocks_have_pages_of_their_own_which_go_ba
 # Snapshots
 
 
-def test_writes_go_on_while_a_snapshot_waits_for_the_journal_to_reach_the_disk(tmp_path):
-    """The journal's fsync before a snapshot (a second of writes) runs before the database lock
-    is taken: a write meanwhile is answered, and the snapshot then covers it too."""
+@pytest.mark.parametrize("slow", ["fsync", "fsync_dir"])
+def test_writes_go_on_while_a_snapshot_waits_for_the_disk(tmp_path, slow):
+    """Before a snapshot the journal is synced (a second of writes) before the database lock is
+    taken, and the new journal's name is made durable by the next sync, not under the lock: a
+    write while the disk is slow is answered, and the snapshot then covers it too."""
     syncing, release = threading.Event(), threading.Event()
 
     class SlowDisk(storage_module.LocalFiles):
         slow = False
 
-        def fsync(self, fd):
+        def wait(self):
             if self.slow:
                 self.slow = False
                 syncing.set()
                 assert release.wait(30)
+
+        def fsync(self, fd):
+            if slow == "fsync":
+                self.wait()
             super().fsync(fd)
+
+        def fsync_dir(self, path):
+            if slow == "fsync_dir":
+                self.wait()
+            super().fsync_dir(path)
 
     disk = SlowDisk()
     db = Database(FileStorage(tmp_path / "db.json", files=disk), sync_interval=QUIET, snapshot_seconds=QUIET)

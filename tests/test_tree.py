@@ -88,16 +88,52 @@ def test_collections_and_the_parts_of_their_indexes_stay_out_of_the_collectors_w
     assert tree.select(query) == run(query, tree.collections[("c",)], None) != []
 
 
-def test_a_copy_lists_every_id_in_order_a_step_at_a_time(monkeypatch):
-    monkeypatch.setattr(tree_module, "LIST_STEP", 3)
-    tree = Tree({("c",): {f"d{i}": {"n": i} for i in range(10)}, ("empty",): {}})
+def test_a_copy_lists_no_id_while_documents_are_only_added_and_replaced(monkeypatch):
+    monkeypatch.setattr(tree_module, "LIST_STEP", 3)  # a store loaded at start is listed once, 3 ids per call
+    tree = Tree({("c",): {f"d{i}": {"n": i} for i in range(10)}})
+    kept = tree._ids[("c",)]
+    assert kept == [f"d{i}" for i in range(10)] and not gc.is_tracked(kept)
+    tree.put(("c", "d3"), {"n": 33})
+    tree.put(("c", "added"), {"n": 10})
     copy = tree.begin_copy()
-    tree.put(("c", "new"), {"n": 10})
+    frozen = copy.collections[("c",)]
+    assert frozen.ids is kept and len(frozen) == 11  # nothing listed for it
+    tree.put(("c", "later"), {"n": 11})  # after the copy began: appended beyond what it reads
     tree.remove(("c", "d4"))
-    assert copy.collections[("c",)].ids == [f"d{i}" for i in range(10)] and not gc.is_tracked(copy.collections[("c",)].ids)
-    assert [dict(chunk) for chunk in copy.collections[("c",)].chunks(4)][1] == {f"d{i}": {"n": i} for i in range(4, 8)}
-    assert copy.collections[("empty",)].ids == [] and len(copy.collections[("c",)]) == 10
+    chunks = [dict(chunk) for chunk in frozen.chunks(4)]
+    assert {k: v for chunk in chunks for k, v in chunk.items()} == \
+        {**{f"d{i}": {"n": i} for i in range(10)}, "d3": {"n": 33}, "added": {"n": 10}}
+    assert list(chunks[0]) == ["d0", "d1", "d2", "d3"]
     tree.end_copy(copy)
+    assert tree._ids[("c",)] is None  # a removal: the next copy lists the ids again
+    again = tree.begin_copy().collections[("c",)]
+    assert again.ids == list(tree.collections[("c",)]) and again.ids is not kept
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_kept_ids_are_the_collections_ids_in_order_through_random_writes_undos_and_copies(seed):
+    rng = random.Random(seed)
+    tree, copies = Tree(), []
+    for _ in range(600):
+        path = ("c", f"d{rng.randrange(40)}") if rng.random() < 0.9 else ("e", f"d{rng.randrange(3)}")
+        roll = rng.random()
+        if roll < 0.55:
+            change = tree.put(path, {"n": rng.randrange(5)})
+            if rng.random() < 0.3:
+                tree.undo(change)  # an add undone (a group commit's), or a replace
+        elif roll < 0.75:
+            tree.remove(path)
+        elif roll < 0.9 or not copies:
+            copies.append((tree.begin_copy(), {c: dict(docs) for c, docs in tree.collections.items()}))
+        else:
+            copy, before = copies.pop(rng.randrange(len(copies)))
+            read = {c: {k: v for chunk in f.chunks(7) for k, v in chunk.items()}
+                    for c, f in copy.collections.items()}
+            tree.end_copy(copy)
+            assert read == before
+        for collection, docs in tree.collections.items():
+            assert tree._ids[collection] in (None, list(docs))
+        assert set(tree._ids) == set(tree.collections)
 
 
 def test_removing_a_document_removes_what_is_nested_below_it():
@@ -245,7 +281,7 @@ def test_an_index_built_from_a_view_pauses_between_its_steps_and_one_built_under
     try:
         build_index(((("a",), False),), documents)
         assert pauses == []
-        view = Frozen(documents, {})  # (made under the lock: no pause)
+        view = Frozen(documents, {}, list(documents))  # (made under the lock: no pause)
         assert pauses == []
         index = build_index(((("a",), False),), view)
     finally:
