@@ -46,6 +46,7 @@ ROWS = (
     ("pause", "longest pause of a reader during it, ms (without: noise)"),
     ("cold", "cold start, s"),
     ("gc", "a full garbage collection after it, ms"),
+    ("write_pause", "longest wait of a writer during a snapshot then (without: noise), ms"),
     ("rss", "RSS per document, bytes"),
 )
 REPEAT = 7
@@ -140,6 +141,9 @@ class Montybase:
     def add(self, value: dict) -> None:
         self.db.write("add", {"path": ["c"], "value": value}, None)
 
+    def writer(self) -> Callable[[dict], None]:
+        return self.add
+
     def snapshot(self) -> None:
         self.db.snapshot()
 
@@ -197,6 +201,15 @@ class Sqlite:
         self.conn.execute("INSERT INTO t VALUES (?, ?, ?, ?)", (f"a{self.added:07}", json.dumps(value), value["score"], value["level"]))
         self.conn.commit()
 
+    def writer(self) -> Callable[[dict], None]:  # a connection of its own, as another thread would have
+        conn = self.connect()
+
+        def add(value: dict) -> None:
+            self.added += 1
+            conn.execute("INSERT INTO t VALUES (?, ?, ?, ?)", (f"a{self.added:07}", json.dumps(value), value["score"], value["level"]))
+            conn.commit()
+        return add
+
     def snapshot(self) -> None:  # a consistent copy of the file: the backup API
         target = sqlite3.connect(self.file.with_suffix(".backup"))
         self.conn.backup(target)
@@ -244,6 +257,9 @@ class Dict:
     def add(self, value: dict) -> None:
         self.added += 1
         self.data[f"a{self.added:07}"] = value
+
+    def writer(self) -> None:  # json.dump of a dict another thread changes fails: no writer
+        return None
 
     def snapshot(self) -> None:  # json.dump, as a dict would be saved
         self.file.write_text(json.dumps(self.data), encoding="utf-8")
@@ -297,13 +313,20 @@ def measure(system: str, count: int) -> dict[str, Any]:
         started = time.perf_counter()
         gc.collect()  # what a full collection costs every thread once the data is loaded
         out["gc"] = (time.perf_counter() - started) * 1000
+        out["write_pause"] = out["write_noise"] = None
+        if (writer := store.writer()) is not None:
+            store.add(document(rng, 0))  # something for the snapshot to write
+            _, pause, noise = longest_pause(lambda i: writer(document(rng, i)), store.snapshot)
+            out["write_pause"], out["write_noise"] = pause * 1000, noise * 1000
         return out
 
 
 def cell(row: str, result: dict[str, Any]) -> str:
     value = result[row]
-    if row == "pause":
-        return f"{value:.0f} ({result['noise']:.0f})"
+    if value is None:
+        return "–"
+    if row in ("pause", "write_pause"):
+        return f"{value:.0f} ({result[row.replace('pause', 'noise')]:.0f})"
     if row in ("gc", "written_gc"):
         return f"{value:.0f}"
     if row in ("snapshot", "cold"):
