@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from .query import ElementIndex, OrderIndex, Query, count, filled, pause, pausing, run
 from .values import settled, untracked
 
-__all__ = ["Change", "Copy", "Frozen", "Tree", "build_index", "list_ids"]
+__all__ = ["Change", "Copy", "Frozen", "Tree", "build_index"]
 
 Path = tuple[str, ...]
 MAX_INDEXES_PER_COLLECTION = 16
