@@ -29,7 +29,8 @@ from ..monitor import last_backup_path
 from ..paths import check_path, id_clock
 from ..session import Service
 from ..storage import (
-    FileStorage, StorageReader, decode_snapshot, is_sealed_snapshot, lock_holder, snapshot_chunks, take_lock,
+    FileStorage, LocalFiles, StorageReader, decode_snapshot, is_sealed_snapshot, lock_holder, snapshot_chunks,
+    take_lock,
 )
 from ..values import prepare
 from . import configured
@@ -97,20 +98,13 @@ def _held(bucket: Path) -> int:
 
 
 def _write_atomically(target: Path, chunks: Iterator[bytes]) -> int:
+    """Write `target` as a storage writes its snapshot (a temporary file, fsync, rename, fsync of
+    the folder); the bytes written."""
+    files = LocalFiles()
     temporary = target.with_name(target.name + ".tmp")
-    size = 0
-    with open(temporary, "wb") as out:
-        for chunk in chunks:
-            out.write(chunk)
-            size += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, target)
-    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    size = files.write_file(temporary, chunks)
+    files.replace(temporary, target)
+    files.fsync_dir(target.parent)
     return size
 
 
