@@ -264,13 +264,14 @@ class Tree:
         return Copy({path: self._frozen(path, replaced) for path in self.collections}, replaced)
 
     def _frozen(self, collection: Path, replaced: dict[Path, dict[str, Any]]) -> Frozen:
+        log = replaced.setdefault(collection, {})
         docs = self.collections.get(collection)
         if docs is None:
-            return Frozen({}, replaced.setdefault(collection, {}), [])
+            return Frozen({}, log, [])
         ids = self._ids[collection]
         if ids is None:
             ids = self._ids[collection] = list_ids(docs)
-        return Frozen(docs, replaced.setdefault(collection, {}), ids)
+        return Frozen(docs, log, ids)
 
     def end_copy(self, copy: Copy) -> None:
         """Stop logging for a copy from `begin_copy`."""
